@@ -1,0 +1,1 @@
+"""pseudozone: pseudonymization and data-subject rights for a multi-tenant lake."""

@@ -1,0 +1,277 @@
+"""Pseudonymize one landing batch into the event zone and the PII zone.
+
+The same functions run inside the ``pseudonymize_ingested`` DAG (one mapped task
+per batch) and in ``pseudozone ingest`` (no Airflow).  Steps per batch:
+
+1. ledger: skip a batch already done; mark it ``processing`` otherwise;
+2. read the landing file and conform it to its contract, or quarantine it;
+3. build the event-zone table (pseudonyms, generalized quasi-identifiers,
+   scrubbed free text) and the PII-zone table (AES-GCM ciphertext per value);
+4. stage every output file, write the subject index, publish by atomic rename;
+5. ledger: ``done`` with counts.
+
+Results carry ids, paths and counts only (they go to XCom and logs).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from pseudozone import ledger, scrub, state, zones
+from pseudozone.config import Settings
+from pseudozone.contracts import SUBJECT_COLUMN, TENANT_COLUMN, Contract
+from pseudozone.errors import ContractViolation, PseudozoneError
+from pseudozone.generalize import GENERALIZERS
+from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
+from pseudozone.landing import BatchRef, quarantine, read_batch, sha256_of
+
+log = logging.getLogger(__name__)
+
+EVENT_ZONE = "events"
+PII_ZONE = "pii"
+INDEX_SCHEMA = pa.schema([("subject_id", pa.string()), ("zone", pa.string()), ("path", pa.string())])
+_WRITE_THREADS = 2
+
+
+@dataclass
+class BatchResult:
+    batch_id: str
+    dataset: str
+    tenant_id: str
+    status: str  # done | skipped | quarantined
+    rows_in: int = 0
+    rows_event: int = 0
+    rows_pii: int = 0
+    subjects: int = 0
+    files: list[str] = field(default_factory=list)
+    reason: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"rows_in": self.rows_in, "rows_event": self.rows_event, "rows_pii": self.rows_pii,
+                "subjects": self.subjects, "files": len(self.files)}
+
+
+def pseudonymize_column(keyring: KeyRing, tenant: str, purpose: str,
+                        values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """HMAC each distinct value once, then map back to every row; nulls stay null."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    encoded = pc.dictionary_encode(arr)
+    distinct = encoded.dictionary.to_pylist()
+    pseudonyms = pa.array(keyring.pseudonymize(tenant, purpose, distinct), pa.string())
+    return pc.take(pseudonyms, encoded.indices)
+
+
+def _known_values(table: pa.Table, contract: Contract) -> list[list[str | None]]:
+    cols = [table[c.name].to_pylist() for c in contract.columns if c.cls in ("pii", "identifier")]
+    return [list(row) for row in zip(*cols, strict=True)]
+
+
+def build_event_table(table: pa.Table, contract: Contract, keyring: KeyRing,
+                      tenant: str) -> pa.Table:
+    """The event-zone columns of ``table`` in contract order (Hive partitions excluded)."""
+    known = _known_values(table, contract) if contract.has_pii else None
+    out: dict[str, pa.Array] = {}
+    for spec in contract.columns:
+        name = spec.event_name
+        if name is None:
+            continue
+        col = table[spec.name]
+        if spec.cls == "identifier":
+            purpose = "subject" if spec.subject else spec.name
+            out[name] = pseudonymize_column(keyring, tenant, purpose, col)
+        elif spec.cls == "quasi":
+            assert spec.generalize is not None
+            out[name] = GENERALIZERS[spec.generalize](col.combine_chunks(), spec.params)
+        elif spec.cls == "free_text":
+            if known is not None:
+                col = pa.array(scrub.redact_known(col.to_pylist(), known), pa.string())
+            out[name] = scrub.scrub(col)
+        else:
+            out[name] = col.combine_chunks()
+    return pa.table(out)
+
+
+def build_pii_table(table: pa.Table, contract: Contract, subjects: pa.Array,
+                    deks: dict[str, bytes], tenant: str) -> pa.Table:
+    """One row per input row: subject_id plus every identifier and PII column as ciphertext."""
+    subject_list = subjects.to_pylist()
+    aeads = {s: AESGCM(k) for s, k in deks.items()}
+    out: dict[str, pa.Array] = {SUBJECT_COLUMN: subjects}
+    for spec in contract.columns:
+        if spec.cls not in ("identifier", "pii"):
+            continue
+        values = table[spec.name].to_pylist()
+        out[spec.name] = pa.array(
+            [None if v is None else encrypt_value(aeads[s], v, pii_associated_data(tenant, s, spec.name))
+             for s, v in zip(subject_list, values, strict=True)], pa.binary())
+    return pa.table(out)
+
+
+def _partition(event: pa.Table, dates: pa.Array) -> list[tuple[str, pa.Table]]:
+    order = pc.sort_indices(dates)
+    event = event.take(order)
+    sorted_dates = dates.take(order)
+    counts = pc.value_counts(sorted_dates)
+    parts: list[tuple[str, pa.Table]] = []
+    offset = 0
+    for item in counts.to_pylist():
+        day, n = item["values"], item["counts"]
+        parts.append((day.isoformat(), event.slice(offset, n)))
+        offset += n
+    return parts
+
+
+def _index_rows(subjects: pa.Array, zone: str, rel_path: str) -> pa.Table:
+    distinct = pc.drop_null(pc.unique(subjects))
+    return pa.table({"subject_id": distinct,
+                     "zone": pa.array([zone] * len(distinct), pa.string()),
+                     "path": pa.array([rel_path] * len(distinct), pa.string())},
+                    schema=INDEX_SCHEMA)
+
+
+def index_file(settings: Settings, dataset: str, tenant: str, batch_id: str) -> Path:
+    return settings.subject_index / dataset / f"tenant_id={tenant}" / f"{batch_id}.parquet"
+
+
+def _publish_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa.Table,
+                   keyring: KeyRing, result: BatchResult) -> None:
+    tenant = ref.tenant_id
+    event = build_event_table(table, contract, keyring, tenant)
+    subjects = event[SUBJECT_COLUMN].combine_chunks()
+    result.rows_event = event.num_rows
+    result.subjects = len(pc.drop_null(pc.unique(subjects)))
+
+    part_col = table[contract.partition_date_from]
+    dates = pc.cast(part_col, pa.date32()).combine_chunks()
+    outputs: list[tuple[Path, pa.Table]] = []
+    index_parts: list[pa.Table] = []
+    for day, part in _partition(event, dates):
+        path = zones.event_file(settings.event_zone, contract.dataset, tenant, day, ref.batch_id)
+        outputs.append((path, part))
+        index_parts.append(_index_rows(part[SUBJECT_COLUMN].combine_chunks(), EVENT_ZONE,
+                                       str(path.relative_to(settings.zones))))
+
+    if contract.has_pii and table.num_rows:
+        with state.connect(settings) as conn:
+            vault = Vault(keyring, conn)
+            wanted = pc.drop_null(pc.unique(subjects)).to_pylist()
+            destroyed = vault.destroyed(tenant, wanted)
+            if destroyed:
+                raise ContractViolation(
+                    "erased_subject", f"{len(destroyed)} subject(s) in this batch were erased;"
+                    " their data is not ingested again", columns=[contract.subject.name],
+                    rows=len(destroyed))
+            deks = vault.data_keys(tenant, wanted, create=True)
+        pii = build_pii_table(table, contract, subjects, deks, tenant)
+        path = zones.pii_file(settings.pii_zone, contract.dataset, tenant, ref.batch_id)
+        outputs.append((path, pii))
+        index_parts.append(_index_rows(subjects, PII_ZONE, str(path.relative_to(settings.zones))))
+        result.rows_pii = pii.num_rows
+
+    # stage everything, then index, then publish: a crash at any point leaves the
+    # batch 'processing' and a re-run rewrites the same names.
+    staging = settings.staging / ref.batch_id
+    shutil.rmtree(staging, ignore_errors=True)
+    staged = [(staging / final.relative_to(settings.zones), final, tbl) for final, tbl in outputs]
+    with ThreadPoolExecutor(_WRITE_THREADS) as pool:
+        list(pool.map(lambda item: zones.write_parquet(item[2], item[0]), staged))
+    index = pa.concat_tables(index_parts) if index_parts else INDEX_SCHEMA.empty_table()
+    zones.write_parquet(index, index_file(settings, contract.dataset, tenant, ref.batch_id))
+    for tmp, final, _ in staged:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        publish_file(tmp, final)
+    shutil.rmtree(staging, ignore_errors=True)
+    result.files = [str(final.relative_to(settings.root)) for _, final, _ in staged]
+
+
+def publish_file(staged: Path, final: Path) -> None:
+    """Make one staged file visible under its final name (atomic rename)."""
+    staged.replace(final)
+
+
+def process_batch(settings: Settings, ref: BatchRef, *, keyring: KeyRing | None = None) -> BatchResult:
+    """Ingest one landing batch exactly once.  Raises ``PseudozoneError`` on failure."""
+    settings.ensure()
+    result = BatchResult(ref.batch_id, ref.dataset, ref.tenant_id, "skipped")
+    source = settings.landing / ref.path
+    with state.connect(settings) as conn:
+        previous = ledger.status(conn, ref.batch_id)
+        if previous in ("done", "quarantined"):
+            log.info("batch %s already %s; nothing to do", ref.batch_id, previous)
+            return result
+        if not source.exists():
+            raise PseudozoneError(f"batch {ref.batch_id}: landing file {ref.path} has disappeared")
+        ledger.begin(conn, batch_id=ref.batch_id, dataset=ref.dataset, tenant_id=ref.tenant_id,
+                     source=ref.path, sha256=sha256_of(source))
+    step = "read"
+    try:
+        table, contract = read_batch(settings, ref)
+        result.rows_in = table.num_rows
+        step = "publish"
+        _publish_batch(settings, ref, contract, table, keyring or KeyRing.load(settings), result)
+    except ContractViolation as violation:
+        return _reject(settings, ref, result, violation)
+    except PseudozoneError:
+        raise
+    except Exception as exc:
+        # the original message may quote data values: keep only its type
+        raise PseudozoneError(
+            f"batch {ref.batch_id} failed during {step} ({type(exc).__name__}); "
+            "nothing was marked done, re-run to retry") from None
+    with state.connect(settings) as conn:
+        ledger.finish(conn, ref.batch_id, status="done", counts=result.counts)
+    result.status = "done"
+    log.info("batch %s done: %d rows in, %d event rows, %d PII rows, %d subjects, %d files",
+             ref.batch_id, result.rows_in, result.rows_event, result.rows_pii, result.subjects,
+             len(result.files))
+    return result
+
+
+def _reject(settings: Settings, ref: BatchRef, result: BatchResult,
+            violation: ContractViolation) -> BatchResult:
+    shutil.rmtree(settings.staging / ref.batch_id, ignore_errors=True)
+    reason = violation.to_reason()
+    target = quarantine(settings, ref, reason)
+    with state.connect(settings) as conn:
+        ledger.finish(conn, ref.batch_id, status="quarantined", counts=result.counts,
+                      reason_code=violation.code)
+    log.warning("batch %s quarantined (%s): %s", ref.batch_id, violation.code, violation.detail)
+    result.status = "quarantined"
+    result.reason = reason
+    result.files = [str(target.relative_to(settings.root))]
+    return result
+
+
+def pending(settings: Settings) -> list[BatchRef]:
+    from pseudozone.landing import discover
+
+    with state.connect(settings) as conn:
+        done = ledger.finished_ids(conn)
+    return discover(settings, done)
+
+
+def ingest_pending(settings: Settings, *, keyring: KeyRing | None = None,
+                   on_result: Callable[[BatchResult], None] | None = None) -> list[BatchResult]:
+    """Every pending batch, one after the other (the CLI's path; the DAG maps instead)."""
+    keyring = keyring or KeyRing.load(settings)
+    results = []
+    for ref in pending(settings):
+        res = process_batch(settings, ref, keyring=keyring)
+        if on_result:
+            on_result(res)
+        results.append(res)
+    return results

@@ -1,0 +1,227 @@
+"""Key hierarchy (DESIGN.md "Keys"; docs/adr/0002-key-hierarchy.md).
+
+    master key (env var, Airflow connection, or a generated 0600 key file)
+      ├─ HKDF → tenant pseudonym key, per tenant, version and purpose  (HMAC-SHA256)
+      └─ HKDF → tenant key-encryption key (KEK)
+                 └─ wraps one random data key (DEK) per subject, kept in the vault
+                      └─ AES-256-GCM of that subject's PII values
+
+No function here logs or returns key material in a message.  Destroying a
+subject's DEK (crypto-shredding) makes every copy of its ciphertext unreadable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import stat
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from pseudozone.config import Settings
+from pseudozone.errors import KeyMaterialError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+MASTER_KEY_ENV = "PSEUDOZONE_MASTER_KEY"
+MASTER_KEY_CONN_ENV = "PSEUDOZONE_MASTER_KEY_CONN_ID"
+PSEUDONYM_VERSION_ENV = "PSEUDOZONE_PSEUDONYM_VERSION"
+KEY_BYTES = 32
+NONCE_BYTES = 12
+KEK_VERSION = 1
+_HKDF_SALT = b"pseudozone/hkdf-salt/v1"
+
+
+def _decode_key(text: str, origin: str) -> bytes:
+    try:
+        key = base64.b64decode(text.strip(), altchars=b"-_" if "-" in text or "_" in text else None,
+                               validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyMaterialError(f"master key from {origin} is not valid base64") from None
+    if len(key) != KEY_BYTES:
+        raise KeyMaterialError(
+            f"master key from {origin} must decode to {KEY_BYTES} bytes, got {len(key)}")
+    return key
+
+
+def _key_from_airflow(conn_id: str) -> bytes:
+    try:
+        from airflow.sdk import BaseHook
+    except ImportError:
+        raise KeyMaterialError(
+            f"{MASTER_KEY_CONN_ENV} is set but Airflow is not importable") from None
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:  # noqa: BLE001 - the hook's error text is not ours to show
+        raise KeyMaterialError(f"Airflow connection {conn_id!r} could not be read") from None
+    if not conn.password:
+        raise KeyMaterialError(f"Airflow connection {conn_id!r} has no password field")
+    return _decode_key(conn.password, f"Airflow connection {conn_id!r}")
+
+
+def _key_from_file(settings: Settings) -> bytes:
+    path = settings.master_key_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(base64.b64encode(os.urandom(KEY_BYTES)).decode() + "\n")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyMaterialError(
+            f"key file {path} is readable by group or others (mode {mode:o}); chmod 600 it")
+    return _decode_key(path.read_text(), f"key file {path.name}")
+
+
+def load_master_key(settings: Settings) -> bytes:
+    """Env var first, then an Airflow connection, then the embedded key file."""
+    env = os.environ.get(MASTER_KEY_ENV)
+    if env:
+        return _decode_key(env, f"${MASTER_KEY_ENV}")
+    conn_id = os.environ.get(MASTER_KEY_CONN_ENV)
+    if conn_id:
+        return _key_from_airflow(conn_id)
+    return _key_from_file(settings)
+
+
+def _hkdf(master: bytes, info: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=_HKDF_SALT,
+                info=info.encode()).derive(master)
+
+
+def pii_associated_data(tenant: str, subject_id: str, column: str) -> bytes:
+    return f"pseudozone/pii|{tenant}|{subject_id}|{column}".encode()
+
+
+class KeyRing:
+    """Derived keys for one master key.  Cheap to build; caches derivations."""
+
+    def __init__(self, master: bytes, *, pseudonym_version: int | None = None) -> None:
+        if len(master) != KEY_BYTES:
+            raise KeyMaterialError(f"master key must be {KEY_BYTES} bytes")
+        self._master = master
+        if pseudonym_version is None:
+            pseudonym_version = int(os.environ.get(PSEUDONYM_VERSION_ENV, "1"))
+        if pseudonym_version < 1:
+            raise KeyMaterialError("pseudonym version must be >= 1")
+        self.pseudonym_version = pseudonym_version
+        self._cache: dict[str, bytes] = {}
+
+    @classmethod
+    def load(cls, settings: Settings) -> KeyRing:
+        return cls(load_master_key(settings))
+
+    def _derive(self, info: str) -> bytes:
+        key = self._cache.get(info)
+        if key is None:
+            key = self._cache[info] = _hkdf(self._master, info)
+        return key
+
+    def pseudonym_key(self, tenant: str, purpose: str, version: int | None = None) -> bytes:
+        v = self.pseudonym_version if version is None else version
+        return self._derive(f"pseudozone/pseudonym/{tenant}/{purpose}/v{v}")
+
+    def kek(self, tenant: str) -> bytes:
+        return self._derive(f"pseudozone/kek/{tenant}/v{KEK_VERSION}")
+
+    def pseudonymize(self, tenant: str, purpose: str, values: Iterable[str],
+                     version: int | None = None) -> list[str]:
+        """``vN:`` + hex HMAC-SHA256 of each value under the tenant's key for ``purpose``."""
+        v = self.pseudonym_version if version is None else version
+        key = self.pseudonym_key(tenant, purpose, v)
+        prefix = f"v{v}:"
+        digest = hmac.digest
+        return [prefix + digest(key, x.encode(), hashlib.sha256).hex() for x in values]
+
+    def subject_id(self, tenant: str, user_id: str, version: int | None = None) -> str:
+        return self.pseudonymize(tenant, "subject", [user_id], version)[0]
+
+    # -- data keys -------------------------------------------------------------------
+
+    def wrap_dek(self, tenant: str, subject_id: str, dek: bytes) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        ad = f"pseudozone/dek|{tenant}|{subject_id}".encode()
+        return nonce + AESGCM(self.kek(tenant)).encrypt(nonce, dek, ad)
+
+    def unwrap_dek(self, tenant: str, subject_id: str, wrapped: bytes) -> bytes:
+        ad = f"pseudozone/dek|{tenant}|{subject_id}".encode()
+        try:
+            return AESGCM(self.kek(tenant)).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], ad)
+        except InvalidTag:
+            raise KeyMaterialError(
+                f"data key of subject {subject_id} in tenant {tenant!r} does not unwrap "
+                "(wrong master key or tampered vault)") from None
+
+
+class Vault:
+    """Per-subject data keys, wrapped by the tenant KEK, in the state database."""
+
+    def __init__(self, keyring: KeyRing, conn: sqlite3.Connection) -> None:
+        self.keyring = keyring
+        self.conn = conn
+
+    def _fetch(self, tenant: str, subjects: list[str]) -> dict[str, bytes | None]:
+        found: dict[str, bytes | None] = {}
+        for start in range(0, len(subjects), 500):
+            chunk = subjects[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT subject_id, wrapped_dek FROM subject_keys "  # noqa: S608 - marks only
+                f"WHERE tenant_id = ? AND subject_id IN ({marks})", [tenant, *chunk])
+            found.update(rows)
+        return found
+
+    def data_keys(self, tenant: str, subjects: Iterable[str], *, create: bool) -> dict[str, bytes]:
+        """Unwrapped DEKs of ``subjects``; missing ones are created when ``create``.
+
+        A destroyed (crypto-shredded) key is never recreated: a subject whose key
+        was destroyed gets no entry, and the caller must not write PII for it.
+        """
+        wanted = sorted(set(subjects))
+        stored = self._fetch(tenant, wanted)
+        missing = [s for s in wanted if s not in stored]
+        if missing and create:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO subject_keys (tenant_id, subject_id, wrapped_dek, kek_version)"
+                " VALUES (?, ?, ?, ?)",
+                [(tenant, s, self.keyring.wrap_dek(tenant, s, os.urandom(KEY_BYTES)), KEK_VERSION)
+                 for s in missing])
+            stored.update(self._fetch(tenant, missing))
+        return {s: self.keyring.unwrap_dek(tenant, s, w) for s, w in stored.items() if w is not None}
+
+    def destroyed(self, tenant: str, subjects: Iterable[str]) -> set[str]:
+        stored = self._fetch(tenant, sorted(set(subjects)))
+        return {s for s, w in stored.items() if w is None}
+
+    def destroy(self, tenant: str, subject_id: str) -> bool:
+        """Crypto-shred: drop the wrapped key, keep a tombstone row."""
+        cur = self.conn.execute(
+            "UPDATE subject_keys SET wrapped_dek = NULL, "
+            "destroyed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+            "WHERE tenant_id = ? AND subject_id = ? AND wrapped_dek IS NOT NULL",
+            (tenant, subject_id))
+        return cur.rowcount > 0
+
+
+def encrypt_value(aead: AESGCM, plaintext: str, ad: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + aead.encrypt(nonce, plaintext.encode("utf-8"), ad)
+
+
+def decrypt_value(aead: AESGCM, blob: bytes, ad: bytes) -> str:
+    try:
+        return aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], ad).decode("utf-8")
+    except InvalidTag:
+        raise KeyMaterialError("a PII value does not decrypt (wrong key, subject or column)") from None

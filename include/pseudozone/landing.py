@@ -1,0 +1,231 @@
+"""The landing zone: discover batches, read them against their contract, quarantine.
+
+Layout: ``landing/<dataset>/tenant=<tenant_id>/<batch>.{parquet,csv,jsonl}``.
+Files whose names start with ``.`` or ``_`` are in-flight uploads and ignored.
+Reading never lets a library error message through (pyarrow quotes the value
+it failed to parse); it raises ``ContractViolation`` naming columns instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from pseudozone import contracts, zones
+from pseudozone.config import Settings
+from pseudozone.contracts import TENANT_COLUMN, Contract
+from pseudozone.errors import ContractError, ContractViolation
+
+FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "date": pa.date32(),
+}
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """A landing file to ingest.  Only ids and paths: safe for XCom and logs."""
+
+    batch_id: str
+    dataset: str
+    tenant_id: str
+    path: str  # relative to the landing zone
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> BatchRef:
+        return cls(**{k: str(raw[k]) for k in ("batch_id", "dataset", "tenant_id", "path")})
+
+
+def batch_id_for(dataset: str, tenant: str, filename: str) -> str:
+    stem = Path(filename).stem
+    return _UNSAFE.sub("_", f"{dataset}.{tenant}.{stem}")
+
+
+def _tenant_of(dirname: str) -> str | None:
+    if not dirname.startswith("tenant="):
+        return None
+    tenant = dirname.removeprefix("tenant=")
+    return tenant if TENANT_RE.match(tenant) else None
+
+
+def discover(settings: Settings, done: set[str] | None = None) -> list[BatchRef]:
+    """Every landing file not yet ingested, in a stable order."""
+    done = done or set()
+    refs: list[BatchRef] = []
+    if not settings.landing.exists():
+        return refs
+    for dataset_dir in sorted(settings.landing.iterdir()):
+        if not dataset_dir.is_dir() or dataset_dir.name[:1] in "._":
+            continue
+        for tenant_dir in sorted(dataset_dir.iterdir()):
+            if not tenant_dir.is_dir() or tenant_dir.name[:1] in "._":
+                continue
+            tenant = _tenant_of(tenant_dir.name) or _UNSAFE.sub("_", tenant_dir.name)
+            for f in sorted(tenant_dir.iterdir()):
+                if not f.is_file() or f.name[:1] in "._":
+                    continue
+                ref = BatchRef(batch_id=batch_id_for(dataset_dir.name, tenant, f.name),
+                               dataset=dataset_dir.name, tenant_id=tenant,
+                               path=str(f.relative_to(settings.landing)))
+                if ref.batch_id not in done:
+                    refs.append(ref)
+    return refs
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_raw(path: Path, fmt: str, contract: Contract) -> pa.Table:
+    try:
+        if fmt == "parquet":
+            return pq.read_table(path)
+        if fmt == "csv":
+            convert = pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in contract.names},
+                strings_can_be_null=True, null_values=[""])
+            return pacsv.read_csv(path, convert_options=convert)
+        return pajson.read_json(path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+        raise ContractViolation(
+            "unreadable", f"the {fmt} file could not be parsed ({type(exc).__name__})") from None
+
+
+def _to_timestamp(arr: pa.ChunkedArray) -> pa.ChunkedArray:
+    target = ARROW_TYPES["timestamp"]
+    if pa.types.is_timestamp(arr.type):
+        if arr.type.tz is None:
+            return pc.assume_timezone(arr.cast(pa.timestamp("us")), "UTC")
+        return arr.cast(target)
+    if pa.types.is_date(arr.type):
+        return pc.assume_timezone(arr.cast(pa.timestamp("us")), "UTC")
+    try:
+        return arr.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # no zone offset in the text: the platform's exports are UTC
+        return pc.assume_timezone(arr.cast(pa.timestamp("us")), "UTC")
+
+
+def _cast(arr: pa.ChunkedArray, type_name: str) -> pa.ChunkedArray:
+    if type_name == "timestamp":
+        return _to_timestamp(arr)
+    target = ARROW_TYPES[type_name]
+    if arr.type == target:
+        return arr
+    if type_name == "string" and pa.types.is_large_string(arr.type):
+        return arr.cast(target)
+    if type_name == "string" and not (pa.types.is_integer(arr.type) or pa.types.is_string(arr.type)
+                                      or pa.types.is_null(arr.type)):
+        # a float, struct or list where text was promised is a type error, not a cast
+        raise pa.ArrowInvalid("type")
+    if type_name == "bool" and pa.types.is_string(arr.type):
+        arr = pc.utf8_lower(pc.utf8_trim_whitespace(arr))
+    if type_name in ("int64", "float64") and pa.types.is_string(arr.type):
+        arr = pc.utf8_trim_whitespace(arr)
+    return arr.cast(target)
+
+
+def _normalize_identifier(arr: pa.ChunkedArray) -> pa.ChunkedArray:
+    trimmed = pc.utf8_trim_whitespace(arr)
+    return pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+
+
+def conform(table: pa.Table, contract: Contract, tenant: str) -> pa.Table:
+    """Check ``table`` against ``contract`` and return it typed, in contract order."""
+    present = set(table.column_names)
+    known = set(contract.names)
+    unknown = sorted(present - known)
+    if unknown:
+        raise ContractViolation("unknown_columns",
+                                f"{len(unknown)} column(s) not in the {contract.dataset} contract",
+                                columns=unknown)
+    missing = sorted(c.name for c in contract.columns if c.required and c.name not in present)
+    if missing:
+        raise ContractViolation("missing_columns", f"{len(missing)} required column(s) absent",
+                                columns=missing)
+    out: dict[str, pa.ChunkedArray] = {}
+    wrong: list[str] = []
+    for spec in contract.columns:
+        if spec.name not in present:
+            out[spec.name] = pa.chunked_array([pa.nulls(table.num_rows, ARROW_TYPES[spec.type])])
+            continue
+        try:
+            col = _cast(table[spec.name], spec.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            wrong.append(spec.name)
+            continue
+        if spec.cls == "identifier":
+            col = _normalize_identifier(col)
+        out[spec.name] = col
+    if wrong:
+        raise ContractViolation("wrong_type", f"{len(wrong)} column(s) do not fit their contract type",
+                                columns=wrong)
+    nulls = [s.name for s in contract.columns if not s.nullable and out[s.name].null_count]
+    if nulls:
+        rows = max(out[n].null_count for n in nulls)
+        raise ContractViolation("null_values", "required value(s) missing", columns=nulls, rows=rows)
+    mismatched = int(pc.sum(pc.not_equal(out[TENANT_COLUMN], tenant)).as_py() or 0)
+    if mismatched:
+        raise ContractViolation("tenant_mismatch",
+                                "rows whose tenant_id differs from the landing folder's tenant",
+                                columns=[TENANT_COLUMN], rows=mismatched)
+    return pa.table(out)
+
+
+def read_batch(settings: Settings, ref: BatchRef) -> tuple[pa.Table, Contract]:
+    """Read and conform a landing file, or raise ``ContractViolation``."""
+    if _tenant_of(Path(ref.path).parent.name) is None:
+        raise ContractViolation("bad_tenant_folder",
+                                "landing folder must be named tenant=<id> (letters, digits, _.-)")
+    try:
+        contract = contracts.load(ref.dataset)
+    except ContractError:
+        raise ContractViolation("unknown_dataset",
+                                f"no contract for dataset {ref.dataset!r}") from None
+    path = settings.landing / ref.path
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ContractViolation("unsupported_format",
+                                f"file type {path.suffix!r} is not one of {sorted(FORMATS)}")
+    return conform(_read_raw(path, fmt, contract), contract, ref.tenant_id), contract
+
+
+def quarantine(settings: Settings, ref: BatchRef, reason: dict[str, Any]) -> Path:
+    """Move the landing file into quarantine beside a machine-readable reason."""
+    src = settings.landing / ref.path
+    target_dir = settings.quarantine / ref.dataset / f"tenant_id={ref.tenant_id}"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / src.name
+    n = 1
+    while target.exists():
+        target = target_dir / f"{src.stem}.{n}{src.suffix}"
+        n += 1
+    zones.write_json({"batch_id": ref.batch_id, "dataset": ref.dataset, "tenant_id": ref.tenant_id,
+                      "source": ref.path, **reason}, target.with_name(target.name + ".reason.json"))
+    if src.exists():
+        os.replace(src, target)
+    return target

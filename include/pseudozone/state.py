@@ -1,0 +1,64 @@
+"""The state database: batch ledger and key vault (SQLite under the data root).
+
+One small SQLite file in WAL mode, opened per unit of work.  Parallel mapped
+tasks write to it concurrently, so every connection waits on locks instead of
+failing (``busy_timeout``), and every multi-row change is one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pseudozone.config import Settings
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id     TEXT PRIMARY KEY,
+    dataset      TEXT NOT NULL,
+    tenant_id    TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    sha256       TEXT,
+    status       TEXT NOT NULL CHECK (status IN ('processing', 'done', 'quarantined')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    rows_in      INTEGER,
+    rows_event   INTEGER,
+    rows_pii     INTEGER,
+    subjects     INTEGER,
+    files        INTEGER,
+    reason_code  TEXT,
+    started_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    finished_at  TEXT
+);
+CREATE TABLE IF NOT EXISTS subject_keys (
+    tenant_id    TEXT NOT NULL,
+    subject_id   TEXT NOT NULL,
+    wrapped_dek  BLOB,
+    kek_version  INTEGER NOT NULL,
+    created_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    destroyed_at TEXT,
+    PRIMARY KEY (tenant_id, subject_id)
+);
+"""
+
+
+@contextmanager
+def connect(settings: Settings) -> Iterator[sqlite3.Connection]:
+    """A connection that commits on success and rolls back on error."""
+    settings.state.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(settings.state_db, timeout=60, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=60000")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        conn.close()

@@ -1,0 +1,81 @@
+"""Storage protocol (DESIGN.md; docs/adr/0001-storage-protocol.md).
+
+Every write is a whole file with a deterministic name, written under a
+temporary name in the same directory and renamed into place with
+``os.replace``.  Readers never see half a file; a re-run writes the same names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PARQUET_COMPRESSION = "snappy"
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_parquet(table: pa.Table, path: Path) -> Path:
+    """Write ``table`` to ``path`` atomically (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        pq.write_table(table, tmp, compression=PARQUET_COMPRESSION)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_bytes(data: bytes, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    return write_bytes((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), path)
+
+
+def event_file(zone_root: Path, dataset: str, tenant: str, day: str, batch_id: str) -> Path:
+    return zone_root / dataset / f"tenant_id={tenant}" / f"date={day}" / f"{batch_id}.parquet"
+
+
+def pii_file(zone_root: Path, dataset: str, tenant: str, batch_id: str) -> Path:
+    return zone_root / dataset / f"tenant_id={tenant}" / f"{batch_id}.parquet"
+
+
+def parquet_files(root: Path) -> list[Path]:
+    """Published Parquet files under ``root`` (temp files excluded), sorted."""
+    if not root.exists():
+        return []
+    return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
