@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pseudozone import ledger, scrub, state, zones
 from pseudozone.config import Settings
-from pseudozone.contracts import SUBJECT_COLUMN, TENANT_COLUMN, Contract
+from pseudozone.contracts import SUBJECT_COLUMN, Contract
 from pseudozone.errors import ContractViolation, PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
@@ -227,7 +227,7 @@ def process_batch(settings: Settings, ref: BatchRef, *, keyring: KeyRing | None 
         return _reject(settings, ref, result, violation)
     except PseudozoneError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - re-raised below without its text
         # the original message may quote data values: keep only its type
         raise PseudozoneError(
             f"batch {ref.batch_id} failed during {step} ({type(exc).__name__}); "

@@ -37,7 +37,7 @@ PATTERNS: tuple[tuple[str, str], ...] = (
     # North American 555-123-4567 / 555.123.4567 / 555 123 4567
     ("phone", rf"\b\d{{3}}{_SEP}\d{{3}}{_SEP}\d{{4}}\b"),
     # national trunk prefix: 030-12345678, 07700 900123, 06 12 34 56 78
-    ("phone", rf"\b0\d{{1,4}}(?:(?:[ \-/]|%20)\d{{2,8}}){{1,4}}\b"),
+    ("phone", r"\b0\d{1,4}(?:(?:[ \-/]|%20)\d{2,8}){1,4}\b"),
     # bare digit runs long enough to be a phone number
     ("phone", r"\b\d{9,15}\b"),
 )
@@ -83,8 +83,11 @@ def find(values: pa.Array | pa.ChunkedArray) -> dict[str, int]:
     return counts
 
 
+REDACTED = "[pii]"
+
+
 def redact_known(texts: Sequence[str | None], known: Sequence[Iterable[str | None]],
-                 *, token: str = "[pii]", min_len: int = 3) -> list[str | None]:
+                 *, token: str = REDACTED, min_len: int = 3) -> list[str | None]:
     """Remove each row's own known PII values (e.g. its name) from its free text.
 
     Row-wise by nature (each row has its own values), so it is used only where

@@ -1,0 +1,60 @@
+# pseudozone: every target the README names.  Only Python 3.11+ and make are needed;
+# uv is installed with pip when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := $(PYTHON) -m uv
+endif
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+
+export PSEUDOZONE_HOME ?= $(CURDIR)/data
+DEMO_EVENTS ?= 200000
+BENCH_EVENTS ?= 1000000
+
+# Airflow on the embedded default: SQLite metadata DB under .airflow/, this repo's DAGs.
+AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__LOGGING__LOGGING_LEVEL=INFO
+
+.PHONY: install demo test lint unit bench clean
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --frozen --compile-bytecode
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/pseudozone generate --events $(DEMO_EVENTS)
+	@$(AIRFLOW_ENV) $(BIN)/airflow db migrate > $(CURDIR)/.airflow-migrate.log 2>&1 \
+		|| { cat $(CURDIR)/.airflow-migrate.log; exit 1; }
+	$(AIRFLOW_ENV) $(BIN)/airflow dags test pseudonymize_ingested > $(CURDIR)/.airflow/demo-run.log 2>&1 \
+		|| { tail -50 $(CURDIR)/.airflow/demo-run.log; exit 1; }
+	@grep -E "state=|DagRun Finished|Marking run" $(CURDIR)/.airflow/demo-run.log | tail -5 || true
+	@echo
+	$(BIN)/pseudozone status
+	@echo
+	$(BIN)/pseudozone query "SELECT tenant_id, event_name, count(*) AS events, \
+		count(DISTINCT subject_id) AS subjects, count(DISTINCT ip_prefix) AS networks \
+		FROM events GROUP BY ALL ORDER BY tenant_id, events DESC LIMIT 9"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q tests/unit tests/integration
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/bench_ingest.py --events $(BENCH_EVENTS)
+
+clean:
+	rm -rf $(CURDIR)/data $(CURDIR)/.airflow $(CURDIR)/.airflow-migrate.log bench/out

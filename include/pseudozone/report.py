@@ -1,0 +1,57 @@
+"""What the zones hold: row and file counts per zone and dataset, from Parquet footers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pseudozone import ledger, state, zones
+from pseudozone.config import Settings
+
+
+def _rows(files: list[Path]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def zone_counts(settings: Settings) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for zone, root in (("events", settings.event_zone), ("pii", settings.pii_zone),
+                       ("restricted", settings.restricted_zone)):
+        if not root.exists():
+            continue
+        for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            files = zones.parquet_files(dataset_dir)
+            out.append({"zone": zone, "dataset": dataset_dir.name, "files": len(files),
+                        "rows": _rows(files)})
+    quarantined = sorted(settings.quarantine.rglob("*.reason.json")) if settings.quarantine.exists() else []
+    out.append({"zone": "quarantine", "dataset": "*", "files": len(quarantined), "rows": None})
+    return out
+
+
+def batch_summary(settings: Settings) -> list[dict[str, Any]]:
+    with state.connect(settings) as conn:
+        return ledger.summary(conn)
+
+
+def format_table(columns: list[str], rows: list[tuple[Any, ...]] | list[list[Any]]) -> str:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join([line, sep, *body])
+
+
+def status_text(settings: Settings) -> str:
+    counts = zone_counts(settings)
+    parts = ["Zones under " + str(settings.zones),
+             format_table(["zone", "dataset", "files", "rows"],
+                          [[c["zone"], c["dataset"], c["files"], c["rows"]] for c in counts])]
+    batches = batch_summary(settings)
+    if batches:
+        parts += ["", "Batch ledger",
+                  format_table(["dataset", "status", "batches", "rows_in", "rows_event", "rows_pii"],
+                               [list(b.values()) for b in batches])]
+    return "\n".join(parts)

@@ -1,0 +1,49 @@
+"""The callables behind the DAGs' tasks: plain Python, JSON-safe in and out.
+
+Each takes and returns ids, paths and counts only, since Airflow stores both in
+XCom (the metadata database).  The DAG files call these and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pseudozone.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def discover_batches(home: str | None = None) -> list[dict[str, str]]:
+    from pseudozone.ingest import pending
+
+    refs = pending(Settings.from_env(home))
+    log.info("%d pending batch(es)", len(refs))
+    return [r.to_dict() for r in refs]
+
+
+def pseudonymize_batch(batch: dict[str, Any], home: str | None = None) -> dict[str, Any]:
+    from pseudozone.ingest import process_batch
+    from pseudozone.landing import BatchRef
+
+    return process_batch(Settings.from_env(home), BatchRef.from_dict(batch)).to_dict()
+
+
+def summarize_ingest(results: list[dict[str, Any]]) -> dict[str, Any]:
+    by_status: dict[str, int] = {}
+    for res in results:
+        by_status[res["status"]] = by_status.get(res["status"], 0) + 1
+    quarantined = [{"batch_id": r["batch_id"], "code": (r.get("reason") or {}).get("code")}
+                   for r in results if r["status"] == "quarantined"]
+    summary = {
+        "batches": len(results),
+        "by_status": by_status,
+        "rows_in": sum(r["rows_in"] for r in results),
+        "rows_event": sum(r["rows_event"] for r in results),
+        "rows_pii": sum(r["rows_pii"] for r in results),
+        "quarantined": quarantined,
+    }
+    for q in quarantined:
+        log.warning("batch %s was quarantined (%s); see zones/quarantine", q["batch_id"], q["code"])
+    log.info("ingest summary: %s", summary)
+    return summary
