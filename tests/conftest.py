@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+
+from pseudozone.config import Settings
+from pseudozone.keys import KeyRing
+from tests import planted
+
+TEST_MASTER_KEY = bytes(range(32))  # fixed test key: never a real secret
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings.from_env(tmp_path / "lake")
+    s.ensure()
+    return s
+
+
+@pytest.fixture
+def keyring() -> KeyRing:
+    return KeyRing(TEST_MASTER_KEY, pseudonym_version=1)
+
+
+@pytest.fixture
+def master_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(TEST_MASTER_KEY).decode())
+
+
+@pytest.fixture
+def lake(settings: Settings, master_key_env: None) -> Settings:
+    """A landing zone with generated data for two tenants plus the planted batch."""
+    from pseudozone.sample import generate
+
+    generate(settings, events=4000, tenants=2, seed=11, batch_rows=1500)
+    planted.plant(settings.landing)
+    return settings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.pop("PSEUDOZONE_MASTER_KEY_CONN_ID", None)
