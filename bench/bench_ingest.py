@@ -326,7 +326,7 @@ def main_parent(args: argparse.Namespace) -> int:
         runs.append({"copy": copy, "ingest": ingest})
         print(f"run {i + 1}/{args.repeat}: copy {copy['wall_s']:.2f}s "
               f"({_mib(copy['peak_rss_kib']):.0f} MiB), ingest {ingest['wall_s']:.2f}s "
-              f"({_mib(ingest['peak_rss_kib']):.0f} MiB)", file=sys.stderr)
+              f"({_mib(ingest['peak_rss_kib']):.0f} MiB)", flush=True)
 
     summary = summarize(runs)
     print_table(gen, summary, runs, args.events)

@@ -115,7 +115,7 @@ def test_pii_zone_is_ciphertext_and_decrypts_to_the_input(lake: Settings) -> Non
                         assert source[n].encode() not in row[n]
                 decrypted += 1
     assert decrypted == raw.num_rows
-    assert any(planted.NAME == r["full_name"] for r in expected.values())  # non-ASCII round trip
+    assert any(r["full_name"] == planted.NAME for r in expected.values())  # non-ASCII round trip
 
 
 def test_ciphertext_is_bound_to_tenant_subject_and_column(lake: Settings) -> None:

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import base64
+import os
+import stat
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from pseudozone import state
+from pseudozone.config import Settings
+from pseudozone.errors import KeyMaterialError
+from pseudozone.keys import (
+    KeyRing,
+    Vault,
+    decrypt_value,
+    encrypt_value,
+    load_master_key,
+    pii_associated_data,
+)
+
+AWKWARD = ["", "plain", "Zoë Ørsted-Łukasiewicz", "שלום עולם", "山田 太郎", "emoji 🙂👍🏽", "a\x00b",
+           "x" * 10_000]
+
+
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PSEUDOZONE_MASTER_KEY", raising=False)
+    monkeypatch.delenv("PSEUDOZONE_MASTER_KEY_CONN_ID", raising=False)
+
+
+def test_embedded_default_generates_a_0600_key_file_once(settings: Settings) -> None:
+    first = load_master_key(settings)
+    mode = stat.S_IMODE(settings.master_key_file.stat().st_mode)
+    assert mode == 0o600
+    assert load_master_key(settings) == first
+    assert len(first) == 32
+
+
+def test_given_group_readable_key_file_then_it_is_refused(settings: Settings) -> None:
+    load_master_key(settings)
+    os.chmod(settings.master_key_file, 0o644)
+    with pytest.raises(KeyMaterialError, match="chmod 600"):
+        load_master_key(settings)
+
+
+def test_env_key_wins_and_bad_env_key_is_reported_without_its_value(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = os.urandom(32)
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(key).decode())
+    assert load_master_key(settings) == key
+    assert not settings.master_key_file.exists()
+    secret_looking = base64.b64encode(b"too-short-secret").decode()
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", secret_looking)
+    with pytest.raises(KeyMaterialError) as err:
+        load_master_key(settings)
+    assert secret_looking not in str(err.value)
+    assert "32 bytes" in str(err.value)
+
+
+def test_pseudonyms_are_versioned_deterministic_and_separated(keyring: KeyRing) -> None:
+    a = keyring.subject_id("acme", "usr_1")
+    assert a == keyring.subject_id("acme", "usr_1")
+    assert a.startswith("v1:") and len(a) == 67
+    assert a != keyring.subject_id("globex", "usr_1")                     # tenants unlinkable
+    assert a[3:] != keyring.pseudonymize("acme", "anonymous_id", ["usr_1"])[0][3:]  # purposes
+    v2 = keyring.subject_id("acme", "usr_1", version=2)
+    assert v2.startswith("v2:") and v2[3:] != a[3:]                        # rotation
+    assert KeyRing(os.urandom(32)).subject_id("acme", "usr_1") != a        # keyed, not a plain hash
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+def test_encryption_round_trips_awkward_text(text: str) -> None:
+    aead = AESGCM(os.urandom(32))
+    ad = pii_associated_data("acme", "v1:abc", "full_name")
+    blob = encrypt_value(aead, text, ad)
+    assert decrypt_value(aead, blob, ad) == text
+    if text:
+        assert text.encode() not in blob
+    assert encrypt_value(aead, text, ad) != blob  # fresh nonce per value
+
+
+def test_given_wrong_associated_data_then_decryption_fails(keyring: KeyRing) -> None:
+    aead = AESGCM(os.urandom(32))
+    blob = encrypt_value(aead, "secret", pii_associated_data("acme", "v1:s", "email"))
+    for ad in (pii_associated_data("acme", "v1:s", "phone"), pii_associated_data("acme", "v1:t", "email"),
+               pii_associated_data("globex", "v1:s", "email")):
+        with pytest.raises(KeyMaterialError):
+            decrypt_value(aead, blob, ad)
+
+
+def test_vault_creates_once_reuses_and_crypto_shreds(settings: Settings, keyring: KeyRing) -> None:
+    with state.connect(settings) as conn:
+        vault = Vault(keyring, conn)
+        first = vault.data_keys("acme", ["v1:a", "v1:b"], create=True)
+        again = vault.data_keys("acme", ["v1:a", "v1:b", "v1:c"], create=True)
+        assert first["v1:a"] == again["v1:a"] and len(again) == 3
+        assert vault.destroy("acme", "v1:a")
+        after = vault.data_keys("acme", ["v1:a"], create=True)
+        assert after == {}  # a destroyed key is never recreated
+        assert vault.destroyed("acme", ["v1:a", "v1:b"]) == {"v1:a"}
+        raw = conn.execute("SELECT wrapped_dek FROM subject_keys WHERE subject_id='v1:b'").fetchone()[0]
+    assert first["v1:b"] not in raw  # stored wrapped, never in the clear
+
+
+def test_given_another_master_key_then_data_keys_do_not_unwrap(settings: Settings, keyring: KeyRing) -> None:
+    with state.connect(settings) as conn:
+        Vault(keyring, conn).data_keys("acme", ["v1:a"], create=True)
+        with pytest.raises(KeyMaterialError, match="does not unwrap"):
+            Vault(KeyRing(os.urandom(32)), conn).data_keys("acme", ["v1:a"], create=False)
