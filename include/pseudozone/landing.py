@@ -126,8 +126,14 @@ def _to_timestamp(arr: pa.ChunkedArray) -> pa.ChunkedArray:
     try:
         return arr.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        # no zone offset in the text: the platform's exports are UTC
-        return pc.assume_timezone(arr.cast(pa.timestamp("us")), "UTC")
+        pass
+    # some or all texts lack a zone offset: the platform's exports are UTC
+    text = pc.utf8_trim_whitespace(arr)
+    has_offset = pc.fill_null(pc.match_substring_regex(text, r"(?:Z|[+-]\d{2}:?\d{2})$"), False)
+    null_text = pa.scalar(None, pa.string())
+    aware = pc.if_else(has_offset, text, null_text).cast(target)
+    naive = pc.assume_timezone(pc.if_else(has_offset, null_text, text).cast(pa.timestamp("us")), "UTC")
+    return pc.coalesce(aware, naive)
 
 
 def _cast(arr: pa.ChunkedArray, type_name: str) -> pa.ChunkedArray:
