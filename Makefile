@@ -31,11 +31,15 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/pseudozone generate --events $(DEMO_EVENTS)
-	@$(AIRFLOW_ENV) $(BIN)/airflow db migrate > $(CURDIR)/.airflow-migrate.log 2>&1 \
-		|| { cat $(CURDIR)/.airflow-migrate.log; exit 1; }
-	$(AIRFLOW_ENV) $(BIN)/airflow dags test pseudonymize_ingested > $(CURDIR)/.airflow/demo-run.log 2>&1 \
+	@mkdir -p $(CURDIR)/.airflow
+	@echo "airflow db migrate (SQLite under .airflow/)"
+	@$(AIRFLOW_ENV) $(BIN)/airflow db migrate > $(CURDIR)/.airflow/migrate.log 2>&1 \
+		|| { tail -50 $(CURDIR)/.airflow/migrate.log; exit 1; }
+	@echo "airflow dags test pseudonymize_ingested (log: .airflow/demo-run.log)"
+	@$(AIRFLOW_ENV) $(BIN)/airflow dags test pseudonymize_ingested > $(CURDIR)/.airflow/demo-run.log 2>&1 \
 		|| { tail -50 $(CURDIR)/.airflow/demo-run.log; exit 1; }
-	@grep -E "state=|DagRun Finished|Marking run" $(CURDIR)/.airflow/demo-run.log | tail -5 || true
+	@grep -oE "DagRun Finished: dag_id=[a-z_]+|run_duration=[0-9.]+|, state=[a-z]+" \
+		$(CURDIR)/.airflow/demo-run.log | tr -d ',' | tr '\n' ' '; echo
 	@echo
 	$(BIN)/pseudozone status
 	@echo
@@ -57,4 +61,4 @@ bench: install
 	$(BIN)/python bench/bench_ingest.py --events $(BENCH_EVENTS)
 
 clean:
-	rm -rf $(CURDIR)/data $(CURDIR)/.airflow $(CURDIR)/.airflow-migrate.log bench/out
+	rm -rf $(CURDIR)/data $(CURDIR)/.airflow bench/out

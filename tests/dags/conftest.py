@@ -1,0 +1,47 @@
+"""Airflow test setup: a throw-away AIRFLOW_HOME with a SQLite metadata DB.
+
+The environment is set when this module is imported, before anything imports
+Airflow, and the DB is migrated once per session (in a subprocess, the way a
+user runs ``airflow db migrate``).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="pseudozone-airflow-"))
+PSEUDOZONE_HOME = AIRFLOW_HOME / "lake"
+
+os.environ.update({
+    "AIRFLOW_HOME": str(AIRFLOW_HOME),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    "PSEUDOZONE_HOME": str(PSEUDOZONE_HOME),
+    # a fixed test key, passed the way a deployment passes it: never a real secret
+    "PSEUDOZONE_MASTER_KEY": base64.b64encode(bytes(range(32))).decode(),
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.airflow)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Iterator[Path]:
+    airflow = Path(sys.executable).with_name("airflow")
+    proc = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, env=os.environ)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    yield AIRFLOW_HOME / "airflow.db"

@@ -1,0 +1,108 @@
+"""Run the whole DAG with dag.test() on planted PII, then hunt for the PII everywhere."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pseudozone.config import Settings
+from tests import planted
+from tests.dags.conftest import AIRFLOW_HOME, PSEUDOZONE_HOME, REPO
+
+
+def _artifact_texts(db: Path) -> dict[str, str]:
+    """Every place Airflow keeps things: the metadata DB (raw pages and XCom rows) and log files."""
+    texts = {"metadata-db-bytes": db.read_bytes().decode("utf-8", "replace")}
+    for wal in db.parent.glob(db.name + "-*"):
+        texts[wal.name] = wal.read_bytes().decode("utf-8", "replace")
+    with sqlite3.connect(db) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            rows = conn.execute(f'SELECT * FROM "{table}"').fetchall()
+            texts[f"table:{table}"] = "\n".join(repr(r) for r in rows)
+    for log_file in (AIRFLOW_HOME / "logs").rglob("*"):
+        if log_file.is_file():
+            texts[f"log:{log_file.relative_to(AIRFLOW_HOME)}"] = log_file.read_text("utf-8", "replace")
+    return texts
+
+
+@pytest.fixture(scope="module")
+def ingest_run(airflow_db: Path):  # type: ignore[no-untyped-def]
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pseudozone.sample import generate
+
+    settings = Settings.from_env(PSEUDOZONE_HOME)
+    generate(settings, events=3000, tenants=2, seed=21, batch_rows=2000)
+    planted.plant(settings.landing)
+    bad = settings.landing / "events" / "tenant=acme" / "broken-0001.csv"
+    bad.write_text("tenant_id,user_id,email_address\nacme,usr_planted_0001,zelda.plantedpii@example.org\n")
+
+    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("pseudonymize_ingested")
+    root = logging.getLogger()
+    capture = _ListHandler()
+    root.addHandler(capture)
+    try:
+        dag_run = dag.test()
+    finally:
+        root.removeHandler(capture)
+    return settings, dag_run, capture.lines
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_dag_run_succeeds_with_one_mapped_task_per_batch(ingest_run) -> None:  # type: ignore[no-untyped-def]
+    settings, dag_run, _ = ingest_run
+    assert dag_run.state == "success"
+    states: dict[str, list[str]] = {}
+    for ti in dag_run.get_task_instances():
+        states.setdefault(ti.task_id, []).append(ti.state)
+    # 2 tenants × (profiles + events + server_logs) + planted × 3 + the broken csv
+    assert states["pseudonymize_batch"] == ["success"] * 10
+    assert states["discover_batches"] == ["success"] and states["summarize"] == ["success"]
+    assert (settings.quarantine / "events" / "tenant_id=acme" / "broken-0001.csv").exists()
+    assert list((settings.event_zone / "events").rglob("*planted-0000.parquet"))
+
+
+def test_summary_in_xcom_holds_counts_and_ids_only(ingest_run) -> None:  # type: ignore[no-untyped-def]
+    _, dag_run, _ = ingest_run
+    ti = next(t for t in dag_run.get_task_instances() if t.task_id == "summarize")
+    summary = ti.xcom_pull(task_ids="summarize")
+    assert summary["by_status"] == {"done": 9, "quarantined": 1}
+    assert summary["quarantined"] == [{"batch_id": "events.acme.broken-0001", "code": "unknown_columns"}]
+    assert summary["rows_in"] > 3000
+
+
+def test_no_planted_pii_in_logs_xcom_or_metadata_db(ingest_run, airflow_db) -> None:  # type: ignore[no-untyped-def]
+    settings, _, log_lines = ingest_run
+    texts = _artifact_texts(airflow_db)
+    texts["captured-log-records"] = "\n".join(log_lines)
+    assert any("pseudonymize_batch" in t for t in texts.values())  # the hunt is looking at real artifacts
+    assert texts["table:xcom"].count("batch_id") >= 10
+    # the generated users' raw identifiers and emails, too
+    raw = pq.read_table(settings.landing / "profiles" / "tenant=acme" / "profiles-0000.parquet")
+    needles = planted.NEEDLES + raw["email"].to_pylist()[:50] + raw["user_id"].to_pylist()[:50]
+    leaks = {name: planted.find_needles(text, needles) for name, text in texts.items()}
+    assert {k: v for k, v in leaks.items() if v} == {}
+
+
+def test_second_run_finds_nothing_to_do(ingest_run) -> None:  # type: ignore[no-untyped-def]
+    from airflow.dag_processing.dagbag import DagBag
+
+    settings, _, _ = ingest_run
+    before = sorted(p.name for p in settings.zones.rglob("*.parquet"))
+    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("pseudonymize_ingested")
+    dag_run = dag.test()
+    assert dag_run.state == "success"
+    assert sorted(p.name for p in settings.zones.rglob("*.parquet")) == before
