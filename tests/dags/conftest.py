@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,3 +46,7 @@ def airflow_db() -> Iterator[Path]:
     proc = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, env=os.environ)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     yield AIRFLOW_HOME / "airflow.db"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
