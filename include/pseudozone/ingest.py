@@ -3,7 +3,8 @@
 The same functions run inside the ``pseudonymize_ingested`` DAG (one mapped task
 per batch) and in ``pseudozone ingest`` (no Airflow).  Steps per batch:
 
-1. ledger: skip a batch already done; mark it ``processing`` otherwise;
+1. ledger: skip a batch already done (a done batch whose file came back with other
+   content is quarantined, never re-published); mark it ``processing`` otherwise;
 2. read the landing file and conform it to its contract, or quarantine it;
 3. build the event-zone table (pseudonyms, generalized quasi-identifiers,
    scrubbed free text) and the PII-zone table (AES-GCM ciphertext per value);
@@ -33,7 +34,7 @@ from pseudozone.contracts import SUBJECT_COLUMN, Contract
 from pseudozone.errors import ContractViolation, PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
-from pseudozone.landing import BatchRef, quarantine, read_batch, sha256_of
+from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -209,14 +210,27 @@ def process_batch(settings: Settings, ref: BatchRef, *, keyring: KeyRing | None 
     result = BatchResult(ref.batch_id, ref.dataset, ref.tenant_id, "skipped")
     source = settings.landing / ref.path
     with state.connect(settings) as conn:
-        previous = ledger.status(conn, ref.batch_id)
-        if previous in ("done", "quarantined"):
-            log.info("batch %s already %s; nothing to do", ref.batch_id, previous)
-            return result
-        if not source.exists():
-            raise PseudozoneError(f"batch {ref.batch_id}: landing file {ref.path} has disappeared")
-        ledger.begin(conn, batch_id=ref.batch_id, dataset=ref.dataset, tenant_id=ref.tenant_id,
-                     source=ref.path, sha256=sha256_of(source))
+        previous = ledger.get(conn, ref.batch_id)
+        if previous is not None and previous.status == "done":
+            if not source.exists() or fingerprint(source) == previous.fingerprint:
+                log.info("batch %s already done; nothing to do", ref.batch_id)
+                return result
+            if sha256_of(source) == previous.sha256:
+                ledger.refresh_fingerprint(conn, ref.batch_id, fingerprint(source))
+                log.info("batch %s already done (same content written again)", ref.batch_id)
+                return result
+            redelivered = True
+        else:
+            redelivered = False
+            if not source.exists():
+                raise PseudozoneError(f"batch {ref.batch_id}: landing file {ref.path} has disappeared")
+            ledger.begin(conn, batch_id=ref.batch_id, dataset=ref.dataset, tenant_id=ref.tenant_id,
+                         source=ref.path, sha256=sha256_of(source), fingerprint=fingerprint(source))
+    if redelivered:
+        # never silently ignore nor silently overwrite published data: park it for a human
+        return _reject(settings, ref, result, ContractViolation(
+            "changed_after_ingest", "this batch id was already ingested from a file with other"
+            " content; deliver corrections under a new file name"), record=False)
     step = "read"
     try:
         table, contract = read_batch(settings, ref)
@@ -242,13 +256,14 @@ def process_batch(settings: Settings, ref: BatchRef, *, keyring: KeyRing | None 
 
 
 def _reject(settings: Settings, ref: BatchRef, result: BatchResult,
-            violation: ContractViolation) -> BatchResult:
+            violation: ContractViolation, *, record: bool = True) -> BatchResult:
     shutil.rmtree(settings.staging / ref.batch_id, ignore_errors=True)
     reason = violation.to_reason()
     target = quarantine(settings, ref, reason)
-    with state.connect(settings) as conn:
-        ledger.finish(conn, ref.batch_id, status="quarantined", counts=result.counts,
-                      reason_code=violation.code)
+    if record:
+        with state.connect(settings) as conn:
+            ledger.finish(conn, ref.batch_id, status="quarantined", counts=result.counts,
+                          reason_code=violation.code)
     log.warning("batch %s quarantined (%s): %s", ref.batch_id, violation.code, violation.detail)
     result.status = "quarantined"
     result.reason = reason
@@ -260,7 +275,7 @@ def pending(settings: Settings) -> list[BatchRef]:
     from pseudozone.landing import discover
 
     with state.connect(settings) as conn:
-        done = ledger.finished_ids(conn)
+        done = ledger.done_fingerprints(conn)
     return discover(settings, done)
 
 

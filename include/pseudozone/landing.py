@@ -68,9 +68,20 @@ def _tenant_of(dirname: str) -> str | None:
     return tenant if TENANT_RE.match(tenant) else None
 
 
-def discover(settings: Settings, done: set[str] | None = None) -> list[BatchRef]:
-    """Every landing file not yet ingested, in a stable order."""
-    done = done or set()
+def fingerprint(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def discover(settings: Settings,
+             done: dict[str, tuple[int, int] | None] | None = None) -> list[BatchRef]:
+    """Every landing file not yet ingested, in a stable order.
+
+    ``done`` maps finished batch ids to their landing file's (size, mtime_ns); a
+    finished batch whose file no longer matches is listed again, so that
+    ``process_batch`` can tell an identical rewrite from a changed delivery.
+    """
+    done = done or {}
     refs: list[BatchRef] = []
     if not settings.landing.exists():
         return refs
@@ -87,7 +98,7 @@ def discover(settings: Settings, done: set[str] | None = None) -> list[BatchRef]
                 ref = BatchRef(batch_id=batch_id_for(dataset_dir.name, tenant, f.name),
                                dataset=dataset_dir.name, tenant_id=tenant,
                                path=str(f.relative_to(settings.landing)))
-                if ref.batch_id not in done:
+                if ref.batch_id not in done or done[ref.batch_id] != fingerprint(f):
                     refs.append(ref)
     return refs
 

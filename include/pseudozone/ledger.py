@@ -2,33 +2,55 @@
 
 A batch is ``processing`` from its first attempt until its files are published
 (then ``done``) or it is rejected (then ``quarantined``).  A ``processing``
-batch is simply redone: every write is deterministic and atomic.
+batch is simply redone: every write is deterministic and atomic.  A
+quarantined batch id is tried again when a file of that name lands again (a
+corrected delivery).  The landing file's size and mtime are kept so that
+discovery notices, with one ``stat`` per file, a done batch whose file changed.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
-
-def status(conn: sqlite3.Connection, batch_id: str) -> str | None:
-    row = conn.execute("SELECT status FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
-    return None if row is None else str(row[0])
+Fingerprint = tuple[int, int]  # (size, mtime_ns) of the landing file
 
 
-def finished_ids(conn: sqlite3.Connection) -> set[str]:
-    rows = conn.execute("SELECT batch_id FROM batches WHERE status IN ('done', 'quarantined')")
-    return {r[0] for r in rows}
+@dataclass(frozen=True)
+class Entry:
+    status: str
+    sha256: str | None
+    fingerprint: Fingerprint | None
+
+
+def get(conn: sqlite3.Connection, batch_id: str) -> Entry | None:
+    row = conn.execute("SELECT status, sha256, size, mtime_ns FROM batches WHERE batch_id = ?",
+                       (batch_id,)).fetchone()
+    if row is None:
+        return None
+    fingerprint = None if row[2] is None else (int(row[2]), int(row[3]))
+    return Entry(status=str(row[0]), sha256=row[1], fingerprint=fingerprint)
+
+
+def done_fingerprints(conn: sqlite3.Connection) -> dict[str, Fingerprint | None]:
+    rows = conn.execute("SELECT batch_id, size, mtime_ns FROM batches WHERE status = 'done'")
+    return {r[0]: (None if r[1] is None else (int(r[1]), int(r[2]))) for r in rows}
 
 
 def begin(conn: sqlite3.Connection, *, batch_id: str, dataset: str, tenant_id: str,
-          source: str, sha256: str | None) -> None:
+          source: str, sha256: str, fingerprint: Fingerprint) -> None:
     conn.execute(
-        "INSERT INTO batches (batch_id, dataset, tenant_id, source, sha256, status, attempts)"
-        " VALUES (?, ?, ?, ?, ?, 'processing', 1)"
+        "INSERT INTO batches (batch_id, dataset, tenant_id, source, sha256, size, mtime_ns, status,"
+        " attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 'processing', 1)"
         " ON CONFLICT(batch_id) DO UPDATE SET attempts = attempts + 1, sha256 = excluded.sha256,"
-        " status = 'processing'",
-        (batch_id, dataset, tenant_id, source, sha256))
+        " size = excluded.size, mtime_ns = excluded.mtime_ns, status = 'processing'",
+        (batch_id, dataset, tenant_id, source, sha256, *fingerprint))
+
+
+def refresh_fingerprint(conn: sqlite3.Connection, batch_id: str, fingerprint: Fingerprint) -> None:
+    """The same content was written again (new mtime): remember the new stat."""
+    conn.execute("UPDATE batches SET size = ?, mtime_ns = ? WHERE batch_id = ?", (*fingerprint, batch_id))
 
 
 def finish(conn: sqlite3.Connection, batch_id: str, *, status: str, counts: dict[str, int],

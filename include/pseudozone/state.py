@@ -20,6 +20,8 @@ CREATE TABLE IF NOT EXISTS batches (
     tenant_id    TEXT NOT NULL,
     source       TEXT NOT NULL,
     sha256       TEXT,
+    size         INTEGER,
+    mtime_ns     INTEGER,
     status       TEXT NOT NULL CHECK (status IN ('processing', 'done', 'quarantined')),
     attempts     INTEGER NOT NULL DEFAULT 0,
     rows_in      INTEGER,

@@ -279,3 +279,38 @@ def test_subject_index_lists_every_file_holding_a_subject(lake: Settings) -> Non
                 actual.add((zone_name, str(f.relative_to(lake.zones))))
     assert listed == actual
     assert {z for z, _ in listed} == {"events", "pii"}
+
+
+def test_redelivery_of_a_done_batch(lake: Settings) -> None:
+    ingest.ingest_pending(lake)
+    before = _digest_tree(lake.event_zone)
+    source = lake.landing / "events" / "tenant=acme" / "planted-0000.parquet"
+
+    # the same bytes written again (new mtime): nothing to do
+    source.write_bytes(source.read_bytes())
+    assert [r.status for r in ingest.ingest_pending(lake)] == ["skipped"]
+    assert ingest.pending(lake) == []
+
+    # other content under a done batch id: parked in quarantine, the zones untouched
+    pq.write_table(planted.events().slice(0, 3), source)
+    [result] = ingest.ingest_pending(lake)
+    assert result.status == "quarantined" and result.reason["code"] == "changed_after_ingest"
+    assert not source.exists()
+    assert _digest_tree(lake.event_zone) == before
+    with state.connect(lake) as conn:
+        assert conn.execute("SELECT status FROM batches WHERE batch_id = 'events.acme.planted-0000'"
+                            ).fetchone()[0] == "done"
+
+
+def test_corrected_delivery_of_a_quarantined_batch_is_ingested(lake: Settings) -> None:
+    bad = lake.landing / "events" / "tenant=acme" / "fixme-0001.parquet"
+    pq.write_table(planted.events().append_column("ssn", pa.array(["x"] * 10)), bad)
+    [first] = [r for r in ingest.ingest_pending(lake) if r.batch_id == "events.acme.fixme-0001"]
+    assert first.status == "quarantined"
+
+    pq.write_table(planted.events(), bad)
+    [second] = ingest.ingest_pending(lake)
+    assert second.batch_id == "events.acme.fixme-0001" and second.status == "done"
+    assert second.rows_event == 10
+    # the rejected delivery is still kept in quarantine
+    assert (lake.quarantine / "events" / "tenant_id=acme" / "fixme-0001.parquet").exists()

@@ -9,7 +9,7 @@ import pytest
 from pseudozone import contracts
 from pseudozone.config import Settings
 from pseudozone.errors import ContractViolation
-from pseudozone.landing import BatchRef, conform, discover, read_batch
+from pseudozone.landing import BatchRef, conform, discover, fingerprint, read_batch
 
 LOGS = contracts.load("server_logs")
 
@@ -77,9 +77,13 @@ def test_discover_skips_in_flight_files_and_finished_batches(settings: Settings)
     tenant_dir.mkdir(parents=True)
     for name in ("b-1.parquet", "b-2.csv", ".uploading.parquet", "_tmp.csv"):
         (tenant_dir / name).write_text("x")
-    refs = discover(settings, done={"events.acme.b-1"})
+    b1 = tenant_dir / "b-1.parquet"
+    refs = discover(settings, done={"events.acme.b-1": fingerprint(b1)})
     assert [r.batch_id for r in refs] == ["events.acme.b-2"]
     assert refs[0].path == str(Path("events/tenant=acme/b-2.csv"))
+    b1.write_text("changed")  # a done batch whose file changed is listed again
+    assert [r.batch_id for r in discover(settings, done={"events.acme.b-1": (1, 1)})] == [
+        "events.acme.b-1", "events.acme.b-2"]
 
 
 @pytest.mark.parametrize(("folder", "name", "code"), [
