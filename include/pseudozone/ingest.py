@@ -16,6 +16,7 @@ Results carry ids, paths and counts only (they go to XCom and logs).
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from collections.abc import Callable
@@ -67,13 +68,18 @@ class BatchResult:
 
 
 def pseudonymize_column(keyring: KeyRing, tenant: str, purpose: str,
-                        values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """HMAC each distinct value once, then map back to every row; nulls stay null."""
+                        values: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    """HMAC each distinct value once; nulls stay null.
+
+    The result is dictionary-encoded (row → index into the distinct pseudonyms), so
+    sorting and slicing move 4-byte indices rather than 67-byte strings; Parquet
+    writes it as a dictionary column and readers see plain strings.
+    """
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     encoded = pc.dictionary_encode(arr)
     distinct = encoded.dictionary.to_pylist()
     pseudonyms = pa.array(keyring.pseudonymize(tenant, purpose, distinct), pa.string())
-    return pc.take(pseudonyms, encoded.indices)
+    return pa.DictionaryArray.from_arrays(encoded.indices, pseudonyms)
 
 
 def _known_values(table: pa.Table, contract: Contract) -> list[list[str | None]]:
@@ -111,7 +117,8 @@ def build_pii_table(table: pa.Table, contract: Contract, subjects: pa.Array,
     """One row per input row: subject_id plus every identifier and PII column as ciphertext."""
     subject_list = subjects.to_pylist()
     aeads = {s: AESGCM(k) for s, k in deks.items()}
-    out: dict[str, pa.Array] = {SUBJECT_COLUMN: subjects}
+    plain_subjects = subjects.cast(pa.string()) if pa.types.is_dictionary(subjects.type) else subjects
+    out: dict[str, pa.Array] = {SUBJECT_COLUMN: plain_subjects}
     for spec in contract.columns:
         if spec.cls not in ("identifier", "pii"):
             continue
@@ -122,26 +129,44 @@ def build_pii_table(table: pa.Table, contract: Contract, subjects: pa.Array,
     return pa.table(out)
 
 
-def _partition(event: pa.Table, dates: pa.Array) -> list[tuple[str, pa.Table]]:
-    order = pc.sort_indices(dates)
-    event = event.take(order)
-    sorted_dates = dates.take(order)
-    counts = pc.value_counts(sorted_dates)
-    parts: list[tuple[str, pa.Table]] = []
+def _partition(dates: pa.Array) -> list[tuple[str, pa.Array]]:
+    """(day, row indices of that day in input order), days ascending."""
+    order = pc.sort_indices(dates)  # stable: rows of one day keep their input order
+    counts = pc.value_counts(dates.take(order))
+    parts: list[tuple[str, pa.Array]] = []
     offset = 0
     for item in counts.to_pylist():
         day, n = item["values"], item["counts"]
-        parts.append((day.isoformat(), event.slice(offset, n)))
+        parts.append((day.isoformat(), order.slice(offset, n)))
         offset += n
     return parts
 
 
-def _index_rows(subjects: pa.Array, zone: str, rel_path: str) -> pa.Table:
+def _plain_take(table: pa.Table, rows: pa.Array) -> pa.Table:
+    """``table.take(rows)`` with dictionary columns decoded to plain values.
+
+    Never hand a dictionary array whose dictionary holds values the rows do not use
+    to the Parquet writer: pyarrow 26 then writes a dictionary page padded with
+    uninitialized heap memory (seen here: fragments of other batches' text), which
+    could carry anything the process has held. Plain columns are re-encoded by the
+    writer itself, as for any other input.
+    """
+    taken = table.take(rows)
+    return pa.table({name: (col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col)
+                     for name, col in zip(taken.column_names, taken.columns, strict=True)})
+
+
+def _distinct_subjects(subjects: pa.Array) -> pa.Array:
     distinct = pc.drop_null(pc.unique(subjects))
-    return pa.table({"subject_id": distinct,
-                     "zone": pa.array([zone] * len(distinct), pa.string()),
-                     "path": pa.array([rel_path] * len(distinct), pa.string())},
-                    schema=INDEX_SCHEMA)
+    if pa.types.is_dictionary(distinct.type):
+        distinct = distinct.cast(pa.string())
+    return distinct
+
+
+def _index_rows(subjects: pa.Array, zone: str, rel_path: str) -> pa.Table:
+    distinct = _distinct_subjects(subjects)
+    return pa.table({"subject_id": distinct, "zone": pa.repeat(zone, len(distinct)),
+                     "path": pa.repeat(rel_path, len(distinct))}, schema=INDEX_SCHEMA)
 
 
 def index_file(settings: Settings, dataset: str, tenant: str, batch_id: str) -> Path:
@@ -154,32 +179,33 @@ def _publish_batch(settings: Settings, ref: BatchRef, contract: Contract, table:
     event = build_event_table(table, contract, keyring, tenant)
     subjects = event[SUBJECT_COLUMN].combine_chunks()
     result.rows_event = event.num_rows
-    result.subjects = len(pc.drop_null(pc.unique(subjects)))
+    wanted = _distinct_subjects(subjects)
+    result.subjects = len(wanted)
 
-    part_col = table[contract.partition_date_from]
-    dates = pc.cast(part_col, pa.date32()).combine_chunks()
-    outputs: list[tuple[Path, pa.Table]] = []
+    dates = pc.cast(table[contract.partition_date_from], pa.date32()).combine_chunks()
+    # each output is made when a writer thread gets to it, so that at most
+    # _WRITE_THREADS partitions are materialized beside the event table at a time
+    outputs: list[tuple[Path, Callable[[], pa.Table]]] = []
     index_parts: list[pa.Table] = []
-    for day, part in _partition(event, dates):
+    for day, rows in _partition(dates):
         path = zones.event_file(settings.event_zone, contract.dataset, tenant, day, ref.batch_id)
-        outputs.append((path, part))
-        index_parts.append(_index_rows(part[SUBJECT_COLUMN].combine_chunks(), EVENT_ZONE,
+        outputs.append((path, functools.partial(_plain_take, event, rows)))
+        index_parts.append(_index_rows(subjects.take(rows), EVENT_ZONE,
                                        str(path.relative_to(settings.zones))))
 
     if contract.has_pii and table.num_rows:
         with state.connect(settings) as conn:
             vault = Vault(keyring, conn)
-            wanted = pc.drop_null(pc.unique(subjects)).to_pylist()
-            destroyed = vault.destroyed(tenant, wanted)
+            destroyed = vault.destroyed(tenant, wanted.to_pylist())
             if destroyed:
                 raise ContractViolation(
                     "erased_subject", f"{len(destroyed)} subject(s) in this batch were erased;"
                     " their data is not ingested again", columns=[contract.subject.name],
                     rows=len(destroyed))
-            deks = vault.data_keys(tenant, wanted, create=True)
+            deks = vault.data_keys(tenant, wanted.to_pylist(), create=True)
         pii = build_pii_table(table, contract, subjects, deks, tenant)
         path = zones.pii_file(settings.pii_zone, contract.dataset, tenant, ref.batch_id)
-        outputs.append((path, pii))
+        outputs.append((path, lambda: pii))
         index_parts.append(_index_rows(subjects, PII_ZONE, str(path.relative_to(settings.zones))))
         result.rows_pii = pii.num_rows
 
@@ -187,9 +213,9 @@ def _publish_batch(settings: Settings, ref: BatchRef, contract: Contract, table:
     # batch 'processing' and a re-run rewrites the same names.
     staging = settings.staging / ref.batch_id
     shutil.rmtree(staging, ignore_errors=True)
-    staged = [(staging / final.relative_to(settings.zones), final, tbl) for final, tbl in outputs]
+    staged = [(staging / final.relative_to(settings.zones), final, make) for final, make in outputs]
     with ThreadPoolExecutor(_WRITE_THREADS) as pool:
-        list(pool.map(lambda item: zones.write_parquet(item[2], item[0]), staged))
+        list(pool.map(lambda item: zones.write_parquet(item[2](), item[0]), staged))
     index = pa.concat_tables(index_parts) if index_parts else INDEX_SCHEMA.empty_table()
     zones.write_parquet(index, index_file(settings, contract.dataset, tenant, ref.batch_id))
     for tmp, final, _ in staged:

@@ -140,10 +140,15 @@ class KeyRing:
                      version: int | None = None) -> list[str]:
         """``vN:`` + hex HMAC-SHA256 of each value under the tenant's key for ``purpose``."""
         v = self.pseudonym_version if version is None else version
-        key = self.pseudonym_key(tenant, purpose, v)
+        # keyed once: each value then costs a copy of the keyed state, not a re-keying
+        keyed = hmac.new(self.pseudonym_key(tenant, purpose, v), digestmod=hashlib.sha256)
         prefix = f"v{v}:"
-        digest = hmac.digest
-        return [prefix + digest(key, x.encode(), hashlib.sha256).hex() for x in values]
+        out = []
+        for value in values:
+            mac = keyed.copy()
+            mac.update(value.encode())
+            out.append(prefix + mac.hexdigest())
+        return out
 
     def subject_id(self, tenant: str, user_id: str, version: int | None = None) -> str:
         return self.pseudonymize(tenant, "subject", [user_id], version)[0]

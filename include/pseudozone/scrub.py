@@ -61,7 +61,10 @@ def _scrub_plain(arr: pa.Array) -> pa.Array:
 
 
 def scrub(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Scrub a string column; nulls stay null, non-matching values are untouched."""
+    """Scrub a string column; nulls stay null, non-matching values are untouched.
+
+    The result may be dictionary-encoded (same values, cheaper to move and write).
+    """
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     if pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.string())
@@ -69,8 +72,8 @@ def scrub(values: pa.Array | pa.ChunkedArray) -> pa.Array:
         return arr
     encoded = pc.dictionary_encode(arr)
     if len(encoded.dictionary) <= _DICTIONARY_RATIO * len(arr):
-        scrubbed = _scrub_plain(encoded.dictionary)
-        return pc.take(scrubbed, encoded.indices)
+        # few distinct values (user agents, URLs): scrub each once, stay dictionary-encoded
+        return pa.DictionaryArray.from_arrays(encoded.indices, _scrub_plain(encoded.dictionary))
     return _scrub_plain(arr)
 
 

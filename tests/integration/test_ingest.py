@@ -314,3 +314,21 @@ def test_corrected_delivery_of_a_quarantined_batch_is_ingested(lake: Settings) -
     assert second.rows_event == 10
     # the rejected delivery is still kept in quarantine
     assert (lake.quarantine / "events" / "tenant_id=acme" / "fixme-0001.parquet").exists()
+
+
+def test_no_dictionary_array_reaches_the_parquet_writer(
+        lake: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow 26 pads dictionary pages with uninitialized memory for partly-used dictionaries."""
+    from pseudozone import zones
+
+    seen: list[pa.Schema] = []
+    real = zones.write_parquet
+
+    def spy(table: pa.Table, path: Path) -> Path:
+        seen.append(table.schema)
+        return real(table, path)
+
+    monkeypatch.setattr(zones, "write_parquet", spy)
+    ingest.ingest_pending(lake)
+    assert len(seen) > 20
+    assert [f for schema in seen for f in schema if pa.types.is_dictionary(f.type)] == []

@@ -108,3 +108,13 @@ def test_given_another_master_key_then_data_keys_do_not_unwrap(settings: Setting
         Vault(keyring, conn).data_keys("acme", ["v1:a"], create=True)
         with pytest.raises(KeyMaterialError, match="does not unwrap"):
             Vault(KeyRing(os.urandom(32)), conn).data_keys("acme", ["v1:a"], create=False)
+
+
+def test_pseudonym_is_exactly_hmac_sha256_of_the_utf8_identifier(keyring: KeyRing) -> None:
+    import hashlib
+    import hmac
+
+    key = keyring.pseudonym_key("acme", "subject")
+    for user in ("usr_1", "Zoë 山田", ""):
+        expected = "v1:" + hmac.digest(key, user.encode("utf-8"), hashlib.sha256).hex()
+        assert keyring.subject_id("acme", user) == expected
