@@ -54,7 +54,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
               f"rows_event={res.rows_event:,} rows_pii={res.rows_pii:,}{extra}")
 
     started = time.perf_counter()
-    results = ingest_pending(settings, on_result=show)
+    results = ingest_pending(settings, workers=args.workers, on_result=show)
     took = time.perf_counter() - started
     done = sum(r.status == "done" for r in results)
     quarantined = sum(r.status == "quarantined" for r in results)
@@ -89,7 +89,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     args.tenants, args.seed, args.batch_rows, args.format, args.days = 3, 7, 1_000_000, "parquet", 7
     cmd_generate(args)
-    args.strict = False
+    args.strict, args.workers = False, 1
     cmd_ingest(args)
     cmd_status(args)
     print("\nAnalyst query over the event zone (DuckDB):\n" + DEMO_QUERY + "\n")
@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest", help="pseudonymize every pending landing batch (no Airflow)")
     ing.add_argument("--strict", action="store_true", help="exit 1 if any batch was quarantined")
+    ing.add_argument("--workers", type=int, default=1,
+                     help="batches processed at once, one process each (about 1 GB per 1M-row batch)")
     ing.set_defaults(func=cmd_ingest)
 
     qry = sub.add_parser("query", help="run SQL with DuckDB over the event zone")

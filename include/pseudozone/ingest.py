@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,14 +306,50 @@ def pending(settings: Settings) -> list[BatchRef]:
     return discover(settings, done)
 
 
-def ingest_pending(settings: Settings, *, keyring: KeyRing | None = None,
+def ingest_pending(settings: Settings, *, keyring: KeyRing | None = None, workers: int = 1,
                    on_result: Callable[[BatchResult], None] | None = None) -> list[BatchResult]:
-    """Every pending batch, one after the other (the CLI's path; the DAG maps instead)."""
+    """Every pending batch (the CLI's path; the DAG maps one task per batch instead).
+
+    With ``workers > 1`` batches run in that many processes at once, each loading
+    the master key as the process itself would (env var, Airflow connection or key
+    file), so ``keyring`` must then be left out.  Results come back in batch order.
+    """
+    refs = pending(settings)
+    if workers > 1 and len(refs) > 1:
+        if keyring is not None:
+            raise ValueError("workers > 1 load their own keys; do not pass a keyring")
+        return _ingest_parallel(settings, refs, workers, on_result)
     keyring = keyring or KeyRing.load(settings)
     results = []
-    for ref in pending(settings):
+    for ref in refs:
         res = process_batch(settings, ref, keyring=keyring)
         if on_result:
             on_result(res)
         results.append(res)
+    return results
+
+
+_WORKER_KEYRING: dict[str, KeyRing] = {}
+
+
+def _worker_batch(root: str, batch: dict[str, str]) -> dict[str, Any]:
+    settings = Settings.from_env(root)
+    keyring = _WORKER_KEYRING.get(root)
+    if keyring is None:
+        keyring = _WORKER_KEYRING[root] = KeyRing.load(settings)
+    return process_batch(settings, BatchRef.from_dict(batch), keyring=keyring).to_dict()
+
+
+def _ingest_parallel(settings: Settings, refs: list[BatchRef], workers: int,
+                     on_result: Callable[[BatchResult], None] | None) -> list[BatchResult]:
+    # forkserver: never fork a process that already runs Arrow's thread pools
+    context = multiprocessing.get_context("forkserver")
+    results = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_worker_batch, str(settings.root), ref.to_dict()) for ref in refs]
+        for future in futures:
+            res = BatchResult(**future.result())
+            if on_result:
+                on_result(res)
+            results.append(res)
     return results

@@ -19,7 +19,7 @@ import hmac
 import os
 import stat
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -118,6 +118,13 @@ class KeyRing:
             raise KeyMaterialError("pseudonym version must be >= 1")
         self.pseudonym_version = pseudonym_version
         self._cache: dict[str, bytes] = {}
+
+    def __reduce__(self) -> Any:
+        # a key ring must never be pickled into XCom, a result backend or a queue
+        raise TypeError("KeyRing holds key material and cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"KeyRing(pseudonym_version={self.pseudonym_version})"
 
     @classmethod
     def load(cls, settings: Settings) -> KeyRing:

@@ -332,3 +332,24 @@ def test_no_dictionary_array_reaches_the_parquet_writer(
     ingest.ingest_pending(lake)
     assert len(seen) > 20
     assert [f for schema in seen for f in schema if pa.types.is_dictionary(f.type)] == []
+
+
+def test_parallel_workers_give_the_same_zones_as_one_process(tmp_path: Path, master_key_env: None) -> None:
+    from pseudozone.sample import generate
+
+    trees = []
+    for workers in (1, 2):
+        s = Settings.from_env(tmp_path / f"w{workers}")
+        generate(s, events=3000, tenants=2, seed=9, batch_rows=1000)
+        results = ingest.ingest_pending(s, workers=workers)
+        assert [r.status for r in results] == ["done"] * len(results)
+        trees.append((_digest_tree(s.event_zone), _digest_tree(s.subject_index), _decrypted_pii(s)))
+    assert trees[0] == trees[1]
+
+
+def test_a_key_ring_cannot_be_pickled(keyring: KeyRing) -> None:
+    import pickle
+
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(keyring)
+    assert repr(keyring) == "KeyRing(pseudonym_version=1)"
