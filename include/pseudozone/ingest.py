@@ -11,6 +11,9 @@ per batch) and in ``pseudozone ingest`` (no Airflow).  Steps per batch:
 4. stage every output file, write the subject index, publish by atomic rename;
 5. ledger: ``done`` with counts.
 
+Steps 1-3 are ``_prepare`` and 4-5 ``_commit``; ``ingest_pending`` overlaps the
+commit of one batch with the preparation of the next.
+
 Results carry ids, paths and counts only (they go to XCom and logs).
 """
 
@@ -21,7 +24,7 @@ import logging
 import multiprocessing
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,8 +177,19 @@ def index_file(settings: Settings, dataset: str, tenant: str, batch_id: str) -> 
     return settings.subject_index / dataset / f"tenant_id={tenant}" / f"{batch_id}.parquet"
 
 
-def _publish_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa.Table,
-                   keyring: KeyRing, result: BatchResult) -> None:
+@dataclass
+class _Plan:
+    """A batch transformed and ready to write: every output and its index, no raw input."""
+
+    ref: BatchRef
+    contract: Contract
+    result: BatchResult
+    outputs: list[tuple[Path, Callable[[], pa.Table]]]
+    index: pa.Table
+
+
+def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa.Table,
+                keyring: KeyRing, result: BatchResult) -> _Plan:
     tenant = ref.tenant_id
     event = build_event_table(table, contract, keyring, tenant)
     subjects = event[SUBJECT_COLUMN].combine_chunks()
@@ -209,21 +223,25 @@ def _publish_batch(settings: Settings, ref: BatchRef, contract: Contract, table:
         outputs.append((path, lambda: pii))
         index_parts.append(_index_rows(subjects, PII_ZONE, str(path.relative_to(settings.zones))))
         result.rows_pii = pii.num_rows
+    index = pa.concat_tables(index_parts) if index_parts else INDEX_SCHEMA.empty_table()
+    return _Plan(ref, contract, result, outputs, index)
 
+
+def _write_plan(settings: Settings, plan: _Plan) -> None:
     # stage everything, then index, then publish: a crash at any point leaves the
     # batch 'processing' and a re-run rewrites the same names.
+    ref = plan.ref
     staging = settings.staging / ref.batch_id
     shutil.rmtree(staging, ignore_errors=True)
-    staged = [(staging / final.relative_to(settings.zones), final, make) for final, make in outputs]
+    staged = [(staging / final.relative_to(settings.zones), final, make) for final, make in plan.outputs]
     with ThreadPoolExecutor(_WRITE_THREADS) as pool:
         list(pool.map(lambda item: zones.write_parquet(item[2](), item[0]), staged))
-    index = pa.concat_tables(index_parts) if index_parts else INDEX_SCHEMA.empty_table()
-    zones.write_parquet(index, index_file(settings, contract.dataset, tenant, ref.batch_id))
+    zones.write_parquet(plan.index, index_file(settings, ref.dataset, ref.tenant_id, ref.batch_id))
     for tmp, final, _ in staged:
         final.parent.mkdir(parents=True, exist_ok=True)
         publish_file(tmp, final)
     shutil.rmtree(staging, ignore_errors=True)
-    result.files = [str(final.relative_to(settings.root)) for _, final, _ in staged]
+    plan.result.files = [str(final.relative_to(settings.root)) for _, final, _ in staged]
 
 
 def publish_file(staged: Path, final: Path) -> None:
@@ -231,8 +249,14 @@ def publish_file(staged: Path, final: Path) -> None:
     staged.replace(final)
 
 
-def process_batch(settings: Settings, ref: BatchRef, *, keyring: KeyRing | None = None) -> BatchResult:
-    """Ingest one landing batch exactly once.  Raises ``PseudozoneError`` on failure."""
+def _failed(ref: BatchRef, step: str, exc: Exception) -> PseudozoneError:
+    # the original message may quote data values: keep only its type
+    return PseudozoneError(f"batch {ref.batch_id} failed during {step} ({type(exc).__name__}); "
+                           "nothing was marked done, re-run to retry")
+
+
+def _prepare(settings: Settings, ref: BatchRef, keyring: KeyRing | None) -> _Plan | BatchResult:
+    """Ledger check, read, conform and transform; a finished result when there is nothing to write."""
     settings.ensure()
     result = BatchResult(ref.batch_id, ref.dataset, ref.tenant_id, "skipped")
     source = settings.landing / ref.path
@@ -262,24 +286,38 @@ def process_batch(settings: Settings, ref: BatchRef, *, keyring: KeyRing | None 
     try:
         table, contract = read_batch(settings, ref)
         result.rows_in = table.num_rows
-        step = "publish"
-        _publish_batch(settings, ref, contract, table, keyring or KeyRing.load(settings), result)
+        step = "transform"
+        return _plan_batch(settings, ref, contract, table, keyring or KeyRing.load(settings), result)
     except ContractViolation as violation:
         return _reject(settings, ref, result, violation)
     except PseudozoneError:
         raise
-    except Exception as exc:  # noqa: BLE001 - re-raised below without its text
-        # the original message may quote data values: keep only its type
-        raise PseudozoneError(
-            f"batch {ref.batch_id} failed during {step} ({type(exc).__name__}); "
-            "nothing was marked done, re-run to retry") from None
+    except Exception as exc:  # noqa: BLE001 - re-raised without its text
+        raise _failed(ref, step, exc) from None
+
+
+def _commit(settings: Settings, plan: _Plan) -> BatchResult:
+    """Write, index and publish a planned batch, then mark it done."""
+    try:
+        _write_plan(settings, plan)
+    except PseudozoneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised without its text
+        raise _failed(plan.ref, "publish", exc) from None
+    result = plan.result
     with state.connect(settings) as conn:
-        ledger.finish(conn, ref.batch_id, status="done", counts=result.counts)
+        ledger.finish(conn, result.batch_id, status="done", counts=result.counts)
     result.status = "done"
     log.info("batch %s done: %d rows in, %d event rows, %d PII rows, %d subjects, %d files",
-             ref.batch_id, result.rows_in, result.rows_event, result.rows_pii, result.subjects,
+             result.batch_id, result.rows_in, result.rows_event, result.rows_pii, result.subjects,
              len(result.files))
     return result
+
+
+def process_batch(settings: Settings, ref: BatchRef, *, keyring: KeyRing | None = None) -> BatchResult:
+    """Ingest one landing batch exactly once.  Raises ``PseudozoneError`` on failure."""
+    prepared = _prepare(settings, ref, keyring)
+    return prepared if isinstance(prepared, BatchResult) else _commit(settings, prepared)
 
 
 def _reject(settings: Settings, ref: BatchRef, result: BatchResult,
@@ -320,12 +358,29 @@ def ingest_pending(settings: Settings, *, keyring: KeyRing | None = None, worker
             raise ValueError("workers > 1 load their own keys; do not pass a keyring")
         return _ingest_parallel(settings, refs, workers, on_result)
     keyring = keyring or KeyRing.load(settings)
-    results = []
-    for ref in refs:
-        res = process_batch(settings, ref, keyring=keyring)
+    results: list[BatchResult] = []
+
+    def finished(res: BatchResult) -> None:
         if on_result:
             on_result(res)
         results.append(res)
+
+    # two-stage pipeline: batch N+1 is read and transformed (mostly Python, holds the
+    # GIL) while batch N is written (Arrow and the filesystem, outside the GIL); at
+    # most one batch waits to be written, which bounds memory to two batches
+    with ThreadPoolExecutor(1, thread_name_prefix="pseudozone-commit") as committer:
+        inflight: Future[BatchResult] | None = None
+        for ref in refs:
+            prepared = _prepare(settings, ref, keyring)
+            if inflight is not None:
+                finished(inflight.result())
+                inflight = None
+            if isinstance(prepared, BatchResult):
+                finished(prepared)
+            else:
+                inflight = committer.submit(_commit, settings, prepared)
+        if inflight is not None:
+            finished(inflight.result())
     return results
 
 
