@@ -76,8 +76,8 @@ def pseudonymize_column(keyring: KeyRing, tenant: str, purpose: str,
     """HMAC each distinct value once; nulls stay null.
 
     The result is dictionary-encoded (row → index into the distinct pseudonyms), so
-    sorting and slicing move 4-byte indices rather than 67-byte strings; Parquet
-    writes it as a dictionary column and readers see plain strings.
+    sorting and slicing move 4-byte indices rather than 67-byte strings; it is
+    decoded to plain strings only when a partition is written (``_plain_take``).
     """
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     encoded = pc.dictionary_encode(arr)
