@@ -97,6 +97,84 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_query(args)
 
 
+def _print_status(status: dict[str, object]) -> None:
+    import json
+
+    print(json.dumps(status, indent=2, sort_keys=True))
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    from pseudozone.rights import requests
+
+    settings = _settings(args)
+    if args.kind == "status":
+        _print_status(requests.get_status(settings, args.request_id).to_dict())
+        return 0
+    raw: dict[str, object] = {"type": args.kind, "tenant_id": args.tenant, "user_id": args.user}
+    if args.kind == "rectify":
+        fields = {}
+        for item in args.set or []:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise PseudozoneError(f"--set expects FIELD=VALUE, got a value without '=' for {name[:40]!r}")
+            fields[name.strip()] = value
+        raw["fields"] = fields
+    status = requests.submit(settings, raw, source="cli")
+    _print_status(status.to_dict())
+    return 0 if status.state == "accepted" else 1
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    from pseudozone.report import format_table
+    from pseudozone.rights import requests
+
+    rows = requests.list_requests(_settings(args), tenant_id=args.tenant,
+                                  states=tuple(args.state) if args.state else None)
+    print(format_table(["request_id", "tenant", "type", "state", "received", "due", "completed"],
+                       [[r.request_id, r.tenant_id, r.type, r.state, r.received_at[:19], r.due_at[:10],
+                         (r.completed_at or "")[:19]] for r in rows]))
+    return 0
+
+
+def cmd_rights_process(args: argparse.Namespace) -> int:
+    import uuid
+
+    from pseudozone.rights.process import process_all
+
+    summary = process_all(_settings(args), f"cli__{uuid.uuid4()}")
+    print(f"run {summary['run_id']}: completed {summary['completed']} over {summary['groups']} file group(s)")
+    return 0
+
+
+def cmd_tenant_add(args: argparse.Namespace) -> int:
+    from pseudozone.rights import requests
+
+    token = requests.register_tenant(_settings(args), args.tenant)
+    print(f"tenant {args.tenant} registered; its API token (shown once, store it in your secret store):")
+    print(token)
+    return 0
+
+
+def cmd_hold_add(args: argparse.Namespace) -> int:
+    from pseudozone.rights import requests
+
+    hold_id = requests.add_legal_hold(_settings(args), tenant_id=args.tenant, dataset=args.dataset,
+                                      user_id=args.user, reason=args.reason)
+    print(f"legal hold {hold_id} added")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from pseudozone.rights import audit
+
+    result = audit.verify(_settings(args))
+    if result.ok:
+        print(f"audit log OK: {result.entries} entries, hash chain intact")
+        return 0
+    print(f"audit log BROKEN at entry {result.first_bad_seq} of {result.entries}: {result.problem}")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pseudozone", description=__doc__.splitlines()[0])
     parser.add_argument("--home", help="data root (default: $PSEUDOZONE_HOME or ./data)")
@@ -123,6 +201,50 @@ def build_parser() -> argparse.ArgumentParser:
     qry.set_defaults(func=cmd_query)
 
     sub.add_parser("status", help="rows per zone and the batch ledger").set_defaults(func=cmd_status)
+
+    req = sub.add_parser("request", help="file a data-subject rights request, or show one")
+    req_sub = req.add_subparsers(dest="kind", required=True)
+    for kind in ("erase", "rectify", "restrict", "unrestrict", "export"):
+        p = req_sub.add_parser(kind, help=f"file a{'n' if kind[0] in 'aeiou' else ''} {kind} request")
+        p.add_argument("--tenant", required=True)
+        p.add_argument("--user", required=True, help="the subject's user id in that tenant")
+        if kind == "rectify":
+            p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                           help="a corrected profile value (repeatable)")
+        p.set_defaults(func=cmd_request)
+    st = req_sub.add_parser("status", help="show one request")
+    st.add_argument("request_id")
+    st.set_defaults(func=cmd_request)
+
+    lst = sub.add_parser("requests", help="list rights requests")
+    lst.add_argument("--tenant")
+    lst.add_argument("--state", action="append",
+                     choices=["received", "accepted", "in_progress", "completed", "rejected", "failed"])
+    lst.set_defaults(func=cmd_requests)
+
+    rights = sub.add_parser("rights", help="process open rights requests without Airflow")
+    rights_sub = rights.add_subparsers(dest="rights_command", required=True)
+    rights_sub.add_parser("process", help="intake the inbox and apply every open request"
+                          ).set_defaults(func=cmd_rights_process)
+
+    tenant = sub.add_parser("tenant", help="tenants of the REST door")
+    tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True)
+    tadd = tenant_sub.add_parser("add", help="register a tenant and print its API token")
+    tadd.add_argument("tenant")
+    tadd.set_defaults(func=cmd_tenant_add)
+
+    hold = sub.add_parser("hold", help="legal holds")
+    hold_sub = hold.add_subparsers(dest="hold_command", required=True)
+    hadd = hold_sub.add_parser("add", help="keep a tenant's data (or one dataset / subject) through erasure")
+    hadd.add_argument("--tenant", required=True)
+    hadd.add_argument("--dataset")
+    hadd.add_argument("--user")
+    hadd.add_argument("--reason", required=True)
+    hadd.set_defaults(func=cmd_hold_add)
+
+    aud = sub.add_parser("audit", help="the hash-chained audit log")
+    aud_sub = aud.add_subparsers(dest="audit_command", required=True)
+    aud_sub.add_parser("verify", help="check the whole chain").set_defaults(func=cmd_audit_verify)
 
     demo = sub.add_parser("demo", help="generate, ingest, show what was produced (no Airflow)")
     demo.add_argument("--events", type=int, default=100_000)

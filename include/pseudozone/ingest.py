@@ -44,6 +44,7 @@ from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sh
 log = logging.getLogger(__name__)
 
 EVENT_ZONE = "events"
+RESTRICTED_ZONE = "restricted"
 PII_ZONE = "pii"
 INDEX_SCHEMA = pa.schema([("subject_id", pa.string()), ("zone", pa.string()), ("path", pa.string())])
 _WRITE_THREADS = 2
@@ -58,6 +59,8 @@ class BatchResult:
     rows_in: int = 0
     rows_event: int = 0
     rows_pii: int = 0
+    rows_restricted: int = 0
+    rows_dropped_erased: int = 0
     subjects: int = 0
     files: list[str] = field(default_factory=list)
     reason: dict[str, Any] | None = None
@@ -68,6 +71,7 @@ class BatchResult:
     @property
     def counts(self) -> dict[str, int]:
         return {"rows_in": self.rows_in, "rows_event": self.rows_event, "rows_pii": self.rows_pii,
+                "rows_restricted": self.rows_restricted, "rows_dropped_erased": self.rows_dropped_erased,
                 "subjects": self.subjects, "files": len(self.files)}
 
 
@@ -188,14 +192,38 @@ class _Plan:
     index: pa.Table
 
 
+def _erased_subjects(settings: Settings, tenant: str) -> pa.Array:
+    with state.connect(settings) as conn:
+        rows = conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?"
+                            " AND wrapped_dek IS NULL", (tenant,)).fetchall()
+    return pa.array([r[0] for r in rows], pa.string())
+
+
+def _restricted_subjects(settings: Settings, tenant: str) -> pa.Array:
+    from pseudozone.rights.requests import restricted_subjects
+
+    return pa.array(sorted(restricted_subjects(settings, tenant)), pa.string())
+
+
 def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa.Table,
                 keyring: KeyRing, result: BatchResult) -> _Plan:
     tenant = ref.tenant_id
     event = build_event_table(table, contract, keyring, tenant)
     subjects = event[SUBJECT_COLUMN].combine_chunks()
-    result.rows_event = event.num_rows
+
+    # an erased subject's data is not processed again: its rows are dropped and counted
+    erased = _erased_subjects(settings, tenant)
+    if len(erased):
+        keep = pc.invert(pc.fill_null(pc.is_in(subjects, value_set=erased), False))
+        result.rows_dropped_erased = len(keep) - int(pc.sum(keep).as_py() or 0)
+        if result.rows_dropped_erased:
+            table, event = table.filter(keep), event.filter(keep)
+            subjects = event[SUBJECT_COLUMN].combine_chunks()
     wanted = _distinct_subjects(subjects)
     result.subjects = len(wanted)
+    # a restricted subject's rows go to the restricted zone, out of analysts' reach
+    restricted = _restricted_subjects(settings, tenant)
+    in_restricted = pc.fill_null(pc.is_in(subjects, value_set=restricted), False)
 
     dates = pc.cast(table[contract.partition_date_from], pa.date32()).combine_chunks()
     # each output is made when a writer thread gets to it, so that at most
@@ -203,21 +231,24 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     outputs: list[tuple[Path, Callable[[], pa.Table]]] = []
     index_parts: list[pa.Table] = []
     for day, rows in _partition(dates):
-        path = zones.event_file(settings.event_zone, contract.dataset, tenant, day, ref.batch_id)
-        outputs.append((path, functools.partial(_plain_take, event, rows)))
-        index_parts.append(_index_rows(subjects.take(rows), EVENT_ZONE,
-                                       str(path.relative_to(settings.zones))))
+        restricted_rows = pc.take(in_restricted, rows)
+        for zone_name, root, chosen in (
+                (EVENT_ZONE, settings.event_zone, rows.filter(pc.invert(restricted_rows))),
+                (RESTRICTED_ZONE, settings.restricted_zone, rows.filter(restricted_rows))):
+            if len(chosen) == 0:
+                continue
+            path = zones.event_file(root, contract.dataset, tenant, day, ref.batch_id)
+            outputs.append((path, functools.partial(_plain_take, event, chosen)))
+            index_parts.append(_index_rows(subjects.take(chosen), zone_name,
+                                           str(path.relative_to(settings.zones))))
+            if zone_name == EVENT_ZONE:
+                result.rows_event += len(chosen)
+            else:
+                result.rows_restricted += len(chosen)
 
     if contract.has_pii and table.num_rows:
         with state.connect(settings) as conn:
-            vault = Vault(keyring, conn)
-            destroyed = vault.destroyed(tenant, wanted.to_pylist())
-            if destroyed:
-                raise ContractViolation(
-                    "erased_subject", f"{len(destroyed)} subject(s) in this batch were erased;"
-                    " their data is not ingested again", columns=[contract.subject.name],
-                    rows=len(destroyed))
-            deks = vault.data_keys(tenant, wanted.to_pylist(), create=True)
+            deks = Vault(keyring, conn).data_keys(tenant, wanted.to_pylist(), create=True)
         pii = build_pii_table(table, contract, subjects, deks, tenant)
         path = zones.pii_file(settings.pii_zone, contract.dataset, tenant, ref.batch_id)
         outputs.append((path, lambda: pii))
@@ -308,9 +339,10 @@ def _commit(settings: Settings, plan: _Plan) -> BatchResult:
     with state.connect(settings) as conn:
         ledger.finish(conn, result.batch_id, status="done", counts=result.counts)
     result.status = "done"
-    log.info("batch %s done: %d rows in, %d event rows, %d PII rows, %d subjects, %d files",
-             result.batch_id, result.rows_in, result.rows_event, result.rows_pii, result.subjects,
-             len(result.files))
+    log.info("batch %s done: %d rows in, %d event rows, %d restricted rows, %d PII rows,"
+             " %d rows of erased subjects dropped, %d subjects, %d files",
+             result.batch_id, result.rows_in, result.rows_event, result.rows_restricted, result.rows_pii,
+             result.rows_dropped_erased, result.subjects, len(result.files))
     return result
 
 

@@ -143,6 +143,10 @@ class KeyRing:
     def kek(self, tenant: str) -> bytes:
         return self._derive(f"pseudozone/kek/{tenant}/v{KEK_VERSION}")
 
+    def request_key(self, tenant: str) -> bytes:
+        """Encrypts the raw identifiers and values a rights request carries while it is open."""
+        return self._derive(f"pseudozone/requests/{tenant}/v1")
+
     def pseudonymize(self, tenant: str, purpose: str, values: Iterable[str],
                      version: int | None = None) -> list[str]:
         """``vN:`` + hex HMAC-SHA256 of each value under the tenant's key for ``purpose``."""
@@ -223,6 +227,13 @@ class Vault:
     def destroyed(self, tenant: str, subjects: Iterable[str]) -> set[str]:
         stored = self._fetch(tenant, sorted(set(subjects)))
         return {s for s, w in stored.items() if w is None}
+
+    def tombstone(self, tenant: str, subject_id: str) -> None:
+        """Mark a subject that never had a key as erased, so none is ever created for it."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO subject_keys (tenant_id, subject_id, wrapped_dek, kek_version,"
+            " destroyed_at) VALUES (?, ?, NULL, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            (tenant, subject_id, KEK_VERSION))
 
     def destroy(self, tenant: str, subject_id: str) -> bool:
         """Crypto-shred: drop the wrapped key, keep a tombstone row."""

@@ -47,3 +47,51 @@ def summarize_ingest(results: list[dict[str, Any]]) -> dict[str, Any]:
         log.warning("batch %s was quarantined (%s); see zones/quarantine", q["batch_id"], q["code"])
     log.info("ingest summary: %s", summary)
     return summary
+
+
+# -- process_rights_requests ---------------------------------------------------------------
+
+
+def intake_request_inbox(home: str | None = None) -> dict[str, int]:
+    from pseudozone.rights.requests import intake_inbox
+
+    statuses = intake_inbox(Settings.from_env(home))
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    log.info("inbox: %d request file(s): %s", len(statuses), counts)
+    return counts
+
+
+def open_rights_run(run_id: str, home: str | None = None) -> dict[str, Any]:
+    from pseudozone.rights.process import open_run
+
+    plan = open_run(Settings.from_env(home), run_id)
+    log.info("run %s: %d request(s), %d file group(s), %d export(s)", run_id, len(plan["requests"]),
+             len(plan["groups"]), len(plan["exports"]))
+    return plan
+
+
+def rewrite_file_group(group: dict[str, Any], home: str | None = None) -> dict[str, Any]:
+    from pseudozone.rights.process import rewrite_group
+
+    result = rewrite_group(Settings.from_env(home), group)
+    log.info("group %s: %d file(s) rewritten", result["group_id"], len(result["files"]))
+    return result
+
+
+def export_subject(request_id: str, home: str | None = None) -> dict[str, Any]:
+    from pseudozone.rights.export import export_request
+
+    result = export_request(Settings.from_env(home), request_id)
+    log.info("export %s written (%d files)", request_id, len(result["files"]))
+    return result
+
+
+def close_rights_run(plan: dict[str, Any], results: list[dict[str, Any]], exports: list[dict[str, Any]],
+                     home: str | None = None) -> dict[str, Any]:
+    from pseudozone.rights.process import close_run
+
+    summary = close_run(Settings.from_env(home), plan, list(results), list(exports))
+    log.info("run %s closed: %s", plan["run_id"], summary)
+    return summary

@@ -1,0 +1,1 @@
+"""Data-subject rights: intake, request ledger, audit log, and processing."""

@@ -1,0 +1,154 @@
+"""Export: a ZIP with everything pseudozone holds about one subject.
+
+``exports/<tenant>/<request id>.zip`` holds the subject's profile (decrypted from
+the PII zone), its rows of every dataset in the event and restricted zones
+(events, server logs, the pseudonymous part of the profile), each as JSON and
+CSV, a manifest with the SHA-256 of every file and a README.  It holds that
+subject's data only.  The archive is written atomically with fixed timestamps,
+so the same data gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import zipfile
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import select
+
+from pseudozone import contracts, state, zones
+from pseudozone.config import Settings
+from pseudozone.contracts import SUBJECT_COLUMN
+from pseudozone.errors import PseudozoneError
+from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data
+from pseudozone.rights import audit, store
+
+_EPOCH = (2000, 1, 1, 0, 0, 0)
+
+README = """\
+Your data held by {tenant} in its analytics platform (pseudozone)
+=================================================================
+
+Request: {request_id}   Type: export   Prepared: {prepared}
+
+This archive holds every record about you that the platform's lake keeps:
+
+* profile.json / profile.csv: your profile as you or the service provided it
+  (name, email, phone, address), decrypted for this export.
+* <dataset>.json / <dataset>.csv: your activity records (events, server_logs) and
+  the pseudonymous part of your profile, as analysts see them. In these records
+  you appear under a pseudonym ("subject_id"); IP addresses are kept only as a
+  network range, and free text has emails, phone numbers and similar removed.
+* manifest.json: every file with its size and SHA-256 checksum.
+
+Records of processing that is restricted at your request are included and marked
+"zone": "restricted".
+"""
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(type(value).__name__)
+
+
+def _csv(rows: list[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v, default=_json_default) if isinstance(v, dict | list)
+                             else (_json_default(v) if isinstance(v, dt.date | bytes) else v)
+                             for k, v in row.items()})
+    return buf.getvalue().encode()
+
+
+def _subject_rows(settings: Settings, tenant: str, subject: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for zone_name, root in (("events", settings.event_zone), ("restricted", settings.restricted_zone)):
+        if not root.exists():
+            continue
+        for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            for f in sorted(dataset_dir.glob(f"tenant_id={tenant}/date=*/*.parquet")):
+                table = pq.read_table(f)
+                hit = table.filter(pc.fill_null(pc.equal(table[SUBJECT_COLUMN], subject), False))
+                if hit.num_rows:
+                    day = f.parent.name.removeprefix("date=")
+                    for row in hit.to_pylist():
+                        out.setdefault(dataset_dir.name, []).append({**row, "date": day, "zone": zone_name})
+    return out
+
+
+def _profile_rows(settings: Settings, keyring: KeyRing, tenant: str, subject: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for dataset, contract in ((d, contracts.load(d)) for d in sorted(contracts.available())):
+        if not contract.has_pii:
+            continue
+        files = sorted((settings.pii_zone / dataset).glob(f"tenant_id={tenant}/*.parquet"))
+        if not files:
+            continue
+        with state.connect(settings) as conn:
+            deks = Vault(keyring, conn).data_keys(tenant, [subject], create=False)
+        if subject not in deks:
+            continue
+        aead = AESGCM(deks[subject])
+        for f in files:
+            table = pq.read_table(f)
+            hit = table.filter(pc.fill_null(pc.equal(table[SUBJECT_COLUMN], subject), False))
+            for row in hit.to_pylist():
+                clear = {k: None if v is None
+                         else decrypt_value(aead, v, pii_associated_data(tenant, subject, k))
+                         for k, v in row.items() if k != SUBJECT_COLUMN}
+                rows.append({"dataset": dataset, **clear})
+    return rows
+
+
+def export_request(settings: Settings, request_id: str, *, keyring: KeyRing | None = None) -> dict[str, Any]:
+    """Build (or rebuild) the archive of one export request; returns path, digest, file list."""
+    keyring = keyring or KeyRing.load(settings)
+    with store.engine_for(settings).connect() as conn:
+        row = conn.execute(select(store.requests).where(store.requests.c.request_id == request_id)).first()
+    if row is None or row.type != "export":
+        raise PseudozoneError(f"no export request {request_id!r}")
+    tenant, subject = row.tenant_id, row.subject_id
+    files: dict[str, bytes] = {}
+    profile = _profile_rows(settings, keyring, tenant, subject)
+    files["profile.json"] = json.dumps(profile, indent=2, ensure_ascii=False, default=_json_default).encode()
+    files["profile.csv"] = _csv(profile)
+    for dataset, rows in sorted(_subject_rows(settings, tenant, subject).items()):
+        name = "profile_pseudonymous" if dataset == "profiles" else dataset
+        files[f"{name}.json"] = json.dumps(rows, indent=2, ensure_ascii=False, default=_json_default).encode()
+        files[f"{name}.csv"] = _csv(rows)
+    received = store.as_utc(row.received_at)
+    files["README.txt"] = README.format(tenant=tenant, request_id=request_id,
+                                        prepared=received.date().isoformat() if received else "").encode()
+    manifest = {"request_id": request_id, "tenant_id": tenant, "subject_id": subject,
+                "files": [{"name": n, "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                          for n, b in sorted(files.items())]}
+    files["manifest.json"] = json.dumps(manifest, indent=2).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in sorted(files.items()):
+            info = zipfile.ZipInfo(name, date_time=_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    blob = buf.getvalue()
+    target = settings.exports / tenant / f"{request_id}.zip"
+    zones.write_bytes(blob, target)
+    digest = hashlib.sha256(blob).hexdigest()
+    with store.transaction(settings) as conn:
+        audit.append(conn, "export.written", request_id=request_id, tenant_id=tenant, subject_id=subject,
+                     details={"archive": str(target.relative_to(settings.root)), "sha256": digest,
+                              "files": sorted(files)})
+    return {"request_id": request_id, "archive": str(target.relative_to(settings.root)), "sha256": digest,
+            "files": sorted(files), "profile_rows": len(profile)}

@@ -1,0 +1,515 @@
+"""Apply rights requests to the zones: plan, rewrite file groups, export, verify and close.
+
+``open_run`` takes every accepted request (and any left ``in_progress`` by a run
+that died), looks up the files holding each subject in the subject index, and
+groups the work by landing batch: every file of one batch (its event-zone date
+partitions, their restricted-zone mirrors and its PII-zone file) is rewritten
+once, by one task, for all requests of the run.  ``rewrite_group`` applies
+erase / restrict / unrestrict / rectify to those files under the storage
+protocol; ``close_run`` verifies, crypto-shreds erased subjects' keys and
+completes the requests.  Every step is idempotent: a run killed anywhere and
+run again converges on the same zones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import delete, insert, select, update
+
+from pseudozone import contracts, state, zones
+from pseudozone.config import Settings
+from pseudozone.contracts import SUBJECT_COLUMN
+from pseudozone.errors import PseudozoneError
+from pseudozone.generalize import GENERALIZERS
+from pseudozone.ingest import INDEX_SCHEMA, index_file
+from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
+from pseudozone.landing import ARROW_TYPES
+from pseudozone.rights import audit, requests, store
+
+log = logging.getLogger(__name__)
+
+ZONES = ("events", "restricted", "pii")
+
+
+# -- planning --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Work:
+    erase: set[str] = field(default_factory=set)
+    restrict: set[str] = field(default_factory=set)
+    unrestrict: set[str] = field(default_factory=set)
+    rectify: dict[str, str] = field(default_factory=dict)  # subject -> request id
+
+    def subjects(self) -> set[str]:
+        return self.erase | self.restrict | self.unrestrict | set(self.rectify)
+
+
+def _index_rows(settings: Settings, tenant: str, subjects: set[str]) -> pa.Table:
+    """(subject_id, zone, path, dataset, batch_id) for every indexed file holding ``subjects``."""
+    files = sorted(settings.subject_index.glob(f"*/tenant_id={tenant}/*.parquet"))
+    parts = []
+    wanted = pa.array(sorted(subjects), pa.string())
+    for f in files:
+        table = pq.read_table(f)
+        hit = table.filter(pc.is_in(table["subject_id"], value_set=wanted))
+        if hit.num_rows:
+            n = hit.num_rows
+            parts.append(hit.append_column("dataset", pa.repeat(f.parent.parent.name, n))
+                         .append_column("batch_id", pa.repeat(f.stem, n)))
+    if not parts:
+        return pa.table({"subject_id": pa.array([], pa.string()), "zone": pa.array([], pa.string()),
+                         "path": pa.array([], pa.string()), "dataset": pa.array([], pa.string()),
+                         "batch_id": pa.array([], pa.string())})
+    return pa.concat_tables(parts)
+
+
+def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None) -> dict[str, Any]:
+    """Start work on every open request; return the plan (ids, pseudonyms and paths only)."""
+    keyring = keyring or KeyRing.load(settings)
+    now = store.utcnow()
+    with store.transaction(settings) as conn:
+        rows = conn.execute(select(store.requests).where(
+            store.requests.c.state.in_(("accepted", "in_progress")))
+            .order_by(store.requests.c.received_at, store.requests.c.request_id)).all()
+        for row in rows:
+            if row.state == "accepted":
+                conn.execute(update(store.requests).where(store.requests.c.request_id == row.request_id)
+                             .values(state="in_progress", started_at=now, run_id=run_id))
+                audit.append(conn, "request.in_progress", request_id=row.request_id,
+                             tenant_id=row.tenant_id, subject_id=row.subject_id, details={"run_id": run_id})
+            if row.type == "restrict":
+                # route the subject's new rows to the restricted zone from now on (fail closed)
+                exists = conn.execute(select(store.restrictions.c.subject_id).where(
+                    store.restrictions.c.tenant_id == row.tenant_id,
+                    store.restrictions.c.subject_id == row.subject_id)).first()
+                if exists is None:
+                    conn.execute(insert(store.restrictions).values(
+                        tenant_id=row.tenant_id, subject_id=row.subject_id, request_id=row.request_id,
+                        since=now))
+                    audit.append(conn, "restriction.added", request_id=row.request_id,
+                                 tenant_id=row.tenant_id, subject_id=row.subject_id)
+
+    # the latest request per subject decides between restrict and unrestrict; erase wins over all
+    work: dict[str, _Work] = defaultdict(_Work)
+    exports: list[str] = []
+    for row in rows:
+        w = work[row.tenant_id]
+        s = row.subject_id
+        if row.type == "erase":
+            w.erase.add(s)
+        elif row.type == "restrict":
+            w.restrict.add(s)
+            w.unrestrict.discard(s)
+        elif row.type == "unrestrict":
+            w.unrestrict.add(s)
+            w.restrict.discard(s)
+        elif row.type == "rectify":
+            w.rectify[s] = row.request_id
+        elif row.type == "export":
+            exports.append(row.request_id)
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for tenant, w in sorted(work.items()):
+        w.restrict -= w.erase
+        w.unrestrict -= w.erase
+        for s in w.erase:
+            w.rectify.pop(s, None)
+        if not w.subjects():
+            continue
+        index = _index_rows(settings, tenant, w.subjects())
+        for subject, zone, path, dataset, batch in zip(
+                *(index[c].to_pylist() for c in ("subject_id", "zone", "path", "dataset", "batch_id")),
+                strict=True):
+            wanted = ((subject in w.erase)
+                      or (subject in w.restrict and zone == "events")
+                      or (subject in w.unrestrict and zone == "restricted")
+                      or (subject in w.rectify and dataset == "profiles"))
+            if not wanted:
+                continue
+            g = groups.setdefault((tenant, dataset, batch), {
+                "tenant_id": tenant, "dataset": dataset, "batch_id": batch, "files": set(),
+                "erase": set(), "restrict": set(), "unrestrict": set(), "rectify": {}})
+            g["files"].add(path)
+            for kind in ("erase", "restrict", "unrestrict"):
+                if subject in getattr(w, kind):
+                    g[kind].add(subject)
+            if subject in w.rectify:
+                g["rectify"][subject] = w.rectify[subject]
+    plan_groups = [{**g, "files": sorted(g["files"]), "erase": sorted(g["erase"]),
+                    "restrict": sorted(g["restrict"]), "unrestrict": sorted(g["unrestrict"])}
+                   for _, g in sorted(groups.items())]
+    for g in plan_groups:
+        g["group_id"] = f"{g['dataset']}.{g['batch_id']}"
+    return {"run_id": run_id, "requests": [r.request_id for r in rows], "groups": plan_groups,
+            "exports": exports}
+
+
+# -- rewriting one batch's files -------------------------------------------------------------
+
+
+def _read(path: Path) -> pa.Table | None:
+    return pq.read_table(path) if path.exists() else None
+
+
+def _mask(table: pa.Table, subjects: set[str] | list[str]) -> pa.Array:
+    values = pa.array(sorted(subjects), pa.string())
+    return pc.fill_null(pc.is_in(table[SUBJECT_COLUMN], value_set=values), False)
+
+
+def _take_subjects(table: pa.Table | None, subjects: set[str]) -> pa.Table | None:
+    return None if table is None else table.filter(_mask(table, subjects))
+
+
+def _drop_subjects(table: pa.Table | None, subjects: set[str]) -> pa.Table | None:
+    return None if table is None else table.filter(pc.invert(_mask(table, subjects)))
+
+
+def _concat(*tables: pa.Table | None) -> pa.Table | None:
+    present = [t for t in tables if t is not None]
+    if not present:
+        return None
+    return pa.concat_tables(present) if len(present) > 1 else present[0]
+
+
+def _move(src: pa.Table | None, dst: pa.Table | None, subjects: set[str]) -> tuple[
+        pa.Table | None, pa.Table | None, int]:
+    """Move ``subjects``' rows from src to dst; safe to repeat after a partial move.
+
+    Where src still holds a subject's rows they are the truth, and any copy of them
+    already in dst (from a run that died between its two writes) is replaced.
+    """
+    moving = _take_subjects(src, subjects)
+    if moving is None or moving.num_rows == 0:
+        return src, dst, 0
+    present = set(pc.unique(moving[SUBJECT_COLUMN]).to_pylist())
+    return _drop_subjects(src, subjects), _concat(_drop_subjects(dst, present), moving), moving.num_rows
+
+
+def _regeneralize(table: pa.Table | None, contract: contracts.Contract,
+                  corrections: dict[str, dict[str, str]]) -> tuple[pa.Table | None, int]:
+    """Recompute the event-zone columns generalized from rectified quasi-identifiers."""
+    if table is None or not corrections:
+        return table, 0
+    changed = 0
+    for spec in contract.of_class("quasi"):
+        name = spec.event_name
+        assert name is not None and spec.generalize is not None
+        updates = {s: f[spec.name] for s, f in corrections.items() if spec.name in f}
+        if not updates or name not in table.column_names:
+            continue
+        subj = table[SUBJECT_COLUMN].to_pylist()
+        raw = pa.array([updates.get(s) for s in subj], pa.string())
+        typed = raw.cast(ARROW_TYPES[spec.type])
+        fresh = GENERALIZERS[spec.generalize](typed, spec.params)
+        if pa.types.is_dictionary(fresh.type):
+            fresh = fresh.cast(fresh.type.value_type)
+        hit = pc.is_valid(raw)
+        col = table[name].combine_chunks()
+        merged = pc.if_else(hit, fresh.cast(col.type), col)
+        table = table.set_column(table.column_names.index(name), name, merged)
+        changed += int(pc.sum(hit).as_py() or 0)
+    return table, changed
+
+
+def _rectify_pii(table: pa.Table | None, tenant: str, corrections: dict[str, dict[str, str]],
+                 deks: dict[str, bytes], pii_columns: set[str]) -> tuple[pa.Table | None, int]:
+    if table is None or not corrections:
+        return table, 0
+    subjects = table[SUBJECT_COLUMN].to_pylist()
+    changed = 0
+    for name in sorted({k for f in corrections.values() for k in f} & pii_columns):
+        if name not in table.column_names:
+            continue
+        values = table[name].to_pylist()
+        for i, s in enumerate(subjects):
+            fields = corrections.get(s)
+            if fields and name in fields and s in deks:
+                values[i] = encrypt_value(AESGCM(deks[s]), fields[name], pii_associated_data(tenant, s, name))
+                changed += 1
+        table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.binary()))
+    return table, changed
+
+
+def _mirror(settings: Settings, rel: str) -> tuple[str, str]:
+    """(events path, restricted path) for an event-zone or restricted-zone file."""
+    zone, rest = rel.split("/", 1)
+    if zone not in ("events", "restricted"):
+        raise PseudozoneError(f"not an event or restricted zone file: {rel}")
+    return f"events/{rest}", f"restricted/{rest}"
+
+
+def _corrections(settings: Settings, keyring: KeyRing, tenant: str,
+                 rectify: dict[str, str]) -> dict[str, dict[str, str]]:
+    """subject -> corrected fields, decrypted from the request ledger (never from XCom)."""
+    out: dict[str, dict[str, str]] = {}
+    if not rectify:
+        return out
+    with store.engine_for(settings).connect() as conn:
+        for subject, request_id in rectify.items():
+            row = conn.execute(select(store.requests.c.payload_enc)
+                               .where(store.requests.c.request_id == request_id)).first()
+            if row is None or row.payload_enc is None:
+                continue  # completed already: nothing left to apply
+            payload = requests.open_payload(keyring, tenant, request_id, row.payload_enc)
+            out[subject] = dict(payload.get("fields") or {})
+    return out
+
+
+def rewrite_group(settings: Settings, group: dict[str, Any], *,
+                  keyring: KeyRing | None = None) -> dict[str, Any]:
+    """Apply one run's requests to every file of one batch; returns counts per subject."""
+    keyring = keyring or KeyRing.load(settings)
+    tenant, dataset, batch_id = group["tenant_id"], group["dataset"], group["batch_id"]
+    contract = contracts.load(dataset)
+    erase, restrict, unrestrict = set(group["erase"]), set(group["restrict"]), set(group["unrestrict"])
+    held = _held(settings, tenant, dataset, erase)
+    erase -= held
+    corrections = _corrections(settings, keyring, tenant, group["rectify"])
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    outputs: dict[str, pa.Table | None] = {}
+    # moves are written in two steps so that a kill between any two writes loses no row:
+    # first each file gains its incoming rows while keeping its outgoing ones, then the
+    # outgoing rows are dropped (_move treats rows still in the source as the truth)
+    interim: dict[str, pa.Table | None] = {}
+    pairs = sorted({_mirror(settings, p) for p in group["files"] if not p.startswith("pii/")})
+    for ev_rel, rs_rel in pairs:
+        ev = _read(settings.zones / ev_rel)
+        rs = _read(settings.zones / rs_rel)
+        for s, n in _count(ev, erase).items():
+            counts[s]["events_rows_erased"] += n
+        for s, n in _count(rs, erase).items():
+            counts[s]["restricted_rows_erased"] += n
+        ev, rs = _drop_subjects(ev, erase), _drop_subjects(rs, erase)
+        ev, n_ev = _regeneralize(ev, contract, corrections)
+        rs, n_rs = _regeneralize(rs, contract, corrections)
+        counts["*"]["event_values_rectified"] += n_ev + n_rs
+        outgoing_ev, outgoing_rs = _take_subjects(ev, restrict), _take_subjects(rs, unrestrict)
+        for s, n in _count(ev, restrict).items():
+            counts[s]["rows_restricted"] += n
+        for s, n in _count(rs, unrestrict).items():
+            counts[s]["rows_unrestricted"] += n
+        ev, rs, moved_out = _move(ev, rs, restrict)
+        rs, ev, moved_back = _move(rs, ev, unrestrict)
+        if moved_out or moved_back:
+            interim[ev_rel] = _concat(ev, outgoing_ev)
+            interim[rs_rel] = _concat(rs, outgoing_rs)
+        outputs[ev_rel], outputs[rs_rel] = ev, rs
+
+    pii_paths = [p for p in group["files"] if p.startswith("pii/")]
+    if pii_paths or (corrections and contract.has_pii):
+        pii_rel = str(zones.pii_file(Path("pii"), dataset, tenant, batch_id))
+        pii = _read(settings.zones / pii_rel)
+        for s, n in _count(pii, erase).items():
+            counts[s]["pii_rows_erased"] += n
+        pii = _drop_subjects(pii, erase)
+        if corrections:
+            with state.connect(settings) as conn:
+                deks = Vault(keyring, conn).data_keys(tenant, sorted(corrections), create=False)
+            pii_cols = {c.name for c in contract.of_class("pii")}
+            pii, n = _rectify_pii(pii, tenant, corrections, deks, pii_cols)
+            counts["*"]["pii_values_rectified"] += n
+        outputs[pii_rel] = pii
+
+    _publish(settings, dataset, tenant, batch_id, outputs, interim)
+    with store.transaction(settings) as conn:
+        audit.append(conn, "files.rewritten", tenant_id=tenant, details={
+            "dataset": dataset, "batch_id": batch_id, "files": sorted(outputs),
+            "erase": len(erase), "restrict": len(restrict), "unrestrict": len(unrestrict),
+            "rectify": len(corrections), "held": sorted(held)})
+    return {"group_id": group["group_id"], "files": sorted(outputs), "held": sorted(held),
+            "counts": {s: dict(c) for s, c in counts.items()}}
+
+
+def _count(table: pa.Table | None, subjects: set[str]) -> dict[str, int]:
+    if table is None or not subjects or table.num_rows == 0:
+        return {}
+    hit = table.filter(_mask(table, subjects))
+    if hit.num_rows == 0:
+        return {}
+    counted = pc.value_counts(hit[SUBJECT_COLUMN].combine_chunks())
+    return {item["values"]: item["counts"] for item in counted.to_pylist()}
+
+
+def _held(settings: Settings, tenant: str, dataset: str, subjects: set[str]) -> set[str]:
+    if not subjects:
+        return set()
+    with store.engine_for(settings).connect() as conn:
+        return {s for s in subjects
+                if any(h["dataset"] in (None, dataset) for h in requests.holds_for(conn, tenant, s))}
+
+
+def _index_entries(outputs: dict[str, pa.Table | None]) -> list[pa.Table]:
+    entries = []
+    for rel, table in sorted(outputs.items()):
+        if table is None or table.num_rows == 0:
+            continue
+        distinct = pc.drop_null(pc.unique(table[SUBJECT_COLUMN]))
+        zone = rel.split("/", 1)[0]
+        entries.append(pa.table({"subject_id": distinct.cast(pa.string()),
+                                 "zone": pa.repeat(zone, len(distinct)),
+                                 "path": pa.repeat(rel, len(distinct))}, schema=INDEX_SCHEMA))
+    return entries
+
+
+def _write_all(settings: Settings, outputs: dict[str, pa.Table | None]) -> None:
+    for rel, table in sorted(outputs.items()):
+        path = settings.zones / rel
+        if table is None or table.num_rows == 0:
+            path.unlink(missing_ok=True)
+        else:
+            zones.write_parquet(table, path)
+
+
+def _publish(settings: Settings, dataset: str, tenant: str, batch_id: str,
+             outputs: dict[str, pa.Table | None], interim: dict[str, pa.Table | None]) -> None:
+    """Storage protocol for rewrites: index (old ∪ new) → interim files → files → index (new)."""
+    idx_path = index_file(settings, dataset, tenant, batch_id)
+    old_index = pq.read_table(idx_path) if idx_path.exists() else INDEX_SCHEMA.empty_table()
+    touched = pa.array(sorted(outputs), pa.string())
+    kept = old_index.filter(pc.invert(pc.is_in(old_index["path"], value_set=touched)))
+    final_entries = _index_entries(outputs)
+    # the union first: whatever is killed where, every row stays findable through the index
+    zones.write_parquet(pa.concat_tables([old_index, *_index_entries(interim), *final_entries]), idx_path)
+    _write_all(settings, interim)
+    _write_all(settings, outputs)
+    zones.write_parquet(pa.concat_tables([kept, *final_entries]), idx_path)
+
+
+# -- verification and closing ---------------------------------------------------------------
+
+
+def _tenant_files(settings: Settings, tenant: str) -> list[Path]:
+    """Every Parquet file of a tenant in the event, restricted and PII zones (the full scan)."""
+    out: list[Path] = []
+    for root in (settings.event_zone, settings.restricted_zone, settings.pii_zone):
+        if root.exists():
+            out.extend(p for p in root.glob(f"*/tenant_id={tenant}/**/*.parquet")
+                       if not p.name.startswith("."))
+    return sorted(out)
+
+
+def scan_for_subject(settings: Settings, tenant: str, subject: str) -> list[str]:
+    """Files (relative to the zones) that still hold rows of ``subject``: an independent scan."""
+    files = _tenant_files(settings, tenant)
+    if not files:
+        return []
+    found = []
+    for f in files:
+        col = pq.read_table(f, columns=[SUBJECT_COLUMN])[SUBJECT_COLUMN]
+        if pc.any(pc.equal(col, subject)).as_py():
+            found.append(str(f.relative_to(settings.zones)))
+    return found
+
+
+def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, Any]],
+              exports: list[dict[str, Any]], *, keyring: KeyRing | None = None) -> dict[str, Any]:
+    """Verify what was done, destroy erased subjects' keys, complete the requests."""
+    keyring = keyring or KeyRing.load(settings)
+    per_subject: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    held_by_group: dict[str, list[str]] = {}
+    for res in results:
+        held_by_group[res["group_id"]] = res["held"]
+        for s, c in res["counts"].items():
+            for k, v in c.items():
+                per_subject[s][k] += v
+    export_by_request = {e["request_id"]: e for e in exports}
+    summary: dict[str, int] = defaultdict(int)
+    failures = []
+    with store.engine_for(settings).connect() as conn:
+        rows = conn.execute(select(store.requests).where(
+            store.requests.c.request_id.in_(plan["requests"]),
+            store.requests.c.state == "in_progress")).all()
+    for row in rows:
+        outcome: dict[str, Any] = {"type": row.type, "run_id": plan["run_id"]}
+        s, tenant = row.subject_id, row.tenant_id
+        with store.engine_for(settings).connect() as conn:
+            holds = requests.holds_for(conn, tenant, s)
+        if row.type == "erase":
+            remaining = scan_for_subject(settings, tenant, s)
+            unexpected = [p for p in remaining
+                          if not any(h["dataset"] in (None, p.split("/")[1]) for h in holds)]
+            if unexpected:
+                failures.append(row.request_id)
+                _finish(settings, row, "failed", {"code": "erase_incomplete", "files": unexpected})
+                continue
+            pii_held = any(h["dataset"] in (None, "profiles") for h in holds)
+            destroyed = False
+            if not pii_held:
+                with state.connect(settings) as sconn:
+                    destroyed = Vault(keyring, sconn).destroy(tenant, s)
+                    if not destroyed:
+                        Vault(keyring, sconn).tombstone(tenant, s)
+                with store.transaction(settings) as tconn:
+                    audit.append(tconn, "key.destroyed", request_id=row.request_id, tenant_id=tenant,
+                                 subject_id=s, details={"had_key": destroyed})
+            outcome.update({"rows_removed": dict(per_subject.get(s, {})), "verified_clean": True,
+                            "files_scanned": len(_tenant_files(settings, tenant)),
+                            "key_destroyed": not pii_held,
+                            "retained": [{"dataset": h["dataset"] or "*", "hold_id": h["hold_id"],
+                                          "reason": h["reason"]} for h in holds],
+                            "retained_files": remaining})
+        elif row.type == "restrict":
+            outcome["rows_moved_to_restricted"] = per_subject.get(s, {}).get("rows_restricted", 0)
+            leaked = [p for p in scan_for_subject(settings, tenant, s) if p.startswith("events/")]
+            if leaked:
+                failures.append(row.request_id)
+                _finish(settings, row, "failed", {"code": "restrict_incomplete", "files": leaked})
+                continue
+        elif row.type == "unrestrict":
+            outcome["rows_moved_back"] = per_subject.get(s, {}).get("rows_unrestricted", 0)
+            with store.transaction(settings) as tconn:
+                tconn.execute(delete(store.restrictions).where(
+                    store.restrictions.c.tenant_id == tenant, store.restrictions.c.subject_id == s))
+                audit.append(tconn, "restriction.lifted", request_id=row.request_id, tenant_id=tenant,
+                             subject_id=s)
+        elif row.type == "rectify":
+            payload = requests.open_payload(keyring, tenant, row.request_id, row.payload_enc)
+            outcome["fields"] = sorted(payload.get("fields") or {})
+        elif row.type == "export":
+            exp = export_by_request.get(row.request_id)
+            if exp is None:
+                failures.append(row.request_id)
+                _finish(settings, row, "failed", {"code": "export_missing"})
+                continue
+            outcome.update({"archive": exp["archive"], "sha256": exp["sha256"], "files": exp["files"]})
+        _finish(settings, row, "completed", outcome)
+        summary[row.type] += 1
+    if failures:
+        raise PseudozoneError(f"{len(failures)} request(s) failed verification: {', '.join(failures)}")
+    return {"run_id": plan["run_id"], "completed": dict(summary), "groups": len(results)}
+
+
+def _finish(settings: Settings, row: Any, state_name: str, details: dict[str, Any]) -> None:
+    values: dict[str, Any] = {"state": state_name, "completed_at": store.utcnow()}
+    if state_name == "completed":
+        values.update(outcome=json.dumps(details, sort_keys=True), payload_enc=None)  # wipe raw values
+    else:
+        values.update(reason=json.dumps(details, sort_keys=True))
+    with store.transaction(settings) as conn:
+        conn.execute(update(store.requests).where(store.requests.c.request_id == row.request_id)
+                     .values(**values))
+        audit.append(conn, f"request.{state_name}", request_id=row.request_id, tenant_id=row.tenant_id,
+                     subject_id=row.subject_id, details=details)
+
+
+def process_all(settings: Settings, run_id: str, *, keyring: KeyRing | None = None) -> dict[str, Any]:
+    """Intake the inbox and run every open request, as the DAG does, in this process."""
+    from pseudozone.rights.export import export_request
+
+    keyring = keyring or KeyRing.load(settings)
+    requests.intake_inbox(settings, keyring=keyring)
+    plan = open_run(settings, run_id, keyring=keyring)
+    results = [rewrite_group(settings, g, keyring=keyring) for g in plan["groups"]]
+    exports = [export_request(settings, r, keyring=keyring) for r in plan["exports"]]
+    return close_run(settings, plan, results, exports, keyring=keyring)

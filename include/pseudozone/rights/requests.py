@@ -1,0 +1,329 @@
+"""Rights-request intake: three doors (CLI, inbox folder, REST), one validated queue.
+
+Every request is recorded, valid or not.  A valid one is ``accepted`` and waits
+for the ``process_rights_requests`` DAG; an invalid one is ``rejected`` with a
+machine-readable reason.  The raw user id and any corrected values are stored
+only as AES-GCM ciphertext (per-tenant request key, request id as associated
+data) and are wiped when the request completes.  Nothing here logs, returns or
+audits a raw identifier.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import and_, delete, insert, or_, select
+
+from pseudozone import contracts, state, zones
+from pseudozone.config import Settings
+from pseudozone.errors import KeyMaterialError, PseudozoneError
+from pseudozone.keys import NONCE_BYTES, KeyRing
+from pseudozone.landing import TENANT_RE
+from pseudozone.rights import audit, store
+
+TYPES = ("erase", "rectify", "restrict", "unrestrict", "export")
+SOURCES = ("cli", "inbox", "rest", "test")
+DUE_DAYS = 30
+MAX_USER_ID = 256
+ALLOWED_KEYS = {"type", "tenant_id", "user_id", "fields"}
+
+
+class RequestRejected(PseudozoneError):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class RequestStatus:
+    """What a tenant may see of a request: no raw identifier, no value."""
+
+    request_id: str
+    tenant_id: str
+    type: str
+    state: str
+    received_at: str
+    due_at: str
+    completed_at: str | None = None
+    subject_id: str | None = None
+    reason: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rectifiable_fields() -> dict[str, str]:
+    """Profile columns a rectification may set, with their contract type."""
+    profiles = contracts.load("profiles")
+    return {c.name: c.type for c in profiles.columns if c.cls in ("pii", "quasi")}
+
+
+# -- tenants -----------------------------------------------------------------------------
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def register_tenant(settings: Settings, tenant_id: str) -> str:
+    """Register (or re-key) a tenant for the REST door; returns its new API token once."""
+    if not TENANT_RE.match(tenant_id):
+        raise PseudozoneError("tenant id must be letters, digits, '_', '.', '-' (max 64)")
+    token = f"pz_{tenant_id}_{secrets.token_urlsafe(32)}"
+    with store.transaction(settings) as conn:
+        conn.execute(delete(store.tenants).where(store.tenants.c.tenant_id == tenant_id))
+        conn.execute(insert(store.tenants).values(tenant_id=tenant_id, token_sha256=_token_hash(token),
+                                                  created_at=store.utcnow()))
+        audit.append(conn, "tenant.registered", tenant_id=tenant_id)
+    return token
+
+
+def authenticate(settings: Settings, token: str | None) -> str | None:
+    """The tenant a bearer token belongs to, or None."""
+    if not token:
+        return None
+    digest = _token_hash(token)
+    with store.engine_for(settings).connect() as conn:
+        rows = conn.execute(select(store.tenants.c.tenant_id, store.tenants.c.token_sha256)).all()
+    for tenant_id, stored in rows:
+        if hmac.compare_digest(stored, digest):
+            return str(tenant_id)
+    return None
+
+
+def known_tenants(settings: Settings) -> set[str]:
+    """Registered tenants and tenants whose data was ingested."""
+    with store.engine_for(settings).connect() as conn:
+        found = {str(r[0]) for r in conn.execute(select(store.tenants.c.tenant_id))}
+    if settings.state_db.exists():
+        with state.connect(settings) as sconn:
+            found |= {str(r[0]) for r in sconn.execute("SELECT DISTINCT tenant_id FROM batches")}
+    return found
+
+
+# -- payload encryption ------------------------------------------------------------------
+
+
+def _seal(keyring: KeyRing, tenant: str, request_id: str, payload: dict[str, Any]) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    data = json.dumps(payload, sort_keys=True).encode()
+    return nonce + AESGCM(keyring.request_key(tenant)).encrypt(nonce, data, request_id.encode())
+
+
+def open_payload(keyring: KeyRing, tenant: str, request_id: str, blob: bytes) -> dict[str, Any]:
+    try:
+        data = AESGCM(keyring.request_key(tenant)).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:],
+                                                           request_id.encode())
+    except InvalidTag:
+        raise KeyMaterialError(f"request {request_id}: payload does not decrypt") from None
+    payload: dict[str, Any] = json.loads(data)
+    return payload
+
+
+# -- validation and submission -----------------------------------------------------------
+
+
+def _validate(raw: Any, tenants: set[str]) -> tuple[str, str, str, dict[str, str]]:
+    if not isinstance(raw, Mapping):
+        raise RequestRejected("malformed_request", "a request must be a JSON object")
+    extra = sorted(set(raw) - ALLOWED_KEYS)
+    if extra:
+        raise RequestRejected("malformed_request", f"unknown key(s): {', '.join(map(str, extra))[:200]}")
+    kind = raw.get("type")
+    if kind not in TYPES:
+        raise RequestRejected("unknown_type", f"type must be one of {', '.join(TYPES)}")
+    tenant = raw.get("tenant_id")
+    if not isinstance(tenant, str) or not TENANT_RE.match(tenant) or tenant not in tenants:
+        raise RequestRejected("unknown_tenant", "tenant_id does not name a known tenant")
+    user = raw.get("user_id")
+    if not isinstance(user, str) or not user.strip():
+        raise RequestRejected("missing_user", "user_id is required")
+    if len(user) > MAX_USER_ID:
+        raise RequestRejected("malformed_fields", f"user_id is longer than {MAX_USER_ID} characters")
+    fields = raw.get("fields")
+    if kind == "rectify":
+        if not isinstance(fields, Mapping) or not fields:
+            raise RequestRejected("malformed_fields", "rectify needs a non-empty 'fields' object")
+        allowed = rectifiable_fields()
+        unknown = sorted(k for k in fields if k not in allowed)
+        if unknown:
+            raise RequestRejected("malformed_fields",
+                                  f"field(s) not rectifiable: {', '.join(map(str, unknown))[:200]}; "
+                                  f"allowed: {', '.join(sorted(allowed))}")
+        for name, value in fields.items():
+            if not isinstance(value, str) or not value.strip():
+                raise RequestRejected("malformed_fields", f"field {name!r} needs a non-empty text value")
+            if allowed[name] == "date":
+                try:
+                    dt.date.fromisoformat(value.strip())
+                except ValueError:
+                    raise RequestRejected("malformed_fields",
+                                          f"field {name!r} must be a date (YYYY-MM-DD)") from None
+        clean = {str(k): str(v).strip() for k, v in fields.items()}
+    elif fields not in (None, {}):
+        raise RequestRejected("malformed_fields", f"'fields' is only for rectify, not {kind}")
+    else:
+        clean = {}
+    return kind, tenant, user.strip(), clean
+
+
+def submit(settings: Settings, raw: Any, *, source: str, keyring: KeyRing | None = None,
+           actor: str | None = None) -> RequestStatus:
+    """Validate and record one request; a rejected request is recorded too, with its reason."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}")
+    request_id = str(uuid.uuid4())
+    now = store.utcnow()
+    due = now + dt.timedelta(days=DUE_DAYS)
+    shown_tenant = raw.get("tenant_id") if isinstance(raw, Mapping) else None
+    shown_tenant = shown_tenant if isinstance(shown_tenant, str) and TENANT_RE.match(shown_tenant) else "?"
+    shown_type = raw.get("type") if isinstance(raw, Mapping) else None
+    shown_type = shown_type if shown_type in TYPES else "?"
+    try:
+        kind, tenant, user, fields = _validate(raw, known_tenants(settings))
+    except RequestRejected as rejected:
+        reason = {"code": rejected.code, "detail": rejected.detail}
+        with store.transaction(settings) as conn:
+            conn.execute(insert(store.requests).values(
+                request_id=request_id, tenant_id=shown_tenant, type=shown_type, state="rejected",
+                source=source, received_at=now, due_at=due, completed_at=now,
+                reason=json.dumps(reason)))
+            audit.append(conn, "request.received", actor=actor or source, request_id=request_id,
+                         tenant_id=shown_tenant, details={"type": shown_type, "source": source})
+            audit.append(conn, "request.rejected", actor=actor or source, request_id=request_id,
+                         tenant_id=shown_tenant, details=reason)
+        return get_status(settings, request_id)
+    keyring = keyring or KeyRing.load(settings)
+    subject_id = keyring.subject_id(tenant, user)
+    sealed = _seal(keyring, tenant, request_id, {"user_id": user, "fields": fields})
+    with store.transaction(settings) as conn:
+        conn.execute(insert(store.requests).values(
+            request_id=request_id, tenant_id=tenant, subject_id=subject_id, type=kind, state="accepted",
+            source=source, payload_enc=sealed, received_at=now, due_at=due, accepted_at=now))
+        audit.append(conn, "request.received", actor=actor or source, request_id=request_id,
+                     tenant_id=tenant, subject_id=subject_id, details={"type": kind, "source": source})
+        audit.append(conn, "request.accepted", actor=actor or source, request_id=request_id,
+                     tenant_id=tenant, subject_id=subject_id,
+                     details={"type": kind, "fields": sorted(fields), "due_at": due.isoformat()})
+    return get_status(settings, request_id)
+
+
+def _status_of(row: Any) -> RequestStatus:
+    def iso(value: dt.datetime | None) -> str | None:
+        v = store.as_utc(value)
+        return None if v is None else v.isoformat()
+
+    return RequestStatus(
+        request_id=row.request_id, tenant_id=row.tenant_id, type=row.type, state=row.state,
+        received_at=iso(row.received_at) or "", due_at=iso(row.due_at) or "",
+        completed_at=iso(row.completed_at), subject_id=row.subject_id,
+        reason=json.loads(row.reason) if row.reason else None,
+        outcome=json.loads(row.outcome) if row.outcome else None)
+
+
+def get_status(settings: Settings, request_id: str, *, tenant_id: str | None = None) -> RequestStatus:
+    """A request's status; with ``tenant_id``, only if it belongs to that tenant."""
+    cond = store.requests.c.request_id == request_id
+    if tenant_id is not None:
+        cond = and_(cond, store.requests.c.tenant_id == tenant_id)
+    with store.engine_for(settings).connect() as conn:
+        row = conn.execute(select(store.requests).where(cond)).first()
+    if row is None:
+        raise PseudozoneError(f"no request {request_id!r}" + (" for this tenant" if tenant_id else ""))
+    return _status_of(row)
+
+
+def list_requests(settings: Settings, *, tenant_id: str | None = None,
+                  states: tuple[str, ...] | None = None) -> list[RequestStatus]:
+    query = select(store.requests).order_by(store.requests.c.received_at)
+    if tenant_id is not None:
+        query = query.where(store.requests.c.tenant_id == tenant_id)
+    if states:
+        query = query.where(store.requests.c.state.in_(states))
+    with store.engine_for(settings).connect() as conn:
+        return [_status_of(r) for r in conn.execute(query)]
+
+
+# -- the inbox door ----------------------------------------------------------------------
+
+
+def inbox_dir(settings: Settings) -> Path:
+    return settings.root / "requests" / "inbox"
+
+
+def intake_inbox(settings: Settings, *, keyring: KeyRing | None = None) -> list[RequestStatus]:
+    """Submit every ``*.json`` in ``requests/inbox/`` and remove it (it holds a raw identifier).
+
+    An unreadable file is recorded as a rejected request and moved, as it is, to
+    ``zones/quarantine/requests/`` (a compliance-only place) beside its reason.
+    """
+    inbox = inbox_dir(settings)
+    inbox.mkdir(parents=True, exist_ok=True)
+    out: list[RequestStatus] = []
+    for path in sorted(inbox.glob("*.json")):
+        try:
+            raw: Any = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raw = None
+        status = submit(settings, raw, source="inbox", keyring=keyring)
+        if raw is None:
+            target = settings.quarantine / "requests" / f"{status.request_id}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            zones.write_json({"request_id": status.request_id, "file": path.name,
+                              **(status.reason or {})}, target.with_name(target.name + ".reason.json"))
+        else:
+            path.unlink()
+        out.append(status)
+    return out
+
+
+# -- legal holds and restrictions ---------------------------------------------------------
+
+
+def add_legal_hold(settings: Settings, *, tenant_id: str, reason: str, dataset: str | None = None,
+                   user_id: str | None = None, keyring: KeyRing | None = None) -> int:
+    """Keep data of a tenant (optionally one dataset and/or one subject) through erasures."""
+    if dataset is not None:
+        contracts.load(dataset)  # raises for an unknown dataset
+    subject = None
+    if user_id is not None:
+        subject = (keyring or KeyRing.load(settings)).subject_id(tenant_id, user_id)
+    with store.transaction(settings) as conn:
+        result = conn.execute(insert(store.legal_holds).values(
+            tenant_id=tenant_id, dataset=dataset, subject_id=subject, reason=reason,
+            created_at=store.utcnow()))
+        key = result.inserted_primary_key
+        assert key is not None
+        hold_id = int(key[0])
+        audit.append(conn, "hold.added", tenant_id=tenant_id, subject_id=subject,
+                     details={"hold_id": hold_id, "dataset": dataset, "reason": reason})
+    return hold_id
+
+
+def holds_for(conn: Any, tenant_id: str, subject_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(select(store.legal_holds).where(
+        store.legal_holds.c.tenant_id == tenant_id, store.legal_holds.c.released_at.is_(None),
+        or_(store.legal_holds.c.subject_id.is_(None), store.legal_holds.c.subject_id == subject_id)))
+    return [{"hold_id": r.hold_id, "dataset": r.dataset, "reason": r.reason} for r in rows]
+
+
+def restricted_subjects(settings: Settings, tenant_id: str) -> set[str]:
+    with store.engine_for(settings).connect() as conn:
+        rows = conn.execute(select(store.restrictions.c.subject_id)
+                            .where(store.restrictions.c.tenant_id == tenant_id))
+        return {str(r[0]) for r in rows}

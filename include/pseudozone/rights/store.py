@@ -1,0 +1,147 @@
+"""The rights-request store: request ledger, tenants, legal holds, restrictions, audit log.
+
+SQLAlchemy Core on any URL: a SQLite file under the data root by default
+(``state/requests.db``), PostgreSQL in production (``PSEUDOZONE_REQUESTS_DB_URL``).
+Raw identifiers and rectified values are kept only encrypted (``payload_enc``)
+and only until the request completes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Connection
+
+from pseudozone.config import Settings
+
+DB_URL_ENV = "PSEUDOZONE_REQUESTS_DB_URL"
+
+metadata = MetaData()
+
+tenants = Table(
+    "tenants", metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("token_sha256", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+requests = Table(
+    "rights_requests", metadata,
+    Column("request_id", String(36), primary_key=True),
+    Column("tenant_id", String(64), nullable=False, index=True),
+    Column("subject_id", String(80), index=True),
+    Column("type", String(16), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("source", String(16), nullable=False),
+    Column("payload_enc", LargeBinary),          # AES-GCM, until the request completes
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("accepted_at", DateTime(timezone=True)),
+    Column("started_at", DateTime(timezone=True)),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("run_id", String(250)),
+    Column("reason", Text),                      # why rejected or failed (no PII)
+    Column("outcome", Text),                     # JSON: what was done and retained (no PII)
+)
+
+legal_holds = Table(
+    "legal_holds", metadata,
+    Column("hold_id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("dataset", String(64)),               # null: every dataset
+    Column("subject_id", String(80)),            # null: every subject
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("released_at", DateTime(timezone=True)),
+)
+
+restrictions = Table(
+    "restrictions", metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("subject_id", String(80), primary_key=True),
+    Column("request_id", String(36), nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("request_id", String(36)),
+    Column("tenant_id", String(64)),
+    Column("subject_id", String(80)),
+    Column("details", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything here is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def db_url(settings: Settings) -> str:
+    return os.environ.get(DB_URL_ENV) or f"sqlite:///{settings.state / 'requests.db'}"
+
+
+@cache
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _no_pysqlite_transactions(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below rule
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA busy_timeout=60000")
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Connection) -> None:
+            # writers queue up at BEGIN, so the audit chain and state changes serialize
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    metadata.create_all(engine)
+    return engine
+
+
+def engine_for(settings: Settings) -> Engine:
+    settings.state.mkdir(parents=True, exist_ok=True)
+    return _engine(db_url(settings))
+
+
+@contextmanager
+def transaction(settings: Settings) -> Iterator[Connection]:
+    """One transaction; on PostgreSQL the audit log is locked so the chain stays linear."""
+    engine = engine_for(settings)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+        yield conn
