@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -50,3 +51,19 @@ def airflow_db() -> Iterator[Path]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+
+
+def artifact_texts(db: Path) -> dict[str, str]:
+    """Every place Airflow keeps things: the metadata DB (raw pages and XCom rows) and log files."""
+    texts = {"metadata-db-bytes": db.read_bytes().decode("utf-8", "replace")}
+    for wal in db.parent.glob(db.name + "-*"):
+        texts[wal.name] = wal.read_bytes().decode("utf-8", "replace")
+    with sqlite3.connect(db) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            rows = conn.execute(f'SELECT * FROM "{table}"').fetchall()
+            texts[f"table:{table}"] = "\n".join(repr(r) for r in rows)
+    for log_file in (AIRFLOW_HOME / "logs").rglob("*"):
+        if log_file.is_file():
+            texts[f"log:{log_file.relative_to(AIRFLOW_HOME)}"] = log_file.read_text("utf-8", "replace")
+    return texts

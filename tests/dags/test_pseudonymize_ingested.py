@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import sqlite3
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,23 +12,7 @@ import pytest
 
 from pseudozone.config import Settings
 from tests import planted
-from tests.dags.conftest import AIRFLOW_HOME, PSEUDOZONE_HOME, REPO
-
-
-def _artifact_texts(db: Path) -> dict[str, str]:
-    """Every place Airflow keeps things: the metadata DB (raw pages and XCom rows) and log files."""
-    texts = {"metadata-db-bytes": db.read_bytes().decode("utf-8", "replace")}
-    for wal in db.parent.glob(db.name + "-*"):
-        texts[wal.name] = wal.read_bytes().decode("utf-8", "replace")
-    with sqlite3.connect(db) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            rows = conn.execute(f'SELECT * FROM "{table}"').fetchall()
-            texts[f"table:{table}"] = "\n".join(repr(r) for r in rows)
-    for log_file in (AIRFLOW_HOME / "logs").rglob("*"):
-        if log_file.is_file():
-            texts[f"log:{log_file.relative_to(AIRFLOW_HOME)}"] = log_file.read_text("utf-8", "replace")
-    return texts
+from tests.dags.conftest import PSEUDOZONE_HOME, REPO, artifact_texts
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +74,7 @@ def test_summary_in_xcom_holds_counts_and_ids_only(ingest_run) -> None:  # type:
 
 def test_no_planted_pii_in_logs_xcom_or_metadata_db(ingest_run, airflow_db) -> None:  # type: ignore[no-untyped-def]
     settings, _, log_lines = ingest_run
-    texts = _artifact_texts(airflow_db)
+    texts = artifact_texts(airflow_db)
     texts["captured-log-records"] = "\n".join(log_lines)
     # the hunt is looking at real artifacts: our task logs and Airflow's records of the run
     assert any("events.acme.planted-0000 done" in line for line in log_lines)

@@ -128,9 +128,10 @@ def test_rectify_reencrypts_pii_and_regeneralizes_event_values(rlake: Settings) 
     with state.connect(rlake) as conn:
         dek = Vault(KR, conn).data_keys(planted.TENANT, [SUBJECT], create=False)[SUBJECT]
     aead = AESGCM(dek)
-    assert [decrypt_value(aead, r["email"], pii_associated_data("acme", SUBJECT, "email")) for r in mine] \
-        == ["zelda.new@example.net"]
-    assert decrypt_value(aead, mine[0]["phone"], pii_associated_data("acme", SUBJECT, "phone")) == planted.PHONE
+    emails = [decrypt_value(aead, r["email"], pii_associated_data("acme", SUBJECT, "email")) for r in mine]
+    assert emails == ["zelda.new@example.net"]
+    phone = decrypt_value(aead, mine[0]["phone"], pii_associated_data("acme", SUBJECT, "phone"))
+    assert phone == planted.PHONE
     prof = pa.concat_tables([pq.read_table(p) for p in (rlake.event_zone / "profiles").rglob("*.parquet")])
     assert prof.filter(pc.equal(prof["subject_id"], SUBJECT))["postal_prefix"].to_pylist() == ["75"]
     assert requests.get_status(rlake, status.request_id).outcome["fields"] == ["email", "postal_code"]
@@ -184,7 +185,8 @@ def test_legal_hold_keeps_held_data_and_the_outcome_says_so(rlake: Settings) -> 
     ({"type": "erase", "tenant_id": "acme", "user_id": "u", "why": "x"}, "malformed_request"),
     (["not", "an", "object"], "malformed_request"),
 ])
-def test_invalid_requests_are_recorded_as_rejected_with_a_reason(rlake: Settings, raw: Any, code: str) -> None:
+def test_invalid_requests_are_recorded_as_rejected_with_a_reason(
+        rlake: Settings, raw: Any, code: str) -> None:
     status = requests.submit(rlake, raw, source="test", keyring=KR)
     assert status.state == "rejected" and status.reason is not None and status.reason["code"] == code
     assert requests.get_status(rlake, status.request_id).state == "rejected"
@@ -193,7 +195,8 @@ def test_invalid_requests_are_recorded_as_rejected_with_a_reason(rlake: Settings
 def test_inbox_door_accepts_files_and_quarantines_unreadable_ones(rlake: Settings) -> None:
     inbox = requests.inbox_dir(rlake)
     inbox.mkdir(parents=True, exist_ok=True)
-    (inbox / "a.json").write_text(json.dumps({"type": "export", "tenant_id": "acme", "user_id": planted.USER}))
+    (inbox / "a.json").write_text(json.dumps({"type": "export", "tenant_id": "acme",
+                                              "user_id": planted.USER}))
     (inbox / "b.json").write_text("{not json " + planted.EMAIL)
     statuses = requests.intake_inbox(rlake, keyring=KR)
     assert sorted(s.state for s in statuses) == ["accepted", "rejected"]
