@@ -192,6 +192,22 @@ class _Plan:
     index: pa.Table
 
 
+def subject_buckets(subjects: pa.Array, n: int) -> pa.Array:
+    """Bucket of each row: a stable function of its pseudonym (rows without one: bucket 0).
+
+    Splitting a date partition by subject bucket means a rights request rewrites
+    about 1/n of the files that hold a subject's days instead of all of them.
+    """
+    if pa.types.is_dictionary(subjects.type):
+        distinct, indices = subjects.dictionary, subjects.indices
+    else:
+        encoded = pc.dictionary_encode(subjects)
+        distinct, indices = encoded.dictionary, encoded.indices
+    per_value = pa.array([int(v.rpartition(":")[2][:8], 16) % n for v in distinct.to_pylist()],
+                         pa.int32())
+    return pc.fill_null(pc.take(per_value, indices), 0)
+
+
 def _erased_subjects(settings: Settings, tenant: str) -> pa.Array:
     with state.connect(settings) as conn:
         rows = conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?"
@@ -230,21 +246,29 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     # _WRITE_THREADS partitions are materialized beside the event table at a time
     outputs: list[tuple[Path, Callable[[], pa.Table]]] = []
     index_parts: list[pa.Table] = []
+    n_buckets = contract.subject_buckets
+    buckets = subject_buckets(subjects, n_buckets) if n_buckets > 1 else None
     for day, rows in _partition(dates):
         restricted_rows = pc.take(in_restricted, rows)
-        for zone_name, root, chosen in (
+        for zone_name, root, in_zone in (
                 (EVENT_ZONE, settings.event_zone, rows.filter(pc.invert(restricted_rows))),
                 (RESTRICTED_ZONE, settings.restricted_zone, rows.filter(restricted_rows))):
-            if len(chosen) == 0:
-                continue
-            path = zones.event_file(root, contract.dataset, tenant, day, ref.batch_id)
-            outputs.append((path, functools.partial(_plain_take, event, chosen)))
-            index_parts.append(_index_rows(subjects.take(chosen), zone_name,
-                                           str(path.relative_to(settings.zones))))
-            if zone_name == EVENT_ZONE:
-                result.rows_event += len(chosen)
+            if buckets is None:
+                split: list[tuple[int | None, pa.Array]] = [(None, in_zone)]
             else:
-                result.rows_restricted += len(chosen)
+                of_rows = pc.take(buckets, in_zone)
+                split = [(b, in_zone.filter(pc.equal(of_rows, b))) for b in range(n_buckets)]
+            for bucket, chosen in split:
+                if len(chosen) == 0:
+                    continue
+                path = zones.event_file(root, contract.dataset, tenant, day, ref.batch_id, bucket)
+                outputs.append((path, functools.partial(_plain_take, event, chosen)))
+                index_parts.append(_index_rows(subjects.take(chosen), zone_name,
+                                               str(path.relative_to(settings.zones))))
+                if zone_name == EVENT_ZONE:
+                    result.rows_event += len(chosen)
+                else:
+                    result.rows_restricted += len(chosen)
 
     if contract.has_pii and table.num_rows:
         with state.connect(settings) as conn:

@@ -75,7 +75,7 @@ def test_event_zone_holds_no_pii_from_the_input(lake: Settings) -> None:
 def test_each_free_text_pii_form_is_scrubbed(lake: Settings, form: str) -> None:
     ingest.ingest_pending(lake)
     events = pa.concat_tables([pq.read_table(p)
-                               for p in (lake.event_zone / "events").rglob("*planted-0000.parquet")])
+                               for p in (lake.event_zone / "events").rglob("*planted-0000*.parquet")])
     event_id = f"evt_planted_{list(planted.FREE_TEXT_FORMS).index(form)}"
     row = events.filter(pc.equal(events["event_id"], event_id))
     assert row.num_rows == 1

@@ -291,3 +291,24 @@ def test_audit_verify_detects_a_tampered_entry(rlake: Settings, capsys: pytest.C
     db.close()
     result = audit.verify(rlake)
     assert not result.ok and result.first_bad_seq == 2
+
+
+def test_caller_chosen_key_names_are_never_echoed_into_the_ledger_or_audit(rlake: Settings) -> None:
+    raw = {"type": "rectify", "tenant_id": "acme", "user_id": "u1", "zelda.key@example.org": 1}
+    first = requests.submit(rlake, raw, source="test", keyring=KR)
+    second = requests.submit(rlake, {"type": "rectify", "tenant_id": "acme", "user_id": "u1",
+                                     "fields": {"zelda.field@example.org": "x"}}, source="test", keyring=KR)
+    assert first.reason["code"] == "malformed_request" and second.reason["code"] == "malformed_fields"
+    with store.engine_for(rlake).connect() as conn:
+        dumped = repr(conn.execute(select(store.audit_log)).all()) + repr(
+            conn.execute(select(store.requests)).all())
+    assert "zelda" not in dumped
+
+
+def test_a_tenant_id_with_a_trailing_newline_is_refused(rlake: Settings) -> None:
+    from pseudozone.errors import PseudozoneError
+
+    with pytest.raises(PseudozoneError):
+        requests.register_tenant(rlake, "acme\n")
+    status = requests.submit(rlake, {"type": "erase", "tenant_id": "acme\n", "user_id": "u"}, source="test")
+    assert status.reason["code"] == "unknown_tenant"

@@ -60,6 +60,7 @@ class Contract:
     partition_date_from: str
     columns: tuple[ColumnSpec, ...]
     source: str
+    subject_buckets: int = 1
 
     @property
     def names(self) -> list[str]:
@@ -150,8 +151,11 @@ def parse_contract(text: str, source: str) -> Contract:
     outs = [c.event_name for c in columns if c.event_name]
     if len(outs) != len(set(outs)) or DATE_PARTITION in outs or TENANT_COLUMN in outs:
         raise _fail(source, "event-zone column names collide (check output: names)")
+    buckets = raw.get("subject_buckets", 1)
+    if not isinstance(buckets, int) or not 1 <= buckets <= 64:
+        raise _fail(source, "subject_buckets must be an integer from 1 to 64")
     return Contract(dataset=dataset, version=int(raw.get("version", 1)),
-                    partition_date_from=part, columns=columns, source=source)
+                    partition_date_from=part, columns=columns, source=source, subject_buckets=buckets)
 
 
 def _search_dirs() -> list[Path]:
