@@ -18,7 +18,6 @@ import json
 import zipfile
 from typing import Any
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select
@@ -74,18 +73,23 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
 
 
 def _subject_rows(settings: Settings, tenant: str, subject: str) -> dict[str, list[dict[str, Any]]]:
+    """The subject's rows in the event and restricted zones, from the files the index lists."""
+    from pseudozone.rights.process import index_lookup
+
+    index = index_lookup(settings, tenant, {subject})
     out: dict[str, list[dict[str, Any]]] = {}
-    for zone_name, root in (("events", settings.event_zone), ("restricted", settings.restricted_zone)):
-        if not root.exists():
+    for rel, zone_name in sorted(set(zip(index["path"].to_pylist(), index["zone"].to_pylist(), strict=True))):
+        if zone_name not in ("events", "restricted"):
             continue
-        for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            for f in sorted(dataset_dir.glob(f"tenant_id={tenant}/date=*/*.parquet")):
-                table = pq.read_table(f)
-                hit = table.filter(pc.fill_null(pc.equal(table[SUBJECT_COLUMN], subject), False))
-                if hit.num_rows:
-                    day = f.parent.name.removeprefix("date=")
-                    for row in hit.to_pylist():
-                        out.setdefault(dataset_dir.name, []).append({**row, "date": day, "zone": zone_name})
+        path = settings.zones / rel
+        if not path.exists():
+            continue
+        table = pq.read_table(path, filters=[(SUBJECT_COLUMN, "=", subject)])
+        if table.num_rows:
+            dataset = path.relative_to(settings.zones).parts[1]
+            day = path.parent.name.removeprefix("date=")
+            for row in table.to_pylist():
+                out.setdefault(dataset, []).append({**row, "date": day, "zone": zone_name})
     return out
 
 
@@ -103,8 +107,7 @@ def _profile_rows(settings: Settings, keyring: KeyRing, tenant: str, subject: st
             continue
         aead = AESGCM(deks[subject])
         for f in files:
-            table = pq.read_table(f)
-            hit = table.filter(pc.fill_null(pc.equal(table[SUBJECT_COLUMN], subject), False))
+            hit = pq.read_table(f, filters=[(SUBJECT_COLUMN, "=", subject)])
             for row in hit.to_pylist():
                 clear = {k: None if v is None
                          else decrypt_value(aead, v, pii_associated_data(tenant, subject, k))

@@ -55,7 +55,7 @@ class _Work:
         return self.erase | self.restrict | self.unrestrict | set(self.rectify)
 
 
-def _index_rows(settings: Settings, tenant: str, subjects: set[str]) -> pa.Table:
+def index_lookup(settings: Settings, tenant: str, subjects: set[str]) -> pa.Table:
     """(subject_id, zone, path, dataset, batch_id) for every indexed file holding ``subjects``."""
     files = sorted(settings.subject_index.glob(f"*/tenant_id={tenant}/*.parquet"))
     parts = []
@@ -126,7 +126,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
             w.rectify.pop(s, None)
         if not w.subjects():
             continue
-        index = _index_rows(settings, tenant, w.subjects())
+        index = index_lookup(settings, tenant, w.subjects())
         for subject, zone, path, dataset, batch in zip(
                 *(index[c].to_pylist() for c in ("subject_id", "zone", "path", "dataset", "batch_id")),
                 strict=True):
