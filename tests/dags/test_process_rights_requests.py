@@ -60,20 +60,28 @@ def rights_run(airflow_db: Path) -> Iterator[tuple[Settings, Any, str, dict[str,
     generate(settings, events=3000, tenants=2, seed=4, batch_rows=2000)
     planted.plant(settings.landing)
     ingest.ingest_pending(settings)
-    ids = {
-        "erase": requests.submit(settings, {"type": "erase", "tenant_id": "acme", "user_id": planted.USER},
-                                 source="cli").request_id,
-        "restrict": requests.submit(settings, {"type": "restrict", "tenant_id": "acme",
-                                               "user_id": "usr_0000003"}, source="cli").request_id,
-        "rectify": requests.submit(settings, {"type": "rectify", "tenant_id": "acme",
-                                              "user_id": "usr_0000005", "fields": {"email": NEW_EMAIL}},
-                                   source="cli").request_id,
-    }
+    from fastapi.testclient import TestClient
+
+    from pseudozone.cli import main as cli
+    from pseudozone.rights.api import create_app
+
+    # door 1, the CLI
+    assert cli(["request", "erase", "--tenant", "acme", "--user", planted.USER]) == 0
+    assert cli(["request", "rectify", "--tenant", "acme", "--user", "usr_0000005",
+                "--set", f"email={NEW_EMAIL}"]) == 0
+    # door 2, the REST endpoint of the plugin
+    token = requests.register_tenant(settings, "acme")
+    with TestClient(create_app(lambda: settings)) as client:
+        response = client.post("/requests", headers={"Authorization": f"Bearer {token}"},
+                               json={"type": "restrict", "user_id": "usr_0000003"})
+    assert response.status_code == 202, response.text
+    # door 3, the inbox folder
     inbox = requests.inbox_dir(settings)
     inbox.mkdir(parents=True, exist_ok=True)
     (inbox / "export-1.json").write_text(json.dumps(
         {"type": "export", "tenant_id": "acme", "user_id": "usr_0000007"}))
     run, logs = _run_dag()
+    ids = {r.type: r.request_id for r in requests.list_requests(settings)}
     yield settings, run, logs, ids
     if previous is None:
         os.environ.pop("PSEUDOZONE_HOME", None)
@@ -84,6 +92,7 @@ def rights_run(airflow_db: Path) -> Iterator[tuple[Settings, Any, str, dict[str,
 def test_every_task_succeeds_and_every_request_completes(rights_run) -> None:  # type: ignore[no-untyped-def]
     settings, run, _, ids = rights_run
     assert run.state == "success"
+    assert set(ids) == {"erase", "rectify", "restrict", "export"}
     assert {requests.get_status(settings, i).state for i in ids.values()} == {"completed"}
     states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
     assert set(states.values()) == {"success"}, states
@@ -102,13 +111,8 @@ def test_effects_on_the_zones(rights_run) -> None:  # type: ignore[no-untyped-de
     erased = kr.subject_id("acme", planted.USER)
     restricted = kr.subject_id("acme", "usr_0000003")
 
-    def count(root: Path, subject: str) -> int:
-        return sum(int(pc.sum(pc.fill_null(pc.equal(pq.read_table(f, columns=["subject_id"])["subject_id"],
-                                                       subject), False)).as_py() or 0)
-                   for f in root.rglob("*.parquet"))
-
-    assert count(settings.zones, erased) == 0
-    assert count(settings.event_zone, restricted) == 0 and count(settings.restricted_zone, restricted) > 0
+    assert _count(settings.zones, erased) == 0
+    assert _count(settings.event_zone, restricted) == 0 and _count(settings.restricted_zone, restricted) > 0
     assert audit.verify(settings).ok
 
 
@@ -121,6 +125,22 @@ def test_no_pii_in_logs_xcom_or_metadata_db(rights_run, airflow_db: Path) -> Non
     assert {k: v for k, v in found.items() if v} == {}
 
 
-def test_a_run_with_nothing_to_do_succeeds(rights_run) -> None:  # type: ignore[no-untyped-def]
+def test_unrestrict_through_the_dag_and_an_idle_run(rights_run) -> None:  # type: ignore[no-untyped-def]
+    settings, _, _, _ = rights_run
+    subject = KeyRing.load(settings).subject_id("acme", "usr_0000003")
+    restricted = _count(settings.restricted_zone, subject)
+    status = requests.submit(settings, {"type": "unrestrict", "tenant_id": "acme",
+                                        "user_id": "usr_0000003"}, source="cli")
     run, _ = _run_dag()
     assert run.state == "success"
+    assert requests.get_status(settings, status.request_id).state == "completed"
+    assert _count(settings.event_zone, subject) == restricted
+    assert _count(settings.restricted_zone, subject) == 0
+    idle, _ = _run_dag()
+    assert idle.state == "success"
+
+
+def _count(root: Path, subject: str) -> int:
+    return sum(int(pc.sum(pc.fill_null(pc.equal(pq.read_table(f, columns=["subject_id"])["subject_id"],
+                                                   subject), False)).as_py() or 0)
+               for f in root.rglob("*.parquet"))
