@@ -312,3 +312,21 @@ def test_a_tenant_id_with_a_trailing_newline_is_refused(rlake: Settings) -> None
         requests.register_tenant(rlake, "acme\n")
     status = requests.submit(rlake, {"type": "erase", "tenant_id": "acme\n", "user_id": "u"}, source="test")
     assert status.reason["code"] == "unknown_tenant"
+
+
+def test_concurrent_audit_appends_keep_one_linear_chain_on_sqlite(rlake: Settings) -> None:
+    import threading
+
+    def writer(n: int) -> None:
+        for i in range(10):
+            with store.transaction(rlake) as conn:
+                audit.append(conn, "test.concurrent", details={"writer": n, "i": i})
+
+    start = audit.verify(rlake).entries
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    verdict = audit.verify(rlake)
+    assert verdict.ok and verdict.entries == start + 40
