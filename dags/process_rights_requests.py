@@ -9,7 +9,7 @@ export) to the zones, in batches.
 2. `open_run`: every accepted request (and any left in progress by a failed run) is
    planned with the subject index: the files holding each subject, grouped by landing
    batch, so each file is rewritten once per run whatever the number of requests.
-3. `rewrite_group` (one mapped task per batch) and `export` (one per export request).
+3. `rewrite_group` (one mapped task per batch), then `export` (one per export request).
 4. `close_run`: verifies by scanning the zones, destroys erased subjects' data keys,
    completes the requests; fails visibly if any verification fails.
 
@@ -69,7 +69,8 @@ def process_rights_requests() -> None:
 
         return tasks.rewrite_file_group(group)
 
-    @task(map_index_template="{{ request_id }}")
+    # exports run after the rewrites, so they show the state the run leaves behind
+    @task(map_index_template="{{ request_id }}", trigger_rule="none_failed")
     def export(request_id: str) -> dict[str, Any]:
         from pseudozone import tasks
 
@@ -87,6 +88,7 @@ def process_rights_requests() -> None:
     # Airflow resolves each XComArg to the upstream task's value at run time
     rewritten = rewrite_group.expand(group=groups_of(plan))  # type: ignore[arg-type]
     exported = export.expand(request_id=exports_of(plan))  # type: ignore[arg-type]
+    rewritten >> exported
     close_run(plan, rewritten, exported)  # type: ignore[arg-type]
 
 

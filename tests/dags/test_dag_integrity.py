@@ -63,3 +63,13 @@ def test_pseudonymize_ingested_shape(dagbag) -> None:  # type: ignore[no-untyped
     assert dag.schedule == "@hourly"
     assert dag.max_active_runs == 1
     assert not dag.catchup
+
+
+def test_process_rights_requests_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.get_dag("process_rights_requests")
+    assert set(dag.task_ids) == {"intake_inbox", "open_run", "groups_of", "exports_of", "rewrite_group",
+                                 "export", "close_run"}
+    assert dag.schedule == "*/15 * * * *"
+    assert dag.max_active_runs == 1 and not dag.catchup
+    assert dag.get_task("close_run").trigger_rule == "none_failed"
+    assert "rewrite_group" in dag.get_task("export").upstream_task_ids
