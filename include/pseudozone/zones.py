@@ -34,12 +34,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_parquet(table: pa.Table, path: Path) -> Path:
-    """Write ``table`` to ``path`` atomically (temp file, fsync, rename)."""
+def write_parquet(table: pa.Table, path: Path, **options: Any) -> Path:
+    """Write ``table`` to ``path`` atomically (temp file, fsync, rename).
+
+    ``options`` override ``PARQUET_OPTIONS`` (pyarrow.parquet.write_table keywords).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        pq.write_table(table, tmp, **PARQUET_OPTIONS)
+        pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **options})
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

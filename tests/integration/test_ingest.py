@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -324,9 +325,9 @@ def test_no_dictionary_array_reaches_the_parquet_writer(
     seen: list[pa.Schema] = []
     real = zones.write_parquet
 
-    def spy(table: pa.Table, path: Path) -> Path:
+    def spy(table: pa.Table, path: Path, **options: Any) -> Path:
         seen.append(table.schema)
-        return real(table, path)
+        return real(table, path, **options)
 
     monkeypatch.setattr(zones, "write_parquet", spy)
     ingest.ingest_pending(lake)

@@ -254,12 +254,12 @@ def test_killed_mid_rewrite_then_rerun_equals_uninterrupted(tmp_path: Path, mast
     real = zones.write_parquet
     calls = {"n": 0}
 
-    def dying(table: pa.Table, path: Path) -> Path:
+    def dying(table: pa.Table, path: Path, **options: Any) -> Path:
         if "subject_index" not in str(path):
             calls["n"] += 1
             if calls["n"] == 5:
                 raise KeyboardInterrupt("simulated kill")
-        return real(table, path)
+        return real(table, path, **options)
 
     monkeypatch.setattr(zones, "write_parquet", dying)
     with pytest.raises(KeyboardInterrupt):

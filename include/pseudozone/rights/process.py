@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.errors import PseudozoneError
 from pseudozone.generalize import GENERALIZERS
-from pseudozone.ingest import INDEX_SCHEMA, index_file
+from pseudozone.ingest import INDEX_SCHEMA, WRITE_THREADS, index_file, write_index
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
 from pseudozone.landing import ARROW_TYPES
 from pseudozone.rights import audit, requests, store
@@ -61,7 +62,8 @@ def index_lookup(settings: Settings, tenant: str, subjects: set[str]) -> pa.Tabl
     parts = []
     wanted = pa.array(sorted(subjects), pa.string())
     for f in files:
-        table = pq.read_table(f)
+        # the index is sorted by subject: the filter skips row groups that cannot match
+        table = pq.read_table(f, filters=pc.is_in(pc.field("subject_id"), value_set=wanted))
         hit = table.filter(pc.is_in(table["subject_id"], value_set=wanted))
         if hit.num_rows:
             n = hit.num_rows
@@ -363,27 +365,37 @@ def _index_entries(outputs: dict[str, pa.Table | None]) -> list[pa.Table]:
 
 
 def _write_all(settings: Settings, outputs: dict[str, pa.Table | None]) -> None:
-    for rel, table in sorted(outputs.items()):
+    def write(item: tuple[str, pa.Table | None]) -> None:
+        rel, table = item
         path = settings.zones / rel
         if table is None or table.num_rows == 0:
             path.unlink(missing_ok=True)
         else:
             zones.write_parquet(table, path)
 
+    with ThreadPoolExecutor(WRITE_THREADS) as pool:
+        list(pool.map(write, sorted(outputs.items())))
+
 
 def _publish(settings: Settings, dataset: str, tenant: str, batch_id: str,
              outputs: dict[str, pa.Table | None], interim: dict[str, pa.Table | None]) -> None:
-    """Storage protocol for rewrites: index (old ∪ new) → interim files → files → index (new)."""
+    """Storage protocol for rewrites: the index can always find every row.
+
+    Without moves (erase, rectify) files only lose rows, so the old index stays a
+    superset until the files are written and the new index follows them. With moves,
+    rows appear in new files: the index first becomes old ∪ new, then the interim
+    files, the final files and the final index are written.
+    """
     idx_path = index_file(settings, dataset, tenant, batch_id)
     old_index = pq.read_table(idx_path) if idx_path.exists() else INDEX_SCHEMA.empty_table()
     touched = pa.array(sorted(outputs), pa.string())
     kept = old_index.filter(pc.invert(pc.is_in(old_index["path"], value_set=touched)))
     final_entries = _index_entries(outputs)
-    # the union first: whatever is killed where, every row stays findable through the index
-    zones.write_parquet(pa.concat_tables([old_index, *_index_entries(interim), *final_entries]), idx_path)
-    _write_all(settings, interim)
+    if interim:
+        write_index(pa.concat_tables([old_index, *_index_entries(interim), *final_entries]), idx_path)
+        _write_all(settings, interim)
     _write_all(settings, outputs)
-    zones.write_parquet(pa.concat_tables([kept, *final_entries]), idx_path)
+    write_index(pa.concat_tables([kept, *final_entries]), idx_path)
 
 
 # -- verification and closing ---------------------------------------------------------------
@@ -399,17 +411,27 @@ def _tenant_files(settings: Settings, tenant: str) -> list[Path]:
     return sorted(out)
 
 
-def scan_for_subject(settings: Settings, tenant: str, subject: str) -> list[str]:
-    """Files (relative to the zones) that still hold rows of ``subject``: an independent scan."""
-    files = _tenant_files(settings, tenant)
-    if not files:
-        return []
-    found = []
-    for f in files:
+def scan_subjects(settings: Settings, tenant: str, subjects: set[str]) -> dict[str, list[str]]:
+    """Files (relative to the zones) that still hold rows of each of ``subjects``.
+
+    An independent check: it reads the subject column of every file of the tenant in
+    the event, restricted and PII zones, not the subject index.  One pass serves
+    every subject of a run.
+    """
+    found: dict[str, list[str]] = {s: [] for s in subjects}
+    if not subjects:
+        return found
+    wanted = pa.array(sorted(subjects), pa.string())
+    for f in _tenant_files(settings, tenant):
         col = pq.read_table(f, columns=[SUBJECT_COLUMN])[SUBJECT_COLUMN]
-        if pc.any(pc.equal(col, subject)).as_py():
-            found.append(str(f.relative_to(settings.zones)))
+        hit = pc.filter(col, pc.fill_null(pc.is_in(col, value_set=wanted), False))
+        for s in pc.unique(hit).to_pylist():
+            found[s].append(str(f.relative_to(settings.zones)))
     return found
+
+
+def scan_for_subject(settings: Settings, tenant: str, subject: str) -> list[str]:
+    return scan_subjects(settings, tenant, {subject})[subject]
 
 
 def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, Any]],
@@ -430,13 +452,20 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
         rows = conn.execute(select(store.requests).where(
             store.requests.c.request_id.in_(plan["requests"]),
             store.requests.c.state == "in_progress")).all()
+    to_scan: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if row.type in ("erase", "restrict"):
+            to_scan[row.tenant_id].add(row.subject_id)
+    remaining_files = {(t, s): files for t, subjects in to_scan.items()
+                       for s, files in scan_subjects(settings, t, subjects).items()}
+    files_scanned = {t: len(_tenant_files(settings, t)) for t in to_scan}
     for row in rows:
         outcome: dict[str, Any] = {"type": row.type, "run_id": plan["run_id"]}
         s, tenant = row.subject_id, row.tenant_id
         with store.engine_for(settings).connect() as conn:
             holds = requests.holds_for(conn, tenant, s)
         if row.type == "erase":
-            remaining = scan_for_subject(settings, tenant, s)
+            remaining = remaining_files[(tenant, s)]
             unexpected = [p for p in remaining
                           if not any(h["dataset"] in (None, p.split("/")[1]) for h in holds)]
             if unexpected:
@@ -454,14 +483,14 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                     audit.append(tconn, "key.destroyed", request_id=row.request_id, tenant_id=tenant,
                                  subject_id=s, details={"had_key": destroyed})
             outcome.update({"rows_removed": dict(per_subject.get(s, {})), "verified_clean": True,
-                            "files_scanned": len(_tenant_files(settings, tenant)),
+                            "files_scanned": files_scanned[tenant],
                             "key_destroyed": not pii_held,
                             "retained": [{"dataset": h["dataset"] or "*", "hold_id": h["hold_id"],
                                           "reason": h["reason"]} for h in holds],
                             "retained_files": remaining})
         elif row.type == "restrict":
             outcome["rows_moved_to_restricted"] = per_subject.get(s, {}).get("rows_restricted", 0)
-            leaked = [p for p in scan_for_subject(settings, tenant, s) if p.startswith("events/")]
+            leaked = [p for p in remaining_files[(tenant, s)] if p.startswith("events/")]
             if leaked:
                 failures.append(row.request_id)
                 _finish(settings, row, "failed", {"code": "restrict_incomplete", "files": leaked})
