@@ -177,16 +177,15 @@ def _index_rows(subjects: pa.Array, zone: str, rel_path: str) -> pa.Table:
                      "path": pa.repeat(rel_path, len(distinct))}, schema=INDEX_SCHEMA)
 
 
-# sorted by subject with small row groups, so a lookup of a few subjects reads a few
-# row groups; pseudonyms stay dictionary-encoded (the default 1 MiB page limit would
-# fall back to plain strings at about 15k subjects per batch)
-_INDEX_OPTIONS: dict[str, Any] = {"dictionary_pagesize_limit": 64 << 20, "row_group_size": 16 << 10}
+# pseudonyms stay dictionary-encoded: pyarrow's default 1 MiB dictionary page falls
+# back to plain 67-byte strings at about 15k subjects per batch, and the index is
+# read at every rights run and rewritten by every erasure
+_INDEX_OPTIONS: dict[str, Any] = {"dictionary_pagesize_limit": 64 << 20}
 
 
 def write_index(index: pa.Table, path: Path) -> None:
-    """Write one batch's subject index (subject_id, zone, path), sorted by subject."""
-    ordered = index.sort_by([("subject_id", "ascending"), ("path", "ascending")])
-    zones.write_parquet(ordered, path, **_INDEX_OPTIONS)
+    """Write one batch's subject index (subject_id, zone, path)."""
+    zones.write_parquet(index, path, **_INDEX_OPTIONS)
 
 
 def index_file(settings: Settings, dataset: str, tenant: str, batch_id: str) -> Path:

@@ -62,8 +62,7 @@ def index_lookup(settings: Settings, tenant: str, subjects: set[str]) -> pa.Tabl
     parts = []
     wanted = pa.array(sorted(subjects), pa.string())
     for f in files:
-        # the index is sorted by subject: the filter skips row groups that cannot match
-        table = pq.read_table(f, filters=pc.is_in(pc.field("subject_id"), value_set=wanted))
+        table = pq.read_table(f)
         hit = table.filter(pc.is_in(table["subject_id"], value_set=wanted))
         if hit.num_rows:
             n = hit.num_rows
@@ -169,11 +168,17 @@ def _mask(table: pa.Table, subjects: set[str] | list[str]) -> pa.Array:
 
 
 def _take_subjects(table: pa.Table | None, subjects: set[str]) -> pa.Table | None:
-    return None if table is None else table.filter(_mask(table, subjects))
+    if table is None:
+        return None
+    if not subjects:
+        return table.slice(0, 0)
+    return table.filter(_mask(table, subjects))
 
 
 def _drop_subjects(table: pa.Table | None, subjects: set[str]) -> pa.Table | None:
-    return None if table is None else table.filter(pc.invert(_mask(table, subjects)))
+    if table is None or not subjects:
+        return table
+    return table.filter(pc.invert(_mask(table, subjects)))
 
 
 def _concat(*tables: pa.Table | None) -> pa.Table | None:
@@ -190,6 +195,8 @@ def _move(src: pa.Table | None, dst: pa.Table | None, subjects: set[str]) -> tup
     Where src still holds a subject's rows they are the truth, and any copy of them
     already in dst (from a run that died between its two writes) is replaced.
     """
+    if not subjects:
+        return src, dst, 0
     moving = _take_subjects(src, subjects)
     if moving is None or moving.num_rows == 0:
         return src, dst, 0
@@ -430,6 +437,17 @@ def scan_subjects(settings: Settings, tenant: str, subjects: set[str]) -> dict[s
     return found
 
 
+def _scan_files(settings: Settings, subject: str, files: set[str]) -> list[str]:
+    found = []
+    for rel in sorted(files):
+        path = settings.zones / rel
+        if path.exists():
+            col = pq.read_table(path, columns=[SUBJECT_COLUMN])[SUBJECT_COLUMN]
+            if pc.any(pc.fill_null(pc.equal(col, subject), False)).as_py():
+                found.append(rel)
+    return found
+
+
 def scan_for_subject(settings: Settings, tenant: str, subject: str) -> list[str]:
     return scan_subjects(settings, tenant, {subject})[subject]
 
@@ -452,20 +470,22 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
         rows = conn.execute(select(store.requests).where(
             store.requests.c.request_id.in_(plan["requests"]),
             store.requests.c.state == "in_progress")).all()
-    to_scan: dict[str, set[str]] = defaultdict(set)
-    for row in rows:
-        if row.type in ("erase", "restrict"):
-            to_scan[row.tenant_id].add(row.subject_id)
-    remaining_files = {(t, s): files for t, subjects in to_scan.items()
-                       for s, files in scan_subjects(settings, t, subjects).items()}
-    files_scanned = {t: len(_tenant_files(settings, t)) for t in to_scan}
+    # the proof: read the subject column of every file the run touched for the subject
+    # (and their restricted mirrors), independently of the rewritten index
+    affected: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for g in plan["groups"]:
+        files = set(g["files"]) | {m for f in g["files"] if not f.startswith("pii/")
+                                   for m in _mirror(settings, f)}
+        for s in {*g["erase"], *g["restrict"]}:
+            affected[(g["tenant_id"], s)] |= files
+    remaining_files = {key: _scan_files(settings, key[1], files) for key, files in affected.items()}
     for row in rows:
         outcome: dict[str, Any] = {"type": row.type, "run_id": plan["run_id"]}
         s, tenant = row.subject_id, row.tenant_id
         with store.engine_for(settings).connect() as conn:
             holds = requests.holds_for(conn, tenant, s)
         if row.type == "erase":
-            remaining = remaining_files[(tenant, s)]
+            remaining = remaining_files.get((tenant, s), [])
             unexpected = [p for p in remaining
                           if not any(h["dataset"] in (None, p.split("/")[1]) for h in holds)]
             if unexpected:
@@ -483,14 +503,14 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                     audit.append(tconn, "key.destroyed", request_id=row.request_id, tenant_id=tenant,
                                  subject_id=s, details={"had_key": destroyed})
             outcome.update({"rows_removed": dict(per_subject.get(s, {})), "verified_clean": True,
-                            "files_scanned": files_scanned[tenant],
+                            "files_scanned": len(affected.get((tenant, s), ())),
                             "key_destroyed": not pii_held,
                             "retained": [{"dataset": h["dataset"] or "*", "hold_id": h["hold_id"],
                                           "reason": h["reason"]} for h in holds],
                             "retained_files": remaining})
         elif row.type == "restrict":
             outcome["rows_moved_to_restricted"] = per_subject.get(s, {}).get("rows_restricted", 0)
-            leaked = [p for p in remaining_files[(tenant, s)] if p.startswith("events/")]
+            leaked = [p for p in remaining_files.get((tenant, s), []) if p.startswith("events/")]
             if leaked:
                 failures.append(row.request_id)
                 _finish(settings, row, "failed", {"code": "restrict_incomplete", "files": leaked})
