@@ -110,6 +110,9 @@ def cmd_request(args: argparse.Namespace) -> int:
     if args.kind == "status":
         _print_status(requests.get_status(settings, args.request_id).to_dict())
         return 0
+    if args.kind == "retry":
+        _print_status(requests.retry(settings, args.request_id).to_dict())
+        return 0
     raw: dict[str, object] = {"type": args.kind, "tenant_id": args.tenant, "user_id": args.user}
     if args.kind == "rectify":
         fields = {}
@@ -215,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = req_sub.add_parser("status", help="show one request")
     st.add_argument("request_id")
     st.set_defaults(func=cmd_request)
+    rt = req_sub.add_parser("retry", help="put a failed request back in the queue")
+    rt.add_argument("request_id")
+    rt.set_defaults(func=cmd_request)
 
     lst = sub.add_parser("requests", help="list rights requests")
     lst.add_argument("--tenant")

@@ -330,3 +330,28 @@ def test_concurrent_audit_appends_keep_one_linear_chain_on_sqlite(rlake: Setting
         t.join()
     verdict = audit.verify(rlake)
     assert verdict.ok and verdict.entries == start + 40
+
+
+def test_an_erasure_that_left_rows_behind_fails_verification(rlake: Settings,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from pseudozone.errors import PseudozoneError
+
+    real = process._write_all
+
+    def lossy(settings: Settings, outputs: dict[str, Any]) -> None:
+        skipped = sorted(p for p in outputs if p.startswith("events/events/"))[:1]
+        real(settings, {k: v for k, v in outputs.items() if k not in skipped})
+
+    monkeypatch.setattr(process, "_write_all", lossy)
+    status = _submit(rlake, "erase")
+    with pytest.raises(PseudozoneError, match="failed verification"):
+        process.process_all(rlake, "run-1", keyring=KR)
+    failed = requests.get_status(rlake, status.request_id)
+    assert failed.state == "failed" and failed.reason["code"] == "erase_incomplete"
+    with state.connect(rlake) as conn:
+        assert Vault(KR, conn).destroyed(planted.TENANT, [SUBJECT]) == set()  # key kept until proven
+    monkeypatch.setattr(process, "_write_all", real)
+    assert cli(["--home", str(rlake.root), "request", "retry", status.request_id]) == 0
+    process.process_all(rlake, "run-2", keyring=KR)
+    assert requests.get_status(rlake, status.request_id).state == "completed"
+    assert _rows_of(rlake, SUBJECT, rlake.zones) == 0

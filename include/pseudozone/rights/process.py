@@ -437,14 +437,24 @@ def scan_subjects(settings: Settings, tenant: str, subjects: set[str]) -> dict[s
     return found
 
 
-def _scan_files(settings: Settings, subject: str, files: set[str]) -> list[str]:
-    found = []
-    for rel in sorted(files):
+def _scan_affected(settings: Settings,
+                   affected: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], list[str]]:
+    """For each (tenant, subject), the affected files that still hold its rows; each file read once."""
+    per_file: dict[str, set[str]] = defaultdict(set)
+    tenant_of: dict[str, str] = {}
+    for (tenant, subject), files in affected.items():
+        for rel in files:
+            per_file[rel].add(subject)
+            tenant_of[subject] = tenant
+    found: dict[tuple[str, str], list[str]] = {key: [] for key in affected}
+    for rel, subjects in sorted(per_file.items()):
         path = settings.zones / rel
-        if path.exists():
-            col = pq.read_table(path, columns=[SUBJECT_COLUMN])[SUBJECT_COLUMN]
-            if pc.any(pc.fill_null(pc.equal(col, subject), False)).as_py():
-                found.append(rel)
+        if not path.exists():
+            continue
+        col = pq.read_table(path, columns=[SUBJECT_COLUMN])[SUBJECT_COLUMN]
+        hit = pc.filter(col, pc.fill_null(pc.is_in(col, value_set=pa.array(sorted(subjects))), False))
+        for subject in pc.unique(hit).to_pylist():
+            found[(tenant_of[subject], subject)].append(rel)
     return found
 
 
@@ -478,7 +488,7 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                                    for m in _mirror(settings, f)}
         for s in {*g["erase"], *g["restrict"]}:
             affected[(g["tenant_id"], s)] |= files
-    remaining_files = {key: _scan_files(settings, key[1], files) for key, files in affected.items()}
+    remaining_files = _scan_affected(settings, affected)
     for row in rows:
         outcome: dict[str, Any] = {"type": row.type, "run_id": plan["run_id"]}
         s, tenant = row.subject_id, row.tenant_id

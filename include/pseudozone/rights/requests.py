@@ -269,6 +269,19 @@ def list_requests(settings: Settings, *, tenant_id: str | None = None,
         return [_status_of(r) for r in conn.execute(query)]
 
 
+def retry(settings: Settings, request_id: str, *, actor: str = "cli") -> RequestStatus:
+    """Put a failed request back in the queue (its encrypted payload is still there)."""
+    with store.transaction(settings) as conn:
+        row = conn.execute(select(store.requests).where(store.requests.c.request_id == request_id)).first()
+        if row is None or row.state != "failed":
+            raise PseudozoneError(f"request {request_id!r} is not a failed request")
+        conn.execute(store.requests.update().where(store.requests.c.request_id == request_id)
+                     .values(state="accepted", completed_at=None, reason=None, run_id=None))
+        audit.append(conn, "request.retried", actor=actor, request_id=request_id, tenant_id=row.tenant_id,
+                     subject_id=row.subject_id)
+    return get_status(settings, request_id)
+
+
 # -- the inbox door ----------------------------------------------------------------------
 
 
