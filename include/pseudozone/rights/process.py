@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -358,6 +359,29 @@ def _held(settings: Settings, tenant: str, dataset: str, subjects: set[str]) -> 
                 if any(h["dataset"] in (None, dataset) for h in requests.holds_for(conn, tenant, s))}
 
 
+_BUCKET_SUFFIX = re.compile(r"\.b\d{2}$")
+
+
+def _batch_of(rel: str) -> tuple[str, str, str]:
+    """(dataset, tenant, batch id) of a zone file path relative to the zones root."""
+    parts = Path(rel).parts
+    dataset, tenant = parts[1], parts[2].removeprefix("tenant_id=")
+    return dataset, tenant, _BUCKET_SUFFIX.sub("", Path(rel).stem)
+
+
+def reindex(settings: Settings, rel_paths: list[str]) -> None:
+    """Rebuild the index entries of these files from their content (repair after a failure)."""
+    by_batch: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for rel in rel_paths:
+        by_batch[_batch_of(rel)].append(rel)
+    for (dataset, tenant, batch_id), rels in sorted(by_batch.items()):
+        idx_path = index_file(settings, dataset, tenant, batch_id)
+        old = pq.read_table(idx_path) if idx_path.exists() else INDEX_SCHEMA.empty_table()
+        kept = old.filter(pc.invert(pc.is_in(old["path"], value_set=pa.array(sorted(rels)))))
+        fresh = _index_entries({rel: _read(settings.zones / rel) for rel in rels})
+        write_index(pa.concat_tables([kept, *fresh]), idx_path)
+
+
 def _index_entries(outputs: dict[str, pa.Table | None]) -> list[pa.Table]:
     entries = []
     for rel, table in sorted(outputs.items()):
@@ -500,6 +524,7 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                           if not any(h["dataset"] in (None, p.split("/")[1]) for h in holds)]
             if unexpected:
                 failures.append(row.request_id)
+                reindex(settings, unexpected)  # so that a retry finds what is left
                 _finish(settings, row, "failed", {"code": "erase_incomplete", "files": unexpected})
                 continue
             pii_held = any(h["dataset"] in (None, "profiles") for h in holds)
@@ -523,6 +548,7 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
             leaked = [p for p in remaining_files.get((tenant, s), []) if p.startswith("events/")]
             if leaked:
                 failures.append(row.request_id)
+                reindex(settings, leaked)
                 _finish(settings, row, "failed", {"code": "restrict_incomplete", "files": leaked})
                 continue
         elif row.type == "unrestrict":
