@@ -34,10 +34,18 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_parquet(table: pa.Table, path: Path, **options: Any) -> Path:
+def fsync_dirs(directories: set[Path]) -> None:
+    """Make renames into these directories durable (one fsync per directory)."""
+    for directory in sorted(directories):
+        _fsync_dir(directory)
+
+
+def write_parquet(table: pa.Table, path: Path, *, sync_dir: bool = True, **options: Any) -> Path:
     """Write ``table`` to ``path`` atomically (temp file, fsync, rename).
 
     ``options`` override ``PARQUET_OPTIONS`` (pyarrow.parquet.write_table keywords).
+    ``sync_dir=False`` leaves the directory fsync to the caller (``fsync_dirs``), for
+    writes that are staged and renamed again.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
@@ -49,7 +57,8 @@ def write_parquet(table: pa.Table, path: Path, **options: Any) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
     return path
 
 
