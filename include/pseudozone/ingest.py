@@ -171,30 +171,10 @@ def _distinct_subjects(subjects: pa.Array) -> pa.Array:
     return distinct
 
 
-def _batch_index(subjects: pa.Array, placements: list[tuple[str, str, pa.Array]]) -> pa.Table:
-    """One index row per (subject, file), from where each row was placed, in one group-by.
-
-    ``placements`` is (zone, path, row indices) per output file.
-    """
-    if not placements:
-        return INDEX_SCHEMA.empty_table()
-    if pa.types.is_dictionary(subjects.type):
-        codes, values = subjects.indices, subjects.dictionary
-    else:
-        encoded = pc.dictionary_encode(subjects)
-        codes, values = encoded.indices, encoded.dictionary
-    rows = pa.concat_arrays([r.cast(pa.int64()) for _, _, r in placements])
-    files = pa.concat_arrays([pa.repeat(pa.scalar(k, pa.int32()), len(r))
-                              for k, (_, _, r) in enumerate(placements)])
-    pairs = pa.table({"s": pc.take(codes, rows), "f": files})
-    pairs = pairs.filter(pc.is_valid(pairs["s"]))
-    # single-threaded: the same input gives the same order, so the index file is deterministic
-    grouped = pairs.group_by(["s", "f"], use_threads=False).aggregate([])
-    zone_of = pa.array([z for z, _, _ in placements], pa.string())
-    path_of = pa.array([p for _, p, _ in placements], pa.string())
-    return pa.table({"subject_id": pc.take(values, grouped["s"]).cast(pa.string()),
-                     "zone": pc.take(zone_of, grouped["f"]), "path": pc.take(path_of, grouped["f"])},
-                    schema=INDEX_SCHEMA)
+def _index_rows(subjects: pa.Array, zone: str, rel_path: str) -> pa.Table:
+    distinct = _distinct_subjects(subjects)
+    return pa.table({"subject_id": distinct, "zone": pa.repeat(zone, len(distinct)),
+                     "path": pa.repeat(rel_path, len(distinct))}, schema=INDEX_SCHEMA)
 
 
 # pseudonyms stay dictionary-encoded: pyarrow's default 1 MiB dictionary page falls
@@ -276,7 +256,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     # each output is made when a writer thread gets to it, so that at most
     # WRITE_THREADS partitions are materialized beside the event table at a time
     outputs: list[tuple[Path, Callable[[], pa.Table]]] = []
-    placements: list[tuple[str, str, pa.Array]] = []
+    index_parts: list[pa.Table] = []
     n_buckets = contract.subject_buckets
     buckets = subject_buckets(subjects, n_buckets) if n_buckets > 1 else None
     for day, rows in _partition(dates):
@@ -294,7 +274,8 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
                     continue
                 path = zones.event_file(root, contract.dataset, tenant, day, ref.batch_id, bucket)
                 outputs.append((path, functools.partial(_plain_take, event, chosen)))
-                placements.append((zone_name, str(path.relative_to(settings.zones)), chosen))
+                index_parts.append(_index_rows(subjects.take(chosen), zone_name,
+                                               str(path.relative_to(settings.zones))))
                 if zone_name == EVENT_ZONE:
                     result.rows_event += len(chosen)
                 else:
@@ -306,10 +287,10 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         pii = build_pii_table(table, contract, subjects, deks, tenant)
         path = zones.pii_file(settings.pii_zone, contract.dataset, tenant, ref.batch_id)
         outputs.append((path, lambda: pii))
-        placements.append((PII_ZONE, str(path.relative_to(settings.zones)),
-                           pa.array(range(len(subjects)), pa.int64())))
+        index_parts.append(_index_rows(subjects, PII_ZONE, str(path.relative_to(settings.zones))))
         result.rows_pii = pii.num_rows
-    return _Plan(ref, contract, result, outputs, _batch_index(subjects, placements))
+    index = pa.concat_tables(index_parts) if index_parts else INDEX_SCHEMA.empty_table()
+    return _Plan(ref, contract, result, outputs, index)
 
 
 def _write_plan(settings: Settings, plan: _Plan) -> None:
