@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -137,17 +138,32 @@ def build_pii_table(table: pa.Table, contract: Contract, subjects: pa.Array,
     return pa.table(out)
 
 
-def _partition(dates: pa.Array) -> list[tuple[str, pa.Array]]:
-    """(day, row indices of that day in input order), days ascending."""
-    order = pc.sort_indices(dates)  # stable: rows of one day keep their input order
-    counts = pc.value_counts(dates.take(order))
-    parts: list[tuple[str, pa.Array]] = []
+def _placement(dates: pa.Array, restricted: pa.Array, buckets: pa.Array | None,
+               n_buckets: int) -> list[tuple[str, bool, int | None, pa.Array]]:
+    """(day, restricted?, bucket, row indices) per output file, in one stable sort.
+
+    Files come out ordered by day, zone and bucket; rows of a file keep their input order.
+    """
+    encoded = pc.dictionary_encode(dates)
+    days = encoded.dictionary
+    day_rank = np.empty(len(days), np.int64)
+    day_rank[np.argsort(np.asarray(days.cast(pa.int32())), kind="stable")] = np.arange(len(days))
+    key = day_rank[np.asarray(encoded.indices)] * (2 * n_buckets)
+    key += np.asarray(restricted, dtype=bool).astype(np.int64) * n_buckets
+    if buckets is not None:
+        key += np.asarray(buckets, dtype=np.int64)
+    order = pa.array(np.argsort(key, kind="stable"))
+    values, counts = np.unique(key, return_counts=True)
+    by_rank = [d.isoformat() for d in days.take(pa.array(np.argsort(day_rank))).to_pylist()]
+    out: list[tuple[str, bool, int | None, pa.Array]] = []
     offset = 0
-    for item in counts.to_pylist():
-        day, n = item["values"], item["counts"]
-        parts.append((day.isoformat(), order.slice(offset, n)))
+    for value, n in zip(values.tolist(), counts.tolist(), strict=True):
+        day, rest = divmod(value, 2 * n_buckets)
+        zone_restricted, bucket = divmod(rest, n_buckets)
+        out.append((by_rank[day], bool(zone_restricted), bucket if buckets is not None else None,
+                    order.slice(offset, n)))
         offset += n
-    return parts
+    return out
 
 
 def _plain_take(table: pa.Table, rows: pa.Array) -> pa.Table:
@@ -259,27 +275,17 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     index_parts: list[pa.Table] = []
     n_buckets = contract.subject_buckets
     buckets = subject_buckets(subjects, n_buckets) if n_buckets > 1 else None
-    for day, rows in _partition(dates):
-        restricted_rows = pc.take(in_restricted, rows)
-        for zone_name, root, in_zone in (
-                (EVENT_ZONE, settings.event_zone, rows.filter(pc.invert(restricted_rows))),
-                (RESTRICTED_ZONE, settings.restricted_zone, rows.filter(restricted_rows))):
-            if buckets is None:
-                split: list[tuple[int | None, pa.Array]] = [(None, in_zone)]
-            else:
-                of_rows = pc.take(buckets, in_zone)
-                split = [(b, in_zone.filter(pc.equal(of_rows, b))) for b in range(n_buckets)]
-            for bucket, chosen in split:
-                if len(chosen) == 0:
-                    continue
-                path = zones.event_file(root, contract.dataset, tenant, day, ref.batch_id, bucket)
-                outputs.append((path, functools.partial(_plain_take, event, chosen)))
-                index_parts.append(_index_rows(subjects.take(chosen), zone_name,
-                                               str(path.relative_to(settings.zones))))
-                if zone_name == EVENT_ZONE:
-                    result.rows_event += len(chosen)
-                else:
-                    result.rows_restricted += len(chosen)
+    for day, is_restricted, bucket, chosen in _placement(dates, in_restricted, buckets, n_buckets):
+        zone_name, root = ((RESTRICTED_ZONE, settings.restricted_zone) if is_restricted
+                           else (EVENT_ZONE, settings.event_zone))
+        path = zones.event_file(root, contract.dataset, tenant, day, ref.batch_id, bucket)
+        outputs.append((path, functools.partial(_plain_take, event, chosen)))
+        index_parts.append(_index_rows(subjects.take(chosen), zone_name,
+                                       str(path.relative_to(settings.zones))))
+        if is_restricted:
+            result.rows_restricted += len(chosen)
+        else:
+            result.rows_event += len(chosen)
 
     if contract.has_pii and table.num_rows:
         with state.connect(settings) as conn:
