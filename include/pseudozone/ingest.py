@@ -187,10 +187,28 @@ def _distinct_subjects(subjects: pa.Array) -> pa.Array:
     return distinct
 
 
-def _index_rows(subjects: pa.Array, zone: str, rel_path: str) -> pa.Table:
-    distinct = _distinct_subjects(subjects)
-    return pa.table({"subject_id": distinct, "zone": pa.repeat(zone, len(distinct)),
-                     "path": pa.repeat(rel_path, len(distinct))}, schema=INDEX_SCHEMA)
+def _batch_index(subjects: pa.Array, placements: list[tuple[str, str, pa.Array]]) -> pa.Table:
+    """One index row per (subject, file), grouped by subject (runs compress well).
+
+    ``placements`` is (zone, path, row indices) per output file.  Works on the integer
+    codes of the dictionary-encoded pseudonyms: a unique per file, one integer sort.
+    """
+    if not placements:
+        return INDEX_SCHEMA.empty_table()
+    encoded = subjects if pa.types.is_dictionary(subjects.type) else pc.dictionary_encode(subjects)
+    codes, values = encoded.indices, encoded.dictionary
+    code_parts, file_parts = [], []
+    for k, (_, _, rows) in enumerate(placements):
+        distinct = pc.drop_null(pc.unique(pc.take(codes, rows)))
+        code_parts.append(distinct)
+        file_parts.append(pa.repeat(pa.scalar(k, pa.int32()), len(distinct)))
+    pairs = pa.table({"c": pa.concat_arrays(code_parts), "f": pa.concat_arrays(file_parts)})
+    pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[("c", "ascending"), ("f", "ascending")]))
+    zone_of = pa.array([z for z, _, _ in placements], pa.string())
+    path_of = pa.array([p for _, p, _ in placements], pa.string())
+    return pa.table({"subject_id": pc.take(values, pairs["c"]).cast(pa.string()),
+                     "zone": pc.take(zone_of, pairs["f"]), "path": pc.take(path_of, pairs["f"])},
+                    schema=INDEX_SCHEMA)
 
 
 # pseudonyms stay dictionary-encoded: pyarrow's default 1 MiB dictionary page falls
@@ -272,7 +290,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     # each output is made when a writer thread gets to it, so that at most
     # WRITE_THREADS partitions are materialized beside the event table at a time
     outputs: list[tuple[Path, Callable[[], pa.Table]]] = []
-    index_parts: list[pa.Table] = []
+    placements: list[tuple[str, str, pa.Array]] = []
     n_buckets = contract.subject_buckets
     buckets = subject_buckets(subjects, n_buckets) if n_buckets > 1 else None
     for day, is_restricted, bucket, chosen in _placement(dates, in_restricted, buckets, n_buckets):
@@ -280,8 +298,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
                            else (EVENT_ZONE, settings.event_zone))
         path = zones.event_file(root, contract.dataset, tenant, day, ref.batch_id, bucket)
         outputs.append((path, functools.partial(_plain_take, event, chosen)))
-        index_parts.append(_index_rows(subjects.take(chosen), zone_name,
-                                       str(path.relative_to(settings.zones))))
+        placements.append((zone_name, str(path.relative_to(settings.zones)), chosen))
         if is_restricted:
             result.rows_restricted += len(chosen)
         else:
@@ -293,10 +310,10 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         pii = build_pii_table(table, contract, subjects, deks, tenant)
         path = zones.pii_file(settings.pii_zone, contract.dataset, tenant, ref.batch_id)
         outputs.append((path, lambda: pii))
-        index_parts.append(_index_rows(subjects, PII_ZONE, str(path.relative_to(settings.zones))))
+        placements.append((PII_ZONE, str(path.relative_to(settings.zones)),
+                           pa.array(np.arange(len(subjects)))))
         result.rows_pii = pii.num_rows
-    index = pa.concat_tables(index_parts) if index_parts else INDEX_SCHEMA.empty_table()
-    return _Plan(ref, contract, result, outputs, index)
+    return _Plan(ref, contract, result, outputs, _batch_index(subjects, placements))
 
 
 def _write_plan(settings: Settings, plan: _Plan) -> None:
