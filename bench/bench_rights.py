@@ -272,7 +272,7 @@ def _install_probe(settings: Any) -> Probe:
     probe.wrap(process, ("_publish",), "publish")
     probe.wrap(export, ("_subject_rows",), "subject_rows")
     probe.wrap(export, ("_profile_rows",), "profile_rows")
-    probe.wrap(process, ("scan_for_subject",), "scan")
+    probe.wrap(process, ("scan_subjects", "scan_for_subject"), "scan")
     probe.wrap(process, ("_tenant_files",), "tenant_files")
     probe.wrap(keys.Vault, ("destroy",), "key_destroy")
     probe.wrap(process, ("_finish",), "finish")
