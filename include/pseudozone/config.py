@@ -7,10 +7,13 @@ data or keys; it only names places (see DESIGN.md, "Data flow").
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 HOME_ENV = "PSEUDOZONE_HOME"
+# a tenant id: letters, digits, '_', '.', '-'; \Z also refuses a trailing newline
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 
 
 @dataclass(frozen=True)

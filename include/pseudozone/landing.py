@@ -22,12 +22,11 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pseudozone import contracts, zones
-from pseudozone.config import Settings
+from pseudozone.config import TENANT_RE, Settings
 from pseudozone.contracts import TENANT_COLUMN, Contract
 from pseudozone.errors import ContractError, ContractViolation
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
-TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")  # \Z: no trailing newline
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),

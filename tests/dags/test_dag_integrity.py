@@ -73,3 +73,15 @@ def test_process_rights_requests_shape(dagbag) -> None:  # type: ignore[no-untyp
     assert dag.max_active_runs == 1 and not dag.catchup
     assert dag.get_task("close_run").trigger_rule == "none_failed"
     assert "rewrite_group" in dag.get_task("export").upstream_task_ids
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "plugins").glob("*.py")), ids=lambda p: p.name)
+def test_loading_a_plugin_loads_no_heavy_module(path: Path) -> None:
+    # plugins load in every Airflow component: no heavy package that Airflow has not loaded itself
+    code = ("import sys, runpy, airflow.sdk, airflow.plugins_manager; "
+            "before = {m.split('.')[0] for m in sys.modules}; "
+            f"runpy.run_path({str(path)!r}); "
+            "new = {m.split('.')[0] for m in sys.modules} - before; "
+            f"print(sorted(new & {sorted(HEAVY)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -26,11 +26,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import and_, delete, insert, or_, select
 
-from pseudozone import contracts, state, zones
-from pseudozone.config import Settings
+from pseudozone import contracts, state
+from pseudozone.config import TENANT_RE, Settings
 from pseudozone.errors import KeyMaterialError, PseudozoneError
 from pseudozone.keys import NONCE_BYTES, KeyRing
-from pseudozone.landing import TENANT_RE
 from pseudozone.rights import audit, store
 
 TYPES = ("erase", "rectify", "restrict", "unrestrict", "export")
@@ -295,6 +294,8 @@ def intake_inbox(settings: Settings, *, keyring: KeyRing | None = None) -> list[
     An unreadable file is recorded as a rejected request and moved, as it is, to
     ``zones/quarantine/requests/`` (a compliance-only place) beside its reason.
     """
+    from pseudozone import zones
+
     inbox = inbox_dir(settings)
     inbox.mkdir(parents=True, exist_ok=True)
     out: list[RequestStatus] = []
