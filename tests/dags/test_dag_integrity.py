@@ -82,6 +82,6 @@ def test_loading_a_plugin_loads_no_heavy_module(path: Path) -> None:
             "before = {m.split('.')[0] for m in sys.modules}; "
             f"runpy.run_path({str(path)!r}); "
             "new = {m.split('.')[0] for m in sys.modules} - before; "
-            f"print(sorted(new & {sorted(HEAVY)!r}))")
+            f"print(sorted(new & set({sorted(HEAVY)!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
