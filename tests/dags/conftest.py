@@ -8,6 +8,9 @@ user runs ``airflow db migrate``).
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
+import logging
 import os
 import shutil
 import sqlite3
@@ -16,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +71,32 @@ def artifact_texts(db: Path) -> dict[str, str]:
         if log_file.is_file():
             texts[f"log:{log_file.relative_to(AIRFLOW_HOME)}"] = log_file.read_text("utf-8", "replace")
     return texts
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def run_dag(dag_id: str) -> tuple[Any, str]:
+    """``dag.test()`` of one DAG of this repo; returns the run and everything its tasks logged.
+
+    Under ``dag.test()`` task logs go to logging and stdout (no log files are written), so
+    both are captured for the PII hunts.
+    """
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag(dag_id)
+    handler = _Lines()
+    logging.getLogger().addHandler(handler)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            dag_run = dag.test()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return dag_run, "\n".join(handler.lines) + "\n" + out.getvalue()

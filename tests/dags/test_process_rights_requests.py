@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,33 +17,13 @@ from pseudozone.config import Settings
 from pseudozone.keys import KeyRing
 from pseudozone.rights import audit, requests
 from tests import planted
-from tests.dags.conftest import AIRFLOW_HOME, REPO, artifact_texts
+from tests.dags.conftest import AIRFLOW_HOME, artifact_texts, run_dag
 
 NEW_EMAIL = "zelda.rectified@example.net"
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def _run_dag() -> tuple[Any, str]:
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("process_rights_requests")
-    handler = _Lines()
-    logging.getLogger().addHandler(handler)
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            run = dag.test()
-    finally:
-        logging.getLogger().removeHandler(handler)
-    return run, "\n".join(handler.lines) + out.getvalue()
+    return run_dag("process_rights_requests")
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,13 +9,11 @@ import pytest
 
 from pseudozone.config import Settings
 from tests import planted
-from tests.dags.conftest import PSEUDOZONE_HOME, REPO, artifact_texts
+from tests.dags.conftest import PSEUDOZONE_HOME, REPO, artifact_texts, run_dag
 
 
 @pytest.fixture(scope="module")
 def ingest_run(airflow_db: Path):  # type: ignore[no-untyped-def]
-    from airflow.dag_processing.dagbag import DagBag
-
     from pseudozone.sample import generate
 
     settings = Settings.from_env(PSEUDOZONE_HOME)
@@ -27,27 +22,8 @@ def ingest_run(airflow_db: Path):  # type: ignore[no-untyped-def]
     bad = settings.landing / "events" / "tenant=acme" / "broken-0001.csv"
     bad.write_text("tenant_id,user_id,email_address\nacme,usr_planted_0001,zelda.plantedpii@example.org\n")
 
-    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("pseudonymize_ingested")
-    root = logging.getLogger()
-    capture = _ListHandler()
-    root.addHandler(capture)
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            dag_run = dag.test()
-    finally:
-        root.removeHandler(capture)
-    # task logs go to stdout and logging under dag.test() (no log files are written)
-    return settings, dag_run, [*capture.lines, out.getvalue(), err.getvalue()]
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+    dag_run, logs = run_dag("pseudonymize_ingested")
+    return settings, dag_run, [logs]
 
 
 def test_dag_run_succeeds_with_one_mapped_task_per_batch(ingest_run) -> None:  # type: ignore[no-untyped-def]
