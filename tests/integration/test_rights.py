@@ -355,3 +355,26 @@ def test_an_erasure_that_left_rows_behind_fails_verification(rlake: Settings,
     process.process_all(rlake, "run-2", keyring=KR)
     assert requests.get_status(rlake, status.request_id).state == "completed"
     assert _rows_of(rlake, SUBJECT, rlake.zones) == 0
+
+
+def test_two_rectifications_in_one_run_both_apply(rlake: Settings) -> None:
+    _submit(rlake, "rectify", fields={"email": "zelda.first@example.net"})
+    _submit(rlake, "rectify", fields={"phone": "+44 20 7946 0000"})
+    process.process_all(rlake, "run-1", keyring=KR)
+    pii = pa.concat_tables([pq.read_table(p) for p in rlake.pii_zone.rglob("*acme*.parquet")])
+    [mine] = pii.filter(pc.equal(pii["subject_id"], SUBJECT)).to_pylist()
+    with state.connect(rlake) as conn:
+        aead = AESGCM(Vault(KR, conn).data_keys(planted.TENANT, [SUBJECT], create=False)[SUBJECT])
+    clear = {n: decrypt_value(aead, mine[n], pii_associated_data("acme", SUBJECT, n))
+             for n in ("email", "phone")}
+    assert clear == {"email": "zelda.first@example.net", "phone": "+44 20 7946 0000"}
+
+
+def test_a_restrict_filed_after_an_unrestrict_in_the_same_run_wins(rlake: Settings) -> None:
+    _submit(rlake, "restrict")
+    process.process_all(rlake, "run-1", keyring=KR)
+    _submit(rlake, "unrestrict")
+    _submit(rlake, "restrict")
+    process.process_all(rlake, "run-2", keyring=KR)
+    assert requests.restricted_subjects(rlake, planted.TENANT) == {SUBJECT}
+    assert _rows_of(rlake, SUBJECT, rlake.event_zone) == 0

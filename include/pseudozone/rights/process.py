@@ -51,7 +51,7 @@ class _Work:
     erase: set[str] = field(default_factory=set)
     restrict: set[str] = field(default_factory=set)
     unrestrict: set[str] = field(default_factory=set)
-    rectify: dict[str, str] = field(default_factory=dict)  # subject -> request id
+    rectify: dict[str, list[str]] = field(default_factory=dict)  # subject -> request ids, in order
 
     def subjects(self) -> set[str]:
         return self.erase | self.restrict | self.unrestrict | set(self.rectify)
@@ -117,7 +117,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
             w.unrestrict.add(s)
             w.restrict.discard(s)
         elif row.type == "rectify":
-            w.rectify[s] = row.request_id
+            w.rectify.setdefault(s, []).append(row.request_id)
         elif row.type == "export":
             exports.append(row.request_id)
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -152,8 +152,10 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
                    for _, g in sorted(groups.items())]
     for g in plan_groups:
         g["group_id"] = f"{g['dataset']}.{g['batch_id']}"
+    # subjects that end the run restricted: a lifted restriction must not outlive a later restrict
+    restricted_after = {tenant: sorted(w.restrict) for tenant, w in sorted(work.items()) if w.restrict}
     return {"run_id": run_id, "requests": [r.request_id for r in rows], "groups": plan_groups,
-            "exports": exports}
+            "exports": exports, "restricted_after": restricted_after}
 
 
 # -- rewriting one batch's files -------------------------------------------------------------
@@ -259,19 +261,23 @@ def _mirror(settings: Settings, rel: str) -> tuple[str, str]:
 
 
 def _corrections(settings: Settings, keyring: KeyRing, tenant: str,
-                 rectify: dict[str, str]) -> dict[str, dict[str, str]]:
-    """subject -> corrected fields, decrypted from the request ledger (never from XCom)."""
+                 rectify: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+    """subject -> corrected fields, decrypted from the request ledger (never from XCom).
+
+    Several rectifications of one subject in a run apply in the order received.
+    """
     out: dict[str, dict[str, str]] = {}
     if not rectify:
         return out
     with store.engine_for(settings).connect() as conn:
-        for subject, request_id in rectify.items():
-            row = conn.execute(select(store.requests.c.payload_enc)
-                               .where(store.requests.c.request_id == request_id)).first()
-            if row is None or row.payload_enc is None:
-                continue  # completed already: nothing left to apply
-            payload = requests.open_payload(keyring, tenant, request_id, row.payload_enc)
-            out[subject] = dict(payload.get("fields") or {})
+        for subject, request_ids in rectify.items():
+            for request_id in request_ids:
+                row = conn.execute(select(store.requests.c.payload_enc)
+                                   .where(store.requests.c.request_id == request_id)).first()
+                if row is None or row.payload_enc is None:
+                    continue  # completed already: nothing left to apply
+                payload = requests.open_payload(keyring, tenant, request_id, row.payload_enc)
+                out.setdefault(subject, {}).update(payload.get("fields") or {})
     return out
 
 
@@ -553,11 +559,14 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                 continue
         elif row.type == "unrestrict":
             outcome["rows_moved_back"] = per_subject.get(s, {}).get("rows_unrestricted", 0)
-            with store.transaction(settings) as tconn:
-                tconn.execute(delete(store.restrictions).where(
-                    store.restrictions.c.tenant_id == tenant, store.restrictions.c.subject_id == s))
-                audit.append(tconn, "restriction.lifted", request_id=row.request_id, tenant_id=tenant,
-                             subject_id=s)
+            if s in plan.get("restricted_after", {}).get(tenant, []):
+                outcome["superseded_by_a_later_restrict"] = True
+            else:
+                with store.transaction(settings) as tconn:
+                    tconn.execute(delete(store.restrictions).where(
+                        store.restrictions.c.tenant_id == tenant, store.restrictions.c.subject_id == s))
+                    audit.append(tconn, "restriction.lifted", request_id=row.request_id, tenant_id=tenant,
+                                 subject_id=s)
         elif row.type == "rectify":
             payload = requests.open_payload(keyring, tenant, row.request_id, row.payload_enc)
             outcome["fields"] = sorted(payload.get("fields") or {})
