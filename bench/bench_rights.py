@@ -272,8 +272,7 @@ def _install_probe(settings: Any) -> Probe:
     probe.wrap(process, ("_publish",), "publish")
     probe.wrap(export, ("_subject_rows",), "subject_rows")
     probe.wrap(export, ("_profile_rows",), "profile_rows")
-    probe.wrap(process, ("scan_subjects", "scan_for_subject"), "scan")
-    probe.wrap(process, ("_tenant_files",), "tenant_files")
+    probe.wrap(process, ("_scan_affected",), "scan")
     probe.wrap(keys.Vault, ("destroy",), "key_destroy")
     probe.wrap(process, ("_finish",), "finish")
     probe.wrap(zones, ("write_parquet",), "write_parquet", split=write_split, required=True)
@@ -558,11 +557,9 @@ def breakdown(report: Json) -> list[tuple[str, float, str]]:
         rows.append(("  verification scan", s("close_run/scan"),
                      f"{n('close_run/scan')} scan(s), {files} column reads, {mib:.1f} MiB of files"))
         rows.append(("  key destruction", s("close_run/key_destroy"), ""))
-    if n("close_run/tenant_files"):
-        rows.append(("  file listing (files_scanned)", s("close_run/tenant_files"), ""))
     rows.append(("  ledger + audit (_finish)", s("close_run/finish"), f"{n('close_run/finish')} request(s)"))
     rows.append(("  other", s("close_run") - s("close_run/scan") - s("close_run/key_destroy")
-                 - s("close_run/finish") - s("close_run/tenant_files"), ""))
+                 - s("close_run/finish"), ""))
     accounted = s("intake_inbox") + s("open_run") + s("rewrite_group") + s("export_request") + s("close_run")
     rows.append(("rest of process_all", float(report["wall_s"]) - accounted, ""))
     return rows

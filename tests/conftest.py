@@ -42,3 +42,21 @@ def lake(settings: Settings, master_key_env: None) -> Settings:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("PSEUDOZONE_MASTER_KEY_CONN_ID", None)
+
+
+def append_audit_concurrently(settings: Settings, writers: int, each: int) -> None:
+    """``writers`` threads appending ``each`` audit entries at once (chain-linearity tests)."""
+    import threading
+
+    from pseudozone.rights import audit, store
+
+    def writer(n: int) -> None:
+        for i in range(each):
+            with store.transaction(settings) as conn:
+                audit.append(conn, "test.concurrent", details={"writer": n, "i": i})
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -23,7 +23,7 @@ from pseudozone.config import Settings
 from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data
 from pseudozone.rights import audit, process, requests, store
 from tests import planted
-from tests.conftest import TEST_MASTER_KEY
+from tests.conftest import TEST_MASTER_KEY, append_audit_concurrently
 
 KR = KeyRing(TEST_MASTER_KEY)
 SUBJECT = KR.subject_id(planted.TENANT, planted.USER)
@@ -315,19 +315,8 @@ def test_a_tenant_id_with_a_trailing_newline_is_refused(rlake: Settings) -> None
 
 
 def test_concurrent_audit_appends_keep_one_linear_chain_on_sqlite(rlake: Settings) -> None:
-    import threading
-
-    def writer(n: int) -> None:
-        for i in range(10):
-            with store.transaction(rlake) as conn:
-                audit.append(conn, "test.concurrent", details={"writer": n, "i": i})
-
     start = audit.verify(rlake).entries
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    append_audit_concurrently(rlake, writers=4, each=10)
     verdict = audit.verify(rlake)
     assert verdict.ok and verdict.entries == start + 40
 

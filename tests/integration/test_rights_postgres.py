@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from pseudozone import ingest
 from pseudozone.config import Settings
 from pseudozone.rights import audit, process, requests, store
 from tests import planted
+from tests.conftest import append_audit_concurrently
 
 pytestmark = pytest.mark.postgres
 
@@ -96,16 +96,7 @@ def test_rights_lifecycle_on_postgresql(pg_lake: Settings) -> None:
 
 
 def test_concurrent_audit_appends_keep_one_linear_chain(pg_lake: Settings) -> None:
-    def writer(n: int) -> None:
-        for i in range(15):
-            with store.transaction(pg_lake) as conn:
-                audit.append(conn, "test.concurrent", details={"writer": n, "i": i})
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    append_audit_concurrently(pg_lake, writers=4, each=15)
     verdict = audit.verify(pg_lake)
     assert verdict.ok and verdict.entries == 60
     with store.engine_for(pg_lake).connect() as conn:

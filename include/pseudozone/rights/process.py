@@ -438,35 +438,6 @@ def _publish(settings: Settings, dataset: str, tenant: str, batch_id: str,
 # -- verification and closing ---------------------------------------------------------------
 
 
-def _tenant_files(settings: Settings, tenant: str) -> list[Path]:
-    """Every Parquet file of a tenant in the event, restricted and PII zones (the full scan)."""
-    out: list[Path] = []
-    for root in (settings.event_zone, settings.restricted_zone, settings.pii_zone):
-        if root.exists():
-            out.extend(p for p in root.glob(f"*/tenant_id={tenant}/**/*.parquet")
-                       if not p.name.startswith("."))
-    return sorted(out)
-
-
-def scan_subjects(settings: Settings, tenant: str, subjects: set[str]) -> dict[str, list[str]]:
-    """Files (relative to the zones) that still hold rows of each of ``subjects``.
-
-    An independent check: it reads the subject column of every file of the tenant in
-    the event, restricted and PII zones, not the subject index.  One pass serves
-    every subject of a run.
-    """
-    found: dict[str, list[str]] = {s: [] for s in subjects}
-    if not subjects:
-        return found
-    wanted = pa.array(sorted(subjects), pa.string())
-    for f in _tenant_files(settings, tenant):
-        col = pq.read_table(f, columns=[SUBJECT_COLUMN])[SUBJECT_COLUMN]
-        hit = pc.filter(col, pc.fill_null(pc.is_in(col, value_set=wanted), False))
-        for s in pc.unique(hit).to_pylist():
-            found[s].append(str(f.relative_to(settings.zones)))
-    return found
-
-
 def _scan_affected(settings: Settings,
                    affected: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], list[str]]:
     """For each (tenant, subject), the affected files that still hold its rows; each file read once."""
@@ -486,10 +457,6 @@ def _scan_affected(settings: Settings,
         for subject in pc.unique(hit).to_pylist():
             found[(tenant_of[subject], subject)].append(rel)
     return found
-
-
-def scan_for_subject(settings: Settings, tenant: str, subject: str) -> list[str]:
-    return scan_subjects(settings, tenant, {subject})[subject]
 
 
 def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, Any]],
