@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -39,19 +40,80 @@ def _has_luhn_card(text: str) -> bool:
     return False
 
 
-def matches(values: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
-    """True where a value holds PII of this form (nulls: False)."""
-    if kind not in _BY_KIND:
-        raise ValueError(f"unknown PII form {kind!r}; expected one of {KINDS}")
+def _strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         arr = arr.cast(pa.string())
-    hit = pc.fill_null(pc.match_substring_regex(arr, _BY_KIND[kind]), False)
-    if kind != "card" or not pc.any(hit).as_py():
-        return hit
+    return arr
+
+
+def _confirm_cards(arr: pa.Array, hit: pa.Array) -> pa.Array:
     # candidates are few: confirm each with the Luhn checksum
-    flags = hit.to_pylist()
-    texts = arr.to_pylist()
-    return pa.array([bool(f) and _has_luhn_card(t) for f, t in zip(flags, texts, strict=True)], pa.bool_())
+    rows = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
+    if len(rows) == 0:
+        return hit
+    flags = hit.to_numpy(zero_copy_only=False).copy()
+    for row, text in zip(rows, arr.take(pa.array(rows)).to_pylist(), strict=True):
+        flags[row] = _has_luhn_card(text)
+    return pa.array(flags)
+
+
+def any_of(values: pa.Array | pa.ChunkedArray, kinds: list[str] | tuple[str, ...] = KINDS) -> pa.Array:
+    """True where a value holds PII of any of ``kinds`` (one regex pass for the non-card forms)."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown PII form(s) {unknown}; expected some of {KINDS}")
+    arr = _strings(values)
+    plain = [_BY_KIND[k] for k in kinds if k != "card"]
+    found = (pc.fill_null(pc.match_substring_regex(arr, "|".join(f"(?:{p})" for p in plain)), False)
+             if plain else pa.array(np.zeros(len(arr), dtype=bool)))
+    if "card" in kinds:
+        found = pc.or_(found, matches(arr, "card"))
+    return found
+
+
+def ciphertext_like(values: pa.Array | pa.ChunkedArray, *, min_bytes: int = 28) -> pa.Array:
+    """True where a value looks like AES-GCM output: binary, ``min_bytes`` or more, not readable text.
+
+    Ciphertext is random bytes: a printable UTF-8 reading of 28 or more of them is
+    vanishingly rare, so a value that reads as text is plaintext that got in.
+    Vectorized over the data buffer; only the rare all-text-byte candidates are
+    decoded one by one.  Nulls are fine (a missing value).
+    """
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        return pa.array(np.asarray(arr.is_null().to_numpy(zero_copy_only=False)))
+    n = len(arr)
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.binary_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    ok = ~valid | (lengths >= min_bytes)
+    offsets_dtype = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=offsets_dtype)[arr.offset:arr.offset + n + 1]
+    data = arr.buffers()[2]
+    if data is not None and n and offsets[-1] > offsets[0]:
+        raw = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]]
+        # text bytes: TAB, LF, CR, printable ASCII and any byte of a UTF-8 sequence
+        texty = ((raw >= 0x20) & (raw != 0x7F)) | (raw == 0x09) | (raw == 0x0A) | (raw == 0x0D)
+        non_text = np.concatenate([[0], np.cumsum(~texty)])
+        starts = (offsets[:-1] - offsets[0]).astype(np.int64)
+        ends = (offsets[1:] - offsets[0]).astype(np.int64)
+        candidates = np.flatnonzero(valid & (lengths > 0) & (non_text[ends] - non_text[starts] == 0))
+        for row in candidates:
+            blob = arr[int(row)].as_py()
+            try:
+                blob.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            ok[row] = False
+    return pa.array(ok)
+
+
+def matches(values: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
+    """True where a value holds PII of this form (nulls: False)."""
+    if kind not in _BY_KIND:
+        raise ValueError(f"unknown PII form {kind!r}; expected one of {KINDS}")
+    arr = _strings(values)
+    hit = pc.fill_null(pc.match_substring_regex(arr, _BY_KIND[kind]), False)
+    return _confirm_cards(arr, hit) if kind == "card" else hit

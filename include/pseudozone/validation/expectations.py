@@ -1,5 +1,11 @@
 """Great Expectations 1.x pieces: quiet setup, a safe result format, custom expectations.
 
+The custom expectations compute with Arrow (RE2 regexes, hash sets), not Python per
+row.  Large value sets (subjects that must be absent or present, a batch's known PII
+digests) are not put in an expectation's configuration, which GX copies into every
+result: they are registered in this process under an opaque reference (``registered``)
+and the expectation names the reference only.  Nothing registered outlives the task.
+
 Results are always requested with ``SAFE_RESULT_FORMAT``: counts and row positions,
 ``exclude_unexpected_values`` so that GX does not copy the values it found into the
 results (its default echoes them, a known leak of PII into validation stores and Data
@@ -9,14 +15,19 @@ exclusion.
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 logging.getLogger("great_expectations").setLevel(logging.WARNING)  # before the import
 
 import great_expectations as gx  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 from great_expectations.execution_engine import PandasExecutionEngine  # noqa: E402
 from great_expectations.expectations.expectation import ColumnMapExpectation  # noqa: E402
@@ -26,30 +37,148 @@ from great_expectations.expectations.metrics import (  # noqa: E402
 )
 
 from pseudozone.validation import detect  # noqa: E402
+from pseudozone.validation.known import KnownValues  # noqa: E402
 
 logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
 SAFE_RESULT_FORMAT: dict[str, Any] = {"result_format": "COMPLETE", "exclude_unexpected_values": True}
 
 
+_REGISTRY: dict[str, Any] = {}
+_refs = itertools.count(1)
+
+
+@contextmanager
+def registered(value: Any) -> Iterator[str]:
+    """Make ``value`` (an Arrow value set or ``KnownValues``) known to expectations by a reference."""
+    ref = f"ref-{next(_refs)}"
+    _REGISTRY[ref] = value
+    try:
+        yield ref
+    finally:
+        del _REGISTRY[ref]
+
+
+def _lookup(ref: str) -> Any:
+    try:
+        return _REGISTRY[ref]
+    except KeyError:
+        raise LookupError(f"no value set is registered as {ref!r} in this process") from None
+
+
+def _arrow(column: pd.Series) -> pa.Array:
+    arr = pa.array(column, from_pandas=True)
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    return arr
+
+
+def _series(mask: pa.Array | np.ndarray, column: pd.Series) -> pd.Series:
+    values = mask if isinstance(mask, np.ndarray) else mask.to_numpy(zero_copy_only=False)
+    return pd.Series(values, index=column.index)
+
+
 class ColumnValuesFreeOfPii(ColumnMapMetricProvider):
-    """Row is True when the value holds no PII of the given form (Arrow RE2 + Luhn)."""
+    """Row is True when the value holds no PII of the given forms (Arrow RE2 + Luhn)."""
 
     condition_metric_name = "column_values.free_of_pii"
-    condition_value_keys = ("kind",)
+    condition_value_keys = ("kinds",)
 
     @column_condition_partial(engine=PandasExecutionEngine)
-    def _pandas(cls, column: pd.Series, kind: str, **kwargs: Any) -> pd.Series:
-        found = detect.matches(pa.array(column, from_pandas=True), kind)
-        return ~pd.Series(found.to_numpy(zero_copy_only=False), index=column.index)
+    def _pandas(cls, column: pd.Series, kinds: list[str], **kwargs: Any) -> pd.Series:
+        found = detect.any_of(_arrow(column), kinds)
+        return _series(pc.invert(found), column)
 
 
 class ExpectColumnValuesToBeFreeOfPii(ColumnMapExpectation):
-    """Expect no value of the column to hold an email, phone, IP, Luhn-valid card or IBAN."""
+    """Expect no value to hold an email, phone, IP address, Luhn-valid card or IBAN (or the given forms)."""
 
-    kind: str
+    kinds: list[str] = list(detect.KINDS)  # noqa: RUF012 - a pydantic field, copied per instance
     map_metric = "column_values.free_of_pii"
-    success_keys = ("kind", "mostly")
+    success_keys = ("kinds", "mostly")
+
+
+class ColumnValuesInRegisteredSet(ColumnMapMetricProvider):
+    """Row is True when the value is (``absent``: is not) in the registered value set; nulls pass."""
+
+    condition_metric_name = "column_values.in_registered_set"
+    condition_value_keys = ("set_ref", "absent")
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, set_ref: str, absent: bool, **kwargs: Any) -> pd.Series:
+        arr = _arrow(column)
+        member = pc.is_in(arr, value_set=_lookup(set_ref))
+        ok = pc.invert(member) if absent else member
+        return _series(pc.or_kleene(ok, pc.is_null(arr)).fill_null(True), column)
+
+
+class ExpectColumnValuesToBeInRegisteredSet(ColumnMapExpectation):
+    """Expect every value to be in a value set registered in this process (by reference)."""
+
+    set_ref: str
+    absent: bool = False
+    map_metric = "column_values.in_registered_set"
+    success_keys = ("set_ref", "absent", "mostly")
+
+
+class ColumnValuesFreeOfKnownValues(ColumnMapMetricProvider):
+    """Row is True when the text holds none of a registered ``KnownValues``' values."""
+
+    condition_metric_name = "column_values.free_of_known_values"
+    condition_value_keys = ("known_ref",)
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, known_ref: str, **kwargs: Any) -> pd.Series:
+        known: KnownValues = _lookup(known_ref)
+        return _series(pc.invert(known.found_in(_arrow(column))), column)
+
+
+class ExpectColumnValuesToBeFreeOfKnownValues(ColumnMapExpectation):
+    """Expect no text to contain a raw value of the batch being published (keyed-hash comparison)."""
+
+    known_ref: str
+    map_metric = "column_values.free_of_known_values"
+    success_keys = ("known_ref", "mostly")
+
+
+class ColumnValuesCiphertext(ColumnMapMetricProvider):
+    """Row is True when the value is binary, long enough for AES-GCM, and does not read as text."""
+
+    condition_metric_name = "column_values.ciphertext"
+    condition_value_keys = ()
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, **kwargs: Any) -> pd.Series:
+        return _series(detect.ciphertext_like(_arrow(column)), column)
+
+
+class ExpectColumnValuesToBeCiphertext(ColumnMapExpectation):
+    """Expect every value of a PII-zone column to be AES-GCM ciphertext, never plaintext."""
+
+    map_metric = "column_values.ciphertext"
+    success_keys = ("mostly",)
+
+
+class ColumnValuesMatchPattern(ColumnMapMetricProvider):
+    """Row is True when the value matches the RE2 pattern (Arrow; nulls pass)."""
+
+    condition_metric_name = "column_values.match_pattern"
+    condition_value_keys = ("pattern",)
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, pattern: str, **kwargs: Any) -> pd.Series:
+        arr = _arrow(column)
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            return _series(np.asarray(arr.is_null().to_numpy(zero_copy_only=False)), column)
+        return _series(pc.match_substring_regex(arr, pattern).fill_null(True), column)
+
+
+class ExpectColumnValuesToMatchPattern(ColumnMapExpectation):
+    """Expect every value to match an RE2 pattern; a non-string column fails every non-null row."""
+
+    pattern: str
+    map_metric = "column_values.match_pattern"
+    success_keys = ("pattern", "mostly")
 
 
 def context() -> Any:

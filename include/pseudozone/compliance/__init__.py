@@ -1,0 +1,2 @@
+"""The nightly compliance run: zone validation, erasure re-verification, deadlines, audit, retention,
+re-identification risk, report."""
