@@ -59,6 +59,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     done = sum(r.status == "done" for r in results)
     quarantined = sum(r.status == "quarantined" for r in results)
     print(f"{len(results)} batch(es): {done} done, {quarantined} quarantined, in {took:.1f}s")
+    gate_failed = [r.batch_id for r in results if r.reason and r.reason.get("code") == "validation_failed"]
+    if gate_failed:
+        print(f"error: the publish gate stopped {len(gate_failed)} batch(es): {', '.join(gate_failed)};"
+              " see their .reason.json in zones/quarantine", file=sys.stderr)
+        return 1
     return 1 if quarantined and args.strict else 0
 
 

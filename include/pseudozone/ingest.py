@@ -41,6 +41,8 @@ from pseudozone.errors import ContractViolation, PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
 from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sha256_of
+from pseudozone.validation import gate
+from pseudozone.validation.known import KnownValues
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +271,10 @@ def _restricted_subjects(settings: Settings, tenant: str) -> pa.Array:
 def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa.Table,
                 keyring: KeyRing, result: BatchResult) -> _Plan:
     tenant = ref.tenant_id
+    known = KnownValues(_raw_values(table, contract))
     event = build_event_table(table, contract, keyring, tenant)
     subjects = event[SUBJECT_COLUMN].combine_chunks()
+    input_rows = np.arange(table.num_rows)
 
     # an erased subject's data is not processed again: its rows are dropped and counted
     erased = _erased_subjects(settings, tenant)
@@ -280,6 +284,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         if result.rows_dropped_erased:
             table, event = table.filter(keep), event.filter(keep)
             subjects = event[SUBJECT_COLUMN].combine_chunks()
+            input_rows = input_rows[keep.to_numpy(zero_copy_only=False)]
     wanted = _distinct_subjects(subjects)
     result.subjects = len(wanted)
     # a restricted subject's rows go to the restricted zone, out of analysts' reach
@@ -304,6 +309,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         else:
             result.rows_event += len(chosen)
 
+    pii: pa.Table | None = None
     if contract.has_pii and table.num_rows:
         with state.connect(settings) as conn:
             deks = Vault(keyring, conn).data_keys(tenant, wanted.to_pylist(), create=True)
@@ -313,7 +319,35 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         placements.append((PII_ZONE, str(path.relative_to(settings.zones)),
                            pa.array(np.arange(len(subjects)))))
         result.rows_pii = pii.num_rows
+    _gate(ref, contract, event, in_restricted, pii, known, input_rows,
+          forbidden=pa.concat_arrays([erased, restricted]), restricted=restricted)
     return _Plan(ref, contract, result, outputs, _batch_index(subjects, placements))
+
+
+def _raw_values(table: pa.Table, contract: Contract) -> list[str | None]:
+    """Every raw identifier and PII value of the batch (the gate hashes them at once)."""
+    values: list[str | None] = []
+    for spec in contract.columns:
+        if spec.cls in ("identifier", "pii"):
+            values += pc.unique(table[spec.name].combine_chunks().cast(pa.string())).to_pylist()
+    return values
+
+
+def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
+          pii: pa.Table | None, known: KnownValues, input_rows: np.ndarray, *,
+          forbidden: pa.Array, restricted: pa.Array) -> None:
+    """Validate the batch's outputs before any is staged; quarantined by the caller on failure."""
+    mask = in_restricted.to_numpy(zero_copy_only=False)
+    ev_rows, rs_rows = np.flatnonzero(~mask), np.flatnonzero(mask)
+    events = [(EVENT_ZONE, _plain_take(event, pa.array(ev_rows)))] if len(ev_rows) else []
+    held = [(RESTRICTED_ZONE, _plain_take(event, pa.array(rs_rows)))] if len(rs_rows) else []
+    try:
+        gate.check(contract, events=events, restricted=held, pii=[(PII_ZONE, pii)] if pii is not None else [],
+                   forbidden=forbidden, restricted_subjects=restricted, known=known)
+    except gate.ValidationFailed as exc:
+        gate.renumber(exc, ref.path, {EVENT_ZONE: input_rows[ev_rows], RESTRICTED_ZONE: input_rows[rs_rows],
+                                      PII_ZONE: input_rows})
+        raise
 
 
 def _write_plan(settings: Settings, plan: _Plan) -> None:

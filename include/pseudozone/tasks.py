@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from pseudozone.config import Settings
+from pseudozone.errors import PseudozoneError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,21 @@ def pseudonymize_batch(batch: dict[str, Any], home: str | None = None) -> dict[s
     from pseudozone.ingest import process_batch
     from pseudozone.landing import BatchRef
 
-    return process_batch(Settings.from_env(home), BatchRef.from_dict(batch)).to_dict()
+    result = process_batch(Settings.from_env(home), BatchRef.from_dict(batch)).to_dict()
+    if (result.get("reason") or {}).get("code") == "validation_failed":
+        fail_without_retry(f"batch {result['batch_id']}: {result['reason']['detail']}; the batch is"
+                           f" quarantined ({result['files'][0]}) and nothing of it was published")
+    return result
+
+
+def fail_without_retry(message: str) -> None:
+    """Fail the task at once: a validation failure is not transient, retrying cannot fix it."""
+    log.error("%s", message)
+    try:
+        from airflow.sdk.exceptions import AirflowFailException
+    except ImportError:  # called outside Airflow
+        raise PseudozoneError(message) from None
+    raise AirflowFailException(message)
 
 
 def summarize_ingest(results: list[dict[str, Any]]) -> dict[str, Any]:

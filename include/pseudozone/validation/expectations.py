@@ -49,9 +49,14 @@ _refs = itertools.count(1)
 
 
 @contextmanager
-def registered(value: Any) -> Iterator[str]:
-    """Make ``value`` (an Arrow value set or ``KnownValues``) known to expectations by a reference."""
-    ref = f"ref-{next(_refs)}"
+def registered(value: Any, ref: str | None = None) -> Iterator[str]:
+    """Make ``value`` (an Arrow value set or ``KnownValues``) known to expectations by a reference.
+
+    A fixed ``ref`` lets a suite built once check a new value set each time.
+    """
+    ref = ref or f"ref-{next(_refs)}"
+    if ref in _REGISTRY:
+        raise RuntimeError(f"{ref!r} is already registered")
     _REGISTRY[ref] = value
     try:
         yield ref

@@ -1,0 +1,181 @@
+"""Publish gates: a batch or rewrite that would publish PII is stopped, quarantined, and publishes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pseudozone import cli, contracts, ingest, ledger, state
+from pseudozone.config import Settings
+from pseudozone.keys import KeyRing
+from pseudozone.validation import gate
+from pseudozone.validation.known import KnownValues
+from tests import planted
+from tests.conftest import TEST_MASTER_KEY
+
+FORM_KIND = {"email": "email", "email_urlencoded": "email", "phone_intl": "phone", "phone_us": "phone",
+             "phone_urlencoded": "phone", "card": "card", "card_plain": "card", "iban": "iban",
+             "ipv4": "ip", "ipv6": "ip"}
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _land(settings: Settings, dataset: str, table: pa.Table, name: str = "gate-0001.parquet") -> Path:
+    target = settings.landing / dataset / f"tenant={planted.TENANT}" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, target)
+    return target
+
+
+def _clean_events(n: int = 8) -> pa.Table:
+    table = planted.events().slice(0, n)
+    for column, value in (("user_agent", "curl/8.5.0"), ("page_url", "/home"), ("properties_json", "{}")):
+        table = table.set_column(table.column_names.index(column), column, pa.array([value] * n))
+    return table
+
+
+def _with(table: pa.Table, column: str, row: int, value: str) -> pa.Table:
+    values = table[column].to_pylist()
+    values[row] = value
+    return table.set_column(table.column_names.index(column), column, pa.array(values, pa.string()))
+
+
+def _reason(settings: Settings) -> dict[str, Any]:
+    [path] = sorted(settings.quarantine.rglob("*.reason.json"))
+    reason: dict[str, Any] = json.loads(path.read_text())
+    return reason
+
+
+@pytest.fixture
+def published(lake: Settings) -> Settings:
+    ingest.ingest_pending(lake)
+    return lake
+
+
+@pytest.mark.parametrize("form", sorted(FORM_KIND))
+def test_the_gate_stops_each_free_text_form_the_scrubber_missed(
+        published: Settings, monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    # simulate a scrubber regression: free text reaches the event table unchanged
+    monkeypatch.setattr(ingest.scrub, "scrub", lambda col: col.combine_chunks()
+                        if isinstance(col, pa.ChunkedArray) else col)
+    before = _tree(published.zones)
+    _land(published, "events", _with(_clean_events(), "properties_json", 3, planted.FREE_TEXT_FORMS[form]))
+
+    [result] = ingest.ingest_pending(published)
+
+    assert result.status == "quarantined" and result.reason is not None
+    assert result.reason["code"] == "validation_failed"
+    failures = [f for r in result.reason["validation"] for f in r["failures"]]
+    hit = [f for f in failures if f["column"] == "properties_json" and f["kind"] == FORM_KIND[form]]
+    assert hit and hit[0]["rows"] == [3] and hit[0]["file"].endswith("gate-0001.parquet")
+    assert _tree(published.zones / "events") == {k.removeprefix("events/"): v for k, v in before.items()
+                                                 if k.startswith("events/")}
+    assert not any((published.zones / "pii").rglob("*gate-0001*"))
+    with state.connect(published) as conn:
+        assert ledger.get(conn, result.batch_id).status == "quarantined"
+    assert planted.find_needles(json.dumps(_reason(published))) == []
+
+
+def test_pii_in_a_column_the_scrubber_does_not_touch_is_stopped(published: Settings) -> None:
+    _land(published, "events", _with(_clean_events(), "session_id", 5, planted.EMAIL))
+
+    [result] = ingest.ingest_pending(published)
+
+    assert result.reason is not None and result.reason["code"] == "validation_failed"
+    assert "session_id" in result.reason["columns"]
+    assert not any(published.event_zone.rglob("*gate-0001*"))
+
+
+def test_another_rows_raw_values_are_found_through_keyed_hashes(published: Settings) -> None:
+    # row 1's free text names row 0's subject: the row-wise redaction cannot know that
+    first = planted.profiles()
+    second = first.set_column(1, "user_id", pa.array(["usr_gate_0002"]))
+    for column, value in (("email", "someone.else@example.net"), ("full_name", "Quinn Otherperson"),
+                          ("phone", "+44 20 7946 0111"), ("street_address", "Elsewhere 1"),
+                          ("city", "Othertown"),
+                          ("attributes_json", f'{{"referred_by": "{planted.NAME.upper()}"}}')):
+        second = second.set_column(second.column_names.index(column), column, pa.array([value]))
+    _land(published, "profiles", pa.concat_tables([first, second]))
+
+    [result] = ingest.ingest_pending(published)
+
+    assert result.reason is not None and result.reason["code"] == "validation_failed"
+    [failure] = [f for r in result.reason["validation"] for f in r["failures"]]
+    assert failure["expectation"] == "expect_column_values_to_be_free_of_known_values"
+    assert failure["column"] == "attributes_json" and failure["rows"] == [1]
+    assert planted.find_needles(json.dumps(result.reason)) == []
+
+
+def test_the_cli_exits_1_and_the_task_fails_without_retry(published: Settings, capsys: Any) -> None:
+    _land(published, "events", _with(_clean_events(), "event_name", 0, planted.IBAN))
+    assert cli.main(["--home", str(published.root), "ingest"]) == 1
+    assert "publish gate stopped 1 batch" in capsys.readouterr().err
+
+    from pseudozone import tasks
+
+    _land(published, "events", _with(_clean_events(), "event_name", 0, planted.CARD), "gate-0002.parquet")
+    [batch] = tasks.discover_batches(str(published.root))
+    with pytest.raises(Exception) as caught:
+        tasks.pseudonymize_batch(batch, str(published.root))
+    assert type(caught.value).__name__ == "AirflowFailException"
+    assert "quarantined" in str(caught.value) and planted.find_needles(str(caught.value)) == []
+
+
+def test_forbidden_subjects_and_plaintext_in_the_pii_zone_fail_the_gate() -> None:
+    events = contracts.load("events")
+    profiles = contracts.load("profiles")
+    ring = KeyRing(TEST_MASTER_KEY)
+    erased, kept = ring.subject_id("acme", "gone"), ring.subject_id("acme", "kept")
+    table = pa.table({"subject_id": [kept, erased], "anonymous_pid": [None, None], "event_id": ["e1", "e2"],
+                      "event_name": ["view", "view"], "event_ts": pa.array([planted.TS] * 2),
+                      "session_id": ["s", "s"], "ip_prefix": ["198.51.100.0/24", None],
+                      "user_agent": ["x", "y"], "page_url": ["/", "/"], "properties_json": ["{}", "{}"]})
+    with pytest.raises(gate.ValidationFailed) as caught:
+        gate.check(events, events=[("e.parquet", table)], forbidden=[erased])
+    [failure] = caught.value.reports[0].failures
+    assert failure.rows == [1] and failure.column == "subject_id"
+
+    # restricted zone: only restricted subjects
+    with pytest.raises(gate.ValidationFailed):
+        gate.check(events, restricted=[("r.parquet", table)], restricted_subjects=[kept])
+
+    ciphertext = bytes(range(40))
+    pii = pa.table({"subject_id": [kept, kept], "user_id": [ciphertext, ciphertext],
+                    "email": [ciphertext, planted.EMAIL.encode()], "full_name": [ciphertext, None],
+                    "phone": [ciphertext, None], "street_address": [ciphertext, None], "city": [None, None]},
+                   schema=pa.schema([("subject_id", pa.string())] + [
+                       (c, pa.binary()) for c in ("user_id", "email", "full_name", "phone", "street_address",
+                                                  "city")]))
+    with pytest.raises(gate.ValidationFailed) as caught:
+        gate.check(profiles, pii=[("p.parquet", pii)])
+    assert caught.value.reports[0].failed_names() == ["expect_column_values_to_be_ciphertext:email"]
+    assert planted.find_needles(json.dumps(caught.value.to_reason())) == []
+
+
+def test_known_values_never_leave_the_process() -> None:
+    known = KnownValues([planted.NAME, planted.EMAIL])
+    with pytest.raises(TypeError, match="never serialized"):
+        pickle.dumps(known)
+    assert known.found_in(pa.array(["hi ZELDA plantedpii ørsted", "zelda", None])).to_pylist() == [
+        True, False, False]
+
+
+def test_a_failing_gate_leaves_no_staging_and_a_corrected_delivery_goes_through(published: Settings) -> None:
+    bad = _land(published, "events", _with(_clean_events(), "event_name", 2, planted.IPV4))
+    [result] = ingest.ingest_pending(published)
+    assert result.status == "quarantined" and not bad.exists()
+    assert not any(published.staging.rglob("*.parquet"))
+    _land(published, "events", _clean_events(), "gate-0001.parquet")
+    [again] = ingest.ingest_pending(published)
+    assert again.status == "done"
+    assert gate.check(contracts.load("events")) == []  # nothing to publish, nothing to check
