@@ -255,7 +255,7 @@ def subject_buckets(subjects: pa.Array, n: int) -> pa.Array:
     return pc.fill_null(pc.take(per_value, indices), 0)
 
 
-def _erased_subjects(settings: Settings, tenant: str) -> pa.Array:
+def erased_subjects(settings: Settings, tenant: str) -> pa.Array:
     with state.connect(settings) as conn:
         rows = conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?"
                             " AND wrapped_dek IS NULL", (tenant,)).fetchall()
@@ -277,7 +277,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     input_rows = np.arange(table.num_rows)
 
     # an erased subject's data is not processed again: its rows are dropped and counted
-    erased = _erased_subjects(settings, tenant)
+    erased = erased_subjects(settings, tenant)
     if len(erased):
         keep = pc.invert(pc.fill_null(pc.is_in(subjects, value_set=erased), False))
         result.rows_dropped_erased = len(keep) - int(pc.sum(keep).as_py() or 0)

@@ -89,8 +89,14 @@ def open_rights_run(run_id: str, home: str | None = None) -> dict[str, Any]:
 
 def rewrite_file_group(group: dict[str, Any], home: str | None = None) -> dict[str, Any]:
     from pseudozone.rights.process import rewrite_group
+    from pseudozone.validation.gate import ValidationFailed
 
-    result = rewrite_group(Settings.from_env(home), group)
+    try:
+        result = rewrite_group(Settings.from_env(home), group)
+    except ValidationFailed as exc:
+        fail_without_retry(f"group {group['group_id']}: {exc.detail}; nothing of it was published,"
+                           " its requests stay in progress (see zones/quarantine/rights)")
+        raise
     log.info("group %s: %d file(s) rewritten", result["group_id"], len(result["files"]))
     return result
 

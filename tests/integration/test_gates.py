@@ -179,3 +179,34 @@ def test_a_failing_gate_leaves_no_staging_and_a_corrected_delivery_goes_through(
     [again] = ingest.ingest_pending(published)
     assert again.status == "done"
     assert gate.check(contracts.load("events")) == []  # nothing to publish, nothing to check
+
+
+def test_a_rewrite_that_would_keep_an_erased_subject_publishes_nothing(
+        published: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pseudozone.rights import process, requests, store
+
+    ring = KeyRing(TEST_MASTER_KEY)
+    requests.submit(published, {"type": "erase", "tenant_id": planted.TENANT, "user_id": planted.USER},
+                    source="test", keyring=ring)
+    before = _tree(published.zones)
+    # simulate a rewrite bug: the erased subject's rows are kept
+    monkeypatch.setattr(process, "_drop_subjects", lambda table, subjects: table)
+
+    with pytest.raises(gate.ValidationFailed):
+        process.process_all(published, "run-gate", keyring=ring)
+
+    after = _tree(published.zones)
+    assert {k: v for k, v in after.items() if not k.startswith("quarantine/")} == before
+    reasons = sorted((published.quarantine / "rights").rglob("*.reason.json"))
+    assert reasons
+    reason = json.loads(reasons[0].read_text())
+    assert reason["code"] == "validation_failed" and "subject_id" in reason["columns"]
+    assert planted.find_needles(json.dumps(reason)) == []
+    with store.engine_for(published).connect() as conn:
+        states = [r.state for r in conn.execute(store.requests.select())]
+        events = [r.action for r in conn.execute(store.audit_log.select())]
+    assert states == ["in_progress"] and "validation.failed" in events
+
+    monkeypatch.undo()
+    summary = process.process_all(published, "run-gate-2", keyring=ring)
+    assert summary["completed"] == {"erase": 1}

@@ -33,10 +33,12 @@ from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.errors import PseudozoneError
 from pseudozone.generalize import GENERALIZERS
-from pseudozone.ingest import INDEX_SCHEMA, WRITE_THREADS, index_file, write_index
+from pseudozone.ingest import INDEX_SCHEMA, WRITE_THREADS, erased_subjects, index_file, write_index
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
 from pseudozone.landing import ARROW_TYPES
 from pseudozone.rights import audit, requests, store
+from pseudozone.validation import gate
+from pseudozone.validation.known import KnownValues
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +339,7 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
             counts["*"]["pii_values_rectified"] += n
         outputs[pii_rel] = pii
 
+    _gate(settings, contract, group, outputs, erase, corrections)
     _publish(settings, dataset, tenant, batch_id, outputs, interim)
     with store.transaction(settings) as conn:
         audit.append(conn, "files.rewritten", tenant_id=tenant, details={
@@ -345,6 +348,44 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
             "rectify": len(corrections), "held": sorted(held)})
     return {"group_id": group["group_id"], "files": sorted(outputs), "held": sorted(held),
             "counts": {s: dict(c) for s, c in counts.items()}}
+
+
+def _gate(settings: Settings, contract: contracts.Contract, group: dict[str, Any],
+          outputs: dict[str, pa.Table | None], erase: set[str],
+          corrections: dict[str, dict[str, str]]) -> None:
+    """Validate a group's rewritten files before any replaces a published one.
+
+    On failure the group is recorded in quarantine (which files, which expectations;
+    no rows are kept, since they may hold what must not be published), the audit
+    log says so, and ``ValidationFailed`` fails the task; its requests stay
+    ``in_progress`` and the next run tries again.
+    """
+    tenant = group["tenant_id"]
+    restricted = ((requests.restricted_subjects(settings, tenant) | set(group["restrict"]))
+                  - set(group["unrestrict"]) - erase)
+    forbidden = pa.concat_arrays([erased_subjects(settings, tenant),
+                                  pa.array(sorted(erase | restricted), pa.string())])
+    new_values = [v for fields in corrections.values() for v in fields.values()]
+    known = KnownValues(new_values) if new_values else None
+    present = {rel: t for rel, t in sorted(outputs.items()) if t is not None and t.num_rows}
+    try:
+        gate.check(contract, forbidden=forbidden, restricted_subjects=sorted(restricted), known=known,
+                   events=[(rel, t) for rel, t in present.items() if rel.startswith("events/")],
+                   restricted=[(rel, t) for rel, t in present.items() if rel.startswith("restricted/")],
+                   pii=[(rel, t) for rel, t in present.items() if rel.startswith("pii/")])
+    except gate.ValidationFailed as exc:
+        reason = {"group_id": group["group_id"], "tenant_id": tenant,
+                  "dataset": group["dataset"], "batch_id": group["batch_id"], "files": sorted(outputs),
+                  **exc.to_reason()}
+        target = settings.quarantine / "rights" / f"tenant_id={tenant}" / f"{group['group_id']}.reason.json"
+        zones.write_json(reason, target)
+        with store.transaction(settings) as conn:
+            audit.append(conn, "validation.failed", tenant_id=tenant, details={
+                "group_id": group["group_id"], "dataset": group["dataset"], "batch_id": group["batch_id"],
+                "failed": exc.detail, "reason_file": str(target.relative_to(settings.root))})
+        log.error("group %s: nothing published; %s (see %s)", group["group_id"], exc.detail,
+                  target.relative_to(settings.root))
+        raise
 
 
 def _count(table: pa.Table | None, subjects: set[str]) -> dict[str, int]:
