@@ -8,10 +8,12 @@ are written to be safe (no data values).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from pseudozone.config import Settings
 from pseudozone.errors import PseudozoneError
@@ -183,6 +185,47 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def _print_report(report: dict[str, Any], settings: Settings) -> int:
+    from pseudozone.compliance.report import run_dir
+
+    print(report["summary"])
+    for problem in report.get("problems", []):
+        print(f"  - {problem}")
+    print(f"report: {run_dir(settings, report['run_id']) / 'report.html'}")
+    return 0 if report["status"] == "pass" else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pseudozone.compliance.report import latest
+
+    settings = _settings(args)
+    report = latest(settings)
+    if report is None:
+        raise PseudozoneError(f"no compliance report under {settings.reports} yet; run the nightly_compliance"
+                              " DAG or `pseudozone compliance run`")
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0 if report["status"] == "pass" else 1
+    return _print_report(report, settings)
+
+
+def cmd_compliance_run(args: argparse.Namespace) -> int:
+    from pseudozone.compliance.report import latest, run_nightly
+
+    settings = _settings(args)
+    overrides = {}
+    for item in args.retention or []:
+        dataset, _, days = item.partition("=")
+        if not days.isdigit():
+            raise PseudozoneError(f"--retention takes DATASET=DAYS, got {item!r}")
+        overrides[dataset] = int(days)
+    run_id = args.run_id or "manual__" + time.strftime("%Y-%m-%dT%H%M%S", time.gmtime())
+    run_nightly(settings, run_id, k=args.k, retention_overrides=overrides)
+    report = latest(settings)
+    assert report is not None
+    return _print_report(report, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pseudozone", description=__doc__.splitlines()[0])
     parser.add_argument("--home", help="data root (default: $PSEUDOZONE_HOME or ./data)")
@@ -256,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="the hash-chained audit log")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True)
     aud_sub.add_parser("verify", help="check the whole chain").set_defaults(func=cmd_audit_verify)
+
+    rep = sub.add_parser("report", help="the latest compliance report's summary (exit 1 if it failed)")
+    rep.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    rep.set_defaults(func=cmd_report)
+    comp = sub.add_parser("compliance", help="the nightly compliance run without Airflow")
+    comp_sub = comp.add_subparsers(dest="compliance_command", required=True)
+    crun = comp_sub.add_parser("run", help="retention, validation of every zone, erasures, deadlines,"
+                               " audit chain, k-anonymity, then the report")
+    crun.add_argument("--k", type=int, default=5, help="k-anonymity threshold (default 5)")
+    crun.add_argument("--retention", action="append", metavar="DATASET=DAYS",
+                      help="override a contract's retention_days (repeatable)")
+    crun.add_argument("--run-id", help="name of this run (default manual__<UTC time>)")
+    crun.set_defaults(func=cmd_compliance_run)
 
     demo = sub.add_parser("demo", help="generate, ingest, show what was produced (no Airflow)")
     demo.add_argument("--events", type=int, default=100_000)

@@ -71,6 +71,11 @@ class Settings:
         return self.state / "subject_index"
 
     @property
+    def reports(self) -> Path:
+        """The nightly compliance reports (JSON, HTML, Data Docs) and their history."""
+        return self.root / "reports" / "compliance"
+
+    @property
     def master_key_file(self) -> Path:
         return self.state / "master.key"
 

@@ -116,3 +116,52 @@ def close_rights_run(plan: dict[str, Any], results: list[dict[str, Any]], export
     summary = close_run(Settings.from_env(home), plan, list(results), list(exports))
     log.info("run %s closed: %s", plan["run_id"], summary)
     return summary
+
+
+# -- nightly_compliance ----------------------------------------------------------------------
+
+
+def _step_counts(step: str, section: dict[str, Any]) -> dict[str, Any]:
+    """What a nightly step hands to XCom: counts only (the section itself is on disk)."""
+    if step == "retention":
+        return {"deleted": len(section["deleted"]), "kept_for_hold": len(section["kept_for_hold"])}
+    if step == "validation":
+        return {"files": section["files"], "rows": section["rows"], "failed_files": section["failed_files"],
+                "success": section["success"]}
+    if step == "erasures":
+        return {"checked": section["checked"], "incomplete": len(section["incomplete"])}
+    if step == "requests":
+        return {"open": section["open"], "overdue": len(section["overdue"]),
+                "due_soon": len(section["due_soon"])}
+    if step == "audit":
+        return {"ok": section["ok"], "entries": section["entries"]}
+    return {"k": section["k"], "flagged": sum(1 for r in section["results"] if r["flagged"])}
+
+
+def nightly_step(step: str, run_id: str, params: dict[str, Any] | None = None,
+                 home: str | None = None) -> dict[str, Any]:
+    from pseudozone.compliance.report import run_step
+
+    params = params or {}
+    section = run_step(Settings.from_env(home), run_id, step, k=int(params.get("k_anonymity_k", 5)),
+                       retention_overrides=params.get("retention_days") or None)
+    counts = _step_counts(step, section)
+    log.info("nightly %s: %s", step, counts)
+    return counts
+
+
+def nightly_report(run_id: str, home: str | None = None) -> dict[str, Any]:
+    from pseudozone.compliance.report import write_report
+
+    written = write_report(Settings.from_env(home), run_id)
+    # the one line alerting reads (task log and XCom)
+    log.info("compliance: %s", written["summary"])
+    print(written["summary"])
+    return written
+
+
+def nightly_verdict(written: dict[str, Any]) -> str:
+    """Fail the task when the report found a problem, so that Airflow's alerting fires."""
+    if written["status"] != "pass":
+        fail_without_retry(f"{written['summary']} (report: {written['html']})")
+    return str(written["summary"])

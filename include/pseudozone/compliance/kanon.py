@@ -38,7 +38,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
 
 from pseudozone import contracts
 from pseudozone.config import Settings
@@ -87,28 +86,15 @@ def _checked_names(names: Any, contract: Contract, origin: str) -> list[str]:
     return list(names)
 
 
-def _declared(contract: Contract) -> Any:
-    """The raw ``quasi_identifiers`` key of the contract's YAML file, or None.
-
-    The contract loader keeps no unknown top-level keys, so the file is read here;
-    only when it is the file the contract was loaded from.
-    """
-    path = contracts.available().get(contract.dataset)
-    if path is None or path.name != contract.source:
-        return None
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return raw.get(QI_KEY) if isinstance(raw, dict) else None
-
-
 def quasi_identifiers(contract: Contract) -> list[str]:
     """Event-zone names of the dataset's quasi-identifiers.
 
     The contract's optional top-level ``quasi_identifiers:`` list if present,
     otherwise the event-zone names of its columns of class ``quasi``, in contract order.
     """
-    declared = _declared(contract)
+    declared = contract.declared_quasi_identifiers
     if declared is not None:
-        return _checked_names(declared, contract, f"contract {contract.source} {QI_KEY}")
+        return _checked_names(list(declared), contract, f"contract {contract.source} {QI_KEY}")
     return [n for c in contract.of_class("quasi") if (n := c.event_name) is not None]
 
 

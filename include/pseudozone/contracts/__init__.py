@@ -61,6 +61,10 @@ class Contract:
     columns: tuple[ColumnSpec, ...]
     source: str
     subject_buckets: int = 1
+    # event-zone partitions older than this many days are deleted nightly (None: kept)
+    retention_days: int | None = None
+    # event-zone columns a re-identification attack would use (None: the quasi columns)
+    declared_quasi_identifiers: tuple[str, ...] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -154,8 +158,22 @@ def parse_contract(text: str, source: str) -> Contract:
     buckets = raw.get("subject_buckets", 1)
     if not isinstance(buckets, int) or not 1 <= buckets <= 64:
         raise _fail(source, "subject_buckets must be an integer from 1 to 64")
+    retention = raw.get("retention_days")
+    if retention is not None and (not isinstance(retention, int) or isinstance(retention, bool)
+                                  or retention < 1):
+        raise _fail(source, "retention_days must be a whole number of days, 1 or more")
+    qis = raw.get("quasi_identifiers")
+    if qis is not None:
+        if not isinstance(qis, list) or not all(isinstance(q, str) and q for q in qis) \
+                or len(set(qis)) != len(qis):
+            raise _fail(source, "quasi_identifiers must be a list of distinct column names")
+        unknown = sorted(set(qis) - set(outs))
+        if unknown:
+            raise _fail(source, f"quasi_identifiers {unknown} are not event-zone columns")
     return Contract(dataset=dataset, version=int(raw.get("version", 1)),
-                    partition_date_from=part, columns=columns, source=source, subject_buckets=buckets)
+                    partition_date_from=part, columns=columns, source=source, subject_buckets=buckets,
+                    retention_days=retention,
+                    declared_quasi_identifiers=tuple(qis) if qis is not None else None)
 
 
 def _search_dirs() -> list[Path]:

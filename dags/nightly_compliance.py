@@ -1,0 +1,90 @@
+"""
+### nightly_compliance
+
+Every night (and whenever triggered) proves the lake is lawful and writes the
+compliance report under `reports/compliance/` in the data root.
+
+1. `retention`: event-zone date partitions older than their dataset's
+   `retention_days` (contract; override with the `retention_days` param) are
+   deleted, except under a legal hold; each deletion is audited.
+2. `validate_zones`: every file of the event, restricted, PII and export zones
+   against its Great Expectations suite (Data Docs are written beside the report).
+3. `verify_erasures` (from the same reads), `requests` (overdue, due within 7
+   days), `audit_chain`, `k_anonymity` (flagged under the `k_anonymity_k` param).
+4. `report`: `report.json`, `report.html` (charts) and one summary line in XCom.
+5. `verdict`: fails when the report found a problem, so alerting fires.
+
+XCom carries counts and the summary line only. Logic: `include/pseudozone/compliance/`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, task
+
+DEFAULT_ARGS = {
+    "owner": "compliance",
+    "retries": 1,
+    "retry_delay": timedelta(minutes=5),
+}
+
+
+@dag(
+    dag_id="nightly_compliance",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["pseudozone", "compliance", "privacy"],
+    doc_md=__doc__,
+    params={
+        "k_anonymity_k": Param(5, type="integer", minimum=2,
+                               description="flag a tenant and dataset whose smallest group is below k"),
+        "retention_days": Param({}, type="object",
+                                description="per-dataset override of the contracts' retention_days"),
+    },
+)
+def nightly_compliance() -> None:
+    task_ids = {"retention": "retention", "validation": "validate_zones", "erasures": "verify_erasures",
+                "requests": "request_deadlines", "audit": "audit_chain", "k_anonymity": "k_anonymity"}
+
+    def step(name: str) -> Any:
+        @task(task_id=task_ids[name])
+        def run(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from pseudozone import tasks
+
+            assert run_id is not None  # injected by Airflow from the run's context
+            return tasks.nightly_step(name, run_id, dict(params or {}))
+
+        return run()
+
+    @task(trigger_rule="all_done")
+    def report(run_id: str | None = None) -> dict[str, Any]:
+        from pseudozone import tasks
+
+        assert run_id is not None
+        return tasks.nightly_report(run_id)
+
+    @task
+    def verdict(written: dict[str, Any]) -> str:
+        from pseudozone import tasks
+
+        return tasks.nightly_verdict(written)
+
+    retention, validation = step("retention"), step("validation")
+    erasures = step("erasures")
+    others = [step("requests"), step("audit"), step("k_anonymity")]
+    retention >> validation >> erasures
+    retention >> others
+    written = report()
+    [erasures, *others] >> written
+    verdict(written)  # type: ignore[arg-type]
+
+
+dag_obj = nightly_compliance()
+
+if __name__ == "__main__":
+    dag_obj.test()

@@ -1,0 +1,431 @@
+"""The nightly compliance run: each step a function the ``nightly_compliance`` DAG calls.
+
+Every step returns a JSON-safe section of the report (counts, ids, pseudonyms,
+paths; never a data value):
+
+- ``enforce_retention``: delete event-zone date partitions older than their
+  dataset's ``retention_days`` (kept under a legal hold), audited, index updated;
+- ``validate_zones``: every file of every zone against its Great Expectations suite,
+  several files per run (up to ``rows_per_run`` rows), so memory is bounded by that,
+  never by the zone; and, in the same read, every subject of a completed erasure;
+- ``verify_erasures``: every completed erasure again: the subject is in no zone file
+  and no index entry (bar data retained under a hold), its key is destroyed, and no
+  export archive of it is left;
+- ``deadlines``: requests by state and age, overdue and due within 7 days;
+- ``audit_chain``: the audit log's hash chain;
+- ``reidentification_risk``: k-anonymity per tenant and dataset (``kanon``).
+
+``write_report`` assembles them into ``reports/compliance/`` under the data root.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import time
+import zipfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sqlalchemy import select
+
+from pseudozone import contracts, state, zones
+from pseudozone.config import Settings
+from pseudozone.contracts import SUBJECT_COLUMN
+from pseudozone.rights import audit, requests, store
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_RUN = 2_000_000
+DUE_SOON_DAYS = 7
+OPEN_STATES = ("accepted", "in_progress", "failed")
+AGE_BUCKETS = ((0, 7, "0-7 days"), (8, 21, "8-21 days"), (22, 30, "22-30 days"), (31, None, "over 30 days"))
+
+
+def _now(now: dt.datetime | None) -> dt.datetime:
+    return now.astimezone(dt.UTC) if now is not None else dt.datetime.now(dt.UTC)
+
+
+def _tenant_dirs(root: Path) -> Iterator[tuple[str, str, Path]]:
+    """(dataset, tenant, directory) under a zone root laid out <dataset>/tenant_id=<t>/."""
+    if not root.exists():
+        return
+    for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for tenant_dir in sorted(dataset_dir.glob("tenant_id=*")):
+            yield dataset_dir.name, tenant_dir.name.removeprefix("tenant_id="), tenant_dir
+
+
+def _keys(settings: Settings, tenant: str) -> tuple[pa.Array, pa.Array]:
+    """(subjects with a live data key, subjects whose key is destroyed) of a tenant."""
+    with state.connect(settings) as conn:
+        rows = conn.execute("SELECT subject_id, wrapped_dek IS NULL FROM subject_keys WHERE tenant_id = ?",
+                            (tenant,)).fetchall()
+    live = sorted(r[0] for r in rows if not r[1])
+    dead = sorted(r[0] for r in rows if r[1])
+    return pa.array(live, pa.string()), pa.array(dead, pa.string())
+
+
+def _completed_erasures(settings: Settings) -> list[Any]:
+    with store.engine_for(settings).connect() as conn:
+        return list(conn.execute(select(store.requests).where(
+            store.requests.c.type == "erase", store.requests.c.state == "completed")
+            .order_by(store.requests.c.completed_at, store.requests.c.request_id)))
+
+
+# -- retention --------------------------------------------------------------------------------
+
+
+def retention_policies(overrides: dict[str, int] | None = None) -> dict[str, int]:
+    """Days to keep per dataset: the contracts' ``retention_days``, then ``overrides``."""
+    policies = {name: c.retention_days for name in sorted(contracts.available())
+                if (c := contracts.load(name)).retention_days is not None}
+    for name, days in (overrides or {}).items():
+        if name not in contracts.available():
+            raise ValueError(f"retention override for unknown dataset {name!r}")
+        if not isinstance(days, int) or days < 1:
+            raise ValueError(f"retention for {name!r} must be a whole number of days, 1 or more")
+        policies[name] = days
+    return policies
+
+
+def enforce_retention(settings: Settings, *, now: dt.datetime | None = None,
+                      overrides: dict[str, int] | None = None) -> dict[str, Any]:
+    """Delete expired date partitions of the event and restricted zones; audit each deletion.
+
+    A partition is expired when its date is before ``today - retention_days``.  A
+    tenant-wide or dataset-wide legal hold keeps all of a tenant's partitions; a
+    subject's hold keeps each partition holding that subject.  Files are deleted
+    first and the subject index follows, so the index never misses a file that
+    exists (a crash in between leaves entries for files that are gone, which rights
+    processing skips and the next run removes).
+    """
+    from pseudozone.rights.process import reindex
+
+    policies = retention_policies(overrides)
+    today = _now(now).date()
+    deleted: list[dict[str, Any]] = []
+    kept_for_hold: list[dict[str, Any]] = []
+    for zone_name, root in (("events", settings.event_zone), ("restricted", settings.restricted_zone)):
+        for dataset, tenant, tenant_dir in _tenant_dirs(root):
+            days = policies.get(dataset)
+            if days is None:
+                continue
+            cutoff = today - dt.timedelta(days=days)
+            expired = [p for p in sorted(tenant_dir.glob("date=*"))
+                       if _date(p.name) is not None and _date(p.name) < cutoff]  # type: ignore[operator]
+            if not expired:
+                continue
+            with store.engine_for(settings).connect() as conn:
+                holds = [h for h in _tenant_holds(conn, tenant) if h["dataset"] in (None, dataset)]
+            if any(h["subject_id"] is None for h in holds):
+                kept_for_hold += [{"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
+                                   "date": p.name.removeprefix("date="), "reason": "tenant-wide hold"}
+                                  for p in expired]
+                continue
+            held_subjects = pa.array(sorted({h["subject_id"] for h in holds}), pa.string())
+            for part in expired:
+                files = zones.parquet_files(part)
+                if len(held_subjects) and any(_holds_any(f, held_subjects) for f in files):
+                    kept_for_hold.append({"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
+                                          "date": part.name.removeprefix("date="), "reason": "subject hold"})
+                    continue
+                rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+                rels = [str(f.relative_to(settings.zones)) for f in files]
+                shutil.rmtree(part)
+                zones.fsync_dirs({tenant_dir})
+                reindex(settings, rels)
+                entry = {"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
+                         "date": part.name.removeprefix("date="), "files": len(files), "rows": rows,
+                         "retention_days": days}
+                with store.transaction(settings) as conn:
+                    audit.append(conn, "retention.deleted", actor="nightly_compliance", tenant_id=tenant,
+                                 details=entry)
+                log.info("retention: deleted %s/%s/tenant_id=%s/%s (%d files, %d rows, policy %d days)",
+                         zone_name, dataset, tenant, part.name, len(files), rows, days)
+                deleted.append(entry)
+    return {"policies": policies, "deleted": deleted, "kept_for_hold": kept_for_hold,
+            "today": today.isoformat()}
+
+
+def _date(name: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(name.removeprefix("date="))
+    except ValueError:
+        return None
+
+
+def _tenant_holds(conn: Any, tenant: str) -> list[dict[str, Any]]:
+    rows = conn.execute(select(store.legal_holds).where(store.legal_holds.c.tenant_id == tenant,
+                                                        store.legal_holds.c.released_at.is_(None)))
+    return [{"dataset": r.dataset, "subject_id": r.subject_id} for r in rows]
+
+
+def _holds_any(path: Path, subjects: pa.Array) -> bool:
+    col = pq.read_table(path, columns=[SUBJECT_COLUMN])[SUBJECT_COLUMN]
+    return bool(pc.any(pc.fill_null(pc.is_in(col, value_set=subjects), False)).as_py())
+
+
+# -- zone validation ------------------------------------------------------------------------
+
+
+def _chunks(files: list[Path], rows_per_run: int) -> Iterator[list[Path]]:
+    chunk: list[Path] = []
+    rows = 0
+    for f in files:
+        n = pq.ParquetFile(f).metadata.num_rows
+        if chunk and rows + n > rows_per_run:
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append(f)
+        rows += n
+    if chunk:
+        yield chunk
+
+
+def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
+                   data_docs: Path | None = None) -> dict[str, Any]:
+    """Validate every file of the event, restricted, PII and export zones.
+
+    Also records, for every subject of a completed erasure, the files still holding
+    it (``erased_found``), from the same reads.  With ``data_docs``, Great
+    Expectations Data Docs of this run are built there.
+    """
+    from pseudozone.validation.expectations import registered
+    from pseudozone.validation.suites import Validator
+
+    started = time.perf_counter()
+    validator = Validator()
+    erasures = _completed_erasures(settings)
+    erased_by_tenant: dict[str, set[str]] = defaultdict(set)
+    for row in erasures:
+        erased_by_tenant[row.tenant_id].add(row.subject_id)
+    sections: list[dict[str, Any]] = []
+    erased_found: dict[str, list[str]] = defaultdict(list)
+    for zone_name, root in (("events", settings.event_zone), ("restricted", settings.restricted_zone),
+                            ("pii", settings.pii_zone)):
+        for dataset, tenant, tenant_dir in _tenant_dirs(root):
+            section: dict[str, Any] = {"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
+                                       "files": 0, "rows": 0, "success": True, "failures": []}
+            sections.append(section)
+            if dataset not in contracts.available():
+                section.update(success=False, failures=[{
+                    "file": str(tenant_dir.relative_to(settings.zones)), "expectation": "known_dataset",
+                    "column": None, "kind": None, "unexpected_count": None, "rows": []}])
+                continue
+            contract = contracts.load(dataset)
+            live, dead = _keys(settings, tenant)
+            restricted = pa.array(sorted(requests.restricted_subjects(settings, tenant)), pa.string())
+            erased = pa.array(sorted(erased_by_tenant.get(tenant, set())), pa.string())
+            with ExitStack() as stack:
+                forbidden = stack.enter_context(registered(pc.unique(pa.concat_arrays([dead, restricted]))))
+                allowed = stack.enter_context(registered(restricted))
+                live_ref = stack.enter_context(registered(live))
+                key, make = _suite(zone_name, contract, forbidden=forbidden, allowed=allowed, live=live_ref)
+                for chunk in _chunks(zones.parquet_files(tenant_dir), rows_per_run):
+                    tables = [(str(f.relative_to(settings.zones)), pq.read_table(f)) for f in chunk]
+                    report = validator.validate(tables, zone=zone_name, dataset=dataset, key=key,
+                                                expectations=make)
+                    section["files"] += report.files
+                    section["rows"] += report.rows
+                    section["success"] = section["success"] and report.success
+                    section["failures"] += [f.__dict__ for f in report.failures]
+                    if len(erased):
+                        for rel, table in tables:
+                            if SUBJECT_COLUMN not in table.column_names:
+                                continue
+                            col = table[SUBJECT_COLUMN]
+                            for s in pc.unique(col.filter(pc.fill_null(pc.is_in(col, value_set=erased),
+                                                                        False))).to_pylist():
+                                erased_found[f"{tenant}/{s}"].append(rel)
+    sections += _validate_exports(settings, validator)
+    docs = None
+    if data_docs is not None:
+        docs = _build_data_docs(validator, data_docs)
+    files = sum(s["files"] for s in sections)
+    return {"success": all(s["success"] for s in sections), "files": files,
+            "rows": sum(s["rows"] for s in sections),
+            "failed_files": len({f["file"] for s in sections for f in s["failures"]}),
+            "seconds": round(time.perf_counter() - started, 3),
+            "data_docs": str(docs.relative_to(settings.root)) if docs is not None else None,
+            "zones": sections, "erased_found": dict(erased_found)}
+
+
+def _suite(zone: str, contract: contracts.Contract, *, forbidden: str, allowed: str,
+           live: str) -> tuple[str, Callable[[], list[Any]]]:
+    """(suite key, suite builder) of a zone; the key names the registered sets it checks against."""
+    from pseudozone.validation.suites import event_suite, pii_suite, restricted_suite
+
+    version = f"{contract.dataset}:v{contract.version}"
+    if zone == "events":
+        return (f"nightly:events:{version}:{forbidden}",
+                partial(event_suite, contract, forbidden_ref=forbidden))
+    if zone == "restricted":
+        return (f"nightly:restricted:{version}:{allowed}",
+                partial(restricted_suite, contract, allowed_ref=allowed))
+    return f"nightly:pii:{version}:{live}", partial(pii_suite, contract, live_ref=live)
+
+
+def _validate_exports(settings: Settings, validator: Any) -> list[dict[str, Any]]:
+    """Each export archive holds only its request's subject (every dataset file in it)."""
+    from pseudozone.validation.expectations import registered
+    from pseudozone.validation.suites import export_suite
+
+    sections: list[dict[str, Any]] = []
+    if not settings.exports.exists():
+        return sections
+    with store.engine_for(settings).connect() as conn:
+        subject_of = {r.request_id: (r.tenant_id, r.subject_id) for r in conn.execute(
+            select(store.requests.c.request_id, store.requests.c.tenant_id, store.requests.c.subject_id)
+            .where(store.requests.c.type == "export"))}
+    by_tenant: dict[str, list[Path]] = defaultdict(list)
+    for archive in sorted(settings.exports.glob("*/*.zip")):
+        by_tenant[archive.parent.name].append(archive)
+    for tenant, archives in sorted(by_tenant.items()):
+        section: dict[str, Any] = {"zone": "exports", "dataset": "*", "tenant_id": tenant, "files": 0,
+                                   "rows": 0, "success": True, "failures": []}
+        sections.append(section)
+        for archive in archives:
+            rel = str(archive.relative_to(settings.zones))
+            section["files"] += 1
+            owner = subject_of.get(archive.stem)
+            if owner is None or owner[0] != tenant:
+                section["success"] = False
+                section["failures"].append({"file": rel, "expectation": "archive_of_a_known_request",
+                                            "column": None, "kind": None, "unexpected_count": None,
+                                            "rows": []})
+                continue
+            table = _archive_subjects(archive)
+            section["rows"] += table.num_rows
+            with registered(pa.array([owner[1]], pa.string())) as ref:
+                report = validator.validate([(rel, table)], zone="exports", dataset="*",
+                                            key=f"nightly:exports:{ref}",
+                                            expectations=lambda ref=ref: export_suite(subject_ref=ref))
+            section["success"] = section["success"] and report.success
+            section["failures"] += [f.__dict__ for f in report.failures]
+    return sections
+
+
+def _archive_subjects(archive: Path) -> pa.Table:
+    """The subject_id of every record in an export archive's dataset files."""
+    subjects: list[str | None] = []
+    with zipfile.ZipFile(archive) as zf:
+        for name in sorted(zf.namelist()):
+            if not name.endswith(".json") or name in ("manifest.json",):
+                continue
+            records = json.loads(zf.read(name))
+            if isinstance(records, list):
+                subjects += [r.get(SUBJECT_COLUMN) if isinstance(r, dict) else None for r in records]
+    return pa.table({SUBJECT_COLUMN: pa.array(subjects, pa.string())})
+
+
+def _build_data_docs(validator: Any, target: Path) -> Path:
+    """Great Expectations Data Docs of the validator's results, in ``target`` only."""
+    target.mkdir(parents=True, exist_ok=True)
+    ctx = validator.context
+    ctx.add_data_docs_site("pseudozone", {
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(target)},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
+    ctx.build_data_docs(site_names=["pseudozone"])
+    return target / "index.html"
+
+
+# -- erasures, deadlines, audit --------------------------------------------------------------
+
+
+def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> dict[str, Any]:
+    """Re-verify every completed erasure; ``erased_found`` comes from ``validate_zones``."""
+    incomplete: list[dict[str, Any]] = []
+    rows = _completed_erasures(settings)
+    exports = _export_archives(settings)
+    for row in rows:
+        tenant, subject = row.tenant_id, row.subject_id
+        outcome = json.loads(row.outcome or "{}")
+        retained = {r["dataset"] for r in outcome.get("retained", [])}
+        problems: list[str] = []
+        files = [f for f in erased_found.get(f"{tenant}/{subject}", [])
+                 if "*" not in retained and f.split("/")[1] not in retained]
+        if files:
+            problems.append(f"the subject's rows are still in {len(files)} file(s): "
+                            + ", ".join(sorted(files)))
+        indexed = _indexed(settings, tenant, subject, retained)
+        if indexed:
+            problems.append(f"the subject index still lists {len(indexed)} file(s) for the subject")
+        if outcome.get("key_destroyed", True):
+            _, dead = _keys(settings, tenant)
+            if subject not in set(dead.to_pylist()):
+                problems.append("the subject's data key is not destroyed")
+        left = [a for a in exports.get((tenant, subject), []) if a.exists()]
+        if left:
+            problems.append(f"{len(left)} export archive(s) of the subject are still stored")
+        if problems:
+            incomplete.append({"request_id": row.request_id, "tenant_id": tenant, "subject": subject,
+                               "problems": problems})
+    return {"checked": len(rows), "incomplete": incomplete}
+
+
+def _indexed(settings: Settings, tenant: str, subject: str, retained: set[str]) -> list[str]:
+    from pseudozone.rights.process import index_lookup
+
+    found = index_lookup(settings, tenant, {subject})
+    return [p for p, d in zip(found["path"].to_pylist(), found["dataset"].to_pylist(), strict=True)
+            if "*" not in retained and d not in retained]
+
+
+def _export_archives(settings: Settings) -> dict[tuple[str, str], list[Path]]:
+    out: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    with store.engine_for(settings).connect() as conn:
+        for r in conn.execute(select(store.requests.c.request_id, store.requests.c.tenant_id,
+                                     store.requests.c.subject_id).where(store.requests.c.type == "export")):
+            out[(r.tenant_id, r.subject_id)].append(settings.exports / r.tenant_id / f"{r.request_id}.zip")
+    return out
+
+
+def deadlines(settings: Settings, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Requests by state; open ones by age; overdue and due within 7 days."""
+    current = _now(now)
+    by_state: dict[str, int] = defaultdict(int)
+    ages = {label: 0 for _, _, label in AGE_BUCKETS}
+    overdue: list[dict[str, Any]] = []
+    due_soon: list[dict[str, Any]] = []
+    with store.engine_for(settings).connect() as conn:
+        rows = list(conn.execute(select(store.requests).order_by(store.requests.c.due_at,
+                                                                 store.requests.c.request_id)))
+    for row in rows:
+        by_state[row.state] += 1
+        if row.state not in OPEN_STATES:
+            continue
+        received, due = store.as_utc(row.received_at), store.as_utc(row.due_at)
+        assert received is not None and due is not None
+        age = max(0, (current - received).days)  # a clock behind the ledger counts as new
+        ages[next(label for lo, hi, label in AGE_BUCKETS if age >= lo and (hi is None or age <= hi))] += 1
+        item = {"request_id": row.request_id, "tenant_id": row.tenant_id, "type": row.type,
+                "state": row.state, "received_at": received.isoformat(), "due_at": due.isoformat()}
+        if due < current:
+            overdue.append({**item, "days": (current - due).days})
+        elif due <= current + dt.timedelta(days=DUE_SOON_DAYS):
+            due_soon.append({**item, "days": (due - current).days})
+    return {"open": sum(ages.values()), "by_state": dict(sorted(by_state.items())),
+            "by_age": [{"bucket": label, "count": ages[label]} for _, _, label in AGE_BUCKETS],
+            "overdue": overdue, "due_soon": due_soon}
+
+
+def audit_chain(settings: Settings) -> dict[str, Any]:
+    result = audit.verify(settings)
+    problem = None if result.ok else f"entry {result.first_bad_seq}: {result.problem}"
+    return {"ok": result.ok, "entries": result.entries, "problem": problem}
+
+
+def reidentification_risk(settings: Settings, *, k: int = 5) -> dict[str, Any]:
+    from pseudozone.compliance.kanon import k_anonymity
+
+    return {"k": k, "results": [r.to_dict() for r in k_anonymity(settings, k=k)]}

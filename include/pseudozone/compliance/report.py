@@ -1,0 +1,171 @@
+"""Run the nightly steps, keep their sections, and write the compliance report.
+
+Layout under the data root::
+
+    reports/compliance/runs/<run>/<step>.json     each step's section, as it finished
+    reports/compliance/runs/<run>/report.json     the whole report
+    reports/compliance/runs/<run>/report.html     the same for people, with charts
+    reports/compliance/runs/<run>/data_docs/      Great Expectations Data Docs of the run
+    reports/compliance/latest.json                the latest report
+    reports/compliance/history.jsonl              one line per run (validation over time)
+
+The DAG runs each step as a task that writes its section here and hands Airflow
+only counts; ``write_report`` assembles the sections.  ``run_nightly`` does the
+same in one process (``pseudozone compliance run``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pseudozone import zones
+from pseudozone.compliance import html, nightly
+from pseudozone.config import Settings
+from pseudozone.errors import PseudozoneError
+
+STEPS = ("retention", "validation", "erasures", "requests", "audit", "k_anonymity")
+HISTORY_KEPT = 30
+
+
+def run_dir(settings: Settings, run_id: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", run_id)[:120] or "run"
+    return settings.reports / "runs" / safe
+
+
+def save_section(settings: Settings, run_id: str, step: str, section: dict[str, Any]) -> Path:
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}; expected one of {STEPS}")
+    return zones.write_json(section, run_dir(settings, run_id) / f"{step}.json")
+
+
+def load_section(settings: Settings, run_id: str, step: str) -> dict[str, Any] | None:
+    path = run_dir(settings, run_id) / f"{step}.json"
+    if not path.exists():
+        return None
+    section: dict[str, Any] = json.loads(path.read_text())
+    return section
+
+
+def run_step(settings: Settings, run_id: str, step: str, *, now: dt.datetime | None = None, k: int = 5,
+             retention_overrides: dict[str, int] | None = None,
+             rows_per_run: int = nightly.ROWS_PER_RUN) -> dict[str, Any]:
+    """Run one nightly step, save its section; returns the section."""
+    if step == "retention":
+        section = nightly.enforce_retention(settings, now=now, overrides=retention_overrides)
+    elif step == "validation":
+        section = nightly.validate_zones(settings, rows_per_run=rows_per_run,
+                                         data_docs=run_dir(settings, run_id) / "data_docs")
+    elif step == "erasures":
+        validation = load_section(settings, run_id, "validation")
+        if validation is None:
+            raise PseudozoneError("erasures are verified from the validation step's reads; run it first")
+        section = nightly.verify_erasures(settings, validation.get("erased_found", {}))
+    elif step == "requests":
+        section = nightly.deadlines(settings, now=now)
+    elif step == "audit":
+        section = nightly.audit_chain(settings)
+    elif step == "k_anonymity":
+        section = nightly.reidentification_risk(settings, k=k)
+    else:
+        raise ValueError(f"unknown step {step!r}; expected one of {STEPS}")
+    save_section(settings, run_id, step, section)
+    return section
+
+
+def assemble(settings: Settings, run_id: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The report from the saved sections: status, summary line, problems, history."""
+    sections = {step: load_section(settings, run_id, step) for step in STEPS}
+    problems: list[str] = []
+    warnings: list[str] = []
+    missing = [s for s, v in sections.items() if v is None]
+    if missing:
+        problems.append(f"step(s) did not finish: {', '.join(missing)}")
+    validation = sections["validation"] or {}
+    erasures = sections["erasures"] or {}
+    reqs = sections["requests"] or {}
+    audit_section = sections["audit"] or {}
+    retention = sections["retention"] or {}
+    kanon = sections["k_anonymity"] or {}
+    failed_sections = [z for z in validation.get("zones", []) if not z.get("success")]
+    if failed_sections:
+        problems.append(f"{validation.get('failed_files', 0)} file(s) failed validation in "
+                        + ", ".join(sorted({f"{z['zone']}/{z['dataset']}/{z['tenant_id']}"
+                                            for z in failed_sections})))
+    incomplete = erasures.get("incomplete", [])
+    if incomplete:
+        problems.append(f"{len(incomplete)} completed erasure(s) are not complete: "
+                        + ", ".join(e["request_id"] for e in incomplete))
+    overdue = reqs.get("overdue", [])
+    if overdue:
+        problems.append(f"{len(overdue)} request(s) are overdue: "
+                        + ", ".join(r["request_id"] for r in overdue))
+    if audit_section and not audit_section.get("ok"):
+        problems.append(f"the audit log chain is broken ({audit_section.get('problem')})")
+    flagged = [r for r in kanon.get("results", []) if r.get("flagged")]
+    if flagged:
+        warnings.append(f"k-anonymity below k={kanon.get('k')} in "
+                        + ", ".join(f"{r['dataset']}/{r['tenant_id']}" for r in flagged))
+    status = "fail" if problems else "pass"
+    summary = (f"{status.upper()}: {validation.get('files', 0)} file(s), {validation.get('rows', 0)} row(s)"
+               f" validated, {validation.get('failed_files', 0)} failed; erasures"
+               f" {erasures.get('checked', 0) - len(incomplete)}/{erasures.get('checked', 0)} verified;"
+               f" requests {len(overdue)} overdue, {len(reqs.get('due_soon', []))} due within 7 days;"
+               f" audit chain {'ok' if audit_section.get('ok') else 'BROKEN'};"
+               f" retention deleted {len(retention.get('deleted', []))} partition(s);"
+               f" k-anonymity {len(flagged)} flagged")
+    generated = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="seconds")
+    entry = {"generated_at": generated, "run_id": run_id, "status": status,
+             "files": validation.get("files", 0), "failed_files": validation.get("failed_files", 0),
+             "rows": validation.get("rows", 0)}
+    earlier = [h for h in _history(settings) if h.get("run_id") != run_id]
+    history = [*earlier[-(HISTORY_KEPT - 1):], entry]
+    shown_validation = {k: v for k, v in validation.items() if k != "erased_found"}
+    return {"generated_at": generated, "run_id": run_id, "status": status, "summary": summary,
+            "problems": problems + [f"Warning: {w}" for w in warnings], "validation": shown_validation,
+            "erasures": erasures, "requests": reqs, "audit": audit_section, "retention": retention,
+            "k_anonymity": kanon, "history": history}
+
+
+def _history(settings: Settings) -> list[dict[str, Any]]:
+    path = settings.reports / "history.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_report(settings: Settings, run_id: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Assemble and write report.json, report.html, latest.json and the history line."""
+    report = assemble(settings, run_id, now=now)
+    target = run_dir(settings, run_id)
+    zones.write_json(report, target / "report.json")
+    page = html.render(report)
+    zones.write_bytes(page.encode("utf-8"), target / "report.html")
+    zones.write_json(report, settings.reports / "latest.json")
+    lines = [h for h in _history(settings) if h.get("run_id") != run_id] + [report["history"][-1]]
+    zones.write_bytes("".join(json.dumps(h, sort_keys=True) + "\n" for h in lines).encode(),
+                      settings.reports / "history.jsonl")
+    return {"status": report["status"], "summary": report["summary"],
+            "json": str((target / "report.json").relative_to(settings.root)),
+            "html": str((target / "report.html").relative_to(settings.root))}
+
+
+def latest(settings: Settings) -> dict[str, Any] | None:
+    path = settings.reports / "latest.json"
+    if not path.exists():
+        return None
+    report: dict[str, Any] = json.loads(path.read_text())
+    return report
+
+
+def run_nightly(settings: Settings, run_id: str, *, now: dt.datetime | None = None, k: int = 5,
+                retention_overrides: dict[str, int] | None = None,
+                rows_per_run: int = nightly.ROWS_PER_RUN) -> dict[str, Any]:
+    """Every step in order, in this process, then the report (what the DAG does, without Airflow)."""
+    for step in STEPS:
+        run_step(settings, run_id, step, now=now, k=k, retention_overrides=retention_overrides,
+                 rows_per_run=rows_per_run)
+    return write_report(settings, run_id, now=now)
