@@ -26,7 +26,7 @@ from airflow.sdk import Param, dag, task
 
 DEFAULT_ARGS = {
     "owner": "compliance",
-    "retries": 1,
+    "retries": 2,
     "retry_delay": timedelta(minutes=5),
 }
 

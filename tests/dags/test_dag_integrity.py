@@ -75,6 +75,17 @@ def test_process_rights_requests_shape(dagbag) -> None:  # type: ignore[no-untyp
     assert "rewrite_group" in dag.get_task("export").upstream_task_ids
 
 
+def test_nightly_compliance_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.get_dag("nightly_compliance")
+    assert dag.schedule == "@daily" and dag.max_active_runs == 1 and not dag.catchup
+    assert set(dag.params.keys()) == {"k_anonymity_k", "retention_days"}
+    assert dag.get_task("validate_zones").upstream_task_ids == {"retention"}
+    assert dag.get_task("verify_erasures").upstream_task_ids == {"validate_zones"}
+    # the report is written whatever a step did; the verdict then fails the run if needed
+    assert dag.get_task("report").trigger_rule == "all_done"
+    assert dag.get_task("verdict").upstream_task_ids == {"report"}
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "plugins").glob("*.py")), ids=lambda p: p.name)
 def test_loading_a_plugin_loads_no_heavy_module(path: Path) -> None:
     # plugins load in every Airflow component: no heavy package that Airflow has not loaded itself
