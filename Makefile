@@ -60,6 +60,7 @@ test: lint
 bench: install
 	$(BIN)/python bench/bench_ingest.py --events $(BENCH_EVENTS)
 	$(BIN)/python bench/bench_rights.py --events $(BENCH_EVENTS)
+	$(BIN)/python bench/bench_validation.py --events $(BENCH_EVENTS)
 
 clean:
 	rm -rf $(CURDIR)/data $(CURDIR)/.airflow bench/out

@@ -210,3 +210,32 @@ def test_a_rewrite_that_would_keep_an_erased_subject_publishes_nothing(
     monkeypatch.undo()
     summary = process.process_all(published, "run-gate-2", keyring=ring)
     assert summary["completed"] == {"erase": 1}
+
+
+def test_several_files_at_once_and_a_metric_error_fails_closed_without_its_message(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    profiles = contracts.load("profiles")
+    row = planted.profiles()
+    ring = KeyRing(TEST_MASTER_KEY)
+    event = ingest.build_event_table(row, profiles, ring, planted.TENANT)
+    event = ingest._plain_take(event, pa.array([0]))
+    other = event.set_column(event.column_names.index("attributes_json"), "attributes_json",
+                             pa.array([f'{{"note": "ask {planted.NAME.upper()}"}}']))
+    known = KnownValues([planted.NAME])
+    with pytest.raises(gate.ValidationFailed) as caught:
+        gate.check(profiles, events=[("a.parquet", event), ("b.parquet", other)], known=known)
+    [failure] = caught.value.reports[0].failures
+    assert (failure.file, failure.rows, failure.column) == ("b.parquet", [0], "attributes_json")
+
+    def broken(self: KnownValues, values: pa.Array) -> pa.Array:
+        raise ValueError(f"cannot parse {planted.EMAIL}")
+
+    monkeypatch.setattr(KnownValues, "found_in", broken)
+    with pytest.raises(gate.ValidationFailed) as caught:
+        gate.check(profiles, events=[("a.parquet", event)], known=known)
+    kinds = {f.kind for f in caught.value.reports[0].failures}
+    assert kinds == {"error:ValueError"}
+    assert planted.find_needles(json.dumps(caught.value.to_reason())) == []
+    results = gate.validator().context.validation_results_store
+    stored = json.dumps([str(results.get(k)) for k in results.list_keys()])
+    assert planted.find_needles(stored) == []

@@ -15,9 +15,10 @@ exclusion.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,6 +43,7 @@ from pseudozone.validation.known import KnownValues  # noqa: E402
 logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
 SAFE_RESULT_FORMAT: dict[str, Any] = {"result_format": "COMPLETE", "exclude_unexpected_values": True}
+ERROR_PREFIX = "pseudozone metric error: "
 
 
 _REGISTRY: dict[str, Any] = {}
@@ -72,10 +74,28 @@ def _lookup(ref: str) -> Any:
 
 
 def _arrow(column: pd.Series) -> pa.Array:
+    # a Series backed by a chunked Arrow array (several files validated together) comes
+    # back chunked: one contiguous array for the kernels below
     arr = pa.array(column, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
     return arr
+
+
+def _safe(fn: Callable[..., pd.Series]) -> Callable[..., pd.Series]:
+    """Re-raise a metric's error by type only: GX stores the message in its results, and a
+    library's message may quote a value."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> pd.Series:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised without its text
+            raise RuntimeError(f"{ERROR_PREFIX}{type(exc).__name__} in {fn.__qualname__}") from None
+
+    return wrapper
 
 
 def _series(mask: pa.Array | np.ndarray, column: pd.Series) -> pd.Series:
@@ -90,6 +110,7 @@ class ColumnValuesFreeOfPii(ColumnMapMetricProvider):
     condition_value_keys = ("kinds",)
 
     @column_condition_partial(engine=PandasExecutionEngine)
+    @_safe
     def _pandas(cls, column: pd.Series, kinds: list[str], **kwargs: Any) -> pd.Series:
         found = detect.any_of(_arrow(column), kinds)
         return _series(pc.invert(found), column)
@@ -110,6 +131,7 @@ class ColumnValuesInRegisteredSet(ColumnMapMetricProvider):
     condition_value_keys = ("set_ref", "absent")
 
     @column_condition_partial(engine=PandasExecutionEngine)
+    @_safe
     def _pandas(cls, column: pd.Series, set_ref: str, absent: bool, **kwargs: Any) -> pd.Series:
         arr = _arrow(column)
         member = pc.is_in(arr, value_set=_lookup(set_ref))
@@ -133,6 +155,7 @@ class ColumnValuesFreeOfKnownValues(ColumnMapMetricProvider):
     condition_value_keys = ("known_ref",)
 
     @column_condition_partial(engine=PandasExecutionEngine)
+    @_safe
     def _pandas(cls, column: pd.Series, known_ref: str, **kwargs: Any) -> pd.Series:
         known: KnownValues = _lookup(known_ref)
         return _series(pc.invert(known.found_in(_arrow(column))), column)
@@ -153,6 +176,7 @@ class ColumnValuesCiphertext(ColumnMapMetricProvider):
     condition_value_keys = ()
 
     @column_condition_partial(engine=PandasExecutionEngine)
+    @_safe
     def _pandas(cls, column: pd.Series, **kwargs: Any) -> pd.Series:
         return _series(detect.ciphertext_like(_arrow(column)), column)
 
@@ -171,6 +195,7 @@ class ColumnValuesMatchPattern(ColumnMapMetricProvider):
     condition_value_keys = ("pattern",)
 
     @column_condition_partial(engine=PandasExecutionEngine)
+    @_safe
     def _pandas(cls, column: pd.Series, pattern: str, **kwargs: Any) -> pd.Series:
         arr = _arrow(column)
         if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):

@@ -31,6 +31,8 @@ MAX_WORDS = 8          # longer values are searched for by their first MAX_WORDS
 
 def tokens(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(words, row of each word) of a string array: lower-cased runs of letters and digits."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
     if pa.types.is_dictionary(values.type):
         values = values.cast(values.type.value_type)
     if not pa.types.is_string(values.type):

@@ -37,6 +37,7 @@ import pyarrow as pa
 from pseudozone.contracts import SUBJECT_COLUMN, Contract
 from pseudozone.validation import detect
 from pseudozone.validation.expectations import (
+    ERROR_PREFIX,
     SAFE_RESULT_FORMAT,
     ExpectColumnValuesToBeCiphertext,
     ExpectColumnValuesToBeFreeOfKnownValues,
@@ -194,6 +195,18 @@ class Validator:
                       success=success, evaluated=evaluated, failures=failures)
 
 
+def _error(result: Any) -> str | None:
+    info = result.exception_info or {}
+    entries = info.values() if all(isinstance(v, dict) for v in info.values()) else [info]
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("raised_exception"):
+            message = str(entry.get("exception_message") or "")
+            if message.startswith(ERROR_PREFIX):
+                return "error:" + message.removeprefix(ERROR_PREFIX).split(" ", 1)[0]
+            return "error"
+    return None
+
+
 def _failures(result: Any, table: pa.Table, names: list[str], offsets: np.ndarray) -> list[Failure]:
     """One failure per file (and, for PII forms, per form found) with file-local row positions."""
     config = result.expectation_config
@@ -203,6 +216,11 @@ def _failures(result: Any, table: pa.Table, names: list[str], offsets: np.ndarra
                        and not isinstance(r, bool)], dtype=np.int64)
     base = Failure(expectation=config.type, column=column, kind=None,
                    unexpected_count=detail.get("unexpected_count"))
+    error = _error(result)
+    if error is not None:
+        # the expectation could not be evaluated: a failure too (fail closed), named by
+        # the exception's type only (its message might quote data)
+        return [Failure(**{**asdict(base), "kind": error, "file": names[0] if len(names) == 1 else None})]
     if len(rows) == 0:
         return [Failure(**{**asdict(base), "file": names[0] if len(names) == 1 else None})]
     per_kind: list[tuple[str | None, np.ndarray]] = [(None, rows)]
