@@ -28,6 +28,7 @@ import time
 import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -204,48 +205,65 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
 
     started = time.perf_counter()
     validator = Validator()
-    erasures = _completed_erasures(settings)
     erased_by_tenant: dict[str, set[str]] = defaultdict(set)
-    for row in erasures:
+    for row in _completed_erasures(settings):
         erased_by_tenant[row.tenant_id].add(row.subject_id)
     sections: list[dict[str, Any]] = []
     erased_found: dict[str, list[str]] = defaultdict(list)
-    for zone_name, root in (("events", settings.event_zone), ("restricted", settings.restricted_zone),
-                            ("pii", settings.pii_zone)):
-        for dataset, tenant, tenant_dir in _tenant_dirs(root):
-            section: dict[str, Any] = {"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
-                                       "files": 0, "rows": 0, "success": True, "failures": []}
-            sections.append(section)
-            if dataset not in contracts.available():
-                section.update(success=False, failures=[{
-                    "file": str(tenant_dir.relative_to(settings.zones)), "expectation": "known_dataset",
-                    "column": None, "kind": None, "unexpected_count": None, "rows": []}])
-                continue
-            contract = contracts.load(dataset)
-            live, dead = _keys(settings, tenant)
-            restricted = pa.array(sorted(requests.restricted_subjects(settings, tenant)), pa.string())
-            erased = pa.array(sorted(erased_by_tenant.get(tenant, set())), pa.string())
-            with ExitStack() as stack:
-                forbidden = stack.enter_context(registered(pc.unique(pa.concat_arrays([dead, restricted]))))
-                allowed = stack.enter_context(registered(restricted))
-                live_ref = stack.enter_context(registered(live))
-                key, make = _suite(zone_name, contract, forbidden=forbidden, allowed=allowed, live=live_ref)
-                for chunk in _chunks(zones.parquet_files(tenant_dir), rows_per_run):
-                    tables = [(str(f.relative_to(settings.zones)), pq.read_table(f)) for f in chunk]
-                    report = validator.validate(tables, zone=zone_name, dataset=dataset, key=key,
-                                                expectations=make)
-                    section["files"] += report.files
-                    section["rows"] += report.rows
-                    section["success"] = section["success"] and report.success
-                    section["failures"] += [f.__dict__ for f in report.failures]
-                    if len(erased):
-                        for rel, table in tables:
-                            if SUBJECT_COLUMN not in table.column_names:
-                                continue
-                            col = table[SUBJECT_COLUMN]
-                            for s in pc.unique(col.filter(pc.fill_null(pc.is_in(col, value_set=erased),
-                                                                        False))).to_pylist():
-                                erased_found[f"{tenant}/{s}"].append(rel)
+    # (section, suite key, suite builder, erased subjects, files) per run, in zone order
+    work: list[tuple[dict[str, Any], str, Callable[[], list[Any]], pa.Array, list[Path]]] = []
+    with ExitStack() as stack:
+        refs: dict[str, tuple[str, str, str]] = {}
+        for zone_name, root in (("events", settings.event_zone), ("restricted", settings.restricted_zone),
+                                ("pii", settings.pii_zone)):
+            for dataset, tenant, tenant_dir in _tenant_dirs(root):
+                section: dict[str, Any] = {"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
+                                           "files": 0, "rows": 0, "success": True, "failures": []}
+                sections.append(section)
+                if dataset not in contracts.available():
+                    section.update(success=False, failures=[{
+                        "file": str(tenant_dir.relative_to(settings.zones)), "expectation": "known_dataset",
+                        "column": None, "kind": None, "unexpected_count": None, "rows": []}])
+                    continue
+                if tenant not in refs:
+                    live, dead = _keys(settings, tenant)
+                    restricted = pa.array(sorted(requests.restricted_subjects(settings, tenant)), pa.string())
+                    forbidden_set = pc.unique(pa.concat_arrays([dead, restricted]))
+                    refs[tenant] = (stack.enter_context(registered(forbidden_set)),
+                                    stack.enter_context(registered(restricted)),
+                                    stack.enter_context(registered(live)))
+                forbidden, allowed, live_ref = refs[tenant]
+                key, make = _suite(zone_name, contracts.load(dataset), forbidden=forbidden, allowed=allowed,
+                                   live=live_ref)
+                erased = pa.array(sorted(erased_by_tenant.get(tenant, set())), pa.string())
+                work += [(section, key, make, erased, chunk)
+                         for chunk in _chunks(zones.parquet_files(tenant_dir), rows_per_run)]
+
+        def read(files: list[Path]) -> list[tuple[str, pa.Table]]:
+            return [(str(f.relative_to(settings.zones)), pq.read_table(f)) for f in files]
+
+        # the next run's files are read (Arrow, outside the GIL) while GX validates this one
+        with ThreadPoolExecutor(1, thread_name_prefix="pseudozone-read") as reader:
+            upcoming = reader.submit(read, work[0][4]) if work else None
+            for i, (section, key, make, erased, _) in enumerate(work):
+                assert upcoming is not None
+                tables = upcoming.result()
+                upcoming = reader.submit(read, work[i + 1][4]) if i + 1 < len(work) else None
+                report = validator.validate(tables, zone=section["zone"], dataset=section["dataset"], key=key,
+                                            expectations=make)
+                section["files"] += report.files
+                section["rows"] += report.rows
+                section["success"] = section["success"] and report.success
+                section["failures"] += [f.__dict__ for f in report.failures]
+                if len(erased):
+                    for rel, table in tables:
+                        if SUBJECT_COLUMN not in table.column_names:
+                            continue
+                        col = table[SUBJECT_COLUMN]
+                        hit = col.filter(pc.fill_null(pc.is_in(col, value_set=erased), False))
+                        for subject in pc.unique(hit).to_pylist():
+                            erased_found[f"{section['tenant_id']}/{subject}"].append(rel)
+                del tables
     sections += _validate_exports(settings, validator)
     docs = None
     if data_docs is not None:
