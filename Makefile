@@ -46,6 +46,11 @@ demo: install
 	$(BIN)/pseudozone query "SELECT tenant_id, event_name, count(*) AS events, \
 		count(DISTINCT subject_id) AS subjects, count(DISTINCT ip_prefix) AS networks \
 		FROM events GROUP BY ALL ORDER BY tenant_id, events DESC LIMIT 9"
+	@echo
+	@echo "airflow dags test nightly_compliance (log: .airflow/demo-nightly.log)"
+	@$(AIRFLOW_ENV) $(BIN)/airflow dags test nightly_compliance > $(CURDIR)/.airflow/demo-nightly.log 2>&1 \
+		|| { tail -50 $(CURDIR)/.airflow/demo-nightly.log; exit 1; }
+	$(BIN)/pseudozone report
 
 lint: install
 	$(BIN)/ruff check .

@@ -339,8 +339,11 @@ def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.
     """Validate the batch's outputs before any is staged; quarantined by the caller on failure."""
     mask = in_restricted.to_numpy(zero_copy_only=False)
     ev_rows, rs_rows = np.flatnonzero(~mask), np.flatnonzero(mask)
-    events = [(EVENT_ZONE, _plain_take(event, pa.array(ev_rows)))] if len(ev_rows) else []
-    held = [(RESTRICTED_ZONE, _plain_take(event, pa.array(rs_rows)))] if len(rs_rows) else []
+    # validated as built (pseudonym columns still dictionary-encoded: the checks run on
+    # their distinct values); the files written from it hold the same values
+    published = event if len(rs_rows) == 0 else event.take(pa.array(ev_rows))
+    events = [(EVENT_ZONE, published)] if len(ev_rows) else []
+    held = [(RESTRICTED_ZONE, event.take(pa.array(rs_rows)))] if len(rs_rows) else []
     try:
         gate.check(contract, events=events, restricted=held, pii=[(PII_ZONE, pii)] if pii is not None else [],
                    forbidden=forbidden, restricted_subjects=restricted, known=known)

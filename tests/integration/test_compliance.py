@@ -168,3 +168,22 @@ def test_nightly_survives_an_empty_lake(settings: Settings) -> None:
     assert written["status"] == "pass" and "0 file(s)" in written["summary"]
     shutil.rmtree(settings.reports)
     assert cli(["--home", str(settings.root), "report"]) == 2
+
+
+def test_an_erasure_deletes_earlier_exports_and_passes_reverification(published: Settings) -> None:
+    export = requests.submit(published, {"type": "export", "tenant_id": "acme", "user_id": planted.USER},
+                             source="test", keyring=KR)
+    process.process_all(published, "run-export", keyring=KR)
+    archive = published.exports / "acme" / f"{export.request_id}.zip"
+    assert archive.exists()
+    erase = requests.submit(published, {"type": "erase", "tenant_id": "acme", "user_id": planted.USER},
+                            source="test", keyring=KR)
+    process.process_all(published, "run-erase", keyring=KR)
+
+    assert not archive.exists()
+    assert requests.get_status(published, erase.request_id).outcome["export_archives_deleted"] == [
+        export.request_id]
+    report.run_nightly(published, "nightly-after-erase", now=NOW)
+    latest = report.latest(published)
+    assert latest is not None and latest["erasures"] == {"checked": 1, "incomplete": []}
+    assert latest["status"] == "pass", latest["problems"]

@@ -98,3 +98,15 @@ def test_card_detection_requires_a_luhn_valid_number() -> None:
     assert detect.matches(values, "card").to_pylist() == [True, False, False, False]
     with pytest.raises(ValueError, match="unknown PII form"):
         detect.matches(values, "ssn")
+
+
+def test_checks_on_distinct_values_equal_checks_on_every_row() -> None:
+    texts = [planted.FREE_TEXT_FORMS["email"], "plain text", None, f"card {planted.CARD}", "ok"] * 1000
+    plain = pa.array(texts, pa.string())
+    row_by_row = [t is not None and (t == planted.FREE_TEXT_FORMS["email"] or planted.CARD in t)
+                  for t in texts]
+    assert detect.any_of(plain).to_pylist() == row_by_row                       # distinct path (5000 rows)
+    assert detect.any_of(plain.dictionary_encode()).to_pylist() == row_by_row   # dictionary path
+    assert detect.any_of(plain.slice(0, 10)).to_pylist() == row_by_row[:10]     # small: row by row
+    unique = pa.array([f"id {i}" for i in range(3000)] + [planted.EMAIL])       # barely repeats
+    assert detect.any_of(unique).to_pylist() == [False] * 3000 + [True]

@@ -551,7 +551,9 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                 with store.transaction(settings) as tconn:
                     audit.append(tconn, "key.destroyed", request_id=row.request_id, tenant_id=tenant,
                                  subject_id=s, details={"had_key": destroyed})
+            exports_deleted = [] if holds else _delete_exports(settings, row)
             outcome.update({"rows_removed": dict(per_subject.get(s, {})), "verified_clean": True,
+                            "export_archives_deleted": exports_deleted,
                             "files_scanned": len(affected.get((tenant, s), ())),
                             "key_destroyed": not pii_held,
                             "retained": [{"dataset": h["dataset"] or "*", "hold_id": h["hold_id"],
@@ -590,6 +592,25 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
     if failures:
         raise PseudozoneError(f"{len(failures)} request(s) failed verification: {', '.join(failures)}")
     return {"run_id": plan["run_id"], "completed": dict(summary), "groups": len(results)}
+
+
+def _delete_exports(settings: Settings, row: Any) -> list[str]:
+    """Delete the export archives made earlier for an erased subject (they hold its data)."""
+    with store.engine_for(settings).connect() as conn:
+        earlier = [r.request_id for r in conn.execute(select(store.requests.c.request_id).where(
+            store.requests.c.tenant_id == row.tenant_id, store.requests.c.subject_id == row.subject_id,
+            store.requests.c.type == "export"))]
+    deleted = []
+    for request_id in sorted(earlier):
+        archive = settings.exports / row.tenant_id / f"{request_id}.zip"
+        if archive.exists():
+            archive.unlink()
+            deleted.append(request_id)
+            with store.transaction(settings) as conn:
+                audit.append(conn, "export.deleted", request_id=row.request_id, tenant_id=row.tenant_id,
+                             subject_id=row.subject_id, details={"export_request_id": request_id,
+                                                                 "reason": "subject erased"})
+    return deleted
 
 
 def _finish(settings: Settings, row: Any, state_name: str, details: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ Card numbers count only when Luhn-valid (order numbers are not cards).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +41,26 @@ def _has_luhn_card(text: str) -> bool:
     return False
 
 
+def per_distinct(values: pa.Array, flag: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """``flag`` (a boolean per value) computed once per distinct value, then spread to every row.
+
+    Zone columns repeat a lot (user agents, URLs, event names, pseudonyms), so regexes
+    and tokenizers run on the distinct values only; a column that barely repeats is
+    flagged as it is.  Nulls give False.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        encoded = values
+    elif len(values) < 1024:
+        return pc.fill_null(flag(values), False)
+    else:
+        encoded = pc.dictionary_encode(values)
+        if len(encoded.dictionary) > len(values) // 2:
+            return pc.fill_null(flag(values), False)
+    return pc.fill_null(pc.take(flag(encoded.dictionary), encoded.indices), False)
+
+
 def _strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     if pa.types.is_dictionary(arr.type):
@@ -65,13 +86,17 @@ def any_of(values: pa.Array | pa.ChunkedArray, kinds: list[str] | tuple[str, ...
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown PII form(s) {unknown}; expected some of {KINDS}")
-    arr = _strings(values)
-    plain = [_BY_KIND[k] for k in kinds if k != "card"]
-    found = (pc.fill_null(pc.match_substring_regex(arr, "|".join(f"(?:{p})" for p in plain)), False)
-             if plain else pa.array(np.zeros(len(arr), dtype=bool)))
-    if "card" in kinds:
-        found = pc.or_(found, matches(arr, "card"))
-    return found
+    plain = "|".join(f"(?:{_BY_KIND[k]})" for k in kinds if k != "card")
+
+    def flag(arr: pa.Array) -> pa.Array:
+        arr = _strings(arr)
+        found = (pc.fill_null(pc.match_substring_regex(arr, plain), False) if plain
+                 else pa.array(np.zeros(len(arr), dtype=bool)))
+        if "card" in kinds:
+            found = pc.or_(found, matches(arr, "card"))
+        return found
+
+    return per_distinct(values, flag)
 
 
 def ciphertext_like(values: pa.Array | pa.ChunkedArray, *, min_bytes: int = 28) -> pa.Array:

@@ -82,11 +82,11 @@ def _lookup(ref: str) -> Any:
 def _arrow(column: pd.Series) -> pa.Array:
     # a Series backed by a chunked Arrow array (several files validated together) comes
     # back chunked: one contiguous array for the kernels below
+    # back chunked: one contiguous array for the kernels below.  Dictionary-encoded
+    # columns stay encoded: the metrics work on their distinct values.
     arr = pa.array(column, from_pandas=True)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.cast(arr.type.value_type)
     return arr
 
 
@@ -142,9 +142,10 @@ class ColumnValuesInRegisteredSet(ColumnMapMetricProvider):
     @_safe
     def _pandas(cls, column: pd.Series, set_ref: str, absent: bool, **kwargs: Any) -> pd.Series:
         arr = _arrow(column)
-        member = pc.is_in(arr, value_set=_lookup(set_ref))
+        value_set = _lookup(set_ref)
+        member = detect.per_distinct(arr, lambda distinct: pc.is_in(distinct, value_set=value_set))
         ok = pc.invert(member) if absent else member
-        return _series(pc.or_kleene(ok, pc.is_null(arr)).fill_null(True), column)
+        return _series(pc.or_(ok, arr.is_null()), column)
 
 
 class ExpectColumnValuesToBeInRegisteredSet(ColumnMapExpectation):
@@ -209,9 +210,11 @@ class ColumnValuesMatchPattern(ColumnMapMetricProvider):
     @_safe
     def _pandas(cls, column: pd.Series, pattern: str, **kwargs: Any) -> pd.Series:
         arr = _arrow(column)
-        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        value_type = arr.type.value_type if pa.types.is_dictionary(arr.type) else arr.type
+        if not (pa.types.is_string(value_type) or pa.types.is_large_string(value_type)):
             return _series(np.asarray(arr.is_null().to_numpy(zero_copy_only=False)), column)
-        return _series(pc.match_substring_regex(arr, pattern).fill_null(True), column)
+        matched = detect.per_distinct(arr, lambda distinct: pc.match_substring_regex(distinct, pattern))
+        return _series(pc.or_(matched, arr.is_null()), column)
 
 
 class ExpectColumnValuesToMatchPattern(ColumnMapExpectation):

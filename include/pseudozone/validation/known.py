@@ -52,6 +52,7 @@ class KnownValues:
         phrases: set[bytes] = set()
         firsts: set[bytes] = set()
         lengths: set[int] = set()
+        first_chars: set[int] = set()
         distinct = pa.array(sorted({v for v in values if v is not None}), pa.string())
         words, rows = tokens(distinct)
         by_row: dict[int, list[str]] = {}
@@ -63,11 +64,14 @@ class KnownValues:
                 continue
             phrases.add(self._digest(" ".join(seq)))
             firsts.add(self._digest(seq[0]))
+            first_chars.add(len(seq[0]))
             lengths.add(len(seq))
         self.count = len(phrases)
         self._phrases = phrases
         self._firsts = pa.array(sorted(firsts), pa.binary())
         self._lengths = sorted(lengths)
+        # only words as long as some value's first word are hashed (a length is no value)
+        self._first_chars = pa.array(sorted(first_chars), pa.int32())
 
     def __reduce__(self) -> None:  # type: ignore[override]
         raise TypeError("KnownValues holds a one-off key and is never serialized")
@@ -77,6 +81,11 @@ class KnownValues:
 
     def found_in(self, values: pa.Array) -> pa.Array:
         """True where a text holds one of the known values as a whole word sequence."""
+        from pseudozone.validation.detect import per_distinct
+
+        return per_distinct(values, self._found_in)
+
+    def _found_in(self, values: pa.Array) -> pa.Array:
         n = len(values)
         if not self._phrases or n == 0:
             return pa.array(np.zeros(n, dtype=bool))
@@ -84,8 +93,14 @@ class KnownValues:
         if len(words) == 0:
             return pa.array(np.zeros(n, dtype=bool))
         encoded = pc.dictionary_encode(words)
-        digests = pa.array([self._digest(w) for w in encoded.dictionary.to_pylist()], pa.binary())
-        word_digest = pc.take(digests, encoded.indices)
+        distinct = encoded.dictionary
+        maybe = np.flatnonzero(pc.is_in(pc.utf8_length(distinct), value_set=self._first_chars)
+                               .to_numpy(zero_copy_only=False))
+        digests: list[bytes | None] = [None] * len(distinct)
+        candidates = distinct.take(pa.array(maybe, pa.int64())).to_pylist()
+        for at, word in zip(maybe.tolist(), candidates, strict=True):
+            digests[at] = self._digest(word)
+        word_digest = pc.take(pa.array(digests, pa.binary()), encoded.indices)
         starts = np.flatnonzero(pc.is_in(word_digest, value_set=self._firsts).to_numpy(zero_copy_only=False))
         hit = np.zeros(n, dtype=bool)
         if len(starts) == 0:
@@ -94,7 +109,7 @@ class KnownValues:
         # few positions start with a known first word; build their phrases one by one
         word_list = words.take(pa.array(_window_indices(starts, self._lengths[-1], len(words)))).to_pylist()
         width = self._lengths[-1]
-        for i, start in enumerate(starts):
+        for i, start in enumerate(starts.tolist()):
             if hit[row_of[start]]:
                 continue
             seq = word_list[i * width:(i + 1) * width]
