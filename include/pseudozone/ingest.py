@@ -237,6 +237,8 @@ class _Plan:
     result: BatchResult
     outputs: list[tuple[Path, Callable[[], pa.Table]]]
     index: pa.Table
+    # validates the outputs (raises gate.ValidationFailed); run while they are staged
+    gate: Callable[[], object] = lambda: None
 
 
 def subject_buckets(subjects: pa.Array, n: int) -> pa.Array:
@@ -319,9 +321,9 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         placements.append((PII_ZONE, str(path.relative_to(settings.zones)),
                            pa.array(np.arange(len(subjects)))))
         result.rows_pii = pii.num_rows
-    _gate(ref, contract, event, in_restricted, pii, known, input_rows,
-          forbidden=pa.concat_arrays([erased, restricted]), restricted=restricted)
-    return _Plan(ref, contract, result, outputs, _batch_index(subjects, placements))
+    check = functools.partial(_gate, ref, contract, event, in_restricted, pii, known, input_rows,
+                              forbidden=pa.concat_arrays([erased, restricted]), restricted=restricted)
+    return _Plan(ref, contract, result, outputs, _batch_index(subjects, placements), check)
 
 
 def _raw_values(table: pa.Table, contract: Contract) -> list[str | None]:
@@ -361,9 +363,19 @@ def _write_plan(settings: Settings, plan: _Plan) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staged = [(staging / final.relative_to(settings.zones), final, make) for final, make in plan.outputs]
     # staged files are fsynced; their directories need not be (they are renamed again),
-    # and each final directory is fsynced once after the renames into it
+    # and each final directory is fsynced once after the renames into it.  Each output is
+    # made by the writer thread that writes it (memory: WRITE_THREADS partitions at a time),
+    # while this thread runs the gate over the outputs; nothing is published unless it passes.
+    def stage(item: tuple[Path, Path, Callable[[], pa.Table]]) -> None:
+        zones.write_parquet(item[2](), item[0], sync_dir=False)
+
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
-        list(pool.map(lambda item: zones.write_parquet(item[2](), item[0], sync_dir=False), staged))
+        written = [pool.submit(stage, item) for item in staged]
+        try:
+            plan.gate()
+        finally:
+            for future in written:
+                future.result()
     write_index(plan.index, index_file(settings, ref.dataset, ref.tenant_id, ref.batch_id))
     for tmp, final, _ in staged:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -429,6 +441,8 @@ def _commit(settings: Settings, plan: _Plan) -> BatchResult:
     """Write, index and publish a planned batch, then mark it done."""
     try:
         _write_plan(settings, plan)
+    except gate.ValidationFailed as failed:
+        return _reject(settings, plan.ref, plan.result, failed)
     except PseudozoneError:
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised without its text
