@@ -239,19 +239,23 @@ PHASES = {"generate": phase_generate, "copy": phase_copy, "ingest": phase_ingest
 # -- parent -----------------------------------------------------------------------------------
 
 
-def run_child(phase: str, *extra: str) -> Json:
-    """Run one phase in a fresh interpreter; return its JSON plus its peak RSS (``os.wait4``)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, *extra]
+def run_child(phase: str, *extra: str, script: Path | None = None) -> Json:
+    """Run one phase of ``script`` (default: this one) in a fresh interpreter; return its
+    JSON plus its peak RSS (``os.wait4``).  Shared by every benchmark script here."""
+    cmd = [sys.executable, str((script or Path(__file__)).resolve()), "--phase", phase, *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO / "include"), os.environ.get("PYTHONPATH", "")) if p)}
+    # the request ledger and the master key must be those inside the benchmark's data root
+    env.pop("PSEUDOZONE_REQUESTS_DB_URL", None)
+    env.pop("PSEUDOZONE_MASTER_KEY_CONN_ID", None)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     raw = proc.stdout.read()  # the child's whole report; it closes stdout when it exits
     proc.stdout.close()
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"phase {phase} failed with exit code {proc.returncode}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"phase {phase} failed with exit code {code}")
     report: Json = json.loads(raw)
     report["peak_rss_kib"] = int(usage.ru_maxrss)  # KiB on Linux
     report["cpu_user_s"] = usage.ru_utime

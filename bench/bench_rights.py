@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -51,6 +50,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import bench_ingest as bi  # noqa: E402  (after the path insert)
+
 DEFAULT_WORKDIR = HERE / "out" / "rights"
 TENANTS = 3
 TENANT_NAMES = ("acme", "globex", "initech")  # pseudozone.sample.TENANTS[:3]
@@ -398,27 +401,8 @@ PHASES: dict[str, Callable[[argparse.Namespace], Json]] = {
 
 
 def run_child(phase: str, root: Path, events: int) -> Json:
-    """Run one phase in a fresh interpreter; return its JSON plus its peak RSS (``os.wait4``)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--root", str(root),
-           "--events", str(events)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO / "include"), os.environ.get("PYTHONPATH", "")) if p)}
-    # the request ledger must be the SQLite file inside the data root that is restored
-    env.pop("PSEUDOZONE_REQUESTS_DB_URL", None)
-    env.pop("PSEUDOZONE_MASTER_KEY_CONN_ID", None)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
-    assert proc.stdout is not None
-    raw = proc.stdout.read()
-    proc.stdout.close()
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"phase {phase} failed with exit code {code}")
-    report: Json = json.loads(raw)
-    report["peak_rss_kib"] = int(usage.ru_maxrss)  # KiB on Linux
-    report["cpu_user_s"] = usage.ru_utime
-    report["cpu_sys_s"] = usage.ru_stime
-    return report
+    """One phase of this script in a fresh interpreter (``bench_ingest.run_child``)."""
+    return bi.run_child(phase, "--root", str(root), "--events", str(events), script=Path(__file__))
 
 
 def master_key(workdir: Path, fresh: bool) -> str:

@@ -43,7 +43,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -178,27 +177,8 @@ PHASES = {"zone": phase_zone, "copy": phase_copy, "validate": phase_validate}
 
 
 def run_child(phase: str, *extra: str) -> Json:
-    """``bench_ingest.run_child`` for this script: one phase in a fresh interpreter, its JSON
-    plus its peak RSS (``os.wait4``)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO / "include"), os.environ.get("PYTHONPATH", "")) if p)}
-    # the request ledger must be the SQLite file inside the benchmark's data root
-    env.pop("PSEUDOZONE_REQUESTS_DB_URL", None)
-    env.pop("PSEUDOZONE_MASTER_KEY_CONN_ID", None)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
-    assert proc.stdout is not None
-    raw = proc.stdout.read()  # the child's whole report; it closes stdout when it exits
-    proc.stdout.close()
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"phase {phase} failed with exit code {code}")
-    report: Json = json.loads(raw)
-    report["peak_rss_kib"] = int(usage.ru_maxrss)  # KiB on Linux
-    report["cpu_user_s"] = usage.ru_utime
-    report["cpu_sys_s"] = usage.ru_stime
-    return report
+    """One phase of this script in a fresh interpreter (``bench_ingest.run_child``)."""
+    return bi.run_child(phase, *extra, script=Path(__file__))
 
 
 def ensure_zone(workdir: Path, events: int, batch_rows: int) -> Json:
