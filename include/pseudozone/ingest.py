@@ -322,7 +322,8 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
                            pa.array(np.arange(len(subjects)))))
         result.rows_pii = pii.num_rows
     check = functools.partial(_gate, ref, contract, event, in_restricted, pii, known, input_rows,
-                              forbidden=pa.concat_arrays([erased, restricted]), restricted=restricted)
+                              forbidden=pa.concat_arrays([erased, restricted]), restricted=restricted,
+                              erased=erased)
     return _Plan(ref, contract, result, outputs, _batch_index(subjects, placements), check)
 
 
@@ -337,7 +338,7 @@ def _raw_values(table: pa.Table, contract: Contract) -> list[str | None]:
 
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
           pii: pa.Table | None, known: KnownValues, input_rows: np.ndarray, *,
-          forbidden: pa.Array, restricted: pa.Array) -> None:
+          forbidden: pa.Array, restricted: pa.Array, erased: pa.Array) -> None:
     """Validate the batch's outputs before any is staged; quarantined by the caller on failure."""
     mask = in_restricted.to_numpy(zero_copy_only=False)
     ev_rows, rs_rows = np.flatnonzero(~mask), np.flatnonzero(mask)
@@ -348,7 +349,7 @@ def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.
     held = [(RESTRICTED_ZONE, event.take(pa.array(rs_rows)))] if len(rs_rows) else []
     try:
         gate.check(contract, events=events, restricted=held, pii=[(PII_ZONE, pii)] if pii is not None else [],
-                   forbidden=forbidden, restricted_subjects=restricted, known=known)
+                   forbidden=forbidden, restricted_subjects=restricted, erased=erased, known=known)
     except gate.ValidationFailed as exc:
         gate.renumber(exc, ref.path, {EVENT_ZONE: input_rows[ev_rows], RESTRICTED_ZONE: input_rows[rs_rows],
                                       PII_ZONE: input_rows})

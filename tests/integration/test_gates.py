@@ -239,3 +239,23 @@ def test_several_files_at_once_and_a_metric_error_fails_closed_without_its_messa
     results = gate.validator().context.validation_results_store
     stored = json.dumps([str(results.get(k)) for k in results.list_keys()])
     assert planted.find_needles(stored) == []
+
+
+def test_a_rewrite_checks_every_rows_subject_and_the_changed_rows_in_full() -> None:
+    events = contracts.load("events")
+    ring = KeyRing(TEST_MASTER_KEY)
+    kept, moved = ring.subject_id("acme", "kept"), ring.subject_id("acme", "moved")
+    table = pa.table({"subject_id": [kept, moved, moved], "anonymous_pid": [None] * 3,
+                      "event_id": ["e1", "e2", "e3"], "event_name": ["view"] * 3,
+                      "event_ts": pa.array([planted.TS] * 3), "session_id": ["s"] * 3,
+                      "ip_prefix": ["198.51.100.0/24"] * 3, "user_agent": ["x"] * 3, "page_url": ["/"] * 3,
+                      "properties_json": ["{}", "{}", planted.FREE_TEXT_FORMS["iban"]]})
+    # rows of subjects the rewrite did not touch are only checked for their subject
+    assert gate.check(events, events=[("f.parquet", table)], changed={kept})
+    with pytest.raises(gate.ValidationFailed) as caught:
+        gate.check(events, events=[("f.parquet", table)], changed={moved})
+    [failure] = [f for r in caught.value.reports for f in r.failures]
+    assert (failure.file, failure.column, failure.kind, failure.rows) == ("f.parquet", "properties_json",
+                                                                          "iban", [2])
+    with pytest.raises(gate.ValidationFailed):
+        gate.check(events, events=[("f.parquet", table)], changed={kept}, forbidden=[kept])

@@ -368,8 +368,11 @@ def _gate(settings: Settings, contract: contracts.Contract, group: dict[str, Any
     new_values = [v for fields in corrections.values() for v in fields.values()]
     known = KnownValues(new_values) if new_values else None
     present = {rel: t for rel, t in sorted(outputs.items()) if t is not None and t.num_rows}
+    # rows of other subjects are as published (and validated then); these were changed or moved
+    changed = set(group["erase"]) | set(group["restrict"]) | set(group["unrestrict"]) | set(group["rectify"])
     try:
         gate.check(contract, forbidden=forbidden, restricted_subjects=sorted(restricted), known=known,
+                   erased=sorted(erase), changed=changed,
                    events=[(rel, t) for rel, t in present.items() if rel.startswith("events/")],
                    restricted=[(rel, t) for rel, t in present.items() if rel.startswith("restricted/")],
                    pii=[(rel, t) for rel, t in present.items() if rel.startswith("pii/")])

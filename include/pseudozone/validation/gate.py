@@ -16,18 +16,28 @@ swapped in under fixed references for each unit of work.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pseudozone.contracts import Contract
+from pseudozone.contracts import SUBJECT_COLUMN, Contract
 from pseudozone.errors import ContractViolation
 from pseudozone.validation.expectations import registered
 from pseudozone.validation.known import KnownValues
-from pseudozone.validation.suites import Report, Validator, event_suite, pii_suite, restricted_suite
+from pseudozone.validation.suites import (
+    Report,
+    Validator,
+    event_suite,
+    pii_columns,
+    pii_suite,
+    restricted_suite,
+    subjects_suite,
+)
 
 _lock = threading.Lock()
 _validator: Validator | None = None
@@ -64,36 +74,78 @@ def _strings(values: Sequence[str] | pa.Array) -> pa.Array:
 
 def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), pii: Tables = (),
           forbidden: Sequence[str] | pa.Array = (), restricted_subjects: Sequence[str] | pa.Array = (),
-          known: KnownValues | None = None) -> list[Report]:
+          erased: Sequence[str] | pa.Array = (), known: KnownValues | None = None,
+          changed: Collection[str] | None = None) -> list[Report]:
     """Validate a unit of work's outputs; raise ``ValidationFailed`` if any expectation fails.
 
     ``forbidden``: subjects that must not appear in the event zone (erased, restricted);
     ``restricted_subjects``: the only subjects allowed in the restricted zone;
+    ``erased``: subjects that must not appear in the PII zone;
     ``known``: the raw values of the input, which must appear nowhere.
+    ``changed``: for a rewrite, the subjects whose rows it changed or moved: every row is
+    checked for its columns and subject, and only those subjects' rows for everything
+    else (the other rows are as they were published, and were validated then).
     """
     dataset, version = contract.dataset, contract.version
+    mode = "known" if known is not None else "plain"
     with _lock, ExitStack() as stack:
         v = validator()
         forbidden_ref = stack.enter_context(registered(_strings(forbidden), ref="gate:forbidden"))
         allowed_ref = stack.enter_context(registered(_strings(restricted_subjects), ref="gate:restricted"))
-        known_ref = (stack.enter_context(registered(known, ref="gate:known")) if known is not None else None)
-        suffix = f"{dataset}:v{version}:{'known' if known_ref else 'plain'}"
+        erased_ref = stack.enter_context(registered(_strings(erased), ref="gate:erased"))
+        known_ref = stack.enter_context(registered(known, ref="gate:known")) if known is not None else None
+        columns = contract.event_columns
+        # zone: (tables, the whole suite, the columns-and-subjects suite)
+        suites: dict[str, tuple[Tables, Callable[[], list[Any]], Callable[[], list[Any]]]] = {
+            "events": (events,
+                       partial(event_suite, contract, forbidden_ref=forbidden_ref, known_ref=known_ref),
+                       partial(subjects_suite, columns, set_ref=forbidden_ref, absent=True)),
+            "restricted": (restricted,
+                           partial(restricted_suite, contract, allowed_ref=allowed_ref, known_ref=known_ref),
+                           partial(subjects_suite, columns, set_ref=allowed_ref, absent=False)),
+            "pii": (pii, partial(pii_suite, contract, erased_ref=erased_ref),
+                    partial(subjects_suite, pii_columns(contract), set_ref=erased_ref, absent=True)),
+        }
         reports = []
-        if events:
-            reports.append(v.validate(events, zone="events", dataset=dataset, key=f"gate:events:{suffix}",
-                                      expectations=lambda: event_suite(contract, forbidden_ref=forbidden_ref,
-                                                                       known_ref=known_ref)))
-        if restricted:
-            reports.append(v.validate(restricted, zone="restricted", dataset=dataset,
-                                      key=f"gate:restricted:{suffix}",
-                                      expectations=lambda: restricted_suite(contract, allowed_ref=allowed_ref,
-                                                                            known_ref=known_ref)))
-        if pii:
-            reports.append(v.validate(pii, zone="pii", dataset=dataset, key=f"gate:pii:{dataset}:v{version}",
-                                      expectations=lambda: pii_suite(contract)))
+        for zone, (tables, full, subjects_only) in suites.items():
+            if not tables:
+                continue
+            key = f"gate:{zone}:{dataset}:v{version}:{mode}"
+            if changed is None:
+                reports.append(v.validate(tables, zone=zone, dataset=dataset, key=key, expectations=full))
+                continue
+            reports.append(v.validate(tables, zone=zone, dataset=dataset,
+                                      key=f"gate:{zone}-subjects:{dataset}:v{version}",
+                                      expectations=subjects_only))
+            subset, positions = _rows_of(tables, changed)
+            if subset:
+                report = v.validate(subset, zone=zone, dataset=dataset, key=key, expectations=full)
+                for failure in report.failures:
+                    rows = positions.get(failure.file or "")
+                    if rows is not None:
+                        failure.rows = [int(rows[r]) for r in failure.rows]
+                reports.append(report)
     if not all(r.success for r in reports):
         raise ValidationFailed(reports)
     return reports
+
+
+def _rows_of(tables: Tables, subjects: Collection[str]) -> tuple[list[tuple[str, pa.Table]],
+                                                                  dict[str, np.ndarray]]:
+    """Each table's rows of ``subjects`` (and their positions), for the tables that have any."""
+    wanted = pa.array(sorted(subjects), pa.string())
+    subset: list[tuple[str, pa.Table]] = []
+    positions: dict[str, np.ndarray] = {}
+    for name, table in tables:
+        if SUBJECT_COLUMN not in table.column_names or not len(wanted):
+            continue
+        mask = pc.fill_null(pc.is_in(table[SUBJECT_COLUMN], value_set=wanted), False)
+        rows = np.flatnonzero(mask.to_numpy(zero_copy_only=False) if isinstance(mask, pa.Array)
+                              else mask.combine_chunks().to_numpy(zero_copy_only=False))
+        if len(rows):
+            subset.append((name, table.take(pa.array(rows))))
+            positions[name] = rows
+    return subset, positions
 
 
 def renumber(exc: ValidationFailed, name: str, row_numbers: dict[str, np.ndarray]) -> None:

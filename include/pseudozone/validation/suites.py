@@ -126,15 +126,24 @@ def pii_columns(contract: Contract) -> list[str]:
     return [SUBJECT_COLUMN] + [c.name for c in contract.columns if c.cls in ("identifier", "pii")]
 
 
-def pii_suite(contract: Contract, *, live_ref: str | None = None) -> list[Any]:
-    """PII zone: the expected columns, ciphertext only, and (nightly) a live data key per subject."""
+def pii_suite(contract: Contract, *, live_ref: str | None = None, erased_ref: str | None = None) -> list[Any]:
+    """PII zone: the expected columns, ciphertext only, no erased subject, (nightly) a live key each."""
     columns = pii_columns(contract)
     expected: list[Any] = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
                            ExpectColumnValuesToMatchPattern(column=SUBJECT_COLUMN, pattern=PSEUDONYM_RE)]
     expected += [ExpectColumnValuesToBeCiphertext(column=c) for c in columns[1:]]
     if live_ref is not None:
         expected.append(ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=live_ref))
+    if erased_ref is not None:
+        expected.append(ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=erased_ref,
+                                                              absent=True))
     return expected
+
+
+def subjects_suite(columns: list[str], *, set_ref: str, absent: bool) -> list[Any]:
+    """Only the columns and which subjects: for rows a rewrite kept as they were published."""
+    return [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
+            ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=set_ref, absent=absent)]
 
 
 def export_suite(*, subject_ref: str) -> list[Any]:
