@@ -24,7 +24,7 @@ import logging
 import multiprocessing
 import shutil
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,7 +339,7 @@ def _raw_values(table: pa.Table, contract: Contract) -> list[str | None]:
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
           pii: pa.Table | None, known: KnownValues, input_rows: np.ndarray, *,
           forbidden: pa.Array, restricted: pa.Array, erased: pa.Array) -> None:
-    """Validate the batch's outputs before any is staged; quarantined by the caller on failure."""
+    """Validate the batch's outputs before any is published; quarantined by the caller on failure."""
     mask = in_restricted.to_numpy(zero_copy_only=False)
     ev_rows, rs_rows = np.flatnonzero(~mask), np.flatnonzero(mask)
     # validated as built (pseudonym columns still dictionary-encoded: the checks run on
@@ -374,9 +374,11 @@ def _write_plan(settings: Settings, plan: _Plan) -> None:
         written = [pool.submit(stage, item) for item in staged]
         try:
             plan.gate()
-        finally:
-            for future in written:
-                future.result()
+        except gate.ValidationFailed:
+            wait(written)  # the gate's verdict wins over any writer's error
+            raise
+        for future in written:
+            future.result()
     write_index(plan.index, index_file(settings, ref.dataset, ref.tenant_id, ref.batch_id))
     for tmp, final, _ in staged:
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -187,3 +187,29 @@ def test_an_erasure_deletes_earlier_exports_and_passes_reverification(published:
     latest = report.latest(published)
     assert latest is not None and latest["erasures"] == {"checked": 1, "incomplete": []}
     assert latest["status"] == "pass", latest["problems"]
+
+
+def test_an_erasure_kept_under_a_dataset_hold_passes_and_does_not_block_later_rewrites(
+        published: Settings) -> None:
+    requests.add_legal_hold(published, tenant_id="acme", dataset="server_logs", reason="tax audit 2026")
+    requests.submit(published, {"type": "erase", "tenant_id": "acme", "user_id": planted.USER},
+                    source="test", keyring=KR)
+    requests.submit(published, {"type": "export", "tenant_id": "acme", "user_id": "usr_0000004"},
+                    source="test", keyring=KR)
+    process.process_all(published, "run-held", keyring=KR)
+    # the held server logs stay; the key is gone (the profile is not held)
+    assert any(SUBJECT in pq.read_table(f, columns=["subject_id"])["subject_id"].to_pylist()
+               for f in (published.event_zone / "server_logs").rglob("*.parquet"))
+    # a later rewrite of the same batches, for someone else, is not stopped by the kept rows
+    requests.submit(published, {"type": "restrict", "tenant_id": "acme", "user_id": "usr_0000003"},
+                    source="test", keyring=KR)
+    assert process.process_all(published, "run-later", keyring=KR)["completed"] == {"restrict": 1}
+
+    report.run_nightly(published, "nightly-held", now=NOW)
+    latest = report.latest(published)
+    assert latest is not None and latest["status"] == "pass", latest["problems"]
+    assert latest["erasures"] == {"checked": 1, "incomplete": []}
+    exports = [z for z in latest["validation"]["zones"] if z["zone"] == "exports"]
+    assert exports and exports[0]["success"] and exports[0]["rows"] > 0
+    restricted = [z for z in latest["validation"]["zones"] if z["zone"] == "restricted"]
+    assert restricted and all(z["success"] for z in restricted)

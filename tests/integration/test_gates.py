@@ -150,15 +150,17 @@ def test_forbidden_subjects_and_plaintext_in_the_pii_zone_fail_the_gate() -> Non
         gate.check(events, restricted=[("r.parquet", table)], restricted_subjects=[kept])
 
     ciphertext = bytes(range(40))
+    nonce_then_plaintext = bytes(range(12)) + planted.NAME.encode()
     pii = pa.table({"subject_id": [kept, kept], "user_id": [ciphertext, ciphertext],
-                    "email": [ciphertext, planted.EMAIL.encode()], "full_name": [ciphertext, None],
+                    "email": [ciphertext, planted.EMAIL.encode()], "full_name": [nonce_then_plaintext, None],
                     "phone": [ciphertext, None], "street_address": [ciphertext, None], "city": [None, None]},
                    schema=pa.schema([("subject_id", pa.string())] + [
                        (c, pa.binary()) for c in ("user_id", "email", "full_name", "phone", "street_address",
                                                   "city")]))
     with pytest.raises(gate.ValidationFailed) as caught:
         gate.check(profiles, pii=[("p.parquet", pii)])
-    assert caught.value.reports[0].failed_names() == ["expect_column_values_to_be_ciphertext:email"]
+    assert caught.value.reports[0].failed_names() == ["expect_column_values_to_be_ciphertext:email",
+                                                      "expect_column_values_to_be_ciphertext:full_name"]
     assert planted.find_needles(json.dumps(caught.value.to_reason())) == []
 
 

@@ -92,7 +92,7 @@ def retention_policies(overrides: dict[str, int] | None = None) -> dict[str, int
     for name, days in (overrides or {}).items():
         if name not in contracts.available():
             raise ValueError(f"retention override for unknown dataset {name!r}")
-        if not isinstance(days, int) or days < 1:
+        if not isinstance(days, int) or isinstance(days, bool) or days < 1:
             raise ValueError(f"retention for {name!r} must be a whole number of days, 1 or more")
         policies[name] = days
     return policies
@@ -141,15 +141,17 @@ def enforce_retention(settings: Settings, *, now: dt.datetime | None = None,
                     continue
                 rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
                 rels = [str(f.relative_to(settings.zones)) for f in files]
-                shutil.rmtree(part)
-                zones.fsync_dirs({tenant_dir})
-                reindex(settings, rels)
                 entry = {"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
                          "date": part.name.removeprefix("date="), "files": len(files), "rows": rows,
                          "retention_days": days}
+                # audited first: a crash after this leaves the partition for the next run,
+                # never a deletion without its audit entry
                 with store.transaction(settings) as conn:
                     audit.append(conn, "retention.deleted", actor="nightly_compliance", tenant_id=tenant,
                                  details=entry)
+                shutil.rmtree(part)
+                zones.fsync_dirs({tenant_dir})
+                reindex(settings, rels)
                 log.info("retention: deleted %s/%s/tenant_id=%s/%s (%d files, %d rows, policy %d days)",
                          zone_name, dataset, tenant, part.name, len(files), rows, days)
                 deleted.append(entry)
@@ -213,7 +215,7 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
     # (section, suite key, suite builder, erased subjects, files) per run, in zone order
     work: list[tuple[dict[str, Any], str, Callable[[], list[Any]], pa.Array, list[Path]]] = []
     with ExitStack() as stack:
-        refs: dict[str, tuple[str, str, str]] = {}
+        refs: dict[tuple[str, str], tuple[str, str, str]] = {}
         for zone_name, root in (("events", settings.event_zone), ("restricted", settings.restricted_zone),
                                 ("pii", settings.pii_zone)):
             for dataset, tenant, tenant_dir in _tenant_dirs(root):
@@ -225,14 +227,16 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
                         "file": str(tenant_dir.relative_to(settings.zones)), "expectation": "known_dataset",
                         "column": None, "kind": None, "unexpected_count": None, "rows": []}])
                     continue
-                if tenant not in refs:
+                if (tenant, dataset) not in refs:
                     live, dead = _keys(settings, tenant)
                     restricted = pa.array(sorted(requests.restricted_subjects(settings, tenant)), pa.string())
+                    # an erased subject's rows that a legal hold keeps may stay
+                    dead = requests.not_held(settings, tenant, dataset, dead)
                     forbidden_set = pc.unique(pa.concat_arrays([dead, restricted]))
-                    refs[tenant] = (stack.enter_context(registered(forbidden_set)),
-                                    stack.enter_context(registered(restricted)),
-                                    stack.enter_context(registered(live)))
-                forbidden, allowed, live_ref = refs[tenant]
+                    refs[(tenant, dataset)] = (stack.enter_context(registered(forbidden_set)),
+                                               stack.enter_context(registered(restricted)),
+                                               stack.enter_context(registered(live)))
+                forbidden, allowed, live_ref = refs[(tenant, dataset)]
                 key, make = _suite(zone_name, contracts.load(dataset), forbidden=forbidden, allowed=allowed,
                                    live=live_ref)
                 erased = pa.array(sorted(erased_by_tenant.get(tenant, set())), pa.string())
@@ -240,7 +244,13 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
                          for chunk in _chunks(zones.parquet_files(tenant_dir), rows_per_run)]
 
         def read(files: list[Path]) -> list[tuple[str, pa.Table]]:
-            return [(str(f.relative_to(settings.zones)), pq.read_table(f)) for f in files]
+            tables = []
+            for f in files:
+                try:
+                    tables.append((str(f.relative_to(settings.zones)), pq.read_table(f)))
+                except FileNotFoundError:
+                    continue  # replaced or removed by a rights run since it was listed
+            return tables
 
         # the next run's files are read (Arrow, outside the GIL) while GX validates this one
         with ThreadPoolExecutor(1, thread_name_prefix="pseudozone-read") as reader:
@@ -271,7 +281,8 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
     files = sum(s["files"] for s in sections)
     return {"success": all(s["success"] for s in sections), "files": files,
             "rows": sum(s["rows"] for s in sections),
-            "failed_files": len({f["file"] for s in sections for f in s["failures"]}),
+            "failed_files": len({f["file"] or f"{s['zone']}/{s['dataset']}/tenant_id={s['tenant_id']}"
+                                 for s in sections for f in s["failures"]}),
             "seconds": round(time.perf_counter() - started, 3),
             "data_docs": str(docs.relative_to(settings.root)) if docs is not None else None,
             "zones": sections, "erased_found": dict(erased_found)}
@@ -337,7 +348,9 @@ def _archive_subjects(archive: Path) -> pa.Table:
     subjects: list[str | None] = []
     with zipfile.ZipFile(archive) as zf:
         for name in sorted(zf.namelist()):
-            if not name.endswith(".json") or name in ("manifest.json",):
+            # profile.json is the subject's own decrypted profile (taken by subject from the
+            # PII zone); the dataset files carry the pseudonym of every record
+            if not name.endswith(".json") or name in ("manifest.json", "profile.json"):
                 continue
             records = json.loads(zf.read(name))
             if isinstance(records, list):
@@ -383,7 +396,7 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
             if subject not in set(dead.to_pylist()):
                 problems.append("the subject's data key is not destroyed")
         left = [a for a in exports.get((tenant, subject), []) if a.exists()]
-        if left:
+        if left and not retained & {"*", "profiles"}:
             problems.append(f"{len(left)} export archive(s) of the subject are still stored")
         if problems:
             incomplete.append({"request_id": row.request_id, "tenant_id": tenant, "subject": subject,

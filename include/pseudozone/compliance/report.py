@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ def run_step(settings: Settings, run_id: str, step: str, *, now: dt.datetime | N
              rows_per_run: int = nightly.ROWS_PER_RUN) -> dict[str, Any]:
     """Run one nightly step, save its section; returns the section."""
     if step == "retention":
+        # the first step: sections left by an earlier attempt of this run must not be reported
+        shutil.rmtree(run_dir(settings, run_id), ignore_errors=True)
         section = nightly.enforce_retention(settings, now=now, overrides=retention_overrides)
     elif step == "validation":
         section = nightly.validate_zones(settings, rows_per_run=rows_per_run,
@@ -124,6 +127,9 @@ def assemble(settings: Settings, run_id: str, *, now: dt.datetime | None = None)
     earlier = [h for h in _history(settings) if h.get("run_id") != run_id]
     history = [*earlier[-(HISTORY_KEPT - 1):], entry]
     shown_validation = {k: v for k, v in validation.items() if k != "erased_found"}
+    if shown_validation.get("data_docs"):
+        # the HTML report links it from its own directory
+        shown_validation["data_docs"] = "data_docs/index.html"
     return {"generated_at": generated, "run_id": run_id, "status": status, "summary": summary,
             "problems": problems + [f"Warning: {w}" for w in warnings], "validation": shown_validation,
             "erasures": erasures, "requests": reqs, "audit": audit_section, "retention": retention,

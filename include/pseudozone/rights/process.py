@@ -363,8 +363,9 @@ def _gate(settings: Settings, contract: contracts.Contract, group: dict[str, Any
     tenant = group["tenant_id"]
     restricted = ((requests.restricted_subjects(settings, tenant) | set(group["restrict"]))
                   - set(group["unrestrict"]) - erase)
-    forbidden = pa.concat_arrays([erased_subjects(settings, tenant),
-                                  pa.array(sorted(erase | restricted), pa.string())])
+    # an erased subject's rows kept under a legal hold on this dataset are allowed to stay
+    dead = requests.not_held(settings, tenant, group["dataset"], erased_subjects(settings, tenant))
+    forbidden = pa.concat_arrays([dead, pa.array(sorted(erase | restricted), pa.string())])
     new_values = [v for fields in corrections.values() for v in fields.values()]
     known = KnownValues(new_values) if new_values else None
     present = {rel: t for rel, t in sorted(outputs.items()) if t is not None and t.num_rows}
@@ -554,7 +555,8 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                 with store.transaction(settings) as tconn:
                     audit.append(tconn, "key.destroyed", request_id=row.request_id, tenant_id=tenant,
                                  subject_id=s, details={"had_key": destroyed})
-            exports_deleted = [] if holds else _delete_exports(settings, row)
+            # archives hold the decrypted profile: kept only where the profile is kept
+            exports_deleted = [] if pii_held else _delete_exports(settings, row)
             outcome.update({"rows_removed": dict(per_subject.get(s, {})), "verified_clean": True,
                             "export_archives_deleted": exports_deleted,
                             "files_scanned": len(affected.get((tenant, s), ())),

@@ -340,6 +340,22 @@ def add_legal_hold(settings: Settings, *, tenant_id: str, reason: str, dataset: 
     return hold_id
 
 
+def not_held(settings: Settings, tenant_id: str, dataset: str, subjects: Any) -> Any:
+    """``subjects`` (an Arrow string array) less those whose ``dataset`` rows an open legal
+    hold keeps; empty when a hold keeps the whole dataset (or tenant)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    with store.engine_for(settings).connect() as conn:
+        rows = list(conn.execute(select(store.legal_holds).where(
+            store.legal_holds.c.tenant_id == tenant_id, store.legal_holds.c.released_at.is_(None))))
+    covering = [r for r in rows if r.dataset in (None, dataset)]
+    if any(r.subject_id is None for r in covering):
+        return pa.array([], pa.string())
+    held = pa.array(sorted({r.subject_id for r in covering}), pa.string())
+    return pc.filter(subjects, pc.invert(pc.is_in(subjects, value_set=held))) if len(held) else subjects
+
+
 def holds_for(conn: Any, tenant_id: str, subject_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(select(store.legal_holds).where(
         store.legal_holds.c.tenant_id == tenant_id, store.legal_holds.c.released_at.is_(None),

@@ -18,6 +18,7 @@ from pseudozone.scrub import PATTERNS
 
 KINDS = ("email", "phone", "ip", "card", "iban")
 _BY_KIND = {kind: "|".join(f"(?:{p})" for k, p in PATTERNS if k == kind) for kind in KINDS}
+NONCE_BYTES = 12  # AES-GCM nonce at the start of every PII-zone value (pseudozone.keys)
 _DIGIT_RUN = re.compile(r"(?:\d[ \-]?){12,18}\d")
 
 
@@ -126,14 +127,21 @@ def ciphertext_like(values: pa.Array | pa.ChunkedArray, *, min_bytes: int = 28) 
         non_text = np.concatenate([[0], np.cumsum(~texty)])
         starts = (offsets[:-1] - offsets[0]).astype(np.int64)
         ends = (offsets[1:] - offsets[0]).astype(np.int64)
-        candidates = np.flatnonzero(valid & (lengths > 0) & (non_text[ends] - non_text[starts] == 0))
+        # the whole value, or what follows a 12-byte nonce (a nonce glued to plaintext)
+        after_nonce = np.minimum(starts + NONCE_BYTES, ends)
+        whole = non_text[ends] - non_text[starts] == 0
+        tail = (non_text[ends] - non_text[after_nonce] == 0) & (ends - after_nonce >= 4)
+        candidates = np.flatnonzero(valid & (lengths > 0) & (whole | tail))
         for row in candidates:
             blob = arr[int(row)].as_py()
-            try:
-                blob.decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            ok[row] = False
+            for part in (blob, blob[NONCE_BYTES:]):
+                try:
+                    text = part.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                if len(text) >= 4 or part is blob:
+                    ok[row] = False
+                    break
     return pa.array(ok)
 
 

@@ -64,7 +64,7 @@ class ValidationFailed(ContractViolation):
 def validator() -> Validator:
     global _validator
     if _validator is None:
-        _validator = Validator()
+        _validator = Validator(keep_results=False)
     return _validator
 
 
@@ -99,12 +99,14 @@ def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), p
         suites: dict[str, tuple[Tables, Callable[[], list[Any]], Callable[[], list[Any]]]] = {
             "events": (events,
                        partial(event_suite, contract, forbidden_ref=forbidden_ref, known_ref=known_ref),
-                       partial(subjects_suite, columns, set_ref=forbidden_ref, absent=True)),
+                       partial(subjects_suite, columns, set_ref=forbidden_ref, absent=True, not_null=False)),
             "restricted": (restricted,
                            partial(restricted_suite, contract, allowed_ref=allowed_ref, known_ref=known_ref),
-                           partial(subjects_suite, columns, set_ref=allowed_ref, absent=False)),
+                           partial(subjects_suite, columns, set_ref=allowed_ref, absent=False,
+                                   not_null=True)),
             "pii": (pii, partial(pii_suite, contract, erased_ref=erased_ref),
-                    partial(subjects_suite, pii_columns(contract), set_ref=erased_ref, absent=True)),
+                    partial(subjects_suite, pii_columns(contract), set_ref=erased_ref, absent=True,
+                            not_null=True)),
         }
         reports = []
         for zone, (tables, full, subjects_only) in suites.items():

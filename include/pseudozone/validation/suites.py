@@ -119,6 +119,7 @@ def event_suite(contract: Contract, *, forbidden_ref: str | None = None,
 def restricted_suite(contract: Contract, *, allowed_ref: str, known_ref: str | None = None) -> list[Any]:
     """Restricted zone: as the event zone, and only restricted subjects."""
     return [*event_suite(contract, known_ref=known_ref),
+            gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN),
             ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=allowed_ref)]
 
 
@@ -130,6 +131,7 @@ def pii_suite(contract: Contract, *, live_ref: str | None = None, erased_ref: st
     """PII zone: the expected columns, ciphertext only, no erased subject, (nightly) a live key each."""
     columns = pii_columns(contract)
     expected: list[Any] = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
+                           gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN),
                            ExpectColumnValuesToMatchPattern(column=SUBJECT_COLUMN, pattern=PSEUDONYM_RE)]
     expected += [ExpectColumnValuesToBeCiphertext(column=c) for c in columns[1:]]
     if live_ref is not None:
@@ -140,15 +142,20 @@ def pii_suite(contract: Contract, *, live_ref: str | None = None, erased_ref: st
     return expected
 
 
-def subjects_suite(columns: list[str], *, set_ref: str, absent: bool) -> list[Any]:
+def subjects_suite(columns: list[str], *, set_ref: str, absent: bool, not_null: bool) -> list[Any]:
     """Only the columns and which subjects: for rows a rewrite kept as they were published."""
-    return [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
-            ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=set_ref, absent=absent)]
+    expected: list[Any] = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
+                           ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=set_ref,
+                                                                 absent=absent)]
+    if not_null:
+        expected.append(gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN))
+    return expected
 
 
 def export_suite(*, subject_ref: str) -> list[Any]:
     """Export archive: every row is the requesting subject's."""
     return [gxe.ExpectColumnToExist(column=SUBJECT_COLUMN),
+            gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN),
             ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=subject_ref)]
 
 
@@ -158,7 +165,10 @@ def export_suite(*, subject_ref: str) -> list[Any]:
 class Validator:
     """One Great Expectations context; suites are registered once per key and run many times."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_results: bool = True) -> None:
+        # keep_results=False (gates): each result is dropped from GX's in-memory store once
+        # read, so a long-lived process does not accumulate them
+        self.keep_results = keep_results
         self.context = context()
         self._source = self.context.data_sources.add_pandas(name="pseudozone")
         self._definitions: dict[str, Any] = {}
@@ -193,6 +203,10 @@ class Validator:
             combined = pa.concat_tables([t for _, t in group]) if len(group) > 1 else group[0][1]
             frame = combined.to_pandas(types_mapper=pd.ArrowDtype).reset_index(drop=True)
             result = definition.run(batch_parameters={"dataframe": frame}, result_format=SAFE_RESULT_FORMAT)
+            if not self.keep_results:
+                store = self.context.validation_results_store
+                for stored in store.list_keys():
+                    store.remove_key(stored)
             evaluated = max(evaluated, len(result.results))
             success = success and bool(result.success)
             offsets = np.cumsum([0] + [t.num_rows for _, t in group])
