@@ -334,9 +334,10 @@ def _validate_exports(settings: Settings, validator: Any) -> list[dict[str, Any]
                 continue
             table = _archive_subjects(archive)
             section["rows"] += table.num_rows
-            with registered(pa.array([owner[1]], pa.string())) as ref:
+            # one suite for every archive; only the registered subject changes
+            with registered(pa.array([owner[1]], pa.string()), ref="nightly:export-subject") as ref:
                 report = validator.validate([(rel, table)], zone="exports", dataset="*",
-                                            key=f"nightly:exports:{ref}",
+                                            key="nightly:exports",
                                             expectations=lambda ref=ref: export_suite(subject_ref=ref))
             section["success"] = section["success"] and report.success
             section["failures"] += [f.__dict__ for f in report.failures]
@@ -374,10 +375,26 @@ def _build_data_docs(validator: Any, target: Path) -> Path:
 
 
 def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> dict[str, Any]:
-    """Re-verify every completed erasure; ``erased_found`` comes from ``validate_zones``."""
+    """Re-verify every completed erasure; ``erased_found`` comes from ``validate_zones``.
+
+    Keys and index are read once per tenant for all of its erased subjects.
+    """
+    from pseudozone.rights.process import index_lookup
+
     incomplete: list[dict[str, Any]] = []
     rows = _completed_erasures(settings)
     exports = _export_archives(settings)
+    by_tenant: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        by_tenant[row.tenant_id].add(row.subject_id)
+    dead: dict[str, set[str]] = {}
+    indexed: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for tenant, subjects in by_tenant.items():
+        dead[tenant] = set(_keys(settings, tenant)[1].to_pylist())
+        found = index_lookup(settings, tenant, subjects)
+        for s, p, d in zip(found["subject_id"].to_pylist(), found["path"].to_pylist(),
+                           found["dataset"].to_pylist(), strict=True):
+            indexed[(tenant, s)].append((p, d))
     for row in rows:
         tenant, subject = row.tenant_id, row.subject_id
         outcome = json.loads(row.outcome or "{}")
@@ -388,13 +405,12 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
         if files:
             problems.append(f"the subject's rows are still in {len(files)} file(s): "
                             + ", ".join(sorted(files)))
-        indexed = _indexed(settings, tenant, subject, retained)
-        if indexed:
-            problems.append(f"the subject index still lists {len(indexed)} file(s) for the subject")
-        if outcome.get("key_destroyed", True):
-            _, dead = _keys(settings, tenant)
-            if subject not in set(dead.to_pylist()):
-                problems.append("the subject's data key is not destroyed")
+        listed = [p for p, d in indexed.get((tenant, subject), [])
+                  if "*" not in retained and d not in retained]
+        if listed:
+            problems.append(f"the subject index still lists {len(listed)} file(s) for the subject")
+        if outcome.get("key_destroyed", True) and subject not in dead[tenant]:
+            problems.append("the subject's data key is not destroyed")
         left = [a for a in exports.get((tenant, subject), []) if a.exists()]
         if left and not retained & {"*", "profiles"}:
             problems.append(f"{len(left)} export archive(s) of the subject are still stored")
@@ -402,14 +418,6 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
             incomplete.append({"request_id": row.request_id, "tenant_id": tenant, "subject": subject,
                                "problems": problems})
     return {"checked": len(rows), "incomplete": incomplete}
-
-
-def _indexed(settings: Settings, tenant: str, subject: str, retained: set[str]) -> list[str]:
-    from pseudozone.rights.process import index_lookup
-
-    found = index_lookup(settings, tenant, {subject})
-    return [p for p, d in zip(found["path"].to_pylist(), found["dataset"].to_pylist(), strict=True)
-            if "*" not in retained and d not in retained]
 
 
 def _export_archives(settings: Settings) -> dict[tuple[str, str], list[Path]]:

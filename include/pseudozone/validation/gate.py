@@ -1,8 +1,9 @@
 """Publish gates: validate what a unit of work is about to publish, before anything is visible.
 
 ``pseudonymize_ingested`` gates each batch (its event-zone rows, its restricted-zone
-rows and its PII-zone rows) after transforming it and before staging; the rights
-processor gates each rewritten file group before it replaces anything.  A failed
+rows and its PII-zone rows) after transforming it, while its files are staged and
+before any is published; the rights processor gates each rewritten file group
+before it replaces anything.  A failed
 gate raises ``ValidationFailed``: the caller quarantines the unit of work with the
 report (expectations, columns, PII forms, counts, row positions; never a value),
 publishes nothing of it and fails its task.
