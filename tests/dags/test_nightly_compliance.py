@@ -64,6 +64,8 @@ def test_the_report_is_written_and_the_verdict_fails_visibly(nightly_run) -> Non
 
     latest = report.latest(settings)
     assert latest is not None and latest["status"] == "fail"
+    assert not [p for p in latest["problems"] if "did not finish" in p], latest["problems"]
+    assert latest["audit"]["ok"] and latest["audit"]["entries"] > 0
     assert [r["request_id"] for r in latest["requests"]["overdue"]] == [facts["late"]]
     failures = [f for z in latest["validation"]["zones"] for f in z["failures"]]
     assert [(f["file"], f["column"], f["kind"], f["rows"]) for f in failures] == [

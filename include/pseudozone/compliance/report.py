@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +54,9 @@ def run_step(settings: Settings, run_id: str, step: str, *, now: dt.datetime | N
              retention_overrides: dict[str, int] | None = None,
              rows_per_run: int = nightly.ROWS_PER_RUN) -> dict[str, Any]:
     """Run one nightly step, save its section; returns the section."""
+    # a section left by an earlier attempt of this step must not be reported if this one fails
+    (run_dir(settings, run_id) / f"{step}.json").unlink(missing_ok=True)
     if step == "retention":
-        # the first step: sections left by an earlier attempt of this run must not be reported
-        shutil.rmtree(run_dir(settings, run_id), ignore_errors=True)
         section = nightly.enforce_retention(settings, now=now, overrides=retention_overrides)
     elif step == "validation":
         section = nightly.validate_zones(settings, rows_per_run=rows_per_run,
