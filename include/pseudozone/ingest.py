@@ -8,7 +8,9 @@ per batch) and in ``pseudozone ingest`` (no Airflow).  Steps per batch:
 2. read the landing file and conform it to its contract, or quarantine it;
 3. build the event-zone table (pseudonyms, generalized quasi-identifiers,
    scrubbed free text) and the PII-zone table (AES-GCM ciphertext per value);
-4. stage every output file, write the subject index, publish by atomic rename;
+4. stage every output file while the publish gate validates the outputs with Great
+   Expectations (``pseudozone.validation.gate``; a failure quarantines the batch and
+   publishes nothing), write the subject index, publish by atomic rename;
 5. ledger: ``done`` with counts.
 
 Steps 1-3 are ``_prepare`` and 4-5 ``_commit``; ``ingest_pending`` overlaps the
