@@ -450,16 +450,42 @@ def main_parent(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+def common_parser(doc: str | None, *, workdir: Path, workdir_help: str, keep_help: str,
+                  repeat_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark script here takes (the phase options are each script's)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
     parser.add_argument("--events", type=int, default=1_000_000, help="events to generate (default 1M)")
-    parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR),
-                        help="data and results directory (default bench/out)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the generated data and phase outputs (re-runs then skip generation)")
+    parser.add_argument("--workdir", default=str(workdir), help=workdir_help)
+    parser.add_argument("--keep", action="store_true", help=keep_help)
+    parser.add_argument("--repeat", type=int, default=1, help=repeat_help)
+    return parser
+
+
+def run_main(args: argparse.Namespace, phases: dict[str, Any], parent: Any) -> int:
+    """A child runs its phase and prints its JSON report (the only thing on stdout: what the
+    libraries print goes to stderr meanwhile); the parent runs ``parent(args)``."""
+    if not args.phase:
+        return int(parent(args))
+    report_fd = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        report = phases[args.phase](args)
+    finally:
+        sys.stdout.flush()
+        os.dup2(report_fd, 1)
+        os.close(report_fd)
+    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common_parser(
+        __doc__, workdir=DEFAULT_WORKDIR, workdir_help="data and results directory (default bench/out)",
+        keep_help="keep the generated data and phase outputs (re-runs then skip generation)",
+        repeat_help="copy+ingest pairs to run; best wall wins")
     parser.add_argument("--batch-rows", type=int, default=1_000_000,
                         help="rows per landing file (default 1M)")
-    parser.add_argument("--repeat", type=int, default=1, help="copy+ingest pairs to run; best wall wins")
     parser.add_argument("--workers", type=int, default=2,
                         help="also run the ingest with this many worker processes (default 2)")
     parser.add_argument("--floor-fsync", action="store_true",
@@ -476,13 +502,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.phase:
-        report = PHASES[args.phase](args)
-        sys.stdout.write(json.dumps(report) + "\n")
-        sys.stdout.flush()
-        return 0
-    return main_parent(args)
+    return run_main(parse_args(argv), PHASES, main_parent)
 
 
 if __name__ == "__main__":

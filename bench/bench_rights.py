@@ -662,13 +662,11 @@ def main_parent(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=1_000_000, help="events to generate (default 1M)")
-    parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR),
-                        help="lake, working copy and results directory (default bench/out/rights)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the ingested lake (a re-run with the same --events reuses it)")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds of the four phases; best wall wins")
+    parser = bi.common_parser(
+        __doc__, workdir=DEFAULT_WORKDIR,
+        workdir_help="lake, working copy and results directory (default bench/out/rights)",
+        keep_help="keep the ingested lake (a re-run with the same --events reuses it)",
+        repeat_help="rounds of the four phases; best wall wins")
     # internal: which phase a child process runs, and on which data root
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -679,13 +677,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.phase:
-        report = PHASES[args.phase](args)
-        sys.stdout.write(json.dumps(report) + "\n")
-        sys.stdout.flush()
-        return 0
-    return main_parent(args)
+    return bi.run_main(parse_args(argv), PHASES, main_parent)
 
 
 if __name__ == "__main__":

@@ -330,15 +330,12 @@ def main_parent(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=1_000_000, help="events to generate (default 1M)")
-    parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR),
-                        help="data, zone and results directory (default bench/out)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the landing data and the ingested zone (re-runs then skip building it)")
+    parser = bi.common_parser(
+        __doc__, workdir=DEFAULT_WORKDIR, workdir_help="data, zone and results directory (default bench/out)",
+        keep_help="keep the landing data and the ingested zone (re-runs then skip building it)",
+        repeat_help="copy+validate pairs to run; best wall wins")
     parser.add_argument("--batch-rows", type=int, default=1_000_000,
                         help="rows per landing file (default 1M)")
-    parser.add_argument("--repeat", type=int, default=1, help="copy+validate pairs to run; best wall wins")
     parser.add_argument("--rows-per-run", type=int, default=None,
                         help="validate_zones(rows_per_run=...): rows per GX run "
                              "(default: the library's, 2,000,000)")
@@ -355,22 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.phase:
-        # the report is the only thing on stdout: anything the libraries print (C or Python)
-        # goes to stderr while the phase runs
-        report_fd = os.dup(1)
-        os.dup2(2, 1)
-        try:
-            report = PHASES[args.phase](args)
-        finally:
-            sys.stdout.flush()
-            os.dup2(report_fd, 1)
-            os.close(report_fd)
-        sys.stdout.write(json.dumps(report) + "\n")
-        sys.stdout.flush()
-        return 0
-    return main_parent(args)
+    return bi.run_main(parse_args(argv), PHASES, main_parent)
 
 
 if __name__ == "__main__":
