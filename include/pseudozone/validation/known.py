@@ -29,19 +29,25 @@ MIN_CHARS = 3          # values shorter than this (after normalising) are not se
 MAX_WORDS = 8          # longer values are searched for by their first MAX_WORDS words
 
 
-def tokens(values: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """(words, row of each word) of a string array: lower-cased runs of letters and digits."""
+def word_lists(values: pa.Array) -> pa.Array:
+    """Each string's words: lower-cased runs of letters and digits (a list per row)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if pa.types.is_dictionary(values.type):
         values = values.cast(values.type.value_type)
     if not pa.types.is_string(values.type):
         values = values.cast(pa.string())
-    lists = pc.split_pattern_regex(pc.utf8_lower(values), WORD_SEPARATORS)
-    flat = pc.list_flatten(lists)
-    parents = pc.list_parent_indices(lists)
-    keep = pc.greater(pc.utf8_length(flat), 0)
-    return pc.filter(flat, keep), pc.filter(parents, keep)
+    spaced = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(values), WORD_SEPARATORS, " "))
+    # a text without words gives [""]: that empty word is dropped by its users
+    return pc.utf8_split_whitespace(spaced)
+
+
+def tokens(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(words, row of each word) of a string array."""
+    lists = word_lists(values)
+    words, rows = pc.list_flatten(lists), pc.list_parent_indices(lists)
+    keep = pc.greater(pc.utf8_length(words), 0)
+    return words.filter(keep), rows.filter(keep)
 
 
 class KnownValues:
@@ -49,23 +55,16 @@ class KnownValues:
 
     def __init__(self, values: Iterable[str | None]) -> None:
         self._key = os.urandom(32)
-        phrases: set[bytes] = set()
-        firsts: set[bytes] = set()
-        lengths: set[int] = set()
-        first_chars: set[int] = set()
         distinct = pa.array(sorted({v for v in values if v is not None}), pa.string())
-        words, rows = tokens(distinct)
-        by_row: dict[int, list[str]] = {}
-        for word, row in zip(words.to_pylist(), rows.to_pylist(), strict=True):
-            by_row.setdefault(row, []).append(word)
-        for seq in by_row.values():
-            seq = seq[:MAX_WORDS]
-            if len(" ".join(seq)) < MIN_CHARS:
-                continue
-            phrases.add(self._digest(" ".join(seq)))
-            firsts.add(self._digest(seq[0]))
-            first_chars.add(len(seq[0]))
-            lengths.add(len(seq))
+        lists = pc.list_slice(word_lists(distinct), 0, MAX_WORDS)
+        phrase = pc.binary_join(lists, " ")
+        wanted = pc.fill_null(pc.greater_equal(pc.utf8_length(phrase), MIN_CHARS), False)
+        lists, phrase = lists.filter(wanted), pc.unique(phrase.filter(wanted))
+        first = pc.unique(pc.list_element(lists, 0))
+        phrases = {self._digest(p) for p in phrase.to_pylist()}
+        firsts = {self._digest(w) for w in first.to_pylist()}
+        first_chars = set(pc.unique(pc.utf8_length(first)).to_pylist())
+        lengths = set(pc.unique(pc.list_value_length(lists)).to_pylist())
         self.count = len(phrases)
         self._phrases = phrases
         self._firsts = pa.array(sorted(firsts), pa.binary())
