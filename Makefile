@@ -66,6 +66,7 @@ bench: install
 	$(BIN)/python bench/bench_ingest.py --events $(BENCH_EVENTS)
 	$(BIN)/python bench/bench_rights.py --events $(BENCH_EVENTS)
 	$(BIN)/python bench/bench_validation.py --events $(BENCH_EVENTS)
+	$(BIN)/python bench/bench_detection.py
 
 clean:
 	rm -rf $(CURDIR)/data $(CURDIR)/.airflow bench/out

@@ -2,7 +2,9 @@
 ### pseudonymize_ingested
 
 Pseudonymizes every pending landing batch (`landing/<dataset>/tenant=<t>/*`) into the
-encrypted **PII zone** and the pseudonymous **event zone**, one mapped task per batch.
+encrypted **PII zone** and the pseudonymous **event zone**, one mapped task per batch:
+first the batches of datasets with PII columns (profiles), then the others, whose free
+text is then scrubbed of the new subjects' names, emails and phones too.
 
 * A batch that breaks its dataset contract is moved to `zones/quarantine/` with a
   machine-readable reason; its task still succeeds and the summary lists it.
@@ -40,10 +42,10 @@ DEFAULT_ARGS = {
 )
 def pseudonymize_ingested() -> None:
     @task
-    def discover_batches() -> list[dict[str, str]]:
+    def discover_batches(stage: str) -> list[dict[str, str]]:
         from pseudozone import tasks
 
-        return tasks.discover_batches()
+        return tasks.discover_batches(stage=stage)
 
     @task(map_index_template="{{ batch['batch_id'] }}", max_active_tis_per_dagrun=2)
     def pseudonymize_batch(batch: dict[str, str]) -> dict[str, Any]:
@@ -52,13 +54,19 @@ def pseudonymize_ingested() -> None:
         return tasks.pseudonymize_batch(batch)
 
     @task
-    def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    def summarize(pii_results: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
         from pseudozone import tasks
 
-        return tasks.summarize_ingest(list(results))
+        return tasks.summarize_ingest([*pii_results, *results])
 
-    # Airflow resolves the XComArg to the list of mapped results at run time
-    summarize(pseudonymize_batch.expand(batch=discover_batches()))  # type: ignore[arg-type]
+    # profiles first: the other datasets' free text is then scrubbed of their subjects too;
+    # the second stage runs whatever became of the first (each batch fails closed on its own)
+    pii_batches = pseudonymize_batch.override(task_id="pseudonymize_pii_batch").expand(
+        batch=discover_batches.override(task_id="discover_pii_batches")("pii"))
+    batches = pseudonymize_batch.override(trigger_rule="all_done").expand(batch=discover_batches("rest"))
+    pii_batches >> batches
+    # Airflow resolves each XComArg to the list of mapped results at run time
+    summarize(pii_batches, batches)  # type: ignore[arg-type]
 
 
 dag_obj = pseudonymize_ingested()

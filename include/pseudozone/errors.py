@@ -32,19 +32,29 @@ class ContractViolation(PseudozoneError):
 
     ``code`` is machine-readable and stable; ``columns`` names the offending
     columns; ``detail`` is a human sentence that never quotes a data value.
+    ``rows`` counts the offending rows, ``rows_at`` gives the first of them (0-based
+    positions in the batch as delivered) and ``details`` breaks the violation down
+    (per column, say); both hold names, counts and positions only, never a value.
     """
 
     def __init__(self, code: str, detail: str, *, columns: list[str] | None = None,
-                 rows: int | None = None) -> None:
+                 rows: int | None = None, rows_at: list[int] | None = None,
+                 details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         self.columns = sorted(columns or [])
         self.rows = rows
+        self.rows_at = rows_at
+        self.details = details
 
     def to_reason(self) -> dict[str, Any]:
         reason: dict[str, Any] = {"code": self.code, "detail": self.detail,
                                   "columns": self.columns}
         if self.rows is not None:
             reason["rows"] = self.rows
+        if self.rows_at is not None:
+            reason["rows_at"] = self.rows_at
+        if self.details is not None:
+            reason["details"] = self.details
         return reason

@@ -43,6 +43,8 @@ from pseudozone.errors import ContractViolation, PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
 from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sha256_of
+from pseudozone.pii.detectors import DEFAULT_REGIONS
+from pseudozone.pii.tenant import TenantValues, searchable, tenant_values
 from pseudozone.validation import gate
 from pseudozone.validation.known import KnownValues
 
@@ -95,15 +97,21 @@ def pseudonymize_column(keyring: KeyRing, tenant: str, purpose: str,
     return pa.DictionaryArray.from_arrays(encoded.indices, pseudonyms)
 
 
-def _known_values(table: pa.Table, contract: Contract) -> list[list[str | None]]:
-    cols = [table[c.name].to_pylist() for c in contract.columns if c.cls in ("pii", "identifier")]
-    return [list(row) for row in zip(*cols, strict=True)]
+def _own_values(table: pa.Table, contract: Contract) -> list[list[str | None]] | None:
+    """Each row's values of the PII columns that are not searched tenant-wide (its city)."""
+    cols = [table[c.name].to_pylist() for c in contract.columns if c.cls == "pii" and not searchable(c)]
+    return [list(row) for row in zip(*cols, strict=True)] if cols else None
 
 
-def build_event_table(table: pa.Table, contract: Contract, keyring: KeyRing,
-                      tenant: str) -> pa.Table:
-    """The event-zone columns of ``table`` in contract order (Hive partitions excluded)."""
-    known = _known_values(table, contract) if contract.has_pii else None
+def build_event_table(table: pa.Table, contract: Contract, keyring: KeyRing, tenant: str, *,
+                      known: KnownValues | None = None,
+                      regions: tuple[str, ...] = DEFAULT_REGIONS) -> pa.Table:
+    """The event-zone columns of ``table`` in contract order (Hive partitions excluded).
+
+    Free text is scrubbed of confirmed PII forms (phones read under ``regions``) and of
+    every ``known`` value of the tenant's subjects.
+    """
+    own = _own_values(table, contract)
     out: dict[str, pa.Array] = {}
     for spec in contract.columns:
         name = spec.event_name
@@ -117,9 +125,9 @@ def build_event_table(table: pa.Table, contract: Contract, keyring: KeyRing,
             assert spec.generalize is not None
             out[name] = GENERALIZERS[spec.generalize](col.combine_chunks(), spec.params)
         elif spec.cls == "free_text":
-            if known is not None:
-                col = pa.array(scrub.redact_known(col.to_pylist(), known), pa.string())
-            out[name] = scrub.scrub(col)
+            if own is not None:
+                col = pa.array(scrub.redact_known(col.to_pylist(), own), pa.string())
+            out[name] = scrub.scrub(col, regions=regions, known=known)
         else:
             out[name] = col.combine_chunks()
     return pa.table(out)
@@ -272,11 +280,27 @@ def _restricted_subjects(settings: Settings, tenant: str) -> pa.Array:
     return pa.array(sorted(restricted_subjects(settings, tenant)), pa.string())
 
 
+TenantCache = dict[str, TenantValues]
+
+
+def _tenant_known(settings: Settings, keyring: KeyRing, tenant: str, table: pa.Table, contract: Contract,
+                  cache: TenantCache | None) -> tuple[KnownValues, tuple[str, ...]]:
+    """The tenant's known values (PII zone, earlier batches of this run, this batch) and phone regions."""
+    values = cache.get(tenant) if cache is not None else None
+    if values is None:
+        values = tenant_values(settings, keyring, tenant)
+        if cache is not None:
+            cache[tenant] = values
+    # this batch's values count from now on, for the later batches of the run too
+    values.add_table(table, contract)
+    return values.known(), values.phone_regions()
+
+
 def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa.Table,
-                keyring: KeyRing, result: BatchResult) -> _Plan:
+                keyring: KeyRing, result: BatchResult, tenant_cache: TenantCache | None = None) -> _Plan:
     tenant = ref.tenant_id
-    known = KnownValues(_raw_values(table, contract))
-    event = build_event_table(table, contract, keyring, tenant)
+    known, regions = _tenant_known(settings, keyring, tenant, table, contract, tenant_cache)
+    event = build_event_table(table, contract, keyring, tenant, known=known, regions=regions)
     subjects = event[SUBJECT_COLUMN].combine_chunks()
     input_rows = np.arange(table.num_rows)
 
@@ -325,22 +349,14 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         result.rows_pii = pii.num_rows
     check = functools.partial(_gate, ref, contract, event, in_restricted, pii, known, input_rows,
                               forbidden=pa.concat_arrays([erased, restricted]), restricted=restricted,
-                              erased=erased)
+                              erased=erased, regions=regions)
     return _Plan(ref, contract, result, outputs, _batch_index(subjects, placements), check)
-
-
-def _raw_values(table: pa.Table, contract: Contract) -> list[str | None]:
-    """Every raw identifier and PII value of the batch (the gate hashes them at once)."""
-    values: list[str | None] = []
-    for spec in contract.columns:
-        if spec.cls in ("identifier", "pii"):
-            values += pc.unique(table[spec.name].combine_chunks().cast(pa.string())).to_pylist()
-    return values
 
 
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
           pii: pa.Table | None, known: KnownValues, input_rows: np.ndarray, *,
-          forbidden: pa.Array, restricted: pa.Array, erased: pa.Array) -> None:
+          forbidden: pa.Array, restricted: pa.Array, erased: pa.Array,
+          regions: tuple[str, ...] = DEFAULT_REGIONS) -> None:
     """Validate the batch's outputs before any is published; quarantined by the caller on failure."""
     mask = in_restricted.to_numpy(zero_copy_only=False)
     ev_rows, rs_rows = np.flatnonzero(~mask), np.flatnonzero(mask)
@@ -351,7 +367,8 @@ def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.
     held = [(RESTRICTED_ZONE, event.take(pa.array(rs_rows)))] if len(rs_rows) else []
     try:
         gate.check(contract, events=events, restricted=held, pii=[(PII_ZONE, pii)] if pii is not None else [],
-                   forbidden=forbidden, restricted_subjects=restricted, erased=erased, known=known)
+                   forbidden=forbidden, restricted_subjects=restricted, erased=erased, known=known,
+                   regions=regions)
     except gate.ValidationFailed as exc:
         gate.renumber(exc, ref.path, {EVENT_ZONE: input_rows[ev_rows], RESTRICTED_ZONE: input_rows[rs_rows],
                                       PII_ZONE: input_rows})
@@ -401,7 +418,8 @@ def _failed(ref: BatchRef, step: str, exc: Exception) -> PseudozoneError:
                            "nothing was marked done, re-run to retry")
 
 
-def _prepare(settings: Settings, ref: BatchRef, keyring: KeyRing | None) -> _Plan | BatchResult:
+def _prepare(settings: Settings, ref: BatchRef, keyring: KeyRing | None,
+             tenant_cache: TenantCache | None = None) -> _Plan | BatchResult:
     """Ledger check, read, conform and transform; a finished result when there is nothing to write."""
     settings.ensure()
     result = BatchResult(ref.batch_id, ref.dataset, ref.tenant_id, "skipped")
@@ -433,7 +451,8 @@ def _prepare(settings: Settings, ref: BatchRef, keyring: KeyRing | None) -> _Pla
         table, contract = read_batch(settings, ref)
         result.rows_in = table.num_rows
         step = "transform"
-        return _plan_batch(settings, ref, contract, table, keyring or KeyRing.load(settings), result)
+        return _plan_batch(settings, ref, contract, table, keyring or KeyRing.load(settings), result,
+                           tenant_cache)
     except ContractViolation as violation:
         return _reject(settings, ref, result, violation)
     except PseudozoneError:
@@ -490,7 +509,20 @@ def pending(settings: Settings) -> list[BatchRef]:
 
     with state.connect(settings) as conn:
         done = ledger.done_fingerprints(conn)
-    return discover(settings, done)
+    # datasets with PII (profiles) first: their subjects' values are then known to the
+    # scrubbing of the other datasets' free text in the same run
+    return sorted(discover(settings, done), key=lambda ref: not has_pii(ref.dataset))
+
+
+def has_pii(dataset: str) -> bool:
+    """Whether a dataset's contract has PII columns (an unknown dataset has none)."""
+    from pseudozone import contracts
+    from pseudozone.errors import ContractError
+
+    try:
+        return contracts.load(dataset).has_pii
+    except ContractError:
+        return False
 
 
 def ingest_pending(settings: Settings, *, keyring: KeyRing | None = None, workers: int = 1,
@@ -508,6 +540,8 @@ def ingest_pending(settings: Settings, *, keyring: KeyRing | None = None, worker
         return _ingest_parallel(settings, refs, workers, on_result)
     keyring = keyring or KeyRing.load(settings)
     results: list[BatchResult] = []
+    # the tenants' known values, decrypted once for the run; dropped when it ends
+    tenant_cache: TenantCache = {}
 
     def finished(res: BatchResult) -> None:
         if on_result:
@@ -520,7 +554,7 @@ def ingest_pending(settings: Settings, *, keyring: KeyRing | None = None, worker
     with ThreadPoolExecutor(1, thread_name_prefix="pseudozone-commit") as committer:
         inflight: Future[BatchResult] | None = None
         for ref in refs:
-            prepared = _prepare(settings, ref, keyring)
+            prepared = _prepare(settings, ref, keyring, tenant_cache)
             if inflight is not None:
                 finished(inflight.result())
                 inflight = None

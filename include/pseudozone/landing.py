@@ -4,6 +4,8 @@ Layout: ``landing/<dataset>/tenant=<tenant_id>/<batch>.{parquet,csv,jsonl}``.
 Files whose names start with ``.`` or ``_`` are in-flight uploads and ignored.
 Reading never lets a library error message through (pyarrow quotes the value
 it failed to parse); it raises ``ContractViolation`` naming columns instead.
+Columns whose contract gives a ``format`` are checked after casting: a value that
+does not fit rejects the batch (``format_mismatch``, with counts and row positions).
 """
 
 from __future__ import annotations
@@ -170,6 +172,41 @@ def _normalize_identifier(arr: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
 
 
+MAX_ROWS_REPORTED = 20
+
+
+def _check_formats(columns: dict[str, pa.ChunkedArray], contract: Contract) -> None:
+    """Every non-null value of a column with a ``format`` must fit it, or the batch is rejected.
+
+    The reason names the columns, their formats, counts and the first row positions;
+    never a value.
+    """
+    details: list[dict[str, Any]] = []
+    any_misfit: pa.Array | None = None
+    total = 0
+    for spec in contract.columns:
+        pattern = spec.format_regex
+        if pattern is None or spec.format is None:
+            continue
+        col = columns[spec.name]
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        misfit = pc.invert(pc.fill_null(pc.match_substring_regex(arr, pattern), True))
+        count = int(pc.sum(misfit).as_py() or 0)
+        if not count:
+            continue
+        total += count
+        any_misfit = misfit if any_misfit is None else pc.or_(any_misfit, misfit)
+        first = pc.indices_nonzero(misfit)[:MAX_ROWS_REPORTED].to_pylist()
+        details.append({"column": spec.name, "format": spec.format.label, "rows": count,
+                        "rows_at": first})
+    if any_misfit is None:
+        return
+    rows_at = pc.indices_nonzero(any_misfit)[:MAX_ROWS_REPORTED].to_pylist()
+    raise ContractViolation("format_mismatch", f"{total} value(s) do not fit their contract format",
+                            columns=[d["column"] for d in details],
+                            rows=int(pc.sum(any_misfit).as_py() or 0), rows_at=rows_at, details=details)
+
+
 def conform(table: pa.Table, contract: Contract, tenant: str) -> pa.Table:
     """Check ``table`` against ``contract`` and return it typed, in contract order."""
     present = set(table.column_names)
@@ -209,6 +246,8 @@ def conform(table: pa.Table, contract: Contract, tenant: str) -> pa.Table:
         raise ContractViolation("tenant_mismatch",
                                 "rows whose tenant_id differs from the landing folder's tenant",
                                 columns=[TENANT_COLUMN], rows=mismatched)
+    # identifiers are checked as normalized above (trimmed; blank is null)
+    _check_formats(out, contract)
     return pa.table(out)
 
 

@@ -15,11 +15,19 @@ from pseudozone.errors import PseudozoneError
 log = logging.getLogger(__name__)
 
 
-def discover_batches(home: str | None = None) -> list[dict[str, str]]:
-    from pseudozone.ingest import pending
+def discover_batches(home: str | None = None, stage: str | None = None) -> list[dict[str, str]]:
+    """Pending batches; ``stage`` "pii" keeps the datasets with PII columns (profiles), "rest" the others.
 
-    refs = pending(Settings.from_env(home))
-    log.info("%d pending batch(es)", len(refs))
+    The ingest DAG publishes the PII stage first, so that the other datasets' free text
+    is scrubbed of the subjects those batches bring (``pseudozone.pii.tenant``).
+    """
+    from pseudozone.ingest import has_pii, pending
+
+    if stage not in (None, "pii", "rest"):
+        raise ValueError(f"stage must be 'pii', 'rest' or None, not {stage!r}")
+    refs = [r for r in pending(Settings.from_env(home))
+            if stage is None or has_pii(r.dataset) == (stage == "pii")]
+    log.info("%d pending batch(es)%s", len(refs), f" ({stage} stage)" if stage else "")
     return [r.to_dict() for r in refs]
 
 

@@ -59,7 +59,10 @@ def test_every_dag_is_tagged_documented_and_retries(dagbag) -> None:  # type: ig
 
 def test_pseudonymize_ingested_shape(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.get_dag("pseudonymize_ingested")
-    assert set(dag.task_ids) == {"discover_batches", "pseudonymize_batch", "summarize"}
+    assert set(dag.task_ids) == {"discover_pii_batches", "pseudonymize_pii_batch", "discover_batches",
+                                 "pseudonymize_batch", "summarize"}
+    # datasets with PII are published first: the others' free text is scrubbed of their subjects
+    assert "pseudonymize_pii_batch" in dag.get_task("pseudonymize_batch").upstream_task_ids
     assert dag.schedule == "@hourly"
     assert dag.max_active_runs == 1
     assert not dag.catchup

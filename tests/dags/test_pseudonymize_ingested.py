@@ -32,9 +32,11 @@ def test_dag_run_succeeds_with_one_mapped_task_per_batch(ingest_run) -> None:  #
     states: dict[str, list[str]] = {}
     for ti in dag_run.get_task_instances():
         states.setdefault(ti.task_id, []).append(ti.state)
-    # 2 tenants × (profiles + events + server_logs) + planted × 3 + the broken csv
-    assert states["pseudonymize_batch"] == ["success"] * 10
+    # profiles first (2 tenants + planted), then events and server_logs (2 × 2 + planted × 2 + broken csv)
+    assert states["pseudonymize_pii_batch"] == ["success"] * 3
+    assert states["pseudonymize_batch"] == ["success"] * 7
     assert states["discover_batches"] == ["success"] and states["summarize"] == ["success"]
+    assert states["discover_pii_batches"] == ["success"]
     assert (settings.quarantine / "events" / "tenant_id=acme" / "broken-0001.csv").exists()
     assert list((settings.event_zone / "events").rglob("*planted-0000*.parquet"))
 

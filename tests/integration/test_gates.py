@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pseudozone import cli, contracts, ingest, ledger, state
+from pseudozone import cli, contracts, ingest, landing, ledger, state
 from pseudozone.config import Settings
 from pseudozone.keys import KeyRing
 from pseudozone.validation import gate
@@ -66,7 +66,7 @@ def published(lake: Settings) -> Settings:
 def test_the_gate_stops_each_free_text_form_the_scrubber_missed(
         published: Settings, monkeypatch: pytest.MonkeyPatch, form: str) -> None:
     # simulate a scrubber regression: free text reaches the event table unchanged
-    monkeypatch.setattr(ingest.scrub, "scrub", lambda col: col.combine_chunks()
+    monkeypatch.setattr(ingest.scrub, "scrub", lambda col, **_: col.combine_chunks()
                         if isinstance(col, pa.ChunkedArray) else col)
     before = _tree(published.zones)
     _land(published, "events", _with(_clean_events(), "properties_json", 3, planted.FREE_TEXT_FORMS[form]))
@@ -86,18 +86,33 @@ def test_the_gate_stops_each_free_text_form_the_scrubber_missed(
     assert planted.find_needles(json.dumps(_reason(published))) == []
 
 
-def test_pii_in_a_column_the_scrubber_does_not_touch_is_stopped(published: Settings) -> None:
+def _formats_not_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
+    # simulate a conform regression: the contract's column formats are not checked at ingest
+    monkeypatch.setattr(landing, "_check_formats", lambda columns, contract: None)
+
+
+def test_pii_in_a_column_the_scrubber_does_not_touch_is_stopped(
+        published: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # session_id has a format: an email does not fit it, so the contract rejects the batch
     _land(published, "events", _with(_clean_events(), "session_id", 5, planted.EMAIL))
 
     [result] = ingest.ingest_pending(published)
 
-    assert result.reason is not None and result.reason["code"] == "validation_failed"
-    assert "session_id" in result.reason["columns"]
+    assert result.reason is not None and result.reason["code"] == "format_mismatch"
+    assert result.reason["columns"] == ["session_id"] and result.reason["rows_at"] == [5]
     assert not any(published.event_zone.rglob("*gate-0001*"))
 
+    # were formats not enforced at ingest, the gate's format check would stop it
+    _formats_not_enforced(monkeypatch)
+    _land(published, "events", _with(_clean_events(), "session_id", 5, planted.EMAIL), "gate-0002.parquet")
+    [result] = ingest.ingest_pending(published)
+    assert result.reason is not None and result.reason["code"] == "validation_failed"
+    assert "session_id" in result.reason["columns"]
+    assert not any(published.event_zone.rglob("*gate-0002*"))
 
-def test_another_rows_raw_values_are_found_through_keyed_hashes(published: Settings) -> None:
-    # row 1's free text names row 0's subject: the row-wise redaction cannot know that
+
+def _two_profiles() -> pa.Table:
+    # row 1's free text names row 0's subject
     first = planted.profiles()
     second = first.set_column(1, "user_id", pa.array(["usr_gate_0002"]))
     for column, value in (("email", "someone.else@example.net"), ("full_name", "Quinn Otherperson"),
@@ -105,18 +120,38 @@ def test_another_rows_raw_values_are_found_through_keyed_hashes(published: Setti
                           ("city", "Othertown"),
                           ("attributes_json", f'{{"referred_by": "{planted.NAME.upper()}"}}')):
         second = second.set_column(second.column_names.index(column), column, pa.array([value]))
-    _land(published, "profiles", pa.concat_tables([first, second]))
+    return pa.concat_tables([first, second])
+
+
+def test_another_rows_subject_is_scrubbed_from_free_text(lake: Settings) -> None:
+    _land(lake, "profiles", _two_profiles(), "two-0001.parquet")
+    results = ingest.ingest_pending(lake)
+    assert {r.status for r in results} == {"done"}
+    [path] = (lake.event_zone / "profiles").rglob("*two-0001*.parquet")
+    texts = pq.read_table(path)["attributes_json"].to_pylist()
+    assert texts[1] == '{"referred_by": "[pii]"}'
+    assert all(planted.find_needles(t) == [] for t in texts)
+
+
+def test_another_rows_subject_the_scrubber_missed_is_stopped_through_keyed_hashes(
+        published: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a scrubber regression: known values are no longer replaced; the gate still finds them
+    real = ingest.scrub.scrub
+    monkeypatch.setattr(ingest.scrub, "scrub", lambda col, **kw: real(col, regions=kw["regions"]))
+    _land(published, "profiles", _two_profiles())
 
     [result] = ingest.ingest_pending(published)
 
     assert result.reason is not None and result.reason["code"] == "validation_failed"
     [failure] = [f for r in result.reason["validation"] for f in r["failures"]]
     assert failure["expectation"] == "expect_column_values_to_be_free_of_known_values"
-    assert failure["column"] == "attributes_json" and failure["rows"] == [1]
+    assert failure["column"] == "attributes_json" and failure["rows"] == [0, 1]  # its own and the other
     assert planted.find_needles(json.dumps(result.reason)) == []
 
 
-def test_the_cli_exits_1_and_the_task_fails_without_retry(published: Settings, capsys: Any) -> None:
+def test_the_cli_exits_1_and_the_task_fails_without_retry(published: Settings, capsys: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _formats_not_enforced(monkeypatch)  # else event_name's format rejects these at ingest
     _land(published, "events", _with(_clean_events(), "event_name", 0, planted.IBAN))
     assert cli.main(["--home", str(published.root), "ingest"]) == 1
     assert "publish gate stopped 1 batch" in capsys.readouterr().err
@@ -136,9 +171,10 @@ def test_forbidden_subjects_and_plaintext_in_the_pii_zone_fail_the_gate() -> Non
     profiles = contracts.load("profiles")
     ring = KeyRing(TEST_MASTER_KEY)
     erased, kept = ring.subject_id("acme", "gone"), ring.subject_id("acme", "kept")
-    table = pa.table({"subject_id": [kept, erased], "anonymous_pid": [None, None], "event_id": ["e1", "e2"],
-                      "event_name": ["view", "view"], "event_ts": pa.array([planted.TS] * 2),
-                      "session_id": ["s", "s"], "ip_prefix": ["198.51.100.0/24", None],
+    table = pa.table({"subject_id": [kept, erased], "anonymous_pid": [None, None],
+                      "event_id": ["evt_1", "evt_2"], "event_name": ["view", "view"],
+                      "event_ts": pa.array([planted.TS] * 2), "session_id": ["s_1", "s_1"],
+                      "ip_prefix": ["198.51.100.0/24", None],
                       "user_agent": ["x", "y"], "page_url": ["/", "/"], "properties_json": ["{}", "{}"]})
     with pytest.raises(gate.ValidationFailed) as caught:
         gate.check(events, events=[("e.parquet", table)], forbidden=[erased])
@@ -172,10 +208,13 @@ def test_known_values_never_leave_the_process() -> None:
         True, False, False]
 
 
-def test_a_failing_gate_leaves_no_staging_and_a_corrected_delivery_goes_through(published: Settings) -> None:
+def test_a_failing_gate_leaves_no_staging_and_a_corrected_delivery_goes_through(
+        published: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    _formats_not_enforced(monkeypatch)  # else event_name's format rejects the IP at ingest
     bad = _land(published, "events", _with(_clean_events(), "event_name", 2, planted.IPV4))
     [result] = ingest.ingest_pending(published)
     assert result.status == "quarantined" and not bad.exists()
+    assert result.reason is not None and result.reason["code"] == "validation_failed"
     assert not any(published.staging.rglob("*.parquet"))
     _land(published, "events", _clean_events(), "gate-0001.parquet")
     [again] = ingest.ingest_pending(published)
@@ -219,11 +258,11 @@ def test_several_files_at_once_and_a_metric_error_fails_closed_without_its_messa
     profiles = contracts.load("profiles")
     row = planted.profiles()
     ring = KeyRing(TEST_MASTER_KEY)
-    event = ingest.build_event_table(row, profiles, ring, planted.TENANT)
+    known = KnownValues([planted.NAME, planted.STREET])
+    event = ingest.build_event_table(row, profiles, ring, planted.TENANT, known=known)
     event = ingest._plain_take(event, pa.array([0]))
     other = event.set_column(event.column_names.index("attributes_json"), "attributes_json",
                              pa.array([f'{{"note": "ask {planted.NAME.upper()}"}}']))
-    known = KnownValues([planted.NAME])
     with pytest.raises(gate.ValidationFailed) as caught:
         gate.check(profiles, events=[("a.parquet", event), ("b.parquet", other)], known=known)
     [failure] = caught.value.reports[0].failures
@@ -248,8 +287,8 @@ def test_a_rewrite_checks_every_rows_subject_and_the_changed_rows_in_full() -> N
     ring = KeyRing(TEST_MASTER_KEY)
     kept, moved = ring.subject_id("acme", "kept"), ring.subject_id("acme", "moved")
     table = pa.table({"subject_id": [kept, moved, moved], "anonymous_pid": [None] * 3,
-                      "event_id": ["e1", "e2", "e3"], "event_name": ["view"] * 3,
-                      "event_ts": pa.array([planted.TS] * 3), "session_id": ["s"] * 3,
+                      "event_id": ["evt_1", "evt_2", "evt_3"], "event_name": ["view"] * 3,
+                      "event_ts": pa.array([planted.TS] * 3), "session_id": ["s_1"] * 3,
                       "ip_prefix": ["198.51.100.0/24"] * 3, "user_agent": ["x"] * 3, "page_url": ["/"] * 3,
                       "properties_json": ["{}", "{}", planted.FREE_TEXT_FORMS["iban"]]})
     # rows of subjects the rewrite did not touch are only checked for their subject

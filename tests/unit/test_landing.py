@@ -19,7 +19,7 @@ def _logs(**overrides: list[object]) -> pa.Table:
         "tenant_id": ["acme", "acme"], "user_id": ["u1", "  "],
         "request_ts": ["2026-11-01T10:00:00Z", "2026-11-01 11:00:00"], "ip": ["203.0.113.9", None],
         "method": ["GET", "POST"], "path": ["/", "/x"], "status": ["200", " 404 "],
-        "bytes_sent": ["10", "20"], "user_agent": ["curl", "curl"], "request_id": ["r1", "r2"],
+        "bytes_sent": ["10", "20"], "user_agent": ["curl", "curl"], "request_id": ["req_1", "req_2"],
     }
     base.update(overrides)
     return pa.table(base)
@@ -56,7 +56,7 @@ def test_given_wrong_type_then_error_names_column_but_never_the_value() -> None:
 
 def test_given_null_in_required_column_then_batch_is_rejected() -> None:
     with pytest.raises(ContractViolation) as err:
-        conform(_logs(request_id=["r1", None]), LOGS, "acme")
+        conform(_logs(request_id=["req_1", None]), LOGS, "acme")
     assert err.value.code == "null_values" and err.value.rows == 1
 
 

@@ -202,11 +202,14 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
     it (``erased_found``), from the same reads.  With ``data_docs``, Great
     Expectations Data Docs of this run are built there.
     """
+    from pseudozone.keys import KeyRing
+    from pseudozone.pii.tenant import tenant_values
     from pseudozone.validation.expectations import registered
     from pseudozone.validation.suites import Validator
 
     started = time.perf_counter()
     validator = Validator()
+    keyring: KeyRing | None = None
     erased_by_tenant: dict[str, set[str]] = defaultdict(set)
     for row in _completed_erasures(settings):
         erased_by_tenant[row.tenant_id].add(row.subject_id)
@@ -216,6 +219,9 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
     work: list[tuple[dict[str, Any], str, Callable[[], list[Any]], pa.Array, list[Path]]] = []
     with ExitStack() as stack:
         refs: dict[tuple[str, str], tuple[str, str, str]] = {}
+        # each tenant's known values (decrypted from its PII zone, held as keyed digests for
+        # this run only) and phone regions: the same search the publish gate makes
+        known_refs: dict[str, tuple[str, tuple[str, ...]]] = {}
         for zone_name, root in (("events", settings.event_zone), ("restricted", settings.restricted_zone),
                                 ("pii", settings.pii_zone)):
             for dataset, tenant, tenant_dir in _tenant_dirs(root):
@@ -236,9 +242,16 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
                     refs[(tenant, dataset)] = (stack.enter_context(registered(forbidden_set)),
                                                stack.enter_context(registered(restricted)),
                                                stack.enter_context(registered(live)))
+                if tenant not in known_refs:
+                    keyring = keyring or KeyRing.load(settings)
+                    values = tenant_values(settings, keyring, tenant)
+                    known_refs[tenant] = (stack.enter_context(registered(values.known())),
+                                          values.phone_regions())
+                    del values
                 forbidden, allowed, live_ref = refs[(tenant, dataset)]
+                known_ref, regions = known_refs[tenant]
                 key, make = _suite(zone_name, contracts.load(dataset), forbidden=forbidden, allowed=allowed,
-                                   live=live_ref)
+                                   live=live_ref, known=known_ref, regions=regions)
                 erased = pa.array(sorted(erased_by_tenant.get(tenant, set())), pa.string())
                 work += [(section, key, make, erased, chunk)
                          for chunk in _chunks(zones.parquet_files(tenant_dir), rows_per_run)]
@@ -289,17 +302,17 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
 
 
 def _suite(zone: str, contract: contracts.Contract, *, forbidden: str, allowed: str,
-           live: str) -> tuple[str, Callable[[], list[Any]]]:
+           live: str, known: str, regions: tuple[str, ...]) -> tuple[str, Callable[[], list[Any]]]:
     """(suite key, suite builder) of a zone; the key names the registered sets it checks against."""
     from pseudozone.validation.suites import event_suite, pii_suite, restricted_suite
 
     version = f"{contract.dataset}:v{contract.version}"
     if zone == "events":
-        return (f"nightly:events:{version}:{forbidden}",
-                partial(event_suite, contract, forbidden_ref=forbidden))
+        return (f"nightly:events:{version}:{forbidden}:{known}",
+                partial(event_suite, contract, forbidden_ref=forbidden, known_ref=known, regions=regions))
     if zone == "restricted":
-        return (f"nightly:restricted:{version}:{allowed}",
-                partial(restricted_suite, contract, allowed_ref=allowed))
+        return (f"nightly:restricted:{version}:{allowed}:{known}",
+                partial(restricted_suite, contract, allowed_ref=allowed, known_ref=known, regions=regions))
     return f"nightly:pii:{version}:{live}", partial(pii_suite, contract, live_ref=live)
 
 

@@ -4,6 +4,11 @@ The contract is the allow-list of a dataset.  A batch with a column the
 contract does not know, without a required column, or with a value that does
 not fit a column's type is rejected whole (see ``pseudozone.ingest``).
 
+A ``keep`` or ``identifier`` string column may declare a ``format`` (see
+``FormatSpec``): an allow-list its every value must fit, checked at ingest; a value
+that does not fit rejects the batch.  In the event zone a formatted ``keep`` column
+is validated by its format instead of being scanned for PII forms.
+
 Adding a dataset means adding ``<dataset>.yaml`` here, or in the directory
 named by ``PSEUDOZONE_CONTRACTS_DIR``.
 """
@@ -11,6 +16,7 @@ named by ``PSEUDOZONE_CONTRACTS_DIR``.
 from __future__ import annotations
 
 import os
+import string
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -29,6 +35,78 @@ GENERALIZERS = ("ip_prefix", "year", "prefix")
 TENANT_COLUMN = "tenant_id"
 SUBJECT_COLUMN = "subject_id"
 DATE_PARTITION = "date"
+FORMAT_CLASSES = ("keep", "identifier")
+NAMED_FORMATS = ("uuid", "hex", "ulid", "integer")
+FORMAT_KINDS = (*NAMED_FORMATS, "enum", "regex")
+MAX_REPEAT = 1000  # RE2's largest repetition count
+
+_HEX = "[0-9a-fA-F]"
+_NAMED_RE = {
+    "uuid": f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}",
+    # Crockford base32 (no I, L, O, U), either case; a 128-bit ULID starts with 0-7
+    "ulid": "[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}",
+    "integer": "-?[0-9]+",
+}
+_PUNCTUATION = frozenset(string.punctuation.replace("_", "") + " ")
+_LENGTH_KEYS = ("length", "min_length", "max_length")
+_FORMAT_KEYS = ("name", "enum", "regex", "prefix", *_LENGTH_KEYS)
+
+
+def re2_escape(text: str) -> str:
+    """``text`` as an RE2 literal: ASCII punctuation and the space backslash-escaped."""
+    return "".join("\\" + ch if ch in _PUNCTUATION else ch for ch in text)
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """What every non-null value of a column must look like (an allow-list).
+
+    ``kind`` is one of ``FORMAT_KINDS``; ``prefix`` (named kinds only) is a literal the
+    value starts with; ``min_length``/``max_length`` bound a ``hex``; ``values`` are an
+    ``enum``'s; ``pattern`` is a ``regex``'s, matched against the whole value.
+    """
+
+    kind: str
+    prefix: str = ""
+    min_length: int | None = None
+    max_length: int | None = None
+    values: tuple[str, ...] = ()
+    pattern: str | None = None
+
+    @property
+    def regex(self) -> str:
+        """One anchored RE2 pattern the whole value must match."""
+        if self.kind == "enum":
+            body = "|".join(re2_escape(v) for v in self.values)
+        elif self.kind == "regex":
+            body = str(self.pattern)
+        elif self.kind == "hex":
+            lo = self.min_length or 1
+            hi = "" if self.max_length is None else str(self.max_length)
+            body = _HEX + ("+" if (lo, hi) == (1, "") else f"{{{lo}}}" if hi == str(lo)
+                           else f"{{{lo},{hi}}}")
+        else:
+            body = _NAMED_RE[self.kind]
+        if self.prefix:
+            body = re2_escape(self.prefix) + "(?:" + body + ")"
+        return "^(?:" + body + ")$"
+
+    @property
+    def label(self) -> str:
+        """A short name for messages and reasons (never a value, never the pattern)."""
+        if self.kind == "enum":
+            return f"enum of {len(self.values)}"
+        options = []
+        if self.prefix:
+            options.append(f"prefix {self.prefix!r}")
+        if self.min_length is not None and self.min_length == self.max_length:
+            options.append(f"length {self.min_length}")
+        else:
+            if self.min_length is not None:
+                options.append(f"min_length {self.min_length}")
+            if self.max_length is not None:
+                options.append(f"max_length {self.max_length}")
+        return self.kind + (f" ({', '.join(options)})" if options else "")
 
 
 @dataclass(frozen=True)
@@ -42,6 +120,12 @@ class ColumnSpec:
     output: str | None = None
     generalize: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    format: FormatSpec | None = None
+
+    @property
+    def format_regex(self) -> str | None:
+        """The anchored RE2 pattern every non-null value must match, if the column has a format."""
+        return self.format.regex if self.format is not None else None
 
     @property
     def event_name(self) -> str | None:
@@ -97,10 +181,88 @@ def _fail(source: str, message: str) -> ContractError:
     return ContractError(f"contract {source}: {message}")
 
 
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_REPEAT
+
+
+def _compiles(pattern: str) -> bool:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        # a one-row input: Arrow compiles the pattern only when there is something to match
+        pc.match_substring_regex(pa.array([""], pa.string()), pattern)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _format(source: str, name: str, cls: str, typ: str, raw: Any) -> FormatSpec:
+    """Parse a column's ``format:`` (a name, or a mapping with one of name/enum/regex)."""
+    def fail(message: str) -> ContractError:
+        return _fail(source, f"column {name!r}: {message}")
+
+    if cls not in FORMAT_CLASSES:
+        raise fail(f"format is only for {' and '.join(FORMAT_CLASSES)} columns, not {cls}")
+    if typ != "string":
+        raise fail(f"format needs type string, not {typ}")
+    spec = {"name": raw} if isinstance(raw, str) else raw
+    if not isinstance(spec, dict):
+        raise fail("format must be a name or a mapping (name:, enum: or regex:)")
+    unknown = sorted(str(k) for k in spec if k not in _FORMAT_KEYS)
+    if unknown:
+        raise fail(f"format has unknown option(s) {unknown}; expected some of {_FORMAT_KEYS}")
+    given = [k for k in ("name", "enum", "regex") if k in spec]
+    if len(given) != 1:
+        raise fail("format needs exactly one of name:, enum: or regex:")
+    kind = given[0]
+    prefix = spec.get("prefix", "")
+    lengths = {k: spec[k] for k in _LENGTH_KEYS if k in spec}
+    if kind == "enum":
+        values = spec["enum"]
+        if (not isinstance(values, list) or not values
+                or not all(isinstance(v, str) and v for v in values)):
+            raise fail("format enum must be a non-empty list of non-empty strings (quote values"
+                       " YAML reads as numbers or booleans)")
+        if len(set(values)) != len(values):
+            raise fail("format enum lists a value twice")
+        if "prefix" in spec or lengths:
+            raise fail("format enum takes no prefix or length options")
+        return FormatSpec(kind="enum", values=tuple(values))
+    if kind == "regex":
+        pattern = spec["regex"]
+        if not isinstance(pattern, str) or not pattern:
+            raise fail("format regex must be a non-empty string")
+        if "prefix" in spec or lengths:
+            raise fail("format regex takes no prefix or length options (write them into the pattern)")
+        # on its own too: 'a)|(.*' compiles only once wrapped, and would then match anything
+        if not (_compiles(pattern) and _compiles("^(?:" + pattern + ")$")):
+            raise fail("format regex is not a valid RE2 pattern")
+        return FormatSpec(kind="regex", pattern=pattern)
+    named = spec["name"]
+    if named not in NAMED_FORMATS:
+        raise fail(f"format {named!r} is not one of {FORMAT_KINDS}")
+    if not isinstance(prefix, str):
+        raise fail("format prefix must be a string")
+    if "prefix" in spec and not prefix:
+        raise fail("format prefix must not be empty")
+    if lengths and named != "hex":
+        raise fail(f"format {named} takes no length options (only hex does)")
+    if not all(_positive(v) for v in lengths.values()):
+        raise fail(f"format lengths must be whole numbers from 1 to {MAX_REPEAT}")
+    if "length" in lengths and len(lengths) > 1:
+        raise fail("format takes length or min_length/max_length, not both")
+    lo = lengths.get("length", lengths.get("min_length"))
+    hi = lengths.get("length", lengths.get("max_length"))
+    if lo is not None and hi is not None and lo > hi:
+        raise fail("format min_length is larger than max_length")
+    return FormatSpec(kind=named, prefix=prefix, min_length=lo, max_length=hi)
+
+
 def _column(source: str, name: str, raw: Any) -> ColumnSpec:
     if not isinstance(raw, dict):
         raise _fail(source, f"column {name!r} must be a mapping")
-    known = {"class", "type", "nullable", "required", "subject", "output", "generalize"}
+    known = {"class", "type", "nullable", "required", "subject", "output", "generalize", "format"}
     cls = raw.get("class")
     typ = raw.get("type")
     if cls not in CLASSES:
@@ -116,13 +278,18 @@ def _column(source: str, name: str, raw: Any) -> ColumnSpec:
     if cls in ("identifier", "free_text", "pii") and typ != "string":
         raise _fail(source, f"{cls} column {name!r} must have type string")
     params = {k: v for k, v in raw.items() if k not in known}
+    fmt = _format(source, name, cls, typ, raw["format"]) if "format" in raw else None
+    misplaced = sorted(k for k in ("prefix", *_LENGTH_KEYS) if k in params)
+    if fmt is not None and misplaced:
+        raise _fail(source, f"column {name!r}: {misplaced} belong inside format:"
+                            " (format: {name: hex, length: 16})")
     if gen == "prefix" and not (isinstance(params.get("length"), int) and params["length"] > 0):
         raise _fail(source, f"column {name!r}: generalize prefix needs a positive integer length")
     return ColumnSpec(
         name=name, cls=cls, type=typ,
         nullable=bool(raw.get("nullable", True)), required=bool(raw.get("required", True)),
         subject=bool(raw.get("subject", False)), output=raw.get("output"),
-        generalize=gen, params=params,
+        generalize=gen, params=params, format=fmt,
     )
 
 

@@ -1,45 +1,25 @@
-"""PII detectors over Arrow string columns: one boolean per row, no value kept.
+"""PII checks over Arrow string columns for the publish gates and the nightly run: a boolean per row.
 
-The forms are the scrubber's (``pseudozone.scrub.PATTERNS``), so what the scrubber
-leaves the validator does not flag, and what the validator flags is a scrub miss.
-Card numbers count only when Luhn-valid (order numbers are not cards).
+They use the confirming detectors (``pseudozone.pii``: libphonenumber, mod-97,
+Luhn with issuer ranges, ``ipaddress``, on text decoded as a reader sees it) and
+the keyed-hash search for known values, never the scrubber's own choices: the
+scrubber decides what it replaces (``pseudozone.scrub.SCRUB_KINDS``), these checks
+decide independently what must not be published.  No value is kept or returned.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pseudozone.scrub import PATTERNS
+from pseudozone.pii import scan
+from pseudozone.pii.detectors import DEFAULT_REGIONS, KINDS
 
-KINDS = ("email", "phone", "ip", "card", "iban")
-_BY_KIND = {kind: "|".join(f"(?:{p})" for k, p in PATTERNS if k == kind) for kind in KINDS}
+__all__ = ["DEFAULT_REGIONS", "KINDS", "any_of", "ciphertext_like", "matches", "per_distinct"]
 NONCE_BYTES = 12  # AES-GCM nonce at the start of every PII-zone value (pseudozone.keys)
-_DIGIT_RUN = re.compile(r"(?:\d[ \-]?){12,18}\d")
-
-
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
-def _has_luhn_card(text: str) -> bool:
-    for match in _DIGIT_RUN.finditer(text):
-        digits = re.sub(r"\D", "", match.group())
-        if 13 <= len(digits) <= 19 and _luhn(digits):
-            return True
-    return False
 
 
 def per_distinct(values: pa.Array, flag: Callable[[pa.Array], pa.Array]) -> pa.Array:
@@ -64,42 +44,14 @@ def per_distinct(values: pa.Array, flag: Callable[[pa.Array], pa.Array]) -> pa.A
     return pc.fill_null(pc.take(flag(encoded.dictionary), encoded.indices), False)
 
 
-def _strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.cast(arr.type.value_type)
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        arr = arr.cast(pa.string())
-    return arr
-
-
-def _confirm_cards(arr: pa.Array, hit: pa.Array) -> pa.Array:
-    # candidates are few: confirm each with the Luhn checksum
-    rows = np.flatnonzero(hit.to_numpy(zero_copy_only=False))
-    if len(rows) == 0:
-        return hit
-    flags = hit.to_numpy(zero_copy_only=False).copy()
-    for row, text in zip(rows, arr.take(pa.array(rows)).to_pylist(), strict=True):
-        flags[row] = _has_luhn_card(text)
-    return pa.array(flags)
-
-
-def any_of(values: pa.Array | pa.ChunkedArray, kinds: list[str] | tuple[str, ...] = KINDS) -> pa.Array:
-    """True where a value holds PII of any of ``kinds`` (one regex pass for the non-card forms)."""
+def any_of(values: pa.Array | pa.ChunkedArray, kinds: list[str] | tuple[str, ...] = KINDS,
+           regions: tuple[str, ...] | list[str] = DEFAULT_REGIONS) -> pa.Array:
+    """True where a value holds PII of any of ``kinds`` (confirmed by its detector)."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown PII form(s) {unknown}; expected some of {KINDS}")
-    plain = "|".join(f"(?:{_BY_KIND[k]})" for k in kinds if k != "card")
-
-    def flag(arr: pa.Array) -> pa.Array:
-        arr = _strings(arr)
-        found = (pc.fill_null(pc.match_substring_regex(arr, plain), False) if plain
-                 else pa.array(np.zeros(len(arr), dtype=bool)))
-        if "card" in kinds:
-            found = pc.or_(found, matches(arr, "card"))
-        return found
-
-    return per_distinct(values, flag)
+    chosen, where = tuple(kinds), tuple(regions)
+    return per_distinct(values, lambda arr: scan.flags(arr, kinds=chosen, regions=where))
 
 
 def ciphertext_like(values: pa.Array | pa.ChunkedArray, *, min_bytes: int = 28) -> pa.Array:
@@ -145,10 +97,9 @@ def ciphertext_like(values: pa.Array | pa.ChunkedArray, *, min_bytes: int = 28) 
     return pa.array(ok)
 
 
-def matches(values: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
+def matches(values: pa.Array | pa.ChunkedArray, kind: str,
+            regions: tuple[str, ...] | list[str] = DEFAULT_REGIONS) -> pa.Array:
     """True where a value holds PII of this form (nulls: False)."""
-    if kind not in _BY_KIND:
+    if kind not in KINDS:
         raise ValueError(f"unknown PII form {kind!r}; expected one of {KINDS}")
-    arr = _strings(values)
-    hit = pc.fill_null(pc.match_substring_regex(arr, _BY_KIND[kind]), False)
-    return _confirm_cards(arr, hit) if kind == "card" else hit
+    return scan.flags(values, kinds=KINDS, regions=tuple(regions), which=kind)

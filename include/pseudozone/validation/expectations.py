@@ -110,25 +110,30 @@ def _series(mask: pa.Array | np.ndarray, column: pd.Series) -> pd.Series:
 
 
 class ColumnValuesFreeOfPii(ColumnMapMetricProvider):
-    """Row is True when the value holds no PII of the given forms (Arrow RE2 + Luhn)."""
+    """Row is True when the value holds no PII of the given forms (confirming detectors on decoded text)."""
 
     condition_metric_name = "column_values.free_of_pii"
     filter_column_isnull = False  # nulls pass, decided by the metric itself (no row filtering)
-    condition_value_keys = ("kinds",)
+    condition_value_keys = ("kinds", "regions")
 
     @column_condition_partial(engine=PandasExecutionEngine)
     @_safe
-    def _pandas(cls, column: pd.Series, kinds: list[str], **kwargs: Any) -> pd.Series:
-        found = detect.any_of(_arrow(column), kinds)
+    def _pandas(cls, column: pd.Series, kinds: list[str], regions: list[str], **kwargs: Any) -> pd.Series:
+        found = detect.any_of(_arrow(column), kinds, regions)
         return _series(pc.invert(found), column)
 
 
 class ExpectColumnValuesToBeFreeOfPii(ColumnMapExpectation):
-    """Expect no value to hold an email, phone, IP address, Luhn-valid card or IBAN (or the given forms)."""
+    """Expect no value to hold an email, phone, IP address, card number or IBAN (or the given forms).
+
+    Each form is confirmed by its own rules (libphonenumber under ``regions``, mod-97,
+    Luhn and issuer ranges, ``ipaddress``) on the text decoded as a reader sees it.
+    """
 
     kinds: list[str] = list(detect.KINDS)  # noqa: RUF012 - a pydantic field, copied per instance
+    regions: list[str] = list(detect.DEFAULT_REGIONS)  # noqa: RUF012 - a pydantic field
     map_metric = "column_values.free_of_pii"
-    success_keys = ("kinds", "mostly")
+    success_keys = ("kinds", "regions", "mostly")
 
 
 class ColumnValuesInRegisteredSet(ColumnMapMetricProvider):

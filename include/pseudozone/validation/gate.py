@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from pseudozone.contracts import SUBJECT_COLUMN, Contract
 from pseudozone.errors import ContractViolation
+from pseudozone.pii.detectors import DEFAULT_REGIONS
 from pseudozone.validation.expectations import registered
 from pseudozone.validation.known import KnownValues
 from pseudozone.validation.suites import (
@@ -76,19 +77,20 @@ def _strings(values: Sequence[str] | pa.Array) -> pa.Array:
 def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), pii: Tables = (),
           forbidden: Sequence[str] | pa.Array = (), restricted_subjects: Sequence[str] | pa.Array = (),
           erased: Sequence[str] | pa.Array = (), known: KnownValues | None = None,
-          changed: Collection[str] | None = None) -> list[Report]:
+          changed: Collection[str] | None = None, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Report]:
     """Validate a unit of work's outputs; raise ``ValidationFailed`` if any expectation fails.
 
     ``forbidden``: subjects that must not appear in the event zone (erased, restricted);
     ``restricted_subjects``: the only subjects allowed in the restricted zone;
     ``erased``: subjects that must not appear in the PII zone;
-    ``known``: the raw values of the input, which must appear nowhere.
+    ``known``: the tenant's known values (and the input's raw values), which must appear nowhere;
+    ``regions``: the regions whose national phone formats are read (as the scrubber read them).
     ``changed``: for a rewrite, the subjects whose rows it changed or moved: every row is
     checked for its columns and subject, and only those subjects' rows for everything
     else (the other rows are as they were published, and were validated then).
     """
     dataset, version = contract.dataset, contract.version
-    mode = "known" if known is not None else "plain"
+    mode = ("known" if known is not None else "plain") + ":" + ",".join(regions)
     with _lock, ExitStack() as stack:
         v = validator()
         forbidden_ref = stack.enter_context(registered(_strings(forbidden), ref="gate:forbidden"))
@@ -99,10 +101,12 @@ def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), p
         # zone: (tables, the whole suite, the columns-and-subjects suite)
         suites: dict[str, tuple[Tables, Callable[[], list[Any]], Callable[[], list[Any]]]] = {
             "events": (events,
-                       partial(event_suite, contract, forbidden_ref=forbidden_ref, known_ref=known_ref),
+                       partial(event_suite, contract, forbidden_ref=forbidden_ref, known_ref=known_ref,
+                               regions=tuple(regions)),
                        partial(subjects_suite, columns, set_ref=forbidden_ref, absent=True, not_null=False)),
             "restricted": (restricted,
-                           partial(restricted_suite, contract, allowed_ref=allowed_ref, known_ref=known_ref),
+                           partial(restricted_suite, contract, allowed_ref=allowed_ref, known_ref=known_ref,
+                                   regions=tuple(regions)),
                            partial(subjects_suite, columns, set_ref=allowed_ref, absent=False,
                                    not_null=True)),
             "pii": (pii, partial(pii_suite, contract, erased_ref=erased_ref),

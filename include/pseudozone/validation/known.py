@@ -11,20 +11,38 @@ hashing guesses (the key is gone).
 Matching is on word sequences: text and values are lower-cased and split into
 runs of letters and digits, so ``Zelda.Plantedpii@Example.ORG`` matches
 ``zelda plantedpii example org`` however it is punctuated, and a name matches as
-a whole phrase, never as a substring of a longer word.
+a whole phrase, never as a substring of a longer word.  Han, kana and hangul
+characters are words of their own (those scripts write names without spaces), and
+combining marks belong to their word (Devanagari vowel signs).
+
+Phone numbers are matched on their digits: each known phone's national number,
+with and without its trunk ``0`` and country code, against every digit run of the
+text with its separators removed (``+44 (0)20 7946-0999`` is ``4402079460999``, which
+ends in the known ``2079460999``).  The digit runs are compared vectorized through a
+keyed 64-bit mix first; only runs that pass are hashed with BLAKE2b.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import unicodedata
 from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-WORD_SEPARATORS = r"[^\p{L}\p{N}]+"
+WORD_SEPARATORS = r"[^\p{L}\p{N}\p{M}]+"
+_CJK = r"([\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}])"
+_CJK_PY = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3131-\u318e\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
+                     r"\uf900-\ufaff\U00020000-\U0002fa1f]")
+# digits joined across the separators of a phone number (applied twice: groups of one digit)
+_DIGIT_JOIN = r"(\d)[ .\-/()\x{a0}]{1,3}(\d)"
+_DIGIT_RUN_PY = re.compile(r"\+?\d(?:[ .\-/()\u00a0]{0,3}\d)*")
+MIN_PHONE_DIGITS = 7
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 MIN_CHARS = 3          # values shorter than this (after normalising) are not searched for
 MAX_WORDS = 8          # longer values are searched for by their first MAX_WORDS words
 
@@ -37,7 +55,8 @@ def word_lists(values: pa.Array) -> pa.Array:
         values = values.cast(values.type.value_type)
     if not pa.types.is_string(values.type):
         values = values.cast(pa.string())
-    spaced = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(values), WORD_SEPARATORS, " "))
+    lowered = pc.replace_substring_regex(pc.utf8_lower(values), _CJK, r" \1 ")
+    spaced = pc.utf8_trim_whitespace(pc.replace_substring_regex(lowered, WORD_SEPARATORS, " "))
     # a text without words gives [""]: that empty word is dropped by its users
     return pc.utf8_split_whitespace(spaced)
 
@@ -50,12 +69,41 @@ def tokens(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     return words.filter(keep), rows.filter(keep)
 
 
-class KnownValues:
-    """Keyed digests of a batch's raw values; ``found_in`` flags text that contains one."""
+def _phone_variants(value: str, regions: tuple[str, ...]) -> set[str]:
+    """The digit strings a known phone is written as: national number, with trunk 0 and country code."""
+    import phonenumbers
 
-    def __init__(self, values: Iterable[str | None]) -> None:
+    digits = re.sub(r"\D", "", value)
+    variants = {digits} if len(digits) >= MIN_PHONE_DIGITS else set()
+    for region in (None, *regions) if value.lstrip().startswith(("+", "00")) else regions:
+        try:
+            parsed = phonenumbers.parse(value, region)
+        except phonenumbers.NumberParseException:
+            continue
+        national = str(parsed.national_number)
+        if parsed.italian_leading_zero:
+            national = "0" * (parsed.number_of_leading_zeros or 1) + national
+        if len(national) < MIN_PHONE_DIGITS:
+            continue
+        code = str(parsed.country_code)
+        variants |= {national, "0" + national, code + national, code + "0" + national}
+        break
+    return variants
+
+
+class KnownValues:
+    """Keyed digests of known raw values; ``found_in`` flags text that contains one, ``spans`` says where.
+
+    ``values`` are matched as word sequences; ``phones`` (phone numbers, read under
+    ``regions``) also by their digits, however the text formats them.
+    """
+
+    def __init__(self, values: Iterable[str | None], *, phones: Iterable[str | None] = (),
+                 regions: tuple[str, ...] = ("US",)) -> None:
         self._key = os.urandom(32)
-        distinct = pa.array(sorted({v for v in values if v is not None}), pa.string())
+        self._mix_key = np.frombuffer(os.urandom(8), dtype=np.uint64)[0]
+        phone_list = [p for p in phones if p]
+        distinct = pa.array(sorted({v for v in values if v is not None} | set(phone_list)), pa.string())
         lists = pc.list_slice(word_lists(distinct), 0, MAX_WORDS)
         phrase = pc.binary_join(lists, " ")
         wanted = pc.fill_null(pc.greater_equal(pc.utf8_length(phrase), MIN_CHARS), False)
@@ -65,8 +113,16 @@ class KnownValues:
         firsts = {self._digest(w) for w in first.to_pylist()}
         first_chars = set(pc.unique(pc.utf8_length(first)).to_pylist())
         lengths = set(pc.unique(pc.list_value_length(lists)).to_pylist())
-        self.count = len(phrases)
+        digit_forms: set[str] = set()
+        for phone in set(phone_list):
+            digit_forms |= {d for d in _phone_variants(phone, regions) if len(d) <= 18}
+        self._digit_digests = {self._digest("#" + d) for d in digit_forms}
+        self._digit_lengths = sorted({len(d) for d in digit_forms})
+        self._digit_mixes = pa.array(sorted({int(self._mix(np.array([int(d)], np.uint64))[0])
+                                             for d in digit_forms}), pa.uint64())
+        self.count = len(phrases) + len(self._digit_digests)
         self._phrases = phrases
+        self._first_set = firsts
         self._firsts = pa.array(sorted(firsts), pa.binary())
         self._lengths = sorted(lengths)
         # only words as long as some value's first word are hashed (a length is no value)
@@ -78,19 +134,79 @@ class KnownValues:
     def _digest(self, text: str) -> bytes:
         return hashlib.blake2b(text.encode("utf-8"), key=self._key, digest_size=16).digest()
 
-    def found_in(self, values: pa.Array) -> pa.Array:
-        """True where a text holds one of the known values as a whole word sequence."""
+    def _mix(self, x: np.ndarray) -> np.ndarray:
+        """A keyed 64-bit mix (splitmix64 finalizer): a cheap vectorized filter before BLAKE2b."""
+        with np.errstate(over="ignore"):
+            z = (x ^ self._mix_key) + np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            return z ^ (z >> np.uint64(31))
+
+    def found_in(self, values: pa.Array, *, decode: bool = True) -> pa.Array:
+        """True where a text holds one of the known values as a whole word sequence (or phone digits).
+
+        With ``decode``, texts holding something encoded (``%40``, ``\\u0040``, ``&#64;``,
+        full-width forms) are also searched as a reader reads them (``pseudozone.pii.normalize``).
+        """
         from pseudozone.validation.detect import per_distinct
 
-        return per_distinct(values, self._found_in)
+        return per_distinct(values, self._found_decoded if decode else self._found_in)
+
+    def _found_decoded(self, values: pa.Array) -> pa.Array:
+        from pseudozone.pii.normalize import normalize
+        from pseudozone.pii.scan import decoding_rows
+
+        hit = self._found_in(values).to_numpy(zero_copy_only=False).copy()
+        plain = values.cast(values.type.value_type) if pa.types.is_dictionary(values.type) else values
+        rows = decoding_rows(plain)
+        if len(rows):
+            texts = plain.take(pa.array(rows)).to_pylist()
+            decoded = pa.array([None if t is None else normalize(t).text for t in texts], pa.string())
+            hit[rows] |= self._found_in(decoded).to_numpy(zero_copy_only=False)
+        return pa.array(hit)
 
     def _found_in(self, values: pa.Array) -> pa.Array:
+        hit = self._found_words(values)
+        if self._digit_lengths and len(values):
+            hit |= self._found_digits(values)
+        return pa.array(hit)
+
+    def _found_digits(self, values: pa.Array) -> np.ndarray:
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
+        n = len(values)
+        hit = np.zeros(n, dtype=bool)
+        joined = values
+        for _ in range(2):
+            joined = pc.replace_substring_regex(joined, _DIGIT_JOIN, r"\1\2")
+        runs = pc.utf8_split_whitespace(pc.replace_substring_regex(joined, r"\D+", " "))
+        words, rows = pc.list_flatten(runs), pc.list_parent_indices(runs)
+        size = pc.utf8_length(words)
+        keep = pc.fill_null(pc.and_(pc.greater_equal(size, self._digit_lengths[0]),
+                                    pc.less_equal(size, 18)), False)
+        words, rows = words.filter(keep), rows.filter(keep)
+        if len(words) == 0:
+            return hit
+        row_of = rows.to_numpy()
+        for length in self._digit_lengths:
+            tails = pc.utf8_slice_codeunits(words, start=-length)
+            long_enough = np.asarray(pc.greater_equal(pc.utf8_length(words), length).to_numpy(
+                zero_copy_only=False))
+            numbers = pc.cast(tails, pa.uint64()).to_numpy(zero_copy_only=False)
+            maybe = np.flatnonzero(long_enough & np.isin(self._mix(numbers.astype(np.uint64)),
+                                                         self._digit_mixes.to_numpy()))
+            for at in maybe.tolist():
+                if self._digest("#" + tails[at].as_py()) in self._digit_digests:
+                    hit[row_of[at]] = True
+        return hit
+
+    def _found_words(self, values: pa.Array) -> np.ndarray:
         n = len(values)
         if not self._phrases or n == 0:
-            return pa.array(np.zeros(n, dtype=bool))
+            return np.zeros(n, dtype=bool)
         words, rows = tokens(values)
         if len(words) == 0:
-            return pa.array(np.zeros(n, dtype=bool))
+            return np.zeros(n, dtype=bool)
         encoded = pc.dictionary_encode(words)
         distinct = encoded.dictionary
         maybe = np.flatnonzero(pc.is_in(pc.utf8_length(distinct), value_set=self._first_chars)
@@ -103,7 +219,7 @@ class KnownValues:
         starts = np.flatnonzero(pc.is_in(word_digest, value_set=self._firsts).to_numpy(zero_copy_only=False))
         hit = np.zeros(n, dtype=bool)
         if len(starts) == 0:
-            return pa.array(hit)
+            return hit
         row_of = rows.to_numpy()
         # few positions start with a known first word; build their phrases one by one
         word_list = words.take(pa.array(_window_indices(starts, self._lengths[-1], len(words)))).to_pylist()
@@ -119,7 +235,57 @@ class KnownValues:
                 if self._digest(" ".join(seq[:length])) in self._phrases:
                     hit[row_of[start]] = True
                     break
-        return pa.array(hit)
+        return hit
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where in ``text`` a known value occurs: (start, end) of each match, in order."""
+        found: list[tuple[int, int]] = []
+        words = _word_spans(text)
+        lowered = [text[a:b].lower() for a, b in words]
+        i = 0
+        while i < len(words):
+            matched = 0
+            if self._digest(lowered[i]) in self._first_set:
+                for length in reversed(self._lengths):
+                    if i + length <= len(words) and \
+                            self._digest(" ".join(lowered[i:i + length])) in self._phrases:
+                        matched = length
+                        break
+            if matched:
+                found.append((words[i][0], words[i + matched - 1][1]))
+                i += matched
+            else:
+                i += 1
+        if self._digit_lengths:
+            for run in _DIGIT_RUN_PY.finditer(text):
+                digits = re.sub(r"\D", "", run.group())
+                if len(digits) > 18:
+                    continue
+                if any(len(digits) >= n and self._digest("#" + digits[-n:]) in self._digit_digests
+                       for n in self._digit_lengths):
+                    found.append(run.span())
+        return sorted(found)
+
+
+def _word_spans(text: str) -> list[tuple[int, int]]:
+    """Word spans as ``word_lists`` splits words: letters, digits and marks; CJK characters alone."""
+    spans: list[tuple[int, int]] = []
+    start = -1
+    for i, ch in enumerate(text):
+        if _CJK_PY.match(ch):
+            if start != -1:
+                spans.append((start, i))
+                start = -1
+            spans.append((i, i + 1))
+        elif unicodedata.category(ch)[0] in "LNM":
+            if start == -1:
+                start = i
+        elif start != -1:
+            spans.append((start, i))
+            start = -1
+    if start != -1:
+        spans.append((start, len(text)))
+    return spans
 
 
 def _window_indices(starts: np.ndarray, width: int, total: int) -> np.ndarray:

@@ -87,7 +87,8 @@ class Report:
 # -- suites ---------------------------------------------------------------------------------
 
 
-def _text_checks(contract: Contract, known_ref: str | None) -> list[Any]:
+def _text_checks(contract: Contract, known_ref: str | None,
+                 regions: tuple[str, ...] = detect.DEFAULT_REGIONS) -> list[Any]:
     expected: list[Any] = []
     for spec in contract.columns:
         name = spec.event_name
@@ -97,28 +98,32 @@ def _text_checks(contract: Contract, known_ref: str | None) -> list[Any]:
             expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=PSEUDONYM_RE))
         elif spec.cls == "quasi" and spec.generalize == "ip_prefix":
             expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=NETWORK_RE))
+        elif spec.cls == "keep" and spec.format_regex is not None:
+            # an allow-list proves the column: scanning ids for PII forms gives false positives
+            expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=spec.format_regex))
         elif spec.cls in ("free_text", "keep"):
-            expected.append(ExpectColumnValuesToBeFreeOfPii(column=name))
+            expected.append(ExpectColumnValuesToBeFreeOfPii(column=name, regions=list(regions)))
             if known_ref is not None:
                 expected.append(ExpectColumnValuesToBeFreeOfKnownValues(column=name, known_ref=known_ref))
     return expected
 
 
-def event_suite(contract: Contract, *, forbidden_ref: str | None = None,
-                known_ref: str | None = None) -> list[Any]:
+def event_suite(contract: Contract, *, forbidden_ref: str | None = None, known_ref: str | None = None,
+                regions: tuple[str, ...] = detect.DEFAULT_REGIONS) -> list[Any]:
     """Event zone: allow-list, formats, no PII forms, no forbidden subject, no known raw value."""
     expected: list[Any] = [gxe.ExpectTableColumnsToMatchSet(column_set=contract.event_columns,
                                                             exact_match=True)]
-    expected += _text_checks(contract, known_ref)
+    expected += _text_checks(contract, known_ref, regions)
     if forbidden_ref is not None:
         expected.append(ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=forbidden_ref,
                                                               absent=True))
     return expected
 
 
-def restricted_suite(contract: Contract, *, allowed_ref: str, known_ref: str | None = None) -> list[Any]:
+def restricted_suite(contract: Contract, *, allowed_ref: str, known_ref: str | None = None,
+                     regions: tuple[str, ...] = detect.DEFAULT_REGIONS) -> list[Any]:
     """Restricted zone: as the event zone, and only restricted subjects."""
-    return [*event_suite(contract, known_ref=known_ref),
+    return [*event_suite(contract, known_ref=known_ref, regions=regions),
             gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN),
             ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=allowed_ref)]
 
@@ -251,8 +256,9 @@ def _failures(result: Any, table: pa.Table, names: list[str], offsets: np.ndarra
         texts = table[column].take(pa.array(rows))
         per_kind = []
         named = np.zeros(len(rows), dtype=bool)
+        regions = config.kwargs.get("regions") or detect.DEFAULT_REGIONS
         for kind in config.kwargs.get("kinds") or detect.KINDS:
-            hit = detect.matches(texts, kind).to_numpy(zero_copy_only=False)
+            hit = detect.matches(texts, kind, regions).to_numpy(zero_copy_only=False)
             named |= hit
             if hit.any():
                 per_kind.append((kind, rows[hit]))

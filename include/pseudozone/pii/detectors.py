@@ -1,0 +1,388 @@
+"""Confirming PII detectors: a candidate pattern, then a check that the field's own rules agree.
+
+One small class per kind of PII behind one interface (``Detector.find``), listed
+once in ``DETECTORS``.  Each runs on *decoded* text (``pseudozone.pii.normalize``)
+and returns the spans it confirmed:
+
+- **email**: local part (plus-addressing, Unicode), ``@`` or an obfuscated ``(at)``,
+  ``[at]``, ``at … dot``; a domain with a letter TLD; not an image name (``icon@2x.png``);
+- **phone**: libphonenumber (``phonenumbers``) on a phone-shaped candidate, under the
+  regions that apply (international ``+``/``00`` forms under their own country code);
+  extensions, the ``(0)`` trunk prefix, parentheses, dots, slashes and spaces;
+  dates, ISBNs and bare digit runs (order numbers, epoch timestamps) are not phones;
+- **ip**: IPv4 and every IPv6 form (compressed, ``::ffff:a.b.c.d``, zone ids,
+  ``[addr]:port``), confirmed by ``ipaddress``;
+- **card**: Luhn (``stdnum.luhn``) plus the issuer's prefix and length, with spaces,
+  dashes or dots between groups;
+- **iban**: the ISO 13616 mod-97 checksum and the country's length (``stdnum.iban``).
+
+These detectors are what the publish gate and the nightly run check with; the
+scrubber uses them to find what it replaces.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+
+import phonenumbers
+from stdnum import iban as std_iban
+from stdnum import isbn as std_isbn
+from stdnum import luhn as std_luhn
+
+from pseudozone.errors import ConfigError
+
+Span = tuple[int, int]
+KINDS = ("email", "phone", "ip", "card", "iban")
+
+# regions whose national phone formats are read when nothing narrower is known
+DEFAULT_REGIONS = ("US", "GB", "DE", "FR", "ES", "BR", "JP", "IN", "CN", "RU")
+REGIONS_ENV = "PSEUDOZONE_PHONE_REGIONS"
+
+
+def configured_regions() -> tuple[str, ...]:
+    """The regions read for every tenant: ``PSEUDOZONE_PHONE_REGIONS`` (comma-separated ISO codes)."""
+    raw = os.environ.get(REGIONS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_REGIONS
+    regions = tuple(dict.fromkeys(r.strip().upper() for r in raw.split(",") if r.strip()))
+    unknown = sorted(set(regions) - phonenumbers.SUPPORTED_REGIONS)
+    if unknown or not regions:
+        raise ConfigError(f"{REGIONS_ENV} holds {unknown or 'nothing'}; expected ISO 3166 region codes"
+                          " that libphonenumber knows, such as DE,FR,US")
+    return regions
+
+
+class Detector(ABC):
+    kind: str
+
+    @abstractmethod
+    def find(self, text: str, regions: tuple[str, ...]) -> Iterator[Span]:
+        """Confirmed spans of this kind in decoded ``text``."""
+
+
+# -- email ------------------------------------------------------------------------------------
+
+# word characters, with the combining marks of Indic and Thai scripts and Latin diacritics
+# (Python's \w leaves out the vowel signs of मालिक@परीक्षा.भारत)
+_MARKS = "\u0300-\u036f\u0900-\u0dff\u0e00-\u0e7f"
+_LOCAL = rf"[^\W_](?:[\w{_MARKS}.+\-]{{0,63}}[\w{_MARKS}+\-])?"
+_LABEL = rf"[^\W_](?:[\w{_MARKS}\-]{{0,61}}(?:[^\W_]|[{_MARKS}]))?"
+_TLD = rf"(?:(?:[^\W\d_]|[{_MARKS}]){{2,24}}|xn--[a-z0-9\-]{{2,59}})"
+_AT = r"(?:@|\s?[\(\[\{]\s?at\s?[\)\]\}]\s?)"
+_DOT = r"(?:\.|\s?[\(\[\{]\s?dot\s?[\)\]\}]\s?)"
+_EMAIL = re.compile(rf"(?<![\w{_MARKS}.+\-]){_LOCAL}{_AT}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT}{_TLD}"
+                    rf"(?![\w{_MARKS}\-]|\.[^\W_])", re.IGNORECASE)
+_EMAIL_WORDS = re.compile(
+    rf"(?<![\w.+\-]){_LOCAL}\s+at\s+{_LABEL}(?:\s+dot\s+{_LABEL})*\s+dot\s+{_TLD}(?![\w\-])", re.IGNORECASE)
+_FILE_TLDS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico", "bmp", "css", "js", "mjs",
+                        "json", "html", "htm", "xml", "txt", "pdf", "zip", "gz", "mp4", "webm", "woff",
+                        "woff2"})
+_RETINA = re.compile(r"^\d(?:\.\d)?x$", re.IGNORECASE)
+
+
+class EmailDetector(Detector):
+    kind = "email"
+
+    def find(self, text: str, regions: tuple[str, ...]) -> Iterator[Span]:
+        for pattern in (_EMAIL, _EMAIL_WORDS):
+            for match in pattern.finditer(text):
+                if self._plausible(match.group()):
+                    yield match.span()
+
+    @staticmethod
+    def _plausible(found: str) -> bool:
+        parts = re.split(r"\s*(?:@|[\(\[\{]\s?at\s?[\)\]\}]|\sat\s)\s*", found, maxsplit=1,
+                         flags=re.IGNORECASE)
+        if len(parts) != 2:
+            return False
+        local, domain = parts
+        labels = re.split(r"\s*(?:\.|[\(\[\{]\s?dot\s?[\)\]\}]|\sdot\s)\s*", domain, flags=re.IGNORECASE)
+        if ".." in local or len(local) > 64 or len(domain) > 253:
+            return False
+        return not (labels[-1].lower() in _FILE_TLDS or _RETINA.match(labels[0]))
+
+
+# -- phone ------------------------------------------------------------------------------------
+
+_SEP = r"[ \t.\-/\u00a0]"
+_PHONE = re.compile(
+    # not glued to an id, an amount, another number or a time (CJK text has no spaces: only
+    # Latin letters and digits count as glue)
+    r"(?<![A-Za-z0-9_@.\-#$€£¥+,])(?<!\d:)"
+    r"(?P<body>"
+    r"(?P<intl>(?:\+|\b00)" + _SEP + r"?\d{1,3}" + _SEP + r"{0,2}(?:\(\s?0\s?\)" + _SEP + r"{0,2})?)?"
+    r"(?:\(\s?\d{1,5}\s?\)" + _SEP + r"{0,2})?"
+    r"\d{1,15}(?:" + _SEP + r"{1,3}\(?\d{1,10}\)?){0,6}"
+    r")"
+    r"(?P<ext>\s{0,2}(?:x|ext\.?|extension|доб\.?|#)\s{0,2}\d{1,6})?"
+    r"(?![A-Za-z0-9_@]|[.\-,]\d|:\d)",
+    re.IGNORECASE)
+_IBAN_HEAD = re.compile(r"(?:^|[^A-Za-z0-9])[A-Z]{2}\d{2}(?: [A-Z0-9]{4})+ $")
+_ISBN10 = re.compile(r"^\d{1,5}-\d{1,7}-\d{1,6}-[\dX]$")
+_DATE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$")
+_FORMATTED = re.compile(r"[ \t.\-/()\u00a0]")
+_CONTEXT = re.compile(
+    r"(?:phone|tel|mobile|mobil|cell|fax|whatsapp|handy|telefon|telefone|tel[eé]fono|t[eé]l[eé]phone|"
+    r"m[oó]vil|portable|celular|contato|call|sms|電話|携帯|电话|手机|телефон|тел|फ़ोन|फोन|"
+    # 'number' alone is an order or reference number: only a *new* or *my* number is a phone
+    r"नया नंबर|новый номер|мой номер телефона|新号码|新しい番号|"
+    r"(?:my|new|your|our|mein|meine|neue|mon|nouveau|mi|nuevo|meu|novo)\s+(?:new\s+)?"
+    r"(?:number|nummer|num[eé]ro|n[uú]mero))\W{0,3}\w{0,12}\W{0,4}$",
+    re.IGNORECASE)
+_CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
+_POSSIBLE = (phonenumbers.ValidationResult.IS_POSSIBLE,)
+
+
+@lru_cache(maxsize=65536)
+def _possible(number: str, region: str | None) -> bool:
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_possible_number_with_reason(parsed) in _POSSIBLE
+
+
+@lru_cache(maxsize=65536)
+def _valid(number: str, region: str | None) -> bool:
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(parsed)
+
+
+@lru_cache(maxsize=4096)
+def _country_code(number: str) -> bool:
+    for width in (1, 2, 3):
+        code = number[1:1 + width]
+        if code.isdigit() and phonenumbers.region_code_for_country_code(int(code)) != "ZZ":
+            return True
+    return False
+
+
+class PhoneDetector(Detector):
+    kind = "phone"
+
+    def find(self, text: str, regions: tuple[str, ...]) -> Iterator[Span]:
+        for match in _PHONE.finditer(text):
+            body = match.group("body").rstrip()
+            start = match.start()
+            if self._not_a_phone(body, text, start):
+                continue
+            if self._confirm(body, match.group("intl"), text, start, regions,
+                             extension=match.group("ext") is not None):
+                yield start, match.end()
+                continue
+            # the candidate may have taken a following number ('… 0412 302' in a log line):
+            # the phone is the longest run of its leading groups that checks out
+            ends = [m.start() for m in re.finditer(r"\s+\d+\)?", body)]
+            for end in reversed(ends):
+                if not self._not_a_phone(body[:end], text, start) and \
+                        self._confirm(body[:end], match.group("intl"), text, start, regions, extension=False):
+                    yield start, start + end
+                    break
+
+    @staticmethod
+    def _not_a_phone(body: str, text: str, start: int) -> bool:
+        """Shapes that are something else: dates, ISBNs, versions, card or account groups."""
+        digits = re.sub(r"\D", "", body)
+        if _DATE.match(body):
+            return True
+        if len(digits) in (10, 13) and "-" in body and std_isbn.is_valid(digits) and \
+                (len(digits) == 13 or _ISBN10.match(body) or re.search(r"isbn\W{0,3}$", text[:start], re.I)):
+            return True
+        groups = re.findall(r"\d+", body)
+        if "." in body and (re.search(r"\s", body) or any(len(g) < 2 for g in groups[1:])):
+            return True  # version strings (1.24.3 10.4.12), not 555.123.4567
+        # groups of four: a card or an account number, not a phone
+        return sum(len(g) == 4 for g in groups) >= 4 or \
+            bool(_IBAN_HEAD.search(text[max(0, start - 48):start]))
+
+    @staticmethod
+    def _confirm(body: str, intl: str | None, text: str, start: int, regions: tuple[str, ...], *,
+                 extension: bool) -> bool:
+        digits = re.sub(r"\D", "", body)
+        if not 7 <= len(digits) <= 15:
+            return False
+        groups = re.findall(r"\d+", body)
+        if intl:
+            # +49 (0) 30 …: the trunk 0 in parentheses is not dialled from abroad
+            number = "+" + re.sub(r"\D", "", re.sub(r"\(\s?0\s?\)", "", body).removeprefix("00"))
+            if body.startswith("00"):
+                return _possible("+" + digits[2:], None)
+            # a '+' before 8 or more digits of a real country code is a phone, possible or not
+            return _possible(number, None) or (len(digits) >= 8 and _country_code(number))
+        if len(groups) > 1 and "." not in body and not digits.startswith("0") and "(" not in body and \
+                ((len(groups) < 3 and not re.search(r"[\-/]", body)) or len(digits) < 9):
+            return False  # '200 39504' (a status and a size), '12 345': not without more shape
+        if _FORMATTED.search(body) or extension:
+            return any(_possible(body, r) for r in regions)
+        # a bare digit run is an order number or a timestamp unless something says otherwise
+        if digits.startswith("0"):
+            return not digits.startswith("00") and 9 <= len(digits) <= 12 and \
+                any(_possible(digits, r) for r in regions)
+        if "CN" in regions and _CN_MOBILE.match(digits) and _valid(digits, "CN"):
+            return True
+        if _CONTEXT.search(text[max(0, start - 28):start]):
+            return any(_possible(digits, r) for r in regions)
+        return False
+
+
+# -- IP addresses -----------------------------------------------------------------------------
+
+_IPV4 = re.compile(r"(?<![A-Za-z0-9_.])(?:\d{1,3}\.){3}\d{1,3}(?![A-Za-z0-9_]|\.\d)")
+_H16 = r"[0-9A-Fa-f]{1,4}"
+_IPV6 = re.compile(
+    r"(?<![A-Za-z0-9_.%])(?<![0-9A-Fa-f]:)(?P<addr>(?:" + _H16 + r"|:)?(?::" + _H16 + r"){0,7}:{1,2}"
+    r"(?:" + _H16 + r"(?::" + _H16 + r"){0,6})?(?::?(?:\d{1,3}\.){3}\d{1,3})?)"
+    r"(?P<zone>%[\w.\-]{1,16})?(?![A-Za-z0-9_:]|\.\d)")
+
+
+class IpDetector(Detector):
+    kind = "ip"
+
+    def find(self, text: str, regions: tuple[str, ...]) -> Iterator[Span]:
+        # IPv6 first: ::ffff:192.0.2.1 is one address, not an IPv4 inside something
+        v6: list[Span] = []
+        if ":" in text:
+            for match in _IPV6.finditer(text):
+                addr, start = match.group("addr"), match.start()
+                if addr.startswith(":") and not addr.startswith("::"):
+                    addr, start = addr[1:], start + 1  # a colon before the address ('Adresse:fe80::1')
+                if addr.count(":") < 2 or not re.search(r"[0-9A-Fa-f]", addr):
+                    continue
+                try:
+                    ipaddress.IPv6Address(addr + (match.group("zone") or ""))
+                except ValueError:
+                    continue
+                v6.append((start, match.end()))
+        yield from v6
+        for match in _IPV4.finditer(text):
+            try:
+                ipaddress.IPv4Address(match.group())
+            except ValueError:
+                continue
+            if not any(s <= match.start() < e for s, e in v6):
+                yield match.span()
+
+
+# -- cards ------------------------------------------------------------------------------------
+
+# boundaries are ASCII: CJK text glues numbers to words without a space
+_CARD = re.compile(r"(?<![A-Za-z0-9_.\-,+])\d{4}(?P<sep>[ .\-]?)\d{2,6}(?:(?P=sep)\d{1,6}){0,4}"
+                   r"(?![A-Za-z0-9_]|[.\-,]\d)")
+# issuer prefixes (IIN ranges) and the lengths their cards have
+_ISSUERS: tuple[tuple[tuple[int, int], tuple[int, ...]], ...] = (
+    ((4, 4), (13, 16, 19)),                       # Visa
+    ((51, 55), (16,)), ((2221, 2720), (16,)),     # Mastercard
+    ((34, 34), (15,)), ((37, 37), (15,)),         # American Express
+    # Discover
+    ((6011, 6011), (16, 17, 18, 19)), ((644, 649), (16, 17, 18, 19)), ((65, 65), (16, 17, 18, 19)),
+    ((300, 305), (14, 15, 16, 17, 18, 19)), ((309, 309), (14, 16, 19)),        # Diners Club
+    ((36, 36), (14, 15, 16, 17, 18, 19)), ((38, 39), (14, 15, 16, 17, 18, 19)),
+    # JCB (3528-3589 by the book; generators and test data use all of 35xx)
+    ((35, 35), (16, 17, 18, 19)), ((2131, 2131), (15,)), ((1800, 1800), (15,)),
+    ((62, 62), (16, 17, 18, 19)), ((81, 81), (16,)), ((60, 60), (16, 19)),     # UnionPay, RuPay
+    ((2200, 2204), (16, 17, 18, 19)),             # Mir
+    ((50, 50), (12, 13, 14, 15, 16, 17, 18, 19)), ((56, 69), (12, 13, 14, 15, 16, 17, 18, 19)),  # Maestro
+)
+
+
+def card_issuer_fits(digits: str) -> bool:
+    for (lo, hi), lengths in _ISSUERS:
+        width = len(str(lo))
+        if len(digits) in lengths and lo <= int(digits[:width]) <= hi:
+            return True
+    return False
+
+
+class CardDetector(Detector):
+    kind = "card"
+
+    def find(self, text: str, regions: tuple[str, ...]) -> Iterator[Span]:
+        for match in _CARD.finditer(text):
+            # the candidate may have taken a following number as a last group ('4111 … 1111 201'):
+            # the card is the longest run of its groups that checks out
+            groups = [(m.start(), m.end()) for m in re.finditer(r"\d+", match.group())]
+            for k in range(len(groups), 0, -1):
+                digits = re.sub(r"\D", "", match.group()[:groups[k - 1][1]])
+                if len(digits) < 12:
+                    break
+                if len(digits) <= 19 and card_issuer_fits(digits) and std_luhn.is_valid(digits):
+                    yield match.start(), match.start() + groups[k - 1][1]
+                    break
+
+
+# -- IBAN -------------------------------------------------------------------------------------
+
+_IBAN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){11,30}")
+
+
+def _mod97(compact: str) -> bool:
+    """ISO 13616's check alone (stdnum then checks the country's length and format)."""
+    moved = compact[4:] + compact[:4]
+    try:
+        return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+    except ValueError:
+        return False
+
+
+class IbanDetector(Detector):
+    kind = "iban"
+
+    def find(self, text: str, regions: tuple[str, ...]) -> Iterator[Span]:
+        for match in _IBAN.finditer(text):
+            # the candidate may run into the next word: the IBAN is the longest valid
+            # prefix that ends at a group or word boundary
+            start, raw = match.start(), match.group()
+            after = start + len(raw)
+            last = after < len(text) and text[after].isascii() and text[after].isalnum()
+            ends = [k for k in range(len(raw), 14, -1)
+                    if raw[k - 1].isalnum() and (raw[k] in " -" if k < len(raw) else not last)]
+            for k in ends:
+                compact = re.sub(r"[ \-]", "", raw[:k]).upper()
+                if 15 <= len(compact) <= 34 and _mod97(compact) and std_iban.is_valid(compact):
+                    yield start, start + k
+                    break
+
+
+_NOT_DIGIT = re.compile(r"\D+")
+_EMAIL_HINT = re.compile(r"@|[\(\[\{]\s?at\s?[\)\]\}]|\sat\s", re.IGNORECASE)
+
+DETECTORS: tuple[Detector, ...] = (EmailDetector(), IbanDetector(), CardDetector(), IpDetector(),
+                                   PhoneDetector())
+BY_KIND = {d.kind: d for d in DETECTORS}
+
+
+def find_all(text: str, kinds: Iterable[str] = KINDS,
+             regions: tuple[str, ...] = DEFAULT_REGIONS) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of every confirmed finding in decoded ``text``, earlier kinds first.
+
+    A later detector's finding that overlaps an earlier one is dropped: an email's
+    digits are not also a phone, nor an IP address a phone, nor a card a phone.
+    """
+    wanted = set(kinds)
+    digits = len(_NOT_DIGIT.sub("", text))
+    # forms that cannot be there are not looked for (each detector needs some digits, or an '@')
+    if digits < 7:
+        wanted &= {"email", "ip"}
+        if digits < 4:
+            wanted.discard("ip")
+    if digits < 12:
+        wanted.discard("card")
+    if "email" in wanted and not _EMAIL_HINT.search(text):
+        wanted.discard("email")
+    found: list[tuple[str, int, int]] = []
+    for detector in DETECTORS:
+        if detector.kind not in wanted:
+            continue
+        for start, end in detector.find(text, regions):
+            if not any(start < e and s < end for _, s, e in found):
+                found.append((detector.kind, start, end))
+    found.sort(key=lambda f: f[1])
+    return found

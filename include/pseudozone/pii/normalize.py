@@ -1,0 +1,202 @@
+"""Read a text the way a person would, and remember where each character came from.
+
+PII hides in encodings: ``zelda%40example.org`` in a URL, ``\\u0040`` in JSON,
+``&#64;`` in HTML, a full-width ``＠`` pasted from a phone keyboard.  Detection
+runs on the decoded text; the scrubber then replaces the *original* characters
+that a finding came from, so the stored value stays itself (still a URL, still
+JSON), with only the found spans replaced.
+
+``normalize`` decodes, in the order a reader meets them: HTML character
+references, JSON ``\\uXXXX`` escapes, percent-encoding (repeatedly, for double
+encoding; ``+`` is a space inside a query string), then Unicode NFKC.  It returns
+the decoded text and, for every decoded character, the span of the original text
+it came from.  Only texts that need it pay for it (``needs_decoding``).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# an RE2 pattern (Arrow) for texts holding something ``normalize`` decodes, apart from
+# NFKC (which Arrow checks itself, see ``pseudozone.pii.scan``)
+ENCODED_RE2 = r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\/|&#?[A-Za-z0-9]{1,32};|\?[^\s]*\+"
+
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_JSON_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}"
+                          r"|\\[/\"\\bfnrt]")
+_PERCENT_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+# a query string: '+' there is a space, except at the start of a value before a digit (+49…)
+_QUERY = re.compile(r"\?[^\s\"'<>]*")
+_QUERY_PLUS = re.compile(r"(?<![=&?])\+|\+(?!\d)")
+_SIMPLE_ESCAPES = {"/": "/", '"': '"', "\\": "\\", "b": " ", "f": " ", "n": " ", "r": " ", "t": " "}
+MAX_PERCENT_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded text; character ``i`` came from ``original[starts[i]:ends[i]]``."""
+
+    text: str
+    starts: list[int]
+    ends: list[int]
+
+    def source_span(self, start: int, end: int) -> tuple[int, int]:
+        """The original span that decoded characters ``start:end`` came from."""
+        if start >= end:
+            at = self.starts[start] if start < len(self.starts) else (self.ends[-1] if self.ends else 0)
+            return at, at
+        return self.starts[start], self.ends[end - 1]
+
+
+def identity(text: str) -> Decoded:
+    return Decoded(text, list(range(len(text))), list(range(1, len(text) + 1)))
+
+
+def _substitute(doc: Decoded, pattern: re.Pattern[str], decode: Callable[[re.Match[str]], list[str] | None],
+                *, within: re.Pattern[str] | None = None) -> Decoded:
+    """Replace each match with the characters ``decode`` gives (None: keep it), keeping the map.
+
+    Each decoded character maps to the original span of the piece it was decoded from
+    (``decode`` returns one string per piece, pieces splitting the match evenly by width).
+    """
+    text = doc.text
+    regions = [(0, len(text))] if within is None else [m.span() for m in within.finditer(text)]
+    if not regions:
+        return doc
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    pos = 0
+    changed = False
+    for lo, hi in regions:
+        for match in pattern.finditer(text, lo, hi):
+            pieces = decode(match)
+            if pieces is None:
+                continue
+            a, b = match.span()
+            out.append(text[pos:a])
+            starts += doc.starts[pos:a]
+            ends += doc.ends[pos:a]
+            width = (b - a) // max(len(pieces), 1)
+            for k, piece in enumerate(pieces):
+                pa_ = a + k * width
+                pb = b if k == len(pieces) - 1 else pa_ + width
+                for ch in piece:
+                    out.append(ch)
+                    starts.append(doc.starts[pa_])
+                    ends.append(doc.ends[pb - 1])
+            pos = b
+            changed = True
+    if not changed:
+        return doc
+    out.append(text[pos:])
+    starts += doc.starts[pos:]
+    ends += doc.ends[pos:]
+    return Decoded("".join(out), starts, ends)
+
+
+def _entity(match: re.Match[str]) -> list[str] | None:
+    decoded = html.unescape(match.group())
+    return None if decoded == match.group() else [decoded]
+
+
+def _json_escape(match: re.Match[str]) -> list[str] | None:
+    raw = match.group()
+    if len(raw) == 2:
+        return [_SIMPLE_ESCAPES[raw[1]]]
+    if len(raw) == 12:
+        high, low = int(raw[2:6], 16), int(raw[8:12], 16)
+        return [chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))]
+    return [chr(int(raw[2:6], 16))]
+
+
+def _utf8_length(lead: int) -> int:
+    if lead < 0x80:
+        return 1
+    if 0xC2 <= lead <= 0xDF:
+        return 2
+    if 0xE0 <= lead <= 0xEF:
+        return 3
+    if 0xF0 <= lead <= 0xF4:
+        return 4
+    return 0
+
+
+def _percent(match: re.Match[str]) -> list[str] | None:
+    raw = match.group()
+    data = bytes.fromhex(raw.replace("%", ""))
+    # one piece per escaped byte (each 3 characters wide); a character decoded from several
+    # bytes goes in its first byte's piece and its other bytes give empty pieces
+    pieces: list[str] = []
+    i = 0
+    while i < len(data):
+        n = _utf8_length(data[i])
+        chunk = data[i:i + n] if n else b""
+        try:
+            ch = chunk.decode("utf-8") if n and len(chunk) == n else None
+        except UnicodeDecodeError:
+            ch = None
+        if ch is None:
+            pieces.append(raw[3 * i:3 * i + 3])  # not UTF-8: left as it was
+            i += 1
+            continue
+        pieces.append(ch)
+        pieces += [""] * (n - 1)
+        i += n
+    return pieces
+
+
+def _query_plus(match: re.Match[str]) -> list[str] | None:
+    return [" "]
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _nfkc(doc: Decoded) -> Decoded:
+    text = doc.text
+    if text.isascii() or unicodedata.is_normalized("NFKC", text):
+        return doc
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    pos = 0
+    for match in _NON_ASCII.finditer(text):
+        i = match.start()
+        mapped = unicodedata.normalize("NFKC", match.group())
+        if mapped == match.group():
+            continue
+        out.append(text[pos:i])
+        starts += doc.starts[pos:i]
+        ends += doc.ends[pos:i]
+        out.append(mapped)
+        starts += [doc.starts[i]] * len(mapped)
+        ends += [doc.ends[i]] * len(mapped)
+        pos = i + 1
+    out.append(text[pos:])
+    starts += doc.starts[pos:]
+    ends += doc.ends[pos:]
+    return Decoded("".join(out), starts, ends)
+
+
+def normalize(text: str) -> Decoded:
+    """``text`` decoded as a reader sees it, with the map back to ``text``."""
+    doc = identity(text)
+    if "&" in text:
+        doc = _substitute(doc, _ENTITY, _entity)
+    if "\\" in doc.text:
+        doc = _substitute(doc, _JSON_ESCAPE, _json_escape)
+    for _ in range(MAX_PERCENT_ROUNDS):
+        if "+" in doc.text and "?" in doc.text:
+            doc = _substitute(doc, _QUERY_PLUS, _query_plus, within=_QUERY)
+        if "%" not in doc.text:
+            break
+        before = doc.text
+        doc = _substitute(doc, _PERCENT_RUN, _percent)
+        if doc.text == before:
+            break
+    return _nfkc(doc)

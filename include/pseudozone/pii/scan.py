@@ -1,0 +1,293 @@
+"""Find and replace PII in Arrow string columns; the cost grows with the hits, not the rows.
+
+1. A cheap vectorized RE2 pass over the whole column (its distinct values, when they
+   repeat) marks the values that hold something PII-shaped, something encoded
+   (``%40``, ``\\u0040``, ``&#64;``) or something NFKC would change (``＠``).
+2. Only those values are decoded (``normalize``) and run through the confirming
+   detectors (``detectors``) and, where given, the search for the tenant's known
+   values (``pseudozone.validation.known.KnownValues``).
+3. ``find`` reports which values hold what; ``scrub`` replaces the original characters
+   each finding came from with a typed token, keeping JSON valid where it was (a number
+   replaced by a token becomes a quoted string) and URLs parseable.
+
+Nothing here logs or returns a found value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pseudozone.pii import detectors
+from pseudozone.pii.normalize import ENCODED_RE2, Decoded, identity, normalize
+
+if TYPE_CHECKING:
+    from pseudozone.validation.known import KnownValues
+
+KINDS = detectors.KINDS
+KNOWN = "pii"  # the token of a tenant's known value (a name, a street, …)
+
+_IBAN_COUNTRIES = ("AD|AE|AL|AT|AZ|BA|BE|BG|BH|BI|BR|BY|CH|CR|CY|CZ|DE|DJ|DK|DO|DZ|EE|EG|ES|FI|FK|FO|FR|GB"
+                   "|GE|GI|GL|GR|GT|HN|HR|HU|IE|IL|IQ|IS|IT|JO|KW|KZ|LB|LC|LI|LT|LU|LV|LY|MA|MC|MD|ME|MK|MN|MR|MT|MU"
+                   "|MZ|NI|NL|NO|OM|PK|PL|PS|PT|QA|RO|RS|RU|SA|SC|SD|SE|SI|SK|SM|SN|SO|ST|SV|TL|TN|TR|UA|VA|VG"
+                   "|XK|YE")
+# what makes a value worth decoding and confirming (RE2, Arrow); deliberately loose:
+# the detectors decide
+TRIGGERS: dict[str, str] = {
+    "email": r"@|(?i)[\(\[\{]\s?at\s?[\)\]\}]|(?i)\sat\s\S+\sdot\s",
+    "ip": r"(?:\d{1,3}\.){3}\d{1,3}|::|(?:[0-9A-Fa-f]{1,4}:){7}",
+    "phone": (r"\+\s?\(?\d|(?:^|\D)00\d|\(\s?\d|\d{2,}[ .\-/\x{a0}]{1,3}\(?\d{2,}\)?[ .\-/\x{a0}]{1,3}\d{2,}"
+              r"|\d{2,}[ .\-/\x{a0}]{1,3}\(?\d{4,}|(?:^|\D)0\d{8,11}(?:\D|$)|(?:^|\D)1[3-9]\d{9}(?:\D|$)"
+              r"|(?i)(?:phone|tel|mobil|cell|fax|whatsapp|handy|call|sms|móvil|portable|celular|contato"
+              r"|電話|携帯|电话|手机|телефон|тел|फ़ोन|फोन)"),
+    "card": (r"[2-6]\d{3}[ .\-]?\d{4}[ .\-]?\d{4}[ .\-]?\d{1,7}|3[47]\d{2}[ .\-]?\d{6}[ .\-]?\d{5}"
+             r"|3[0689]\d{2}[ .\-]?\d{6}[ .\-]?\d{4}|(?:1800|2131)\d{11}|[56]\d{11,18}"),
+    "iban": rf"(?i)(?:^|[^0-9A-Za-z])(?:{_IBAN_COUNTRIES})\d{{2}}[ \-]?[0-9A-Za-z]{{4}}",
+}
+# dates and times look like phone numbers to the trigger; a value whose only trigger was
+# a date is dropped before it is decoded
+_DATES_RE2 = (r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?:Z|[+\-]\d{2}:?\d{2})?)?"
+              r"|\b\d{1,2}[./]\d{1,2}[./]\d{2,4}\b")
+_NUMBERISH = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+\-]?\d+)?")
+
+
+def trigger_pattern(kinds: Iterable[str]) -> str:
+    return "|".join(f"(?:{TRIGGERS[k]})" for k in kinds)
+
+
+@dataclass
+class Findings:
+    """Per value (row of the scanned array): its decoded text and what was found where."""
+
+    decoded: dict[int, Decoded] = field(default_factory=dict)
+    # row -> (kind, start, end) in the ORIGINAL value
+    spans: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
+
+    def rows(self) -> list[int]:
+        return sorted(r for r, s in self.spans.items() if s)
+
+
+def _strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    if pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.string())
+    if not pa.types.is_string(arr.type):
+        arr = arr.cast(pa.string())
+    return arr
+
+
+def _mask(arr: pa.Array, pattern: str) -> np.ndarray:
+    hit = pc.fill_null(pc.match_substring_regex(arr, pattern), False)
+    return np.asarray(hit.to_numpy(zero_copy_only=False))
+
+
+def decoding_rows(arr: pa.Array) -> np.ndarray:
+    """Rows of a plain string array that ``normalize`` would change (encoded, or not NFKC)."""
+    return np.flatnonzero(_decoding_mask(arr))
+
+
+def _decoding_mask(arr: pa.Array) -> np.ndarray:
+    if len(arr) == 0:
+        return np.zeros(0, bool)
+    encoded = _mask(arr, ENCODED_RE2)
+    non_ascii = np.flatnonzero(~np.asarray(pc.fill_null(pc.string_is_ascii(arr), True)
+                                           .to_numpy(zero_copy_only=False)))
+    if len(non_ascii):
+        sub = arr.take(pa.array(non_ascii))
+        changed = pc.fill_null(pc.not_equal(pc.utf8_normalize(sub, form="NFKC"), sub), False)
+        encoded[non_ascii[np.asarray(changed.to_numpy(zero_copy_only=False))]] = True
+    return encoded
+
+
+def candidate_rows(arr: pa.Array, kinds: Iterable[str] = KINDS,
+                   known: KnownValues | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows to look at, which of them need decoding) of a plain string array."""
+    kinds = list(kinds)
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    encoded = _decoding_mask(arr)
+    wanted = np.zeros(n, bool)
+    others = [k for k in kinds if k != "phone"]
+    if others:
+        wanted |= _mask(arr, trigger_pattern(others))
+    if "phone" in kinds:
+        hit = np.flatnonzero(_mask(arr, TRIGGERS["phone"]) & ~encoded & ~wanted)
+        if len(hit):
+            # dates and times look like phone numbers to the trigger: drop the values
+            # whose only phone-shaped part was a date
+            stripped = pc.replace_substring_regex(arr.take(pa.array(hit)), _DATES_RE2, " ")
+            wanted[hit[_mask(stripped, TRIGGERS["phone"])]] = True
+    if known is not None and known.count:
+        # encoded values are decoded and searched below anyway
+        wanted |= np.asarray(known.found_in(arr, decode=False).to_numpy(zero_copy_only=False))
+    wanted |= encoded
+    rows = np.flatnonzero(wanted)
+    return rows, encoded[rows]
+
+
+def find(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
+         regions: tuple[str, ...] = detectors.DEFAULT_REGIONS,
+         known: KnownValues | None = None) -> Findings:
+    """What each value holds: confirmed detector findings and the tenant's known values."""
+    arr = _strings(values)
+    kinds = tuple(kinds)
+    rows, needs_decoding = candidate_rows(arr, kinds, known)
+    out = Findings()
+    if len(rows) == 0:
+        return out
+    texts = arr.take(pa.array(rows)).to_pylist()
+    for row, text, decode in zip(rows.tolist(), texts, needs_decoding.tolist(), strict=True):
+        if text is None:
+            continue
+        doc = normalize(text) if decode else identity(text)
+        found = detectors.find_all(doc.text, kinds, regions)
+        if known is not None and known.count:
+            for start, end in known.spans(doc.text):
+                if not any(start < e and s < end for _, s, e in found):
+                    found.append((KNOWN, start, end))
+        if found:
+            out.decoded[row] = doc
+            out.spans[row] = sorted((kind, *doc.source_span(s, e)) for kind, s, e in found)
+    return out
+
+
+def flags(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
+          regions: tuple[str, ...] = detectors.DEFAULT_REGIONS, known: KnownValues | None = None,
+          which: str | None = None) -> pa.Array:
+    """True where a value holds PII (of kind ``which`` only, when given); nulls give False."""
+    arr = _strings(values)
+    hit = np.zeros(len(arr), bool)
+    for row, spans in find(arr, kinds=kinds, regions=regions, known=known).spans.items():
+        hit[row] = any(which is None or k == which for k, _, _ in spans)
+    return pa.array(hit)
+
+
+# -- replacing ------------------------------------------------------------------------------------
+
+
+def _json_string_mask(text: str) -> np.ndarray | None:
+    """Per character: inside a JSON string literal?  None when ``text`` is not JSON."""
+    stripped = text.lstrip()
+    if stripped[:1] not in ("{", "["):
+        return None
+    try:
+        json.loads(text)
+    except ValueError:
+        return None
+    inside = np.zeros(len(text), bool)
+    in_string, escaped = False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            inside[i] = True
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+                inside[i] = False
+        elif ch == '"':
+            in_string = True
+    return inside
+
+
+def _in_authority(text: str, start: int) -> bool:
+    head = text[:start]
+    cut = head.rfind("://")
+    return cut != -1 and not re.search(r"[/?#\s]", head[cut + 3:])
+
+
+def _token(kind: str) -> str:
+    return f"[{kind}]"
+
+
+def replace_spans(text: str, spans: list[tuple[str, int, int]],
+                  token: Callable[[str], str] = _token) -> str:
+    """``text`` with each span replaced by its kind's token, JSON- and URL-aware."""
+    merged: list[tuple[str, int, int]] = []
+    for kind, start, end in sorted(spans, key=lambda s: (s[1], -s[2])):
+        if merged and start < merged[-1][2]:
+            merged[-1] = (merged[-1][0], merged[-1][1], max(merged[-1][2], end))
+            continue
+        merged.append((kind, start, end))
+    in_string = _json_string_mask(text)
+    parts: list[str] = []
+    pos = 0
+    for kind, s, e in merged:
+        label = token(kind)
+        if kind == "ip" and _in_authority(text, s):
+            # a host in a URL: keep the URL parseable (no brackets, a reserved domain)
+            if s > 0 and text[s - 1] == "[" and text[e:e + 1] == "]":
+                s, e = s - 1, e + 1
+            label = "ip.invalid"
+        elif in_string is not None and not in_string[s:e].all():
+            # a bare JSON number (or more): the token goes in as a string
+            bare = text[s:e]
+            if _NUMBERISH.fullmatch(bare.strip()) or not in_string[s:e].any():
+                label = json.dumps(label)
+        parts.append(text[pos:s])
+        parts.append(label)
+        pos = e
+    parts.append(text[pos:])
+    out = "".join(parts)
+    if in_string is not None:
+        try:
+            json.loads(out)
+        except ValueError:
+            return _replace_in_json(text, spans, token)
+    return out
+
+
+def _replace_in_json(text: str, spans: list[tuple[str, int, int]], token: Callable[[str], str]) -> str:
+    """A finding straddled JSON syntax: blank the whole string or number values it touches."""
+    inside = _json_string_mask(text)
+    assert inside is not None
+    touched = np.zeros(len(text), bool)
+    for _, s, e in spans:
+        touched[s:e] = True
+    out: list[str] = []
+    i = 0
+    kinds = {k for k, _, _ in spans}
+    label = json.dumps(token(sorted(kinds)[0]) if len(kinds) == 1 else token("pii"))
+    while i < len(text):
+        if text[i] == '"' and not inside[i]:
+            j = i + 1
+            while j < len(text) and (text[j] != '"' or inside[j]):
+                j += 1
+            out.append(label if touched[i:j + 1].any() else text[i:j + 1])
+            i = j + 1
+            continue
+        match = _NUMBERISH.match(text, i)
+        if match and match.end() > i:
+            out.append(label if touched[i:match.end()].any() else match.group())
+            i = match.end()
+            continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def scrub(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
+          regions: tuple[str, ...] = detectors.DEFAULT_REGIONS,
+          known: KnownValues | None = None) -> pa.Array:
+    """``values`` with every finding replaced; values with nothing found are untouched."""
+    arr = _strings(values)
+    found = find(arr, kinds=kinds, regions=regions, known=known)
+    rows = found.rows()
+    if not rows:
+        return arr
+    texts = arr.take(pa.array(rows)).to_pylist()
+    replaced = [replace_spans(t, found.spans[r]) for r, t in zip(rows, texts, strict=True)]
+    mask = np.zeros(len(arr), bool)
+    mask[rows] = True
+    return pc.replace_with_mask(arr, pa.array(mask), pa.array(replaced, pa.string()))

@@ -1,0 +1,183 @@
+"""The confirming detectors, the reader-like decoding, and JSON/URL-preserving replacement."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pyarrow as pa
+import pytest
+
+from pseudozone.pii import detectors, scan
+from pseudozone.pii.normalize import normalize
+from pseudozone.validation import detect
+
+
+def _found(text: str, regions: tuple[str, ...] = detectors.DEFAULT_REGIONS) -> list[tuple[str, str]]:
+    doc = normalize(text)
+    return [(kind, text[slice(*doc.source_span(s, e))]) for kind, s, e in detectors.find_all(doc.text,
+                                                                                           regions=regions)]
+
+
+POSITIVES = {
+    # emails: plus-addressing, Unicode, obfuscations
+    "email_plus": ("write to jane.doe+news@example.com today", "email", "jane.doe+news@example.com"),
+    "email_unicode": ("josé.müller@exämple.de", "email", "josé.müller@exämple.de"),
+    "email_cjk": ("联系 用户@例子.中国 谢谢", "email", "用户@例子.中国"),
+    "email_fullwidth_at": ("mail: jane＠example.com", "email", "jane＠example.com"),
+    "email_paren_at": ("jane(at)example(dot)com", "email", "jane(at)example(dot)com"),
+    "email_bracket_at": ("jane [at] example [dot] org", "email", "jane [at] example [dot] org"),
+    "email_words": ("reach me: jane at example dot co dot uk", "email", "jane at example dot co dot uk"),
+    # phones: national formats of several countries, extensions, trunk prefix
+    "phone_br": ("ligue 84 1246-4390", "phone", "84 1246-4390"),
+    "phone_us_ext": ("555-123-4567x89", "phone", "555-123-4567x89"),
+    "phone_us_ext_words": ("call (555) 123-4567 ext. 89", "phone", "(555) 123-4567 ext. 89"),
+    "phone_de_trunk": ("Tel +49 (0) 9168 820619", "phone", "+49 (0) 9168 820619"),
+    "phone_de_parens": ("(06361) 285952", "phone", "(06361) 285952"),
+    "phone_de_slash": ("030/1234567", "phone", "030/1234567"),
+    "phone_fr": ("au 01 23 45 67 89", "phone", "01 23 45 67 89"),
+    "phone_fr_bare": ("rappel 0232781286", "phone", "0232781286"),
+    "phone_jp": ("電話 090-1234-5678", "phone", "090-1234-5678"),
+    "phone_ru": ("звоните 8 (495) 123-45-67", "phone", "8 (495) 123-45-67"),
+    "phone_cn_mobile": ("手机13812345678", "phone", "13812345678"),
+    "phone_00": ("0049 170 1234567", "phone", "0049 170 1234567"),
+    "phone_dots": ("206.269.0743x9150", "phone", "206.269.0743x9150"),
+    "phone_context_bare": ('{"phone": 5551234567}', "phone", "5551234567"),
+    # IPs
+    "ipv4": ("from 203.0.113.45 at noon", "ip", "203.0.113.45"),
+    "ipv4_port": ("peer 203.0.113.45:8443", "ip", "203.0.113.45"),
+    "ipv6_compressed": ("v6 2001:db8:85a3::8a2e:370:7334 ok", "ip", "2001:db8:85a3::8a2e:370:7334"),
+    "ipv6_full": ("2001:0db8:85a3:0000:0000:8a2e:0370:7334", "ip", "2001:0db8:85a3:0000:0000:8a2e:0370:7334"),
+    "ipv6_mapped": ("client ::ffff:192.0.2.128 seen", "ip", "::ffff:192.0.2.128"),
+    "ipv6_zone": ("link fe80::1ff:fe23:4567:890a%eth0 up", "ip", "fe80::1ff:fe23:4567:890a%eth0"),
+    "ipv6_bracket_port": ("http://[2001:db8::1]:8080/x", "ip", "2001:db8::1"),
+    # cards: Luhn + issuer prefix and length, any grouping
+    "card_visa_spaces": ("card 4539 1488 0343 6467", "card", "4539 1488 0343 6467"),
+    "card_visa_dots": ("card 4539.1488.0343.6467", "card", "4539.1488.0343.6467"),
+    "card_amex": ("amex 3782-822463-10005", "card", "3782-822463-10005"),
+    "card_mc_plain": ("5555555555554444", "card", "5555555555554444"),
+    # IBANs: mod-97 and the country's length
+    "iban_gb_grouped": ("GB82 WEST 1234 5698 7654 32 is mine", "iban", "GB82 WEST 1234 5698 7654 32"),
+    "iban_de_plain": ("iban=DE89370400440532013000", "iban", "DE89370400440532013000"),
+    "iban_fr": ("FR14 2004 1010 0505 0001 3M02 606", "iban", "FR14 2004 1010 0505 0001 3M02 606"),
+}
+
+ENCODED = {
+    "url_component": ("/c?email=zelda.plantedpii%40example.org&x=1", "email",
+                      "zelda.plantedpii%40example.org"),
+    "url_double": ("/c?e=zelda%2540example.org", "email", "zelda%2540example.org"),
+    "url_phone_plus": ("/verify?phone=%2B442079460999", "phone", "%2B442079460999"),
+    "url_phone_parens": ("/c?p=%2806361%29%20285952", "phone", "%2806361%29%20285952"),
+    "form_plus_space": ("/c?a=1&t=030+1234567", "phone", "030+1234567"),
+    "json_escape": ('{"m": "a\\u0040example.com"}', "email", "a\\u0040example.com"),
+    "html_entity": ("jane&#64;example.com", "email", "jane&#64;example.com"),
+    "html_named": ("jane&commat;example.com", "email", "jane&commat;example.com"),
+    "fullwidth_digits": ("ＴＥＬ ０３０ １２３４５６７", "phone", "０３０ １２３４５６７"),
+}
+
+NEGATIVES = [
+    "550e8400-e29b-41d4-a716-446655440000",            # uuid4
+    "550e8400e29b41d4a716446655440000",                # uuid4 hex
+    "ab12cdef34567890ab12cdef34567890",                # 32 hex starting like an IBAN
+    "01HF3Q5ZK8X4T9W2N7M6B5V4C3",                      # ULID
+    "2QWe4RTyUiOp7aSdFgHjKlZxCvB",                     # KSUID-like
+    "da39a3ee5e6b4b0d3255bfef95601890afd80709",        # SHA-1
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",  # SHA-256
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abc_DEF-123",  # JWT shape
+    '{"order_id": 48219374651, "ts": 1712345678, "ts_ms": 1712345678123, "price": 19.99}',
+    "ORD-2024-000123 #100234567 SKU-48213-XL AB-1234-567",
+    "2024-03-05T12:34:56Z 2024-03-05 05.03.2024 12/31/2024 12:34:56",
+    "total € 1.299,00 or $1,299.00 or ¥12,800",
+    "v2.0.0-rc.1 1.24.3 10.4.12 Chrome/120.0.6099.109 Safari/537.36",
+    "1Z999AA10123456784 9400111899223856925046 123456789012",
+    "ISBN 978-3-16-148410-0 and 0-306-40615-2",
+    "look at shop.example.com for icon@2x.png",
+    "std::vector<int> at 10:30",
+    "MAC 00:1a:2b:3c:4d:5e",
+]
+
+
+@pytest.mark.parametrize("case", sorted(POSITIVES))
+def test_given_a_pii_form_then_its_detector_confirms_it(case: str) -> None:
+    text, kind, span = POSITIVES[case]
+    assert (kind, span) in _found(text)
+
+
+@pytest.mark.parametrize("case", sorted(ENCODED))
+def test_given_an_encoded_form_then_it_is_found_and_mapped_back_to_the_original_characters(case: str) -> None:
+    text, kind, span = ENCODED[case]
+    assert (kind, span) in _found(text)
+
+
+@pytest.mark.parametrize("text", NEGATIVES)
+def test_given_a_hard_negative_then_nothing_is_found(text: str) -> None:
+    assert _found(text) == []
+
+
+def test_given_a_luhn_valid_number_without_an_issuer_prefix_then_it_is_not_a_card() -> None:
+    assert not detectors.card_issuer_fits("1234567812345670")
+    assert _found("id 1234567812345670") == []
+
+
+def test_given_a_bad_iban_checksum_then_it_is_not_an_iban() -> None:
+    assert _found("GB83 WEST 1234 5698 7654 32") == []
+
+
+def test_given_a_bare_digit_run_then_it_is_a_phone_only_with_context_or_a_known_shape() -> None:
+    assert _found("order 5551234567 shipped") == []
+    assert _found("order 5551234567 shipped", regions=("US",)) == []
+    assert _found("tel: 5551234567", regions=("US",)) == [("phone", "5551234567")]
+    assert _found("13812345678", regions=("DE",)) == []  # a Chinese mobile only where CN applies
+
+
+def test_given_regions_then_national_formats_follow_them() -> None:
+    # a German national number is read under DE; where only the US applies it is too short
+    assert _found("030 12345", regions=("DE",)) == [("phone", "030 12345")]
+    assert _found("030 12345", regions=("US",)) == []
+
+
+def test_normalize_maps_every_decoded_character_to_its_source() -> None:
+    doc = normalize("a%2540b&#46;c\\u00e9")
+    assert doc.text == "a@b.cé"
+    assert doc.source_span(1, 2) == (1, 6)    # '@' came from %2540
+    assert doc.source_span(3, 4) == (7, 12)   # '.' came from &#46;
+    assert doc.source_span(5, 6) == (13, 19)  # 'é' came from \u00e9
+
+
+def test_given_json_then_scrubbed_json_still_parses_and_numbers_become_strings() -> None:
+    texts = ['{"phone": 5551234567, "order": 48219374651, "note": "mail a@b.example.com", "ts": 1712345678}',
+             '{"ip": "203.0.113.45", "card": 4539148803436467, "list": [1, 2, 3]}',
+             '["+49 30 1234567", {"e": "x\\u0040example.org"}]']
+    out = scan.scrub(pa.array(texts)).to_pylist()
+    parsed = [json.loads(o) for o in out]
+    assert parsed[0] == {"phone": "[phone]", "order": 48219374651, "note": "mail [email]", "ts": 1712345678}
+    assert parsed[1] == {"ip": "[ip]", "card": "[card]", "list": [1, 2, 3]}
+    assert parsed[2] == ["[phone]", {"e": "[email]"}]
+
+
+def test_given_urls_then_scrubbed_urls_still_parse() -> None:
+    urls = ["https://shop.example.com/c?email=jane%40example.com&ref=abc",
+            "http://[2001:db8::1]:8080/path?x=1", "http://203.0.113.45/login?next=%2Fhome",
+            "/verify?phone=%2B442079460999&ok=1"]
+    out = scan.scrub(pa.array(urls)).to_pylist()
+    for before, after in zip(urls, out, strict=True):
+        assert after != before
+        parts = urlsplit(after)
+        assert parse_qs(parts.query) is not None
+    assert urlsplit(out[1]).hostname == "ip.invalid" and urlsplit(out[1]).port == 8080
+    assert parse_qs(urlsplit(out[0]).query) == {"email": ["[email]"], "ref": ["abc"]}
+
+
+def test_values_that_are_not_pii_stay_byte_identical() -> None:
+    texts = pa.array(NEGATIVES)
+    assert scan.scrub(texts).to_pylist() == NEGATIVES
+    assert not any(detect.any_of(texts).to_pylist())
+
+
+def test_the_check_names_the_form_without_the_value() -> None:
+    values = pa.array(["a@b.example.com", "call +44 20 7946 0958", "id 550e8400e29b41d4a716446655440000",
+                       None])
+    assert detect.matches(values, "email").to_pylist() == [True, False, False, False]
+    assert detect.matches(values, "phone").to_pylist() == [False, True, False, False]
+    with pytest.raises(ValueError, match="unknown PII form"):
+        detect.matches(values, "ssn")
