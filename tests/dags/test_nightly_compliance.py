@@ -69,7 +69,8 @@ def test_the_report_is_written_and_the_verdict_fails_visibly(nightly_run) -> Non
     assert [r["request_id"] for r in latest["requests"]["overdue"]] == [facts["late"]]
     failures = [f for z in latest["validation"]["zones"] for f in z["failures"]]
     # found twice, independently: as a phone number, and as the planted subject's known phone
-    assert sorted((f["file"], f["expectation"], f["column"], f["kind"] or "", f["rows"]) for f in failures) == [
+    found = sorted((f["file"], f["expectation"], f["column"], f["kind"] or "", f["rows"]) for f in failures)
+    assert found == [
         (facts["victim"], "expect_column_values_to_be_free_of_known_values", "properties_json", "", [1]),
         (facts["victim"], "expect_column_values_to_be_free_of_pii", "properties_json", "phone", [1])]
     run_dir = report.run_dir(settings, latest["run_id"])
