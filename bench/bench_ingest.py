@@ -156,6 +156,13 @@ def phase_ingest(args: argparse.Namespace) -> Json:
     # a throw-away master key, handed to the workers the way a deployment does
     os.environ["PSEUDOZONE_MASTER_KEY"] = base64.b64encode(os.urandom(32)).decode()
     settings = Settings.from_env(args.root)
+    # the tenants' profiles are published first, untimed, as a real run does: the events'
+    # free text is then also scrubbed of (and gated against) every known subject's values
+    from pseudozone.ingest import pending, process_batch
+
+    for ref in pending(settings):
+        if ref.dataset == "profiles":
+            process_batch(settings, ref)
     baseline = _rss_now_kib()
     sampler = TreeRssSampler()
 
@@ -266,7 +273,8 @@ def run_child(phase: str, *extra: str, script: Path | None = None) -> Json:
 def ensure_data(workdir: Path, events: int, batch_rows: int) -> Json:
     data = workdir / "data"
     marker = data / MARKER
-    wanted = {"events": events, "batch_rows": batch_rows, "tenants": TENANTS, "seed": SEED}
+    wanted = {"events": events, "batch_rows": batch_rows, "tenants": TENANTS, "seed": SEED,
+              "sample": 2}  # bump when pseudozone.sample changes what it writes
     if marker.exists():
         try:
             previous = json.loads(marker.read_text())
@@ -294,16 +302,17 @@ def warm_page_cache(files: list[Path]) -> int:
 
 
 def link_landing(data: Path, root: Path) -> None:
-    """A fresh data root whose ``landing/events`` hard-links the generated files."""
+    """A fresh data root whose ``landing/events`` and ``landing/profiles`` hard-link the generated files."""
     shutil.rmtree(root, ignore_errors=True)
-    src = data / "landing" / DATASET
-    for path in sorted(src.rglob("*")):
-        target = root / "landing" / DATASET / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(path, target)
+    for dataset in (DATASET, "profiles"):
+        src = data / "landing" / dataset
+        for path in sorted(src.rglob("*")):
+            target = root / "landing" / dataset / path.relative_to(src)
+            if path.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, target)
 
 
 def _mib(kib: float) -> float:

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pseudozone import ledger, scrub, state, zones
 from pseudozone.config import Settings
-from pseudozone.contracts import SUBJECT_COLUMN, Contract
+from pseudozone.contracts import SUBJECT_COLUMN, ColumnSpec, Contract
 from pseudozone.errors import ContractViolation, PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
@@ -46,7 +46,7 @@ from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sh
 from pseudozone.pii.detectors import DEFAULT_REGIONS
 from pseudozone.pii.tenant import TenantValues, searchable, tenant_values
 from pseudozone.validation import gate
-from pseudozone.validation.known import KnownValues
+from pseudozone.validation.known import AnyKnown, Known
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ RESTRICTED_ZONE = "restricted"
 PII_ZONE = "pii"
 INDEX_SCHEMA = pa.schema([("subject_id", pa.string()), ("zone", pa.string()), ("path", pa.string())])
 WRITE_THREADS = 2
+SCRUB_THREADS = 2
 
 
 @dataclass
@@ -104,7 +105,7 @@ def _own_values(table: pa.Table, contract: Contract) -> list[list[str | None]] |
 
 
 def build_event_table(table: pa.Table, contract: Contract, keyring: KeyRing, tenant: str, *,
-                      known: KnownValues | None = None,
+                      known: Known | None = None,
                       regions: tuple[str, ...] = DEFAULT_REGIONS) -> pa.Table:
     """The event-zone columns of ``table`` in contract order (Hive partitions excluded).
 
@@ -112,25 +113,35 @@ def build_event_table(table: pa.Table, contract: Contract, keyring: KeyRing, ten
     every ``known`` value of the tenant's subjects.
     """
     own = _own_values(table, contract)
-    out: dict[str, pa.Array] = {}
-    for spec in contract.columns:
-        name = spec.event_name
-        if name is None:
-            continue
-        col = table[spec.name]
-        if spec.cls == "identifier":
-            purpose = "subject" if spec.subject else spec.name
-            out[name] = pseudonymize_column(keyring, tenant, purpose, col)
-        elif spec.cls == "quasi":
-            assert spec.generalize is not None
-            out[name] = GENERALIZERS[spec.generalize](col.combine_chunks(), spec.params)
-        elif spec.cls == "free_text":
-            if own is not None:
-                col = pa.array(scrub.redact_known(col.to_pylist(), own), pa.string())
-            out[name] = scrub.scrub(col, regions=regions, known=known)
-        else:
-            out[name] = col.combine_chunks()
-    return pa.table(out)
+
+    def scrubbed(col: pa.ChunkedArray) -> pa.Array:
+        if own is not None:
+            col = pa.chunked_array([pa.array(scrub.redact_known(col.to_pylist(), own), pa.string())])
+        return scrub.scrub(col, regions=regions, known=known)
+
+    out: dict[str, Any] = {}
+    # free-text columns are scrubbed side by side: their Arrow kernels run outside the GIL
+    with ThreadPoolExecutor(SCRUB_THREADS, thread_name_prefix="pseudozone-scrub") as pool:
+        for spec in contract.columns:
+            if spec.event_name is not None and spec.cls == "free_text":
+                out[spec.event_name] = pool.submit(scrubbed, table[spec.name])
+        for spec in contract.columns:
+            name = spec.event_name
+            if name is None or spec.cls == "free_text":
+                continue
+            out[name] = _event_column(spec, table[spec.name], keyring, tenant)
+        done = {name: (v.result() if isinstance(v, Future) else v) for name, v in out.items()}
+    return pa.table({c.event_name: done[c.event_name] for c in contract.columns if c.event_name})
+
+
+def _event_column(spec: ColumnSpec, col: pa.ChunkedArray, keyring: KeyRing, tenant: str) -> pa.Array:
+    if spec.cls == "identifier":
+        purpose = "subject" if spec.subject else spec.name
+        return pseudonymize_column(keyring, tenant, purpose, col)
+    if spec.cls == "quasi":
+        assert spec.generalize is not None
+        return GENERALIZERS[spec.generalize](col.combine_chunks(), spec.params)
+    return col.combine_chunks()
 
 
 def build_pii_table(table: pa.Table, contract: Contract, subjects: pa.Array,
@@ -284,16 +295,21 @@ TenantCache = dict[str, TenantValues]
 
 
 def _tenant_known(settings: Settings, keyring: KeyRing, tenant: str, table: pa.Table, contract: Contract,
-                  cache: TenantCache | None) -> tuple[KnownValues, tuple[str, ...]]:
-    """The tenant's known values (PII zone, earlier batches of this run, this batch) and phone regions."""
+                  cache: TenantCache | None) -> tuple[AnyKnown, tuple[str, ...]]:
+    """The tenant's known values (PII zone, profiles earlier in this run), this batch's own, and
+    the phone regions."""
     values = cache.get(tenant) if cache is not None else None
     if values is None:
         values = tenant_values(settings, keyring, tenant)
         if cache is not None:
             cache[tenant] = values
-    # this batch's values count from now on, for the later batches of the run too
-    values.add_table(table, contract)
-    return values.known(), values.phone_regions()
+    own = TenantValues()
+    own.add_table(table, contract)
+    if contract.has_pii:
+        # a profiles batch's subjects count from now on, for the later batches of the run too
+        values.add_table(table, contract)
+    regions = tuple(dict.fromkeys([*values.phone_regions(), *sorted(own.regions)]))
+    return AnyKnown(values.known(), own.known()), regions
 
 
 def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa.Table,
@@ -354,7 +370,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
 
 
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
-          pii: pa.Table | None, known: KnownValues, input_rows: np.ndarray, *,
+          pii: pa.Table | None, known: Known, input_rows: np.ndarray, *,
           forbidden: pa.Array, restricted: pa.Array, erased: pa.Array,
           regions: tuple[str, ...] = DEFAULT_REGIONS) -> None:
     """Validate the batch's outputs before any is published; quarantined by the caller on failure."""
@@ -583,11 +599,15 @@ def _ingest_parallel(settings: Settings, refs: list[BatchRef], workers: int,
     # forkserver: never fork a process that already runs Arrow's thread pools
     context = multiprocessing.get_context("forkserver")
     results = []
+    # datasets with PII first, and finished before the others start: their subjects are
+    # then in the PII zone that every worker reads its tenant's known values from
+    stages = [[r for r in refs if has_pii(r.dataset)], [r for r in refs if not has_pii(r.dataset)]]
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_worker_batch, str(settings.root), ref.to_dict()) for ref in refs]
-        for future in futures:
-            res = BatchResult(**future.result())
-            if on_result:
-                on_result(res)
-            results.append(res)
+        for stage in stages:
+            futures = [pool.submit(_worker_batch, str(settings.root), ref.to_dict()) for ref in stage]
+            for future in futures:
+                res = BatchResult(**future.result())
+                if on_result:
+                    on_result(res)
+                results.append(res)
     return results

@@ -4,7 +4,9 @@ Everything is fake and generated (names from small lists, emails at
 example.* domains, phone numbers from reserved drama ranges where countries
 have them, IPs from documentation ranges).  It is messy on purpose: upper-case
 and plus-addressed emails, international phone formats, IPv6, non-ASCII
-names, PII planted inside free text (JSON properties, URLs, query strings).
+names, PII planted inside free text (JSON properties, URLs, query strings), and the
+numbers a regex takes for PII: uuid4 (hex and dashed) and ULID ids, 16-hex sessions,
+order numbers, epoch seconds and milliseconds, SKUs and prices.
 
 Vectorized with NumPy and Arrow compute: 10M events take about a minute.
 """
@@ -56,6 +58,65 @@ TENANTS = ["acme", "globex", "initech", "umbrella", "hooli"]
 
 def _choice(rng: np.random.Generator, values: list[str], n: int) -> pa.Array:
     return pc.take(pa.array(values, pa.string()), pa.array(rng.integers(0, len(values), n)))
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+_CROCKFORD = np.frombuffer(b"0123456789ABCDEFGHJKMNPQRSTVWXYZ", np.uint8)
+
+
+def _ascii(codes: np.ndarray) -> pa.Array:
+    """Rows of an (n, width) uint8 matrix of ASCII codes as strings."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    return pa.array(codes.view(f"S{codes.shape[1]}").ravel()).cast(pa.string())
+
+
+def _hex_of(numbers: np.ndarray, width: int) -> pa.Array:
+    """``numbers`` (uint64) mixed (splitmix64) and written as ``width`` hex digits (at most 16)."""
+    with np.errstate(over="ignore"):
+        z = numbers.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    nibbles = (z[:, None] >> (np.uint64(4) * np.arange(width, dtype=np.uint64)[::-1])) & np.uint64(15)
+    return _ascii(_HEX_DIGITS[nibbles.astype(np.int64)])
+
+
+def _uuid4(rng: np.random.Generator, n: int, *, dashes: bool) -> pa.Array:
+    codes = _HEX_DIGITS[rng.integers(0, 16, (n, 32))]
+    codes[:, 12] = ord("4")
+    codes[:, 16] = _HEX_DIGITS[rng.integers(8, 12, n)]
+    if dashes:
+        codes = np.insert(codes, [8, 12, 16, 20], ord("-"), axis=1)
+    return _ascii(codes)
+
+
+def _ulid(rng: np.random.Generator, n: int) -> pa.Array:
+    codes = _CROCKFORD[rng.integers(0, 32, (n, 26))]
+    codes[:, 0] = _CROCKFORD[rng.integers(0, 8, n)]
+    return _ascii(codes)
+
+
+def _ids(rng: np.random.Generator, n: int) -> pa.Array:
+    """The id forms real platforms use: uuid4 hex, dashed uuid4 and ULID, mixed."""
+    kind = rng.integers(0, 4, n)
+    hex_ids, dashed, ulids = _uuid4(rng, n, dashes=False), _uuid4(rng, n, dashes=True), _ulid(rng, n)
+    return pc.if_else(pa.array(kind < 2), hex_ids, pc.if_else(pa.array(kind == 2), dashed, ulids))
+
+
+def _props(rng: np.random.Generator, n: int, start: datetime) -> pa.Array:
+    """Event properties with the numbers that look like PII to a regex: order numbers (as JSON
+    numbers and strings), epoch seconds and milliseconds, SKUs, prices, quantities, hex tokens."""
+    epoch = int(start.timestamp()) + rng.integers(0, 7 * 86_400, n)
+    cents = rng.integers(99, 250_000, n)
+    price = _join(_num(cents // 100), ".", pc.utf8_lpad(_num(cents % 100), 2, "0"))
+    order = _num(rng.integers(10**9, 10**12, n))
+    numeric = _join('{"order_id": ', order, ', "sku": "SKU-', _num(rng.integers(10_000, 99_999, n)),
+                    '-XL", "qty": ', _num(rng.integers(1, 9, n)), ', "amount": ', price,
+                    ', "ts": ', _num(epoch), ', "ts_ms": ', _num(epoch * 1000 + rng.integers(0, 1000, n)),
+                    "}")
+    quoted = _join('{"order": "#', order, '", "cart_token": "', _hex_of(rng.integers(0, 2**62, n), 16),
+                   '", "total": "', price, ' EUR", "placed_at": ', _num(epoch), "}")
+    return pc.if_else(pa.array(rng.random(n) < 0.5), numeric, quoted)
 
 
 def _join(*parts: Any) -> pa.Array:
@@ -165,10 +226,14 @@ def events_table(rng: np.random.Generator, users: Users, n: int, first_id: int, 
     plant = rng.random(n)
     email = pc.take(users.email, who_arr)
     base_url = _join("https://shop.example.com", _choice(rng, PAGES, n))
+    base_url = pc.if_else(pa.array(rng.random(n) < 0.2),
+                          _join("https://shop.example.com/orders/", _num(rng.integers(10**9, 10**12, n)),
+                                "?ts=", _num(int(start.timestamp()) + rng.integers(0, 7 * 86_400, n))),
+                          base_url)
     page_url = pc.if_else(pa.array(plant < 0.01),
                           _join("https://shop.example.com/checkout?email=",
                                 pc.take(users.email_urlenc, who_arr), "&step=2"), base_url)
-    props = _choice(rng, PROPERTIES, n)
+    props = pc.if_else(pa.array(rng.random(n) < 0.6), _props(rng, n, start), _choice(rng, PROPERTIES, n))
     props = pc.if_else(pa.array(plant > 0.995), _join('{"message": "reach me at ', email, '"}'), props)
     props = pc.if_else(pa.array((plant > 0.99) & (plant <= 0.995)),
                        _join('{"message": "my number is ', pc.take(users.phone, who_arr), '"}'), props)
@@ -182,10 +247,10 @@ def events_table(rng: np.random.Generator, users: Users, n: int, first_id: int, 
         "tenant_id": pa.array([users.tenant] * n),
         "user_id": pc.if_else(logged_in, pc.take(users.user_id, who_arr), pa.scalar(None, pa.string())),
         "anonymous_id": anonymous,
-        "event_id": _join("evt_", _num(np.arange(first_id, first_id + n))),
+        "event_id": _ids(rng, n),
         "event_name": _choice(rng, EVENT_NAMES, n),
         "event_ts": _ts(rng, n, start, days),
-        "session_id": _join("s_", _num(who * 31 + rng.integers(0, 30, n))),
+        "session_id": _hex_of(who * 31 + rng.integers(0, 30, n), 16),
         "ip": pc.take(users.ip, who_arr),
         "user_agent": _choice(rng, USER_AGENTS, n),
         "page_url": page_url,
@@ -215,7 +280,7 @@ def server_logs_table(rng: np.random.Generator, users: Users, n: int, first_id: 
         "status": pa.array(rng.choice([200, 200, 200, 201, 204, 301, 404, 500], n)),
         "bytes_sent": pa.array(rng.integers(0, 250_000, n)),
         "user_agent": _choice(rng, USER_AGENTS, n),
-        "request_id": _join("req_", _num(np.arange(first_id, first_id + n))),
+        "request_id": _ids(rng, n),
     })
 
 

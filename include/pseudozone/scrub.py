@@ -31,7 +31,7 @@ from pseudozone.pii import scan
 from pseudozone.pii.detectors import DEFAULT_REGIONS, KINDS
 
 if TYPE_CHECKING:
-    from pseudozone.validation.known import KnownValues
+    from pseudozone.validation.known import Known
 
 # the forms the scrubber replaces (every form the detectors know)
 SCRUB_KINDS: tuple[str, ...] = KINDS
@@ -41,7 +41,7 @@ _DICTIONARY_RATIO = 0.5
 
 
 def scrub(values: pa.Array | pa.ChunkedArray, *, regions: Iterable[str] = DEFAULT_REGIONS,
-          known: KnownValues | None = None) -> pa.Array:
+          known: Known | None = None) -> pa.Array:
     """Scrub a string column; nulls stay null, values with nothing found are untouched.
 
     The result may be dictionary-encoded (same values, cheaper to move and write).

@@ -94,6 +94,8 @@ NEGATIVES = [
     "look at shop.example.com for icon@2x.png",
     "std::vector<int> at 10:30",
     "MAC 00:1a:2b:3c:4d:5e",
+    "https://shop.example.com/orders/15163226939?ts=1793973303",  # an order id shaped like a CN mobile
+    "https://shop.example.com/orders/[phone]?ts=1793973303",      # our own token is no phone context
 ]
 
 

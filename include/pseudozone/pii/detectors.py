@@ -135,6 +135,8 @@ _CONTEXT = re.compile(
     r"(?:number|nummer|num[eé]ro|n[uú]mero))\W{0,3}\w{0,12}\W{0,4}$",
     re.IGNORECASE)
 _CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
+_HAN = re.compile(r"[\u3400-\u9fff\uff1a]")
+_TOKEN = re.compile(r"\[(?:email|phone|ip|card|iban|pii)\]")
 _POSSIBLE = (phonenumbers.ValidationResult.IS_POSSIBLE,)
 
 
@@ -197,8 +199,10 @@ class PhoneDetector(Detector):
                 (len(digits) == 13 or _ISBN10.match(body) or re.search(r"isbn\W{0,3}$", text[:start], re.I)):
             return True
         groups = re.findall(r"\d+", body)
-        if "." in body and (re.search(r"\s", body) or any(len(g) < 2 for g in groups[1:])):
-            return True  # version strings (1.24.3 10.4.12), not 555.123.4567
+        international = body.startswith(("+", "00"))
+        if "." in body and not international and (
+                re.search(r"\s", body) or any(len(g) < 2 for g in groups[1:]) or len(groups) == 2):
+            return True  # version strings (1.24.3 10.4.12) and decimals (48.858844), not 555.123.4567
         # groups of four: a card or an account number, not a phone
         return sum(len(g) == 4 for g in groups) >= 4 or \
             bool(_IBAN_HEAD.search(text[max(0, start - 48):start]))
@@ -226,9 +230,11 @@ class PhoneDetector(Detector):
         if digits.startswith("0"):
             return not digits.startswith("00") and 9 <= len(digits) <= 12 and \
                 any(_possible(digits, r) for r in regions)
-        if "CN" in regions and _CN_MOBILE.match(digits) and _valid(digits, "CN"):
-            return True
-        if _CONTEXT.search(text[max(0, start - 28):start]):
+        # what comes just before, without our own tokens ('[phone]?ts=1793973303' is a timestamp)
+        before = _TOKEN.sub(" ", text[max(0, start - 28):start])
+        if "CN" in regions and _CN_MOBILE.match(digits) and _HAN.search(before) and _valid(digits, "CN"):
+            return True  # a mainland mobile number written in Chinese text, as it usually is
+        if _CONTEXT.search(before):
             return any(_possible(digits, r) for r in regions)
         return False
 
@@ -371,7 +377,7 @@ def find_all(text: str, kinds: Iterable[str] = KINDS,
     # forms that cannot be there are not looked for (each detector needs some digits, or an '@')
     if digits < 7:
         wanted &= {"email", "ip"}
-        if digits < 4:
+        if digits < 4 and ":" not in text:
             wanted.discard("ip")
     if digits < 12:
         wanted.discard("card")

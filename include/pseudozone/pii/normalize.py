@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 # an RE2 pattern (Arrow) for texts holding something ``normalize`` decodes, apart from
 # NFKC (which Arrow checks itself, see ``pseudozone.pii.scan``)
-ENCODED_RE2 = r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\/|&#?[A-Za-z0-9]{1,32};|\?[^\s]*\+"
+ENCODED_RE2 = (r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\/|&#?[A-Za-z0-9]{1,32};|\?[^\s]*\+"
+               r"|[\x{ad}\x{200b}-\x{200f}\x{2060}-\x{2064}\x{feff}]")
 
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _JSON_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}"
@@ -34,6 +35,7 @@ _QUERY = re.compile(r"\?[^\s\"'<>]*")
 _QUERY_PLUS = re.compile(r"(?<![=&?])\+|\+(?!\d)")
 _SIMPLE_ESCAPES = {"/": "/", '"': '"', "\\": "\\", "b": " ", "f": " ", "n": " ", "r": " ", "t": " "}
 MAX_PERCENT_ROUNDS = 3
+_SAME = "\x00same"  # a piece that widens the previous piece's source span (multi-byte characters)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ def _substitute(doc: Decoded, pattern: re.Pattern[str], decode: Callable[[re.Mat
             for k, piece in enumerate(pieces):
                 pa_ = a + k * width
                 pb = b if k == len(pieces) - 1 else pa_ + width
+                if piece == _SAME:
+                    ends[-1] = doc.ends[pb - 1]
+                    continue
                 for ch in piece:
                     out.append(ch)
                     starts.append(doc.starts[pa_])
@@ -145,7 +150,7 @@ def _percent(match: re.Match[str]) -> list[str] | None:
             i += 1
             continue
         pieces.append(ch)
-        pieces += [""] * (n - 1)
+        pieces += [_SAME] * (n - 1)
         i += n
     return pieces
 
@@ -155,11 +160,12 @@ def _query_plus(match: re.Match[str]) -> list[str] | None:
 
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_FORMAT_CHARS = re.compile("[\u00ad\u200b-\u200f\u2060-\u2064\ufeff]")
 
 
 def _nfkc(doc: Decoded) -> Decoded:
     text = doc.text
-    if text.isascii() or unicodedata.is_normalized("NFKC", text):
+    if text.isascii() or (unicodedata.is_normalized("NFKC", text) and not _FORMAT_CHARS.search(text)):
         return doc
     out: list[str] = []
     starts: list[int] = []
@@ -167,7 +173,9 @@ def _nfkc(doc: Decoded) -> Decoded:
     pos = 0
     for match in _NON_ASCII.finditer(text):
         i = match.start()
-        mapped = unicodedata.normalize("NFKC", match.group())
+        # format characters (zero-width spaces, soft hyphens) are invisible to a reader
+        char = match.group()
+        mapped = "" if unicodedata.category(char) == "Cf" else unicodedata.normalize("NFKC", char)
         if mapped == match.group():
             continue
         out.append(text[pos:i])
@@ -190,9 +198,10 @@ def normalize(text: str) -> Decoded:
         doc = _substitute(doc, _ENTITY, _entity)
     if "\\" in doc.text:
         doc = _substitute(doc, _JSON_ESCAPE, _json_escape)
+    if "+" in doc.text and "?" in doc.text:
+        # form encoding: '+' is a space in a query string (a decoded %2B below is a real '+')
+        doc = _substitute(doc, _QUERY_PLUS, _query_plus, within=_QUERY)
     for _ in range(MAX_PERCENT_ROUNDS):
-        if "+" in doc.text and "?" in doc.text:
-            doc = _substitute(doc, _QUERY_PLUS, _query_plus, within=_QUERY)
         if "%" not in doc.text:
             break
         before = doc.text

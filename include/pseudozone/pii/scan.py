@@ -29,7 +29,7 @@ from pseudozone.pii import detectors
 from pseudozone.pii.normalize import ENCODED_RE2, Decoded, identity, normalize
 
 if TYPE_CHECKING:
-    from pseudozone.validation.known import KnownValues
+    from pseudozone.validation.known import Known
 
 KINDS = detectors.KINDS
 KNOWN = "pii"  # the token of a tenant's known value (a name, a street, …)
@@ -43,12 +43,17 @@ _IBAN_COUNTRIES = ("AD|AE|AL|AT|AZ|BA|BE|BG|BH|BI|BR|BY|CH|CR|CY|CZ|DE|DJ|DK|DO|
 TRIGGERS: dict[str, str] = {
     "email": r"@|(?i)[\(\[\{]\s?at\s?[\)\]\}]|(?i)\sat\s\S+\sdot\s",
     "ip": r"(?:\d{1,3}\.){3}\d{1,3}|::|(?:[0-9A-Fa-f]{1,4}:){7}",
-    "phone": (r"\+\s?\(?\d|(?:^|\D)00\d|\(\s?\d|\d{2,}[ .\-/\x{a0}]{1,3}\(?\d{2,}\)?[ .\-/\x{a0}]{1,3}\d{2,}"
-              r"|\d{2,}[ .\-/\x{a0}]{1,3}\(?\d{4,}|(?:^|\D)0\d{8,11}(?:\D|$)|(?:^|\D)1[3-9]\d{9}(?:\D|$)"
+    "phone": (r"\+\s?\(?\d|(?:^|[^0-9A-Za-z])00\d|\(\s?\d"
+              r"|\d{2,}[ .\-/\x{a0}]{1,3}\(?\d{2,}\)?[ .\-/\x{a0}]{1,3}\d{2,}"
+              r"|\d{2,}[ .\-/\x{a0}]{1,3}\(?\d{4,}"
+              r"|(?:^|\D)0\d{8,11}(?:\D|$)|\p{Han}\D{0,8}1[3-9]\d{9}(?:\D|$)"
               r"|(?i)(?:phone|tel|mobil|cell|fax|whatsapp|handy|call|sms|móvil|portable|celular|contato"
               r"|電話|携帯|电话|手机|телефон|тел|फ़ोन|फोन)"),
-    "card": (r"[2-6]\d{3}[ .\-]?\d{4}[ .\-]?\d{4}[ .\-]?\d{1,7}|3[47]\d{2}[ .\-]?\d{6}[ .\-]?\d{5}"
-             r"|3[0689]\d{2}[ .\-]?\d{6}[ .\-]?\d{4}|(?:1800|2131)\d{11}|[56]\d{11,18}"),
+    # grouped, or a bare run of a card's length that starts the way cards start (an order
+    # number inside a longer digit run is not a candidate)
+    "card": (r"(?:^|[^0-9])(?:[2-6]\d{3}[ .\-]?\d{4}[ .\-]?\d{4}[ .\-]?\d{1,7}"
+             r"|3[47]\d{2}[ .\-]?\d{6}[ .\-]?\d{5}|3[0689]\d{2}[ .\-]?\d{6}[ .\-]?\d{4}"
+             r"|(?:1800|2131)\d{11}|[56]\d{15,18})(?:[^0-9]|$)"),
     "iban": rf"(?i)(?:^|[^0-9A-Za-z])(?:{_IBAN_COUNTRIES})\d{{2}}[ \-]?[0-9A-Za-z]{{4}}",
 }
 # dates and times look like phone numbers to the trigger; a value whose only trigger was
@@ -109,12 +114,12 @@ def _decoding_mask(arr: pa.Array) -> np.ndarray:
 
 
 def candidate_rows(arr: pa.Array, kinds: Iterable[str] = KINDS,
-                   known: KnownValues | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(rows to look at, which of them need decoding) of a plain string array."""
+                   known: Known | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows to look at, which of them need decoding, which may hold a known value) of a string array."""
     kinds = list(kinds)
     n = len(arr)
     if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, bool)
+        return np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, bool)
     encoded = _decoding_mask(arr)
     wanted = np.zeros(n, bool)
     others = [k for k in kinds if k != "phone"]
@@ -127,31 +132,32 @@ def candidate_rows(arr: pa.Array, kinds: Iterable[str] = KINDS,
             # whose only phone-shaped part was a date
             stripped = pc.replace_substring_regex(arr.take(pa.array(hit)), _DATES_RE2, " ")
             wanted[hit[_mask(stripped, TRIGGERS["phone"])]] = True
+    known_hit = np.zeros(n, bool)
     if known is not None and known.count:
         # encoded values are decoded and searched below anyway
-        wanted |= np.asarray(known.found_in(arr, decode=False).to_numpy(zero_copy_only=False))
-    wanted |= encoded
-    rows = np.flatnonzero(wanted)
-    return rows, encoded[rows]
+        known_hit = np.asarray(known.found_in(arr, decode=False).to_numpy(zero_copy_only=False))
+    rows = np.flatnonzero(wanted | known_hit | encoded)
+    return rows, encoded[rows], known_hit[rows] | encoded[rows]
 
 
 def find(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
          regions: tuple[str, ...] = detectors.DEFAULT_REGIONS,
-         known: KnownValues | None = None) -> Findings:
+         known: Known | None = None) -> Findings:
     """What each value holds: confirmed detector findings and the tenant's known values."""
     arr = _strings(values)
     kinds = tuple(kinds)
-    rows, needs_decoding = candidate_rows(arr, kinds, known)
+    rows, needs_decoding, maybe_known = candidate_rows(arr, kinds, known)
     out = Findings()
     if len(rows) == 0:
         return out
     texts = arr.take(pa.array(rows)).to_pylist()
-    for row, text, decode in zip(rows.tolist(), texts, needs_decoding.tolist(), strict=True):
+    for row, text, decode, look in zip(rows.tolist(), texts, needs_decoding.tolist(), maybe_known.tolist(),
+                                       strict=True):
         if text is None:
             continue
         doc = normalize(text) if decode else identity(text)
         found = detectors.find_all(doc.text, kinds, regions)
-        if known is not None and known.count:
+        if look and known is not None and known.count:
             for start, end in known.spans(doc.text):
                 if not any(start < e and s < end for _, s, e in found):
                     found.append((KNOWN, start, end))
@@ -162,7 +168,7 @@ def find(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
 
 
 def flags(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
-          regions: tuple[str, ...] = detectors.DEFAULT_REGIONS, known: KnownValues | None = None,
+          regions: tuple[str, ...] = detectors.DEFAULT_REGIONS, known: Known | None = None,
           which: str | None = None) -> pa.Array:
     """True where a value holds PII (of kind ``which`` only, when given); nulls give False."""
     arr = _strings(values)
@@ -182,7 +188,7 @@ def _json_string_mask(text: str) -> np.ndarray | None:
         return None
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     inside = np.zeros(len(text), bool)
     in_string, escaped = False, False
@@ -225,11 +231,11 @@ def replace_spans(text: str, spans: list[tuple[str, int, int]],
     pos = 0
     for kind, s, e in merged:
         label = token(kind)
-        if kind == "ip" and _in_authority(text, s):
-            # a host in a URL: keep the URL parseable (no brackets, a reserved domain)
+        if _in_authority(text, s):
+            # a host or user in a URL: keep the URL parseable (no brackets, a reserved domain)
             if s > 0 and text[s - 1] == "[" and text[e:e + 1] == "]":
                 s, e = s - 1, e + 1
-            label = "ip.invalid"
+            label = f"{'pii' if kind == KNOWN else kind}.invalid"
         elif in_string is not None and not in_string[s:e].all():
             # a bare JSON number (or more): the token goes in as a string
             bare = text[s:e]
@@ -279,7 +285,7 @@ def _replace_in_json(text: str, spans: list[tuple[str, int, int]], token: Callab
 
 def scrub(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
           regions: tuple[str, ...] = detectors.DEFAULT_REGIONS,
-          known: KnownValues | None = None) -> pa.Array:
+          known: Known | None = None) -> pa.Array:
     """``values`` with every finding replaced; values with nothing found are untouched."""
     arr = _strings(values)
     found = find(arr, kinds=kinds, regions=regions, known=known)

@@ -48,8 +48,15 @@ class TenantValues:
     values: list[str] = field(default_factory=list)
     phones: list[str] = field(default_factory=list)
     regions: set[str] = field(default_factory=set)
+    _known: KnownValues | None = field(default=None, repr=False)
 
     def add_table(self, table: pa.Table, contract: Contract) -> None:
+        before = (len(self.values), len(self.phones), len(self.regions))
+        self._add(table, contract)
+        if (len(self.values), len(self.phones), len(self.regions)) != before:
+            self._known = None
+
+    def _add(self, table: pa.Table, contract: Contract) -> None:
         for spec in contract.columns:
             if spec.name not in table.column_names:
                 continue
@@ -66,7 +73,10 @@ class TenantValues:
             (self.phones if is_phone(spec) else self.values).extend(distinct)
 
     def known(self) -> KnownValues:
-        return KnownValues(self.values, phones=self.phones, regions=self.phone_regions())
+        """The values as keyed digests (built once, until values are added)."""
+        if self._known is None:
+            self._known = KnownValues(self.values, phones=self.phones, regions=self.phone_regions())
+        return self._known
 
     def phone_regions(self) -> tuple[str, ...]:
         """The configured regions, then the countries of the tenant's profiles."""

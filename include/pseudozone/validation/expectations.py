@@ -114,13 +114,15 @@ class ColumnValuesFreeOfPii(ColumnMapMetricProvider):
 
     condition_metric_name = "column_values.free_of_pii"
     filter_column_isnull = False  # nulls pass, decided by the metric itself (no row filtering)
-    condition_value_keys = ("kinds", "regions")
+    condition_value_keys = ("kinds", "regions", "skip_pattern")
 
     @column_condition_partial(engine=PandasExecutionEngine)
     @_safe
-    def _pandas(cls, column: pd.Series, kinds: list[str], regions: list[str], **kwargs: Any) -> pd.Series:
-        found = detect.any_of(_arrow(column), kinds, regions)
-        return _series(pc.invert(found), column)
+    def _pandas(cls, column: pd.Series, kinds: list[str], regions: list[str], skip_pattern: str | None,
+                **kwargs: Any) -> pd.Series:
+        arr = _arrow(column)
+        clean = _only_unskipped(arr, skip_pattern, lambda a: pc.invert(detect.any_of(a, kinds, regions)))
+        return _series(clean, column)
 
 
 class ExpectColumnValuesToBeFreeOfPii(ColumnMapExpectation):
@@ -132,8 +134,9 @@ class ExpectColumnValuesToBeFreeOfPii(ColumnMapExpectation):
 
     kinds: list[str] = list(detect.KINDS)  # noqa: RUF012 - a pydantic field, copied per instance
     regions: list[str] = list(detect.DEFAULT_REGIONS)  # noqa: RUF012 - a pydantic field
+    skip_pattern: str | None = None  # values matching it whole (pure ids) need no scan
     map_metric = "column_values.free_of_pii"
-    success_keys = ("kinds", "regions", "mostly")
+    success_keys = ("kinds", "regions", "skip_pattern", "mostly")
 
 
 class ColumnValuesInRegisteredSet(ColumnMapMetricProvider):
@@ -167,21 +170,38 @@ class ColumnValuesFreeOfKnownValues(ColumnMapMetricProvider):
 
     condition_metric_name = "column_values.free_of_known_values"
     filter_column_isnull = False  # nulls pass, decided by the metric itself (no row filtering)
-    condition_value_keys = ("known_ref",)
+    condition_value_keys = ("known_ref", "skip_pattern")
 
     @column_condition_partial(engine=PandasExecutionEngine)
     @_safe
-    def _pandas(cls, column: pd.Series, known_ref: str, **kwargs: Any) -> pd.Series:
+    def _pandas(cls, column: pd.Series, known_ref: str, skip_pattern: str | None, **kwargs: Any) -> pd.Series:
         known: KnownValues = _lookup(known_ref)
-        return _series(pc.invert(known.found_in(_arrow(column))), column)
+        arr = _arrow(column)
+        return _series(_only_unskipped(arr, skip_pattern, lambda a: pc.invert(known.found_in(a))), column)
 
 
 class ExpectColumnValuesToBeFreeOfKnownValues(ColumnMapExpectation):
-    """Expect no text to contain a raw value of the batch being published (keyed-hash comparison)."""
+    """Expect no text to contain a known value of the tenant's subjects (keyed-hash comparison)."""
 
     known_ref: str
+    skip_pattern: str | None = None  # values matching it whole (pure ids) need no search
     map_metric = "column_values.free_of_known_values"
-    success_keys = ("known_ref", "mostly")
+    success_keys = ("known_ref", "skip_pattern", "mostly")
+
+
+def _only_unskipped(arr: pa.Array, skip_pattern: str | None,
+                    ok: Callable[[pa.Array], pa.Array]) -> np.ndarray:
+    """``ok`` (True: clean) for the values that do not match ``skip_pattern`` whole; skipped values pass."""
+    if not skip_pattern:
+        return np.asarray(ok(arr).to_numpy(zero_copy_only=False))
+    plain = arr.cast(arr.type.value_type) if pa.types.is_dictionary(arr.type) else arr
+    skipped = pc.fill_null(detect.per_distinct(plain, lambda d: pc.match_substring_regex(d, skip_pattern)),
+                           False).to_numpy(zero_copy_only=False)
+    result = np.ones(len(plain), dtype=bool)
+    rest = np.flatnonzero(~skipped)
+    if len(rest):
+        result[rest] = np.asarray(ok(plain.take(pa.array(rest))).to_numpy(zero_copy_only=False))
+    return result
 
 
 class ColumnValuesCiphertext(ColumnMapMetricProvider):

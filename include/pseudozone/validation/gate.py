@@ -30,7 +30,7 @@ from pseudozone.contracts import SUBJECT_COLUMN, Contract
 from pseudozone.errors import ContractViolation
 from pseudozone.pii.detectors import DEFAULT_REGIONS
 from pseudozone.validation.expectations import registered
-from pseudozone.validation.known import KnownValues
+from pseudozone.validation.known import Known
 from pseudozone.validation.suites import (
     Report,
     Validator,
@@ -76,7 +76,7 @@ def _strings(values: Sequence[str] | pa.Array) -> pa.Array:
 
 def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), pii: Tables = (),
           forbidden: Sequence[str] | pa.Array = (), restricted_subjects: Sequence[str] | pa.Array = (),
-          erased: Sequence[str] | pa.Array = (), known: KnownValues | None = None,
+          erased: Sequence[str] | pa.Array = (), known: Known | None = None,
           changed: Collection[str] | None = None, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Report]:
     """Validate a unit of work's outputs; raise ``ValidationFailed`` if any expectation fails.
 

@@ -47,6 +47,9 @@ from pseudozone.validation.expectations import (
     context,
 )
 
+# values that can hold no email, phone, IP or name: uuids, 16-64 hex digits, ULIDs
+PURE_ID_RE = (r"^(?:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+              r"|[0-9A-Fa-f]{16,64}|[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26})$")
 PSEUDONYM_RE = r"^v[0-9]+:[0-9a-f]{64}$"
 NETWORK_RE = r"^(?:[0-9]{1,3}\.){3}0/24$|^[0-9a-f:]+/48$"
 MAX_ROWS_REPORTED = 20
@@ -99,8 +102,14 @@ def _text_checks(contract: Contract, known_ref: str | None,
         elif spec.cls == "quasi" and spec.generalize == "ip_prefix":
             expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=NETWORK_RE))
         elif spec.cls == "keep" and spec.format_regex is not None:
-            # an allow-list proves the column: scanning ids for PII forms gives false positives
+            # an allow-list proves the column; values it admits that are not pure ids (prefixed
+            # ids, names of events) are still scanned and searched, pure ids (uuid, hex, ULID) not
             expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=spec.format_regex))
+            expected.append(ExpectColumnValuesToBeFreeOfPii(column=name, regions=list(regions),
+                                                            skip_pattern=PURE_ID_RE))
+            if known_ref is not None:
+                expected.append(ExpectColumnValuesToBeFreeOfKnownValues(column=name, known_ref=known_ref,
+                                                                        skip_pattern=PURE_ID_RE))
         elif spec.cls in ("free_text", "keep"):
             expected.append(ExpectColumnValuesToBeFreeOfPii(column=name, regions=list(regions)))
             if known_ref is not None:
