@@ -309,7 +309,8 @@ def test_a_rewrite_checks_every_rows_subject_and_the_changed_rows_in_full() -> N
     ("DE89-3704-0044-0532-0130-00", "page_view", "expect_column_values_to_be_free_of_pii:event_id:iban"),
     ("0f8fad5bd9cb469fa16570867728950e", "tel:0301234567",
      "expect_column_values_to_be_free_of_pii:event_name:phone"),
-    ("0f8fad5bd9cb469fa16570867728950e", "ip-10.0.0.1", "expect_column_values_to_be_free_of_pii:event_name:ip"),
+    ("0f8fad5bd9cb469fa16570867728950e", "ip-10.0.0.1",
+     "expect_column_values_to_be_free_of_pii:event_name:ip"),
 ])
 def test_a_formatted_keep_column_is_still_checked_where_its_format_admits_more_than_pure_ids(
         event_id: str, event_name: str, found: str) -> None:
@@ -317,8 +318,8 @@ def test_a_formatted_keep_column_is_still_checked_where_its_format_admits_more_t
     subject = KeyRing(TEST_MASTER_KEY).subject_id("acme", "u1")
     table = pa.table({"subject_id": [subject], "anonymous_pid": [None], "event_id": [event_id],
                       "event_name": [event_name], "event_ts": pa.array([planted.TS]),
-                      "session_id": ["9f86d081884c7d65"], "ip_prefix": ["198.51.100.0/24"], "user_agent": ["x"],
-                      "page_url": ["/"], "properties_json": ["{}"]})
+                      "session_id": ["9f86d081884c7d65"], "ip_prefix": ["198.51.100.0/24"],
+                      "user_agent": ["x"], "page_url": ["/"], "properties_json": ["{}"]})
     known = KnownValues(["usr_gate_0002", "Zelda Planted"])
     with pytest.raises(gate.ValidationFailed) as caught:
         gate.check(events, events=[("f.parquet", table)], known=known)
