@@ -18,7 +18,7 @@ from pseudozone.validation.expectations import (
     ExpectColumnValuesToBeFreeOfPii,
     ExpectColumnValuesToMatchPattern,
 )
-from pseudozone.validation.suites import PSEUDONYM_RE, _text_checks
+from pseudozone.validation.suites import PSEUDONYM_RE, PURE_ID_RE, _text_checks
 from tests import planted
 from tests.conftest import TEST_MASTER_KEY
 
@@ -111,9 +111,13 @@ def test_a_keep_column_with_no_format_is_still_scanned_for_pii_and_a_formatted_o
     for check in checks:
         by_column.setdefault(check.column, []).append(check)
 
-    [token] = by_column["token"]
+    token, *more = by_column["token"]
     assert isinstance(token, ExpectColumnValuesToMatchPattern)
     assert token.pattern == contract.column("token").format_regex == "^(?:[0-9a-fA-F]+)$"
+    # what the format admits beyond pure ids (uuid, hex, ULID) is still scanned and searched
+    assert {type(c) for c in more} == {ExpectColumnValuesToBeFreeOfPii,
+                                       ExpectColumnValuesToBeFreeOfKnownValues}
+    assert all(c.skip_pattern == PURE_ID_RE for c in more)
     for unformatted in ("label", "note"):
         kinds = {type(c) for c in by_column[unformatted]}
         assert kinds == {ExpectColumnValuesToBeFreeOfPii, ExpectColumnValuesToBeFreeOfKnownValues}
@@ -131,8 +135,9 @@ def test_a_formatted_identifier_keeps_the_pseudonym_check_in_the_event_zone() ->
 def test_the_bundled_event_suite_matches_formats_instead_of_scanning_ids() -> None:
     checks = _text_checks(contracts.load("events"), known_ref="known-1")
     for column in ("event_id", "session_id", "event_name"):
-        [check] = [c for c in checks if c.column == column]
+        check, *more = [c for c in checks if c.column == column]
         assert isinstance(check, ExpectColumnValuesToMatchPattern)
+        assert all(c.skip_pattern == PURE_ID_RE for c in more)
     for column in ("user_agent", "page_url", "properties_json"):
         assert any(isinstance(c, ExpectColumnValuesToBeFreeOfPii) for c in checks if c.column == column)
 
@@ -152,8 +157,9 @@ def test_the_gate_stops_a_value_that_escaped_the_format_check(settings: Settings
     assert result.status == "quarantined" and result.reason is not None
     assert result.reason["code"] == "validation_failed"
     failures = [f for r in result.reason["validation"] for f in r["failures"] if f["column"] == "event_id"]
-    assert [(f["expectation"], f["rows"]) for f in failures] == [("expect_column_values_to_match_pattern",
-                                                                  [2])]
+    # the format check stops it, and so does the PII scan (an IPv6 address is no pure id)
+    assert sorted((f["expectation"], f["rows"]) for f in failures) == [
+        ("expect_column_values_to_be_free_of_pii", [2]), ("expect_column_values_to_match_pattern", [2])]
     assert planted.find_needles(json.dumps(result.reason)) == []
 
 
