@@ -8,7 +8,7 @@ names, PII planted inside free text (JSON properties, URLs, query strings), and 
 numbers a regex takes for PII: uuid4 (hex and dashed) and ULID ids, 16-hex sessions,
 order numbers, epoch seconds and milliseconds, SKUs and prices.
 
-Vectorized with NumPy and Arrow compute: 10M events take about a minute.
+Vectorized with NumPy and Arrow compute: 1M events take about 8 s.
 """
 
 from __future__ import annotations
