@@ -183,3 +183,10 @@ def test_the_check_names_the_form_without_the_value() -> None:
     assert detect.matches(values, "phone").to_pylist() == [False, True, False, False]
     with pytest.raises(ValueError, match="unknown PII form"):
         detect.matches(values, "ssn")
+
+
+def test_the_candidate_pass_keeps_what_the_detectors_would_confirm() -> None:
+    # a bare number is a phone only after a phone word: the vectorized pass must not drop it first
+    texts = ["my new number is 2025550123", "Мой новый номер: 9161234567", "order number 2025550123"]
+    assert scan.scrub(pa.array(texts), regions=("US", "RU")).to_pylist() == [
+        "my new number is [phone]", "Мой новый номер: [phone]", "order number 2025550123"]

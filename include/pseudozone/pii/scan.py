@@ -48,7 +48,10 @@ TRIGGERS: dict[str, str] = {
               r"|\d{2,}[ .\-/\x{a0}]{1,3}\(?\d{4,}"
               r"|(?:^|\D)0\d{8,11}(?:\D|$)|\p{Han}\D{0,8}1[3-9]\d{9}(?:\D|$)"
               r"|(?i)(?:phone|tel|mobil|cell|fax|whatsapp|handy|call|sms|móvil|portable|celular|contato"
-              r"|電話|携帯|电话|手机|телефон|тел|फ़ोन|फोन)"),
+              r"|電話|携帯|电话|手机|телефон|тел|फ़ोन|फोन|नया नंबर|новый номер|新号码|新しい番号)"
+              # the phone words of ``detectors._CONTEXT``: a bare number after them is a phone
+              r"|(?i)(?:my|new|your|our|mein|meine|neue|mon|nouveau|mi|nuevo|meu|novo)\s+(?:new\s+)?"
+              r"(?:number|nummer|num[eé]ro|n[uú]mero)"),
     # grouped, or a bare run of a card's length that starts the way cards start (an order
     # number inside a longer digit run is not a candidate)
     "card": (r"(?:^|[^0-9])(?:[2-6]\d{3}[ .\-]?\d{4}[ .\-]?\d{4}[ .\-]?\d{1,7}"
