@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pseudozone.pii import detectors
-from pseudozone.pii.normalize import ENCODED_RE2, Decoded, identity, normalize
+from pseudozone.pii.normalize import ENCODED_RE2, identity, normalize
 
 if TYPE_CHECKING:
     from pseudozone.validation.known import Known
@@ -72,9 +72,8 @@ def trigger_pattern(kinds: Iterable[str]) -> str:
 
 @dataclass
 class Findings:
-    """Per value (row of the scanned array): its decoded text and what was found where."""
+    """Per value (row of the scanned array): what was found where."""
 
-    decoded: dict[int, Decoded] = field(default_factory=dict)
     # row -> (kind, start, end) in the ORIGINAL value
     spans: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
 
@@ -165,7 +164,6 @@ def find(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
                 if not any(start < e and s < end for _, s, e in found):
                     found.append((KNOWN, start, end))
         if found:
-            out.decoded[row] = doc
             out.spans[row] = sorted((kind, *doc.source_span(s, e)) for kind, s, e in found)
     return out
 
