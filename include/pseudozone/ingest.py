@@ -44,6 +44,7 @@ from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
 from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sha256_of
 from pseudozone.pii.detectors import DEFAULT_REGIONS
+from pseudozone.pii.scan import Evidence
 from pseudozone.pii.tenant import TenantValues, searchable, tenant_values
 from pseudozone.validation import gate
 from pseudozone.validation.known import AnyKnown, Known
@@ -105,19 +106,20 @@ def _own_values(table: pa.Table, contract: Contract) -> list[list[str | None]] |
 
 
 def build_event_table(table: pa.Table, contract: Contract, keyring: KeyRing, tenant: str, *,
-                      known: Known | None = None,
-                      regions: tuple[str, ...] = DEFAULT_REGIONS) -> pa.Table:
+                      known: Known | None = None, regions: tuple[str, ...] = DEFAULT_REGIONS,
+                      evidence: dict[str, Evidence] | None = None) -> pa.Table:
     """The event-zone columns of ``table`` in contract order (Hive partitions excluded).
 
     Free text is scrubbed of confirmed PII forms (phones read under ``regions``) and of
-    every ``known`` value of the tenant's subjects.
+    every ``known`` value of the tenant's subjects.  ``evidence``, when given, receives
+    each free-text column's scan evidence (``pseudozone.pii.scan.Evidence``) for the gate.
     """
     own = _own_values(table, contract)
 
-    def scrubbed(col: pa.ChunkedArray) -> pa.Array:
+    def scrubbed(col: pa.ChunkedArray) -> tuple[pa.Array, Evidence]:
         if own is not None:
             col = pa.chunked_array([pa.array(scrub.redact_known(col.to_pylist(), own), pa.string())])
-        return scrub.scrub(col, regions=regions, known=known)
+        return scrub.scrub_with_evidence(col, regions=regions, known=known)
 
     out: dict[str, Any] = {}
     # free-text columns are scrubbed side by side: their Arrow kernels run outside the GIL
@@ -130,7 +132,14 @@ def build_event_table(table: pa.Table, contract: Contract, keyring: KeyRing, ten
             if name is None or spec.cls == "free_text":
                 continue
             out[name] = _event_column(spec, table[spec.name], keyring, tenant)
-        done = {name: (v.result() if isinstance(v, Future) else v) for name, v in out.items()}
+        done = {}
+        for name, value in out.items():
+            if isinstance(value, Future):
+                done[name], found = value.result()
+                if evidence is not None:
+                    evidence[name] = found
+            else:
+                done[name] = value
     return pa.table({c.event_name: done[c.event_name] for c in contract.columns if c.event_name})
 
 
@@ -316,7 +325,10 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
                 keyring: KeyRing, result: BatchResult, tenant_cache: TenantCache | None = None) -> _Plan:
     tenant = ref.tenant_id
     known, regions = _tenant_known(settings, keyring, tenant, table, contract, tenant_cache)
-    event = build_event_table(table, contract, keyring, tenant, known=known, regions=regions)
+    # the scrubber's scan evidence: the gate reuses it for the rows the scrubber left as they were
+    evidence: dict[str, Evidence] = {}
+    event = build_event_table(table, contract, keyring, tenant, known=known, regions=regions,
+                              evidence=evidence)
     subjects = event[SUBJECT_COLUMN].combine_chunks()
     input_rows = np.arange(table.num_rows)
 
@@ -327,6 +339,8 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         result.rows_dropped_erased = len(keep) - int(pc.sum(keep).as_py() or 0)
         if result.rows_dropped_erased:
             table, event = table.filter(keep), event.filter(keep)
+            kept = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+            evidence = {name: found.take(kept) for name, found in evidence.items()}
             subjects = event[SUBJECT_COLUMN].combine_chunks()
             input_rows = input_rows[keep.to_numpy(zero_copy_only=False)]
     wanted = _distinct_subjects(subjects)
@@ -365,17 +379,20 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         result.rows_pii = pii.num_rows
     check = functools.partial(_gate, ref, contract, event, in_restricted, pii, known, input_rows,
                               forbidden=pa.concat_arrays([erased, restricted]), restricted=restricted,
-                              erased=erased, regions=regions)
+                              erased=erased, regions=regions, evidence=evidence)
     return _Plan(ref, contract, result, outputs, _batch_index(subjects, placements), check)
 
 
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
           pii: pa.Table | None, known: Known, input_rows: np.ndarray, *,
           forbidden: pa.Array, restricted: pa.Array, erased: pa.Array,
-          regions: tuple[str, ...] = DEFAULT_REGIONS) -> None:
+          regions: tuple[str, ...] = DEFAULT_REGIONS, evidence: dict[str, Evidence] | None = None) -> None:
     """Validate the batch's outputs before any is published; quarantined by the caller on failure."""
     mask = in_restricted.to_numpy(zero_copy_only=False)
     ev_rows, rs_rows = np.flatnonzero(~mask), np.flatnonzero(mask)
+    found = evidence or {}
+    shared = {EVENT_ZONE: found if len(rs_rows) == 0 else {n: e.take(ev_rows) for n, e in found.items()},
+              RESTRICTED_ZONE: {n: e.take(rs_rows) for n, e in found.items()} if len(rs_rows) else {}}
     # validated as built (pseudonym columns still dictionary-encoded: the checks run on
     # their distinct values); the files written from it hold the same values
     published = event if len(rs_rows) == 0 else event.take(pa.array(ev_rows))
@@ -384,7 +401,8 @@ def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.
     try:
         gate.check(contract, events=events, restricted=held, pii=[(PII_ZONE, pii)] if pii is not None else [],
                    forbidden=forbidden, restricted_subjects=restricted, erased=erased, known=known,
-                   regions=regions)
+                   regions=regions,
+                   evidence={"events": shared[EVENT_ZONE], "restricted": shared[RESTRICTED_ZONE]})
     except gate.ValidationFailed as exc:
         gate.renumber(exc, ref.path, {EVENT_ZONE: input_rows[ev_rows], RESTRICTED_ZONE: input_rows[rs_rows],
                                       PII_ZONE: input_rows})

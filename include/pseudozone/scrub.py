@@ -46,18 +46,25 @@ def scrub(values: pa.Array | pa.ChunkedArray, *, regions: Iterable[str] = DEFAUL
 
     The result may be dictionary-encoded (same values, cheaper to move and write).
     """
+    return scrub_with_evidence(values, regions=regions, known=known)[0]
+
+
+def scrub_with_evidence(values: pa.Array | pa.ChunkedArray, *, regions: Iterable[str] = DEFAULT_REGIONS,
+                        known: Known | None = None) -> tuple[pa.Array, scan.Evidence]:
+    """``scrub``, and the evidence of its scan: per input row, what the checks found (every form
+    the detectors know, and the known values), for a gate to reuse on the rows left as they were."""
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
     if pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.string())
-    if len(arr) == 0 or arr.null_count == len(arr):
-        return arr
     where = tuple(regions)
 
-    def run(plain: pa.Array) -> pa.Array:
-        return scan.scrub(plain, kinds=SCRUB_KINDS, regions=where, known=known)
+    def run(plain: pa.Array) -> tuple[pa.Array, scan.Evidence]:
+        return scan.scrub_with_evidence(plain, kinds=KINDS, regions=where, known=known, replace=SCRUB_KINDS)
 
+    if len(arr) == 0 or arr.null_count == len(arr):
+        return arr, run(arr)[1]
     if len(arr) >= 1024:
         sample = arr.slice(0, 4096)
         if len(pc.unique(sample)) > len(sample) * _DICTIONARY_RATIO:
@@ -65,7 +72,9 @@ def scrub(values: pa.Array | pa.ChunkedArray, *, regions: Iterable[str] = DEFAUL
     encoded = pc.dictionary_encode(arr)
     if len(encoded.dictionary) <= _DICTIONARY_RATIO * len(arr):
         # few distinct values (user agents, URLs): scrub each once, stay dictionary-encoded
-        return pa.DictionaryArray.from_arrays(encoded.indices, run(encoded.dictionary))
+        distinct, evidence = run(encoded.dictionary)
+        return (pa.DictionaryArray.from_arrays(encoded.indices, distinct),
+                evidence.spread(encoded.indices, arr))
     return run(arr)
 
 

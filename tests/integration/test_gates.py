@@ -65,9 +65,14 @@ def published(lake: Settings) -> Settings:
 @pytest.mark.parametrize("form", sorted(FORM_KIND))
 def test_the_gate_stops_each_free_text_form_the_scrubber_missed(
         published: Settings, monkeypatch: pytest.MonkeyPatch, form: str) -> None:
-    # simulate a scrubber regression: free text reaches the event table unchanged
-    monkeypatch.setattr(ingest.scrub, "scrub", lambda col, **_: col.combine_chunks()
-                        if isinstance(col, pa.ChunkedArray) else col)
+    # simulate a scrubber regression: free text reaches the event table unchanged (its scan,
+    # and the evidence the gate may reuse, is that of a scrubber that works)
+    real = ingest.scrub.scrub_with_evidence
+
+    def replaces_nothing(col: pa.ChunkedArray, **kw: Any) -> tuple[pa.Array, Any]:
+        return col.combine_chunks(), real(col, **kw)[1]
+
+    monkeypatch.setattr(ingest.scrub, "scrub_with_evidence", replaces_nothing)
     before = _tree(published.zones)
     _land(published, "events", _with(_clean_events(), "properties_json", 3, planted.FREE_TEXT_FORMS[form]))
 
@@ -136,8 +141,9 @@ def test_another_rows_subject_is_scrubbed_from_free_text(lake: Settings) -> None
 def test_another_rows_subject_the_scrubber_missed_is_stopped_through_keyed_hashes(
         published: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     # a scrubber regression: known values are no longer replaced; the gate still finds them
-    real = ingest.scrub.scrub
-    monkeypatch.setattr(ingest.scrub, "scrub", lambda col, **kw: real(col, regions=kw["regions"]))
+    real = ingest.scrub.scrub_with_evidence
+    monkeypatch.setattr(ingest.scrub, "scrub_with_evidence",
+                        lambda col, **kw: real(col, regions=kw["regions"]))
     _land(published, "profiles", _two_profiles())
 
     [result] = ingest.ingest_pending(published)

@@ -72,13 +72,69 @@ def trigger_pattern(kinds: Iterable[str]) -> str:
 
 @dataclass
 class Findings:
-    """Per value (row of the scanned array): what was found where."""
+    """Per value (row of the scanned array): what was found where, and the per-row verdicts."""
 
     # row -> (kind, start, end) in the ORIGINAL value
     spans: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
+    # per row: a confirmed finding of the scanned kinds (what ``flags`` gives without ``known``)
+    pii: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # per row: a known value found (what ``known.found_in`` gives); None when no ``known`` was given
+    known: np.ndarray | None = None
 
     def rows(self) -> list[int]:
         return sorted(r for r, s in self.spans.items() if s)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the full checks found in each value of ``values``, computed once and shared.
+
+    ``pii[i]`` is what ``flags(values[i:i+1], kinds=kinds, regions=regions)`` gives and
+    ``known_hit[i]`` what ``known.found_in`` gives: the scrubber computes both on its input
+    while it scans it, and a gate checking the scrubbed output reuses them for every row
+    whose value is still the same (``reuse``) and runs the checks itself on the rest.
+    The verdict is the one a full scan of the output would give; the scrubber's choice of
+    what to replace plays no part in it.
+    """
+
+    values: pa.Array
+    pii: np.ndarray
+    kinds: tuple[str, ...]
+    regions: tuple[str, ...]
+    known: Known | None = None
+    known_hit: np.ndarray | None = None
+
+    def take(self, rows: np.ndarray) -> Evidence:
+        """The evidence of ``rows`` only (in that order)."""
+        return Evidence(self.values.take(pa.array(rows, pa.int64())), self.pii[rows], self.kinds,
+                        self.regions, self.known, None if self.known_hit is None else self.known_hit[rows])
+
+    def spread(self, indices: pa.Array, values: pa.Array) -> Evidence:
+        """Evidence of distinct values spread to the rows of ``values`` (``indices`` into them)."""
+        # a null row has no distinct value: nothing was found in it
+        valid = np.asarray(indices.is_valid().to_numpy(zero_copy_only=False))
+        at = np.asarray(pc.fill_null(indices, 0).to_numpy(zero_copy_only=False))
+        return Evidence(values, self.pii[at] & valid, self.kinds, self.regions, self.known,
+                        None if self.known_hit is None else self.known_hit[at] & valid)
+
+
+def reuse(values: pa.Array, evidence: np.ndarray, evidence_values: pa.Array,
+          check: Callable[[pa.Array], np.ndarray]) -> np.ndarray:
+    """``check(values)``, computed only for the rows whose value differs from ``evidence_values``.
+
+    The other rows take ``evidence`` (``check`` of the same value, computed before).
+    """
+    if len(values) != len(evidence_values):
+        return check(values)
+    plain = _strings(values)
+    same = pc.fill_null(pc.equal(plain, evidence_values), False)
+    same = pc.or_(same, pc.and_(plain.is_null(), evidence_values.is_null()))
+    same_np = np.asarray(same.to_numpy(zero_copy_only=False))
+    out = np.where(same_np, evidence, False)
+    changed = np.flatnonzero(~same_np)
+    if len(changed):
+        out[changed] = check(plain.take(pa.array(changed, pa.int64())))
+    return out
 
 
 def _strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -115,13 +171,24 @@ def _decoding_mask(arr: pa.Array) -> np.ndarray:
     return encoded
 
 
-def candidate_rows(arr: pa.Array, kinds: Iterable[str] = KINDS,
-                   known: Known | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows to look at, which of them need decoding, which may hold a known value) of a string array."""
+@dataclass(frozen=True)
+class Candidates:
+    """The rows of a string array worth a closer look, and why."""
+
+    rows: np.ndarray        # rows to look at
+    decode: np.ndarray      # per row of ``rows``: needs decoding
+    detect: np.ndarray      # per row of ``rows``: a detector trigger fired (or it needs decoding)
+    maybe_known: np.ndarray  # per row of ``rows``: may hold a known value
+    known_hit: np.ndarray | None  # per row of the array: a known value found undecoded
+
+
+def candidate_rows(arr: pa.Array, kinds: Iterable[str] = KINDS, known: Known | None = None) -> Candidates:
+    """The candidates of a string array: triggers, encodings and (undecoded) known values."""
     kinds = list(kinds)
     n = len(arr)
     if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, bool)
+        empty = np.zeros(0, bool)
+        return Candidates(np.zeros(0, np.int64), empty, empty, empty, None if known is None else empty)
     encoded = _decoding_mask(arr)
     wanted = np.zeros(n, bool)
     others = [k for k in kinds if k != "phone"]
@@ -139,7 +206,8 @@ def candidate_rows(arr: pa.Array, kinds: Iterable[str] = KINDS,
         # encoded values are decoded and searched below anyway
         known_hit = np.asarray(known.found_in(arr, decode=False).to_numpy(zero_copy_only=False))
     rows = np.flatnonzero(wanted | known_hit | encoded)
-    return rows, encoded[rows], known_hit[rows] | encoded[rows]
+    return Candidates(rows, encoded[rows], wanted[rows] | encoded[rows], known_hit[rows] | encoded[rows],
+                      None if known is None else known_hit)
 
 
 def find(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
@@ -148,23 +216,38 @@ def find(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
     """What each value holds: confirmed detector findings and the tenant's known values."""
     arr = _strings(values)
     kinds = tuple(kinds)
-    rows, needs_decoding, maybe_known = candidate_rows(arr, kinds, known)
-    out = Findings()
-    if len(rows) == 0:
+    cand = candidate_rows(arr, kinds, known)
+    searching = known is not None and known.count > 0
+    out = Findings(pii=np.zeros(len(arr), bool),
+                   known=None if cand.known_hit is None else cand.known_hit.copy())
+    if len(cand.rows) == 0:
         return out
-    texts = arr.take(pa.array(rows)).to_pylist()
-    for row, text, decode, look in zip(rows.tolist(), texts, needs_decoding.tolist(), maybe_known.tolist(),
-                                       strict=True):
+    texts = arr.take(pa.array(cand.rows)).to_pylist()
+    decoded_rows: list[int] = []
+    decoded_texts: list[str] = []
+    for row, text, decode, detect, look in zip(cand.rows.tolist(), texts, cand.decode.tolist(),
+                                               cand.detect.tolist(), cand.maybe_known.tolist(), strict=True):
         if text is None:
             continue
         doc = normalize(text) if decode else identity(text)
+        if decode:
+            decoded_rows.append(row)
+            decoded_texts.append(doc.text)
         found = detectors.find_all(doc.text, kinds, regions)
-        if look and known is not None and known.count:
+        # a row no trigger marked is not one ``flags`` would confirm: its verdict stays theirs
+        out.pii[row] = detect and bool(found)
+        if look and searching:
+            assert known is not None
             for start, end in known.spans(doc.text):
                 if not any(start < e and s < end for _, s, e in found):
                     found.append((KNOWN, start, end))
         if found:
             out.spans[row] = sorted((kind, *doc.source_span(s, e)) for kind, s, e in found)
+    if decoded_rows and searching and out.known is not None:
+        assert known is not None
+        # as ``found_in(decode=True)``: an encoded text is also searched as a reader reads it
+        hit = known.found_in(pa.array(decoded_texts, pa.string()), decode=False)
+        out.known[np.asarray(decoded_rows)] |= np.asarray(hit.to_numpy(zero_copy_only=False))
     return out
 
 
@@ -177,6 +260,15 @@ def flags(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
     for row, spans in find(arr, kinds=kinds, regions=regions, known=known).spans.items():
         hit[row] = any(which is None or k == which for k, _, _ in spans)
     return pa.array(hit)
+
+
+def find_with_evidence(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
+                       regions: tuple[str, ...] = detectors.DEFAULT_REGIONS,
+                       known: Known | None = None) -> tuple[Findings, Evidence]:
+    """``find``, and the evidence a gate can reuse for the values the scrubber leaves as they are."""
+    arr = _strings(values)
+    found = find(arr, kinds=kinds, regions=regions, known=known)
+    return found, Evidence(arr, found.pii, tuple(kinds), tuple(regions), known, found.known)
 
 
 # -- replacing ------------------------------------------------------------------------------------
@@ -288,13 +380,27 @@ def scrub(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
           regions: tuple[str, ...] = detectors.DEFAULT_REGIONS,
           known: Known | None = None) -> pa.Array:
     """``values`` with every finding replaced; values with nothing found are untouched."""
+    return scrub_with_evidence(values, kinds=kinds, regions=regions, known=known)[0]
+
+
+def scrub_with_evidence(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
+                        regions: tuple[str, ...] = detectors.DEFAULT_REGIONS, known: Known | None = None,
+                        replace: Iterable[str] | None = None) -> tuple[pa.Array, Evidence]:
+    """``values`` with the findings of ``replace`` (default: ``kinds``) and known values replaced,
+    and the evidence of the scan (every form of ``kinds``, replaced or not)."""
     arr = _strings(values)
-    found = find(arr, kinds=kinds, regions=regions, known=known)
+    kinds = tuple(kinds)
+    found, evidence = find_with_evidence(arr, kinds=kinds, regions=regions, known=known)
+    if replace is not None and set(replace) != set(kinds):
+        # fewer forms replaced than checked (a form switched off): what is replaced is found
+        # as it would be with those forms only; the evidence still covers every form
+        found = find(arr, kinds=tuple(replace), regions=regions, known=known)
+    spans = found.spans
     rows = found.rows()
     if not rows:
-        return arr
+        return arr, evidence
     texts = arr.take(pa.array(rows)).to_pylist()
-    replaced = [replace_spans(t, found.spans[r]) for r, t in zip(rows, texts, strict=True)]
+    replaced = [replace_spans(t, spans[r]) for r, t in zip(rows, texts, strict=True)]
     mask = np.zeros(len(arr), bool)
     mask[rows] = True
-    return pc.replace_with_mask(arr, pa.array(mask), pa.array(replaced, pa.string()))
+    return pc.replace_with_mask(arr, pa.array(mask), pa.array(replaced, pa.string())), evidence

@@ -37,6 +37,7 @@ from great_expectations.expectations.metrics import (  # noqa: E402
     column_condition_partial,
 )
 
+from pseudozone.pii import scan  # noqa: E402
 from pseudozone.validation import detect  # noqa: E402
 from pseudozone.validation.known import KnownValues  # noqa: E402
 
@@ -114,14 +115,17 @@ class ColumnValuesFreeOfPii(ColumnMapMetricProvider):
 
     condition_metric_name = "column_values.free_of_pii"
     filter_column_isnull = False  # nulls pass, decided by the metric itself (no row filtering)
-    condition_value_keys = ("kinds", "regions", "skip_pattern")
+    condition_value_keys = ("kinds", "regions", "skip_pattern", "evidence_ref")
 
     @column_condition_partial(engine=PandasExecutionEngine)
     @_safe
     def _pandas(cls, column: pd.Series, kinds: list[str], regions: list[str], skip_pattern: str | None,
-                **kwargs: Any) -> pd.Series:
-        arr = _arrow(column)
-        clean = _only_unskipped(arr, skip_pattern, lambda a: pc.invert(detect.any_of(a, kinds, regions)))
+                evidence_ref: str | None = None, **kwargs: Any) -> pd.Series:
+        found = _evidence(evidence_ref, column)
+        shared = None
+        if found is not None and set(found.kinds) == set(kinds) and found.regions == tuple(regions):
+            shared = found.pii, found.values
+        clean = _clean(_arrow(column), skip_pattern, lambda a: detect.any_of(a, kinds, regions), shared)
         return _series(clean, column)
 
 
@@ -135,8 +139,9 @@ class ExpectColumnValuesToBeFreeOfPii(ColumnMapExpectation):
     kinds: list[str] = list(detect.KINDS)  # noqa: RUF012 - a pydantic field, copied per instance
     regions: list[str] = list(detect.DEFAULT_REGIONS)  # noqa: RUF012 - a pydantic field
     skip_pattern: str | None = None  # values matching it whole (pure ids) need no scan
+    evidence_ref: str | None = None  # registered scan evidence (per column) to reuse, if any
     map_metric = "column_values.free_of_pii"
-    success_keys = ("kinds", "regions", "skip_pattern", "mostly")
+    success_keys = ("kinds", "regions", "skip_pattern", "evidence_ref", "mostly")
 
 
 class ColumnValuesInRegisteredSet(ColumnMapMetricProvider):
@@ -170,14 +175,18 @@ class ColumnValuesFreeOfKnownValues(ColumnMapMetricProvider):
 
     condition_metric_name = "column_values.free_of_known_values"
     filter_column_isnull = False  # nulls pass, decided by the metric itself (no row filtering)
-    condition_value_keys = ("known_ref", "skip_pattern")
+    condition_value_keys = ("known_ref", "skip_pattern", "evidence_ref")
 
     @column_condition_partial(engine=PandasExecutionEngine)
     @_safe
-    def _pandas(cls, column: pd.Series, known_ref: str, skip_pattern: str | None, **kwargs: Any) -> pd.Series:
+    def _pandas(cls, column: pd.Series, known_ref: str, skip_pattern: str | None,
+                evidence_ref: str | None = None, **kwargs: Any) -> pd.Series:
         known: KnownValues = _lookup(known_ref)
-        arr = _arrow(column)
-        return _series(_only_unskipped(arr, skip_pattern, lambda a: pc.invert(known.found_in(a))), column)
+        found = _evidence(evidence_ref, column)
+        shared = None
+        if found is not None and found.known is known and found.known_hit is not None:
+            shared = found.known_hit, found.values
+        return _series(_clean(_arrow(column), skip_pattern, known.found_in, shared), column)
 
 
 class ExpectColumnValuesToBeFreeOfKnownValues(ColumnMapExpectation):
@@ -185,22 +194,44 @@ class ExpectColumnValuesToBeFreeOfKnownValues(ColumnMapExpectation):
 
     known_ref: str
     skip_pattern: str | None = None  # values matching it whole (pure ids) need no search
+    evidence_ref: str | None = None  # registered scan evidence (per column) to reuse, if any
     map_metric = "column_values.free_of_known_values"
-    success_keys = ("known_ref", "skip_pattern", "mostly")
+    success_keys = ("known_ref", "skip_pattern", "evidence_ref", "mostly")
 
 
-def _only_unskipped(arr: pa.Array, skip_pattern: str | None,
-                    ok: Callable[[pa.Array], pa.Array]) -> np.ndarray:
-    """``ok`` (True: clean) for the values that do not match ``skip_pattern`` whole; skipped values pass."""
-    if not skip_pattern:
-        return np.asarray(ok(arr).to_numpy(zero_copy_only=False))
+def _evidence(ref: str | None, column: pd.Series) -> scan.Evidence | None:
+    """The scan evidence registered under ``ref`` for this column, if any."""
+    if not ref:
+        return None
+    shared = _REGISTRY.get(ref) or {}
+    found = shared.get(column.name)
+    return found if isinstance(found, scan.Evidence) else None
+
+
+def _clean(arr: pa.Array, skip_pattern: str | None, found: Callable[[pa.Array], pa.Array],
+           shared: tuple[np.ndarray, pa.Array] | None = None) -> np.ndarray:
+    """True where a value passes: ``found`` (PII, a known value) is False, or it matches
+    ``skip_pattern`` whole (a pure id).
+
+    ``shared`` is scan evidence (``found`` per value, and the values): it stands for the rows
+    whose value is still the one scanned (``scan.reuse``); the others are checked here.
+    """
+    def hits(values: pa.Array) -> np.ndarray:
+        return np.asarray(found(values).to_numpy(zero_copy_only=False), dtype=bool)
+
     plain = arr.cast(arr.type.value_type) if pa.types.is_dictionary(arr.type) else arr
-    skipped = pc.fill_null(detect.per_distinct(plain, lambda d: pc.match_substring_regex(d, skip_pattern)),
-                           False).to_numpy(zero_copy_only=False)
+    skipped = np.zeros(len(plain), dtype=bool)
+    if skip_pattern:
+        matched = detect.per_distinct(plain, lambda d: pc.match_substring_regex(d, skip_pattern))
+        skipped = np.asarray(pc.fill_null(matched, False).to_numpy(zero_copy_only=False))
+    if shared is not None:
+        return ~scan.reuse(arr, shared[0], shared[1], hits) | skipped
+    if not skipped.any():
+        return ~hits(arr)
     result = np.ones(len(plain), dtype=bool)
     rest = np.flatnonzero(~skipped)
     if len(rest):
-        result[rest] = np.asarray(ok(plain.take(pa.array(rest))).to_numpy(zero_copy_only=False))
+        result[rest] = ~hits(plain.take(pa.array(rest)))
     return result
 
 

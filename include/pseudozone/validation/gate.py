@@ -17,7 +17,7 @@ swapped in under fixed references for each unit of work.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import ExitStack
 from functools import partial
 from typing import Any
@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from pseudozone.contracts import SUBJECT_COLUMN, Contract
 from pseudozone.errors import ContractViolation
 from pseudozone.pii.detectors import DEFAULT_REGIONS
+from pseudozone.pii.scan import Evidence
 from pseudozone.validation.expectations import registered
 from pseudozone.validation.known import Known
 from pseudozone.validation.suites import (
@@ -77,7 +78,8 @@ def _strings(values: Sequence[str] | pa.Array) -> pa.Array:
 def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), pii: Tables = (),
           forbidden: Sequence[str] | pa.Array = (), restricted_subjects: Sequence[str] | pa.Array = (),
           erased: Sequence[str] | pa.Array = (), known: Known | None = None,
-          changed: Collection[str] | None = None, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Report]:
+          changed: Collection[str] | None = None, regions: Sequence[str] = DEFAULT_REGIONS,
+          evidence: Mapping[str, Mapping[str, Evidence]] | None = None) -> list[Report]:
     """Validate a unit of work's outputs; raise ``ValidationFailed`` if any expectation fails.
 
     ``forbidden``: subjects that must not appear in the event zone (erased, restricted);
@@ -85,6 +87,10 @@ def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), p
     ``erased``: subjects that must not appear in the PII zone;
     ``known``: the tenant's known values (and the input's raw values), which must appear nowhere;
     ``regions``: the regions whose national phone formats are read (as the scrubber read them).
+    ``evidence``: per zone (``events``, ``restricted``) and column, the scrubber's scan evidence
+    of the text it was given (``pseudozone.pii.scan.Evidence``): the PII and known-value checks
+    reuse its verdicts for the rows whose value is still the one scanned, and check every other
+    row themselves, so the verdict is that of a full check of the output.
     ``changed``: for a rewrite, the subjects whose rows it changed or moved: every row is
     checked for its columns and subject, and only those subjects' rows for everything
     else (the other rows are as they were published, and were validated then).
@@ -97,16 +103,19 @@ def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), p
         allowed_ref = stack.enter_context(registered(_strings(restricted_subjects), ref="gate:restricted"))
         erased_ref = stack.enter_context(registered(_strings(erased), ref="gate:erased"))
         known_ref = stack.enter_context(registered(known, ref="gate:known")) if known is not None else None
+        shared = {zone: stack.enter_context(registered(dict((evidence or {}).get(zone, {})),
+                                                       ref=f"gate:evidence:{zone}"))
+                  for zone in ("events", "restricted")}
         columns = contract.event_columns
         # zone: (tables, the whole suite, the columns-and-subjects suite)
         suites: dict[str, tuple[Tables, Callable[[], list[Any]], Callable[[], list[Any]]]] = {
             "events": (events,
                        partial(event_suite, contract, forbidden_ref=forbidden_ref, known_ref=known_ref,
-                               regions=tuple(regions)),
+                               regions=tuple(regions), evidence_ref=shared["events"]),
                        partial(subjects_suite, columns, set_ref=forbidden_ref, absent=True, not_null=False)),
             "restricted": (restricted,
                            partial(restricted_suite, contract, allowed_ref=allowed_ref, known_ref=known_ref,
-                                   regions=tuple(regions)),
+                                   regions=tuple(regions), evidence_ref=shared["restricted"]),
                            partial(subjects_suite, columns, set_ref=allowed_ref, absent=False,
                                    not_null=True)),
             "pii": (pii, partial(pii_suite, contract, erased_ref=erased_ref),

@@ -30,6 +30,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -48,18 +49,54 @@ MIN_CHARS = 3          # values shorter than this (after normalising) are not se
 MAX_WORDS = 8          # longer values are searched for by their first MAX_WORDS words
 
 
-def word_lists(values: pa.Array) -> pa.Array:
-    """Each string's words: lower-cased runs of letters and digits (a list per row)."""
+# ASCII bytes as the word search sees them: letters lower-cased, digits kept, everything
+# else a space; bytes of multi-byte characters are left for the Unicode-aware pass
+_ASCII_FOLD = np.arange(256, dtype=np.uint8)
+for _byte in range(128):
+    _ASCII_FOLD[_byte] = ord(chr(_byte).lower()) if chr(_byte).isalnum() else 0x20
+del _byte
+
+
+def _plain_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if pa.types.is_dictionary(values.type):
         values = values.cast(values.type.value_type)
     if not pa.types.is_string(values.type):
         values = values.cast(pa.string())
-    lowered = pc.replace_substring_regex(pc.utf8_lower(values), _CJK, r" \1 ")
-    spaced = pc.utf8_trim_whitespace(pc.replace_substring_regex(lowered, WORD_SEPARATORS, " "))
+    return values
+
+
+def spaced_words(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Each string lower-cased, its words (runs of letters, digits and marks; CJK characters
+    one by one) separated by whitespace and everything else gone.
+
+    ASCII text is folded with one table lookup over the data buffer; only the values that
+    hold other characters go through Unicode-aware regexes (which fold their ASCII alike).
+    """
+    values = _plain_strings(values)
+    data = values.buffers()[2]
+    if data is None or len(values) == 0:
+        return values
+    folded_data = _ASCII_FOLD[np.frombuffer(data, dtype=np.uint8)]
+    folded = pa.StringArray.from_buffers(len(values), values.buffers()[1], pa.py_buffer(folded_data),
+                                         values.buffers()[0], values.null_count, values.offset)
+    other = np.flatnonzero(~np.asarray(pc.fill_null(pc.string_is_ascii(values), True)
+                                       .to_numpy(zero_copy_only=False)))
+    if len(other):
+        sub = folded.take(pa.array(other))
+        lowered = pc.replace_substring_regex(pc.utf8_lower(sub), _CJK, r" \1 ")
+        words = pc.replace_substring_regex(lowered, WORD_SEPARATORS, " ")
+        mask = np.zeros(len(values), dtype=bool)
+        mask[other] = True
+        folded = pc.replace_with_mask(folded, pa.array(mask), words)
+    return pc.utf8_trim_whitespace(folded)
+
+
+def word_lists(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Each string's words: lower-cased runs of letters and digits (a list per row)."""
     # a text without words gives [""]: that empty word is dropped by its users
-    return pc.utf8_split_whitespace(spaced)
+    return pc.utf8_split_whitespace(spaced_words(values))
 
 
 def tokens(values: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -150,46 +187,18 @@ class KnownValues:
         With ``decode``, texts holding something encoded (``%40``, ``\\u0040``, ``&#64;``,
         full-width forms) are also searched as a reader reads them (``pseudozone.pii.normalize``).
         """
-        from pseudozone.validation.detect import per_distinct
+        return _search((self,), values, decode)
 
-        return per_distinct(values, self._found_decoded if decode else self._found_in)
-
-    def _found_decoded(self, values: pa.Array) -> pa.Array:
-        from pseudozone.pii.normalize import normalize
-        from pseudozone.pii.scan import decoding_rows
-
-        hit = self._found_in(values).to_numpy(zero_copy_only=False).copy()
-        plain = values.cast(values.type.value_type) if pa.types.is_dictionary(values.type) else values
-        rows = decoding_rows(plain)
-        if len(rows):
-            texts = plain.take(pa.array(rows)).to_pylist()
-            decoded = pa.array([None if t is None else normalize(t).text for t in texts], pa.string())
-            hit[rows] |= self._found_in(decoded).to_numpy(zero_copy_only=False)
-        return pa.array(hit)
-
-    def _found_in(self, values: pa.Array) -> pa.Array:
-        hit = self._found_words(values)
-        if self._digit_lengths and len(values):
-            hit |= self._found_digits(values)
-        return pa.array(hit)
-
-    def _found_digits(self, values: pa.Array) -> np.ndarray:
-        if pa.types.is_dictionary(values.type):
-            values = values.cast(values.type.value_type)
-        n = len(values)
+    def _found_digits(self, runs: tuple[pa.Array, np.ndarray] | None, n: int) -> np.ndarray:
         hit = np.zeros(n, dtype=bool)
-        joined = values
-        for _ in range(2):
-            joined = pc.replace_substring_regex(joined, _DIGIT_JOIN, r"\1\2")
-        runs = pc.utf8_split_whitespace(pc.replace_substring_regex(joined, r"\D+", " "))
-        words, rows = pc.list_flatten(runs), pc.list_parent_indices(runs)
-        size = pc.utf8_length(words)
-        keep = pc.fill_null(pc.and_(pc.greater_equal(size, self._digit_lengths[0]),
-                                    pc.less_equal(size, 18)), False)
-        words, rows = words.filter(keep), rows.filter(keep)
-        if len(words) == 0:
+        if runs is None or not self._digit_lengths:
             return hit
-        row_of = rows.to_numpy()
+        words, row_of = runs
+        size = pc.utf8_length(words).to_numpy(zero_copy_only=False)
+        keep = np.flatnonzero((size >= self._digit_lengths[0]) & (size <= 18))
+        if len(keep) == 0:
+            return hit
+        words, row_of = words.take(pa.array(keep)), row_of[keep]
         # a whole digit run must be one of the known forms: '99301234567' is no '+49 30 1234567'
         numbers = pc.cast(words, pa.uint64()).to_numpy(zero_copy_only=False).astype(np.uint64)
         maybe = np.flatnonzero(np.isin(self._mix(numbers), self._digit_mixes.to_numpy()))
@@ -198,14 +207,10 @@ class KnownValues:
                 hit[row_of[at]] = True
         return hit
 
-    def _found_words(self, values: pa.Array) -> np.ndarray:
-        n = len(values)
-        if not self._phrases or n == 0:
+    def _found_words(self, index: _Words | None, n: int) -> np.ndarray:
+        if not self._phrases or index is None or len(index.words) == 0:
             return np.zeros(n, dtype=bool)
-        words, rows = tokens(values)
-        if len(words) == 0:
-            return np.zeros(n, dtype=bool)
-        encoded = pc.dictionary_encode(words)
+        words, rows, encoded = index.words, index.rows, index.encoded
         distinct = encoded.dictionary
         maybe = np.flatnonzero(pc.is_in(pc.utf8_length(distinct), value_set=self._first_chars)
                                .to_numpy(zero_copy_only=False))
@@ -218,7 +223,7 @@ class KnownValues:
         hit = np.zeros(n, dtype=bool)
         if len(starts) == 0:
             return hit
-        row_of = rows.to_numpy()
+        row_of = rows
         # few positions start with a known first word; build their phrases one by one
         word_list = words.take(pa.array(_window_indices(starts, self._lengths[-1], len(words)))).to_pylist()
         width = self._lengths[-1]
@@ -276,14 +281,79 @@ class AnyKnown:
         raise TypeError("KnownValues holds a one-off key and is never serialized")
 
     def found_in(self, values: pa.Array, *, decode: bool = True) -> pa.Array:
-        hit = np.zeros(len(values), dtype=bool)
-        for part in self._parts:
-            if part.count:
-                hit |= part.found_in(values, decode=decode).to_numpy(zero_copy_only=False)
-        return pa.array(hit)
+        """As ``KnownValues.found_in``, for any part's values (the text is split into words once)."""
+        return _search(self._parts, values, decode)
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         return sorted(s for part in self._parts if part.count for s in part.spans(text))
+
+
+@dataclass(frozen=True)
+class _Words:
+    """A string array's words (non-empty), the row of each, and the words dictionary-encoded."""
+
+    words: pa.Array
+    rows: np.ndarray
+    encoded: pa.DictionaryArray
+
+    @classmethod
+    def of(cls, values: pa.Array) -> _Words:
+        words, rows = tokens(values)
+        return cls(words, np.asarray(rows.to_numpy(zero_copy_only=False)), pc.dictionary_encode(words))
+
+
+def _digit_runs(values: pa.Array) -> tuple[pa.Array, np.ndarray] | None:
+    """Every run of digits (joined across phone separators) and its row; None when there is none."""
+    joined = _plain_strings(values)
+    for _ in range(2):
+        joined = pc.replace_substring_regex(joined, _DIGIT_JOIN, r"\1\2")
+    runs = pc.utf8_split_whitespace(pc.replace_substring_regex(joined, r"\D+", " "))
+    words, rows = pc.list_flatten(runs), pc.list_parent_indices(runs)
+    size = pc.utf8_length(words)
+    keep = pc.fill_null(pc.and_(pc.greater_equal(size, MIN_PHONE_DIGITS), pc.less_equal(size, 18)), False)
+    words, rows = words.filter(keep), rows.filter(keep)
+    return (words, np.asarray(rows.to_numpy(zero_copy_only=False))) if len(words) else None
+
+
+def _found_plain(parts: Iterable[KnownValues], values: pa.Array) -> np.ndarray:
+    """Rows of ``values`` holding a value of any of ``parts``, as written (words split once)."""
+    n = len(values)
+    hit = np.zeros(n, dtype=bool)
+    live = [p for p in parts if p.count]
+    if n == 0 or not live:
+        return hit
+    if any(p._phrases for p in live):
+        index = _Words.of(values)
+        for part in live:
+            hit |= part._found_words(index, n)
+    if any(p._digit_lengths for p in live):
+        runs = _digit_runs(values)
+        for part in live:
+            hit |= part._found_digits(runs, n)
+    return hit
+
+
+def _found_decoded(parts: Iterable[KnownValues], values: pa.Array) -> pa.Array:
+    from pseudozone.pii.normalize import normalize
+    from pseudozone.pii.scan import decoding_rows
+
+    parts = tuple(parts)
+    hit = _found_plain(parts, values)
+    plain = _plain_strings(values)
+    rows = decoding_rows(plain)
+    if len(rows):
+        texts = plain.take(pa.array(rows)).to_pylist()
+        decoded = pa.array([None if t is None else normalize(t).text for t in texts], pa.string())
+        hit[rows] |= _found_plain(parts, decoded)
+    return pa.array(hit)
+
+
+def _search(parts: tuple[KnownValues, ...], values: pa.Array, decode: bool) -> pa.Array:
+    from pseudozone.validation.detect import per_distinct
+
+    if decode:
+        return per_distinct(values, lambda v: _found_decoded(parts, v))
+    return per_distinct(values, lambda v: pa.array(_found_plain(parts, v)))
 
 
 def _word_spans(text: str) -> list[tuple[int, int]]:

@@ -90,8 +90,8 @@ class Report:
 # -- suites ---------------------------------------------------------------------------------
 
 
-def _text_checks(contract: Contract, known_ref: str | None,
-                 regions: tuple[str, ...] = detect.DEFAULT_REGIONS) -> list[Any]:
+def _text_checks(contract: Contract, known_ref: str | None, regions: tuple[str, ...] = detect.DEFAULT_REGIONS,
+                 evidence_ref: str | None = None) -> list[Any]:
     expected: list[Any] = []
     for spec in contract.columns:
         name = spec.event_name
@@ -111,18 +111,24 @@ def _text_checks(contract: Contract, known_ref: str | None,
                 expected.append(ExpectColumnValuesToBeFreeOfKnownValues(column=name, known_ref=known_ref,
                                                                         skip_pattern=PURE_ID_RE))
         elif spec.cls in ("free_text", "keep"):
-            expected.append(ExpectColumnValuesToBeFreeOfPii(column=name, regions=list(regions)))
+            expected.append(ExpectColumnValuesToBeFreeOfPii(column=name, regions=list(regions),
+                                                            evidence_ref=evidence_ref))
             if known_ref is not None:
-                expected.append(ExpectColumnValuesToBeFreeOfKnownValues(column=name, known_ref=known_ref))
+                expected.append(ExpectColumnValuesToBeFreeOfKnownValues(column=name, known_ref=known_ref,
+                                                                        evidence_ref=evidence_ref))
     return expected
 
 
 def event_suite(contract: Contract, *, forbidden_ref: str | None = None, known_ref: str | None = None,
-                regions: tuple[str, ...] = detect.DEFAULT_REGIONS) -> list[Any]:
-    """Event zone: allow-list, formats, no PII forms, no forbidden subject, no known raw value."""
+                regions: tuple[str, ...] = detect.DEFAULT_REGIONS,
+                evidence_ref: str | None = None) -> list[Any]:
+    """Event zone: allow-list, formats, no PII forms, no forbidden subject, no known raw value.
+
+    ``evidence_ref`` names the registered scan evidence (per column) the text checks may reuse.
+    """
     expected: list[Any] = [gxe.ExpectTableColumnsToMatchSet(column_set=contract.event_columns,
                                                             exact_match=True)]
-    expected += _text_checks(contract, known_ref, regions)
+    expected += _text_checks(contract, known_ref, regions, evidence_ref)
     if forbidden_ref is not None:
         expected.append(ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=forbidden_ref,
                                                               absent=True))
@@ -130,9 +136,10 @@ def event_suite(contract: Contract, *, forbidden_ref: str | None = None, known_r
 
 
 def restricted_suite(contract: Contract, *, allowed_ref: str, known_ref: str | None = None,
-                     regions: tuple[str, ...] = detect.DEFAULT_REGIONS) -> list[Any]:
+                     regions: tuple[str, ...] = detect.DEFAULT_REGIONS,
+                     evidence_ref: str | None = None) -> list[Any]:
     """Restricted zone: as the event zone, and only restricted subjects."""
-    return [*event_suite(contract, known_ref=known_ref, regions=regions),
+    return [*event_suite(contract, known_ref=known_ref, regions=regions, evidence_ref=evidence_ref),
             gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN),
             ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=allowed_ref)]
 
