@@ -28,20 +28,24 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import regex
 
 WORD_SEPARATORS = r"[^\p{L}\p{N}\p{M}]+"
 _CJK = r"([\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}])"
-_CJK_PY = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3131-\u318e\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
-                     r"\uf900-\ufaff\U00020000-\U0002fa1f]")
+_CJK_CLASS = (r"[\u1100-\u11ff\u3040-\u30ff\u3131-\u318e\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
+              r"\uf900-\ufaff\U00020000-\U0002fa1f]")
+# a word of ``word_lists``, found in Python: one CJK character, or a run of other letters,
+# digits and marks (``regex``: Unicode properties, as RE2 has them)
+_WORD_PY = regex.compile(rf"{_CJK_CLASS}|(?:(?!{_CJK_CLASS})[\p{{L}}\p{{N}}\p{{M}}])+")
 # digits joined across the separators of a phone number (applied twice: groups of one digit)
 _DIGIT_JOIN = r"(\d)[ .\-/()\x{a0}]{1,3}(\d)"
+MAX_PHONE_DIGITS = 18  # longer digit runs are no phone (and would not fit 64 bits)
 _DIGIT_RUN_PY = re.compile(r"\+?\d(?:[ .\-/()\u00a0]{0,3}\d)*")
 MIN_PHONE_DIGITS = 7
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -153,15 +157,15 @@ class KnownValues:
         lengths = set(pc.unique(pc.list_value_length(lists)).to_pylist())
         digit_forms: set[str] = set()
         for phone in set(phone_list):
-            digit_forms |= {d for d in _phone_variants(phone, regions) if len(d) <= 18}
+            digit_forms |= {d for d in _phone_variants(phone, regions) if len(d) <= MAX_PHONE_DIGITS}
         self._digit_digests = {self._digest("#" + d) for d in digit_forms}
         self._digit_lengths = sorted({len(d) for d in digit_forms})
-        self._digit_mixes = pa.array(sorted({int(self._mix(np.array([int(d)], np.uint64))[0])
-                                             for d in digit_forms}), pa.uint64())
+        forms = np.array(sorted({int(d) for d in digit_forms}), dtype=np.uint64)
+        self._digit_mixes = np.unique(self._mix(forms))
         self.count = len(phrases) + len(self._digit_digests)
         self._phrases = phrases
         self._first_set = firsts
-        self._firsts = pa.array(sorted(firsts), pa.binary())
+        self._first_mixes = np.unique(self._mix_strings(first)) if len(first) else np.zeros(0, np.uint64)
         self._lengths = sorted(lengths)
         # only words as long as some value's first word are hashed (a length is no value)
         self._first_chars = pa.array(sorted(first_chars), pa.int32())
@@ -180,6 +184,29 @@ class KnownValues:
             z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
             z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
             return z ^ (z >> np.uint64(31))
+
+    def _mix_strings(self, words: pa.Array) -> np.ndarray:
+        """The keyed mix of each string's UTF-8 bytes (its length, then 8 bytes at a time), vectorized."""
+        n = len(words)
+        if n == 0:
+            return np.zeros(0, np.uint64)
+        offsets = np.frombuffer(words.buffers()[1], dtype=np.int32)[words.offset:words.offset + n + 1]
+        starts, lengths = offsets[:-1].astype(np.int64), np.diff(offsets).astype(np.int64)
+        data = words.buffers()[2]
+        raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+        padded = np.concatenate([raw, np.zeros(8, np.uint8)])  # a chunk may read past the last word
+        mixed = self._mix(lengths.astype(np.uint64))
+        todo, chunk = np.arange(n), 0
+        while len(todo):
+            base, left = starts[todo] + 8 * chunk, lengths[todo] - 8 * chunk
+            word = np.zeros(len(todo), np.uint64)
+            for k in range(8):
+                byte = np.where(left > k, padded[np.minimum(base + k, len(padded) - 1)], 0).astype(np.uint64)
+                word |= byte << np.uint64(8 * k)
+            mixed[todo] = self._mix(mixed[todo] ^ word)
+            chunk += 1
+            todo = todo[lengths[todo] > 8 * chunk]
+        return mixed
 
     def found_in(self, values: pa.Array, *, decode: bool = True) -> pa.Array:
         """True where a text holds one of the known values as a whole word sequence (or phone digits).
@@ -201,7 +228,7 @@ class KnownValues:
         words, row_of = words.take(pa.array(keep)), row_of[keep]
         # a whole digit run must be one of the known forms: '99301234567' is no '+49 30 1234567'
         numbers = pc.cast(words, pa.uint64()).to_numpy(zero_copy_only=False).astype(np.uint64)
-        maybe = np.flatnonzero(np.isin(self._mix(numbers), self._digit_mixes.to_numpy()))
+        maybe = np.flatnonzero(np.isin(self._mix(numbers), self._digit_mixes))
         for at in maybe.tolist():
             if self._digest("#" + words[at].as_py()) in self._digit_digests:
                 hit[row_of[at]] = True
@@ -214,12 +241,13 @@ class KnownValues:
         distinct = encoded.dictionary
         maybe = np.flatnonzero(pc.is_in(pc.utf8_length(distinct), value_set=self._first_chars)
                                .to_numpy(zero_copy_only=False))
-        digests: list[bytes | None] = [None] * len(distinct)
-        candidates = distinct.take(pa.array(maybe, pa.int64())).to_pylist()
-        for at, word in zip(maybe.tolist(), candidates, strict=True):
-            digests[at] = self._digest(word)
-        word_digest = pc.take(pa.array(digests, pa.binary()), encoded.indices)
-        starts = np.flatnonzero(pc.is_in(word_digest, value_set=self._firsts).to_numpy(zero_copy_only=False))
+        # a distinct word may start a known value when its keyed mix is a first word's (a
+        # filter: every phrase it may start is confirmed by its BLAKE2b digest below)
+        starts_value = np.zeros(len(distinct), dtype=bool)
+        starts_value[maybe] = np.isin(self._mix_strings(distinct.take(pa.array(maybe, pa.int64()))),
+                                      self._first_mixes)
+        indices = np.asarray(encoded.indices.to_numpy(zero_copy_only=False))
+        starts = np.flatnonzero(starts_value[indices])
         hit = np.zeros(n, dtype=bool)
         if len(starts) == 0:
             return hit
@@ -263,7 +291,7 @@ class KnownValues:
         if self._digit_lengths:
             for run in _DIGIT_RUN_PY.finditer(text):
                 digits = re.sub(r"\D", "", run.group())
-                if len(digits) > 18:
+                if len(digits) > MAX_PHONE_DIGITS:
                     continue
                 if len(digits) in self._digit_lengths and self._digest("#" + digits) in self._digit_digests:
                     found.append(run.span())
@@ -310,7 +338,8 @@ def _digit_runs(values: pa.Array) -> tuple[pa.Array, np.ndarray] | None:
     runs = pc.utf8_split_whitespace(pc.replace_substring_regex(joined, r"\D+", " "))
     words, rows = pc.list_flatten(runs), pc.list_parent_indices(runs)
     size = pc.utf8_length(words)
-    keep = pc.fill_null(pc.and_(pc.greater_equal(size, MIN_PHONE_DIGITS), pc.less_equal(size, 18)), False)
+    fits = pc.and_(pc.greater_equal(size, MIN_PHONE_DIGITS), pc.less_equal(size, MAX_PHONE_DIGITS))
+    keep = pc.fill_null(fits, False)
     words, rows = words.filter(keep), rows.filter(keep)
     return (words, np.asarray(rows.to_numpy(zero_copy_only=False))) if len(words) else None
 
@@ -358,23 +387,7 @@ def _search(parts: tuple[KnownValues, ...], values: pa.Array, decode: bool) -> p
 
 def _word_spans(text: str) -> list[tuple[int, int]]:
     """Word spans as ``word_lists`` splits words: letters, digits and marks; CJK characters alone."""
-    spans: list[tuple[int, int]] = []
-    start = -1
-    for i, ch in enumerate(text):
-        if _CJK_PY.match(ch):
-            if start != -1:
-                spans.append((start, i))
-                start = -1
-            spans.append((i, i + 1))
-        elif unicodedata.category(ch)[0] in "LNM":
-            if start == -1:
-                start = i
-        elif start != -1:
-            spans.append((start, i))
-            start = -1
-    if start != -1:
-        spans.append((start, len(text)))
-    return spans
+    return [m.span() for m in _WORD_PY.finditer(text)]
 
 
 def _window_indices(starts: np.ndarray, width: int, total: int) -> np.ndarray:
