@@ -13,7 +13,10 @@ runs of letters and digits, so ``Zelda.Plantedpii@Example.ORG`` matches
 ``zelda plantedpii example org`` however it is punctuated, and a name matches as
 a whole phrase, never as a substring of a longer word.  Han, kana and hangul
 characters are words of their own (those scripts write names without spaces), and
-combining marks belong to their word (Devanagari vowel signs).
+combining marks belong to their word (Devanagari vowel signs).  A text is split into
+words once for all the value sets searched together (``AnyKnown``), and a word is
+taken as a possible start of a value only when its keyed 64-bit mix is one of the
+values' first words' mixes; each phrase it may start is then confirmed by its digest.
 
 Phone numbers are matched on their digits: each known phone's national number,
 with and without its trunk ``0`` and country code, against every digit run of the
