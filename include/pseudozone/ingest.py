@@ -401,8 +401,7 @@ def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.
     try:
         gate.check(contract, events=events, restricted=held, pii=[(PII_ZONE, pii)] if pii is not None else [],
                    forbidden=forbidden, restricted_subjects=restricted, erased=erased, known=known,
-                   regions=regions,
-                   evidence={"events": shared[EVENT_ZONE], "restricted": shared[RESTRICTED_ZONE]})
+                   regions=regions, evidence=shared)
     except gate.ValidationFailed as exc:
         gate.renumber(exc, ref.path, {EVENT_ZONE: input_rows[ev_rows], RESTRICTED_ZONE: input_rows[rs_rows],
                                       PII_ZONE: input_rows})

@@ -219,13 +219,13 @@ def _clean(arr: pa.Array, skip_pattern: str | None, found: Callable[[pa.Array], 
     def hits(values: pa.Array) -> np.ndarray:
         return np.asarray(found(values).to_numpy(zero_copy_only=False), dtype=bool)
 
+    if not skip_pattern:
+        return ~hits(arr) if shared is None else ~scan.reuse(arr, shared[0], shared[1], hits)
     plain = arr.cast(arr.type.value_type) if pa.types.is_dictionary(arr.type) else arr
-    skipped = np.zeros(len(plain), dtype=bool)
-    if skip_pattern:
-        matched = detect.per_distinct(plain, lambda d: pc.match_substring_regex(d, skip_pattern))
-        skipped = np.asarray(pc.fill_null(matched, False).to_numpy(zero_copy_only=False))
+    matched = detect.per_distinct(plain, lambda d: pc.match_substring_regex(d, skip_pattern))
+    skipped = np.asarray(pc.fill_null(matched, False).to_numpy(zero_copy_only=False))
     if shared is not None:
-        return ~scan.reuse(arr, shared[0], shared[1], hits) | skipped
+        return ~scan.reuse(plain, shared[0], shared[1], hits) | skipped
     if not skipped.any():
         return ~hits(arr)
     result = np.ones(len(plain), dtype=bool)

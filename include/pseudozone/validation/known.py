@@ -170,7 +170,7 @@ class KnownValues:
         self._first_set = firsts
         self._first_mixes = np.unique(self._mix_strings(first)) if len(first) else np.zeros(0, np.uint64)
         self._lengths = sorted(lengths)
-        # only words as long as some value's first word are hashed (a length is no value)
+        # only words as long as some value's first word are mixed and compared (a length is no value)
         self._first_chars = pa.array(sorted(first_chars), pa.int32())
 
     def __reduce__(self) -> None:  # type: ignore[override]
