@@ -43,6 +43,11 @@ POSITIVES = {
     "phone_00": ("0049 170 1234567", "phone", "0049 170 1234567"),
     "phone_dots": ("206.269.0743x9150", "phone", "206.269.0743x9150"),
     "phone_context_bare": ('{"phone": 5551234567}', "phone", "5551234567"),
+    "phone_en_dash": ("call 030–1234–5678 today", "phone", "030–1234–5678"),
+    "phone_middle_dot": ("tel 030·1234·5678", "phone", "030·1234·5678"),
+    "phone_arabic_indic": ("اتصل +٤٩ ٣٠ ١٢٣٤٥٦٧٨", "phone", "+٤٩ ٣٠ ١٢٣٤٥٦٧٨"),
+    "phone_comma_list_intl": ("+49 30 12345678,+33 1 42 68 53 00", "phone", "+33 1 42 68 53 00"),
+    "phone_comma_list_national": ("phones: 030 1234567,030 7654321", "phone", "030 7654321"),
     # IPs
     "ipv4": ("from 203.0.113.45 at noon", "ip", "203.0.113.45"),
     "ipv4_port": ("peer 203.0.113.45:8443", "ip", "203.0.113.45"),
@@ -56,10 +61,16 @@ POSITIVES = {
     "card_visa_dots": ("card 4539.1488.0343.6467", "card", "4539.1488.0343.6467"),
     "card_amex": ("amex 3782-822463-10005", "card", "3782-822463-10005"),
     "card_mc_plain": ("5555555555554444", "card", "5555555555554444"),
+    "card_double_spaces": ("card 4539  1488  0343  6467 ok", "card", "4539  1488  0343  6467"),
+    "card_mixed_separators": ("card 4539-1488 0343.6467 ok", "card", "4539-1488 0343.6467"),
+    "card_spaced_dashes": ("amex 3782 - 822463 - 10005", "card", "3782 - 822463 - 10005"),
     # IBANs: mod-97 and the country's length
     "iban_gb_grouped": ("GB82 WEST 1234 5698 7654 32 is mine", "iban", "GB82 WEST 1234 5698 7654 32"),
     "iban_de_plain": ("iban=DE89370400440532013000", "iban", "DE89370400440532013000"),
     "iban_fr": ("FR14 2004 1010 0505 0001 3M02 606", "iban", "FR14 2004 1010 0505 0001 3M02 606"),
+    "iban_dots": ("iban DE89.3704.0044.0532.0130.00 ok", "iban", "DE89.3704.0044.0532.0130.00"),
+    # emails glued to a log key's '_'
+    "email_underscore": ("user_zelda.fitz@example.org_2024", "email", "user_zelda.fitz@example.org"),
 }
 
 ENCODED = {
@@ -73,6 +84,13 @@ ENCODED = {
     "html_entity": ("jane&#64;example.com", "email", "jane&#64;example.com"),
     "html_named": ("jane&commat;example.com", "email", "jane&commat;example.com"),
     "fullwidth_digits": ("ＴＥＬ ０３０ １２３４５６７", "phone", "０３０ １２３４５６７"),
+    # chains: an entity escaped twice, a percent-encoded entity, a numeric entity without ';'
+    "html_twice": ("jane&amp;#64;example.com", "email", "jane&amp;#64;example.com"),
+    "url_of_entity": ("/c?m=jane%26%2364%3Bexample.com", "email", "jane%26%2364%3Bexample.com"),
+    "entity_no_semicolon": ("jane&#64example.com", "email", "jane&#64example.com"),
+    "json_of_percent": ('{"u": "/c?m=jane\\u002540example.com"}', "email", "jane\\u002540example.com"),
+    # NFKC by character cluster: a decomposed accent stays with its letter
+    "decomposed_accent": ("mail jose\u0301@example.com", "email", "jose\u0301@example.com"),
 }
 
 NEGATIVES = [
@@ -96,6 +114,9 @@ NEGATIVES = [
     "MAC 00:1a:2b:3c:4d:5e",
     "https://shop.example.com/orders/15163226939?ts=1793973303",  # an order id shaped like a CN mobile
     "https://shop.example.com/orders/[phone]?ts=1793973303",      # our own token is no phone context
+    "1,234,567 units, 5,0301234567 ratio, 48,0588443 lat, 123 456 789,05 EUR",  # commas in numbers
+    "2020–2024 · 12·5 · pages 120–135",                # en-dashes and middle dots between numbers
+    "build 2024-01-15 1234 5678 9012",                 # a date then groups: Luhn fails, no card
 ]
 
 

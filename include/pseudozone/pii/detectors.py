@@ -76,7 +76,8 @@ _TLD = rf"(?:(?:[^\W\d_]|[{_MARKS}]){{2,24}}|xn--[a-z0-9\-]{{2,59}})"
 _AT = r"(?:@|\s?[\(\[\{]\s?at\s?[\)\]\}]\s?)"
 _DOT = r"(?:\.|\s?[\(\[\{]\s?dot\s?[\)\]\}]\s?)"
 _EMAIL = re.compile(rf"(?<![\w{_MARKS}.+\-]){_LOCAL}{_AT}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT}{_TLD}"
-                    rf"(?![\w{_MARKS}\-]|\.[^\W_])", re.IGNORECASE)
+                    # glued to a '_' in a log key ('…@example.org_2024') it is still an email
+                    rf"(?![^\W_]|[{_MARKS}\-]|\.[^\W_])", re.IGNORECASE)
 _EMAIL_WORDS = re.compile(
     rf"(?<![\w.+\-]){_LOCAL}\s+at\s+{_LABEL}(?:\s+dot\s+{_LABEL})*\s+dot\s+{_TLD}(?![\w\-])", re.IGNORECASE)
 _FILE_TLDS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico", "bmp", "css", "js", "mjs",
@@ -110,19 +111,22 @@ class EmailDetector(Detector):
 # -- phone ------------------------------------------------------------------------------------
 
 _SEP = r"[ \t.\-/\u00a0]"
+_AFTER_COMMA = r"\+|0\d{1,5}[ .\-/]\d"
 _PHONE = re.compile(
     # not glued to an id, an amount, another number or a time (CJK text has no spaces: only
     # Latin letters and digits count as glue)
-    r"(?<![A-Za-z0-9_@.\-#$€£¥+,])(?<!\d:)"
+    # a list joins phones with commas: '…5678,+49 30 8765…', '…4567,030 765…' (after a comma only an
+    # international or a grouped trunk form: '1,234,567' and '5,0301234567' are numbers)
+    r"(?:(?<=,)(?=" + _AFTER_COMMA + r")|(?<![A-Za-z0-9_@.\-#$€£¥+,]))(?<!\d:)"
     r"(?P<body>"
     r"(?P<intl>(?:\+|\b00)" + _SEP + r"?\d{1,3}" + _SEP + r"{0,2}(?:\(\s?0\s?\)" + _SEP + r"{0,2})?)?"
     r"(?:\(\s?\d{1,5}\s?\)" + _SEP + r"{0,2})?"
     r"\d{1,15}(?:" + _SEP + r"{1,3}\(?\d{1,10}\)?){0,6}"
     r")"
     r"(?P<ext>\s{0,2}(?:x|ext\.?|extension|доб\.?|#)\s{0,2}\d{1,6})?"
-    r"(?![A-Za-z0-9_@]|[.\-,]\d|:\d)",
+    r"(?![A-Za-z0-9_@]|[.\-]\d|,(?!" + _AFTER_COMMA + r")\d|:\d)",
     re.IGNORECASE)
-_IBAN_HEAD = re.compile(r"(?:^|[^A-Za-z0-9])[A-Z]{2}\d{2}(?: [A-Z0-9]{4})+ $")
+_IBAN_HEAD = re.compile(r"(?:^|[^A-Za-z0-9])[A-Z]{2}\d{2}(?:[ .][A-Z0-9]{4})+[ .]$")
 _ISBN10 = re.compile(r"^\d{1,5}-\d{1,7}-\d{1,6}-[\dX]$")
 _DATE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$")
 _FORMATTED = re.compile(r"[ \t.\-/()\u00a0]")
@@ -282,6 +286,12 @@ class IpDetector(Detector):
 # boundaries are ASCII: CJK text glues numbers to words without a space
 _CARD = re.compile(r"(?<![A-Za-z0-9_.\-,+])\d{4}(?P<sep>[ .\-]?)\d{2,6}(?:(?P=sep)\d{1,6}){0,4}"
                    r"(?![A-Za-z0-9_]|[.\-,]\d)")
+# the groups of a card as people type them, with doubled or mixed separators
+# ('4111  1111 - 1111.1111'): four-digit groups, or American Express's and Diners' 4-6-5 and 4-6-4
+_CARD_SEP = r"(?:[ \t]{0,2}[.\-][ \t]{0,2}|[ \t]{1,3})"
+_CARD_LOOSE = re.compile(r"(?<![A-Za-z0-9_.\-,+])\d{4}(?:(?:" + _CARD_SEP + r"\d{4}){2}" + _CARD_SEP
+                         + r"\d{1,7}|" + _CARD_SEP + r"\d{6}" + _CARD_SEP + r"\d{4,5})"
+                         r"(?![A-Za-z0-9_]|[.\-,]\d)")
 # issuer prefixes (IIN ranges) and the lengths their cards have
 _ISSUERS: tuple[tuple[tuple[int, int], tuple[int, ...]], ...] = (
     ((4, 4), (13, 16, 19)),                       # Visa
@@ -311,7 +321,15 @@ class CardDetector(Detector):
     kind = "card"
 
     def find(self, text: str, regions: tuple[str, ...]) -> Iterator[Span]:
-        for match in _CARD.finditer(text):
+        found: list[Span] = []
+        for span in (*self._find(_CARD, text), *self._find(_CARD_LOOSE, text)):
+            if not any(span[0] < e and s < span[1] for s, e in found):
+                found.append(span)
+                yield span
+
+    @staticmethod
+    def _find(pattern: re.Pattern[str], text: str) -> Iterator[Span]:
+        for match in pattern.finditer(text):
             # the candidate may have taken a following number as a last group ('4111 … 1111 201'):
             # the card is the longest run of its groups that checks out
             groups = [(m.start(), m.end()) for m in re.finditer(r"\d+", match.group())]
@@ -326,7 +344,7 @@ class CardDetector(Detector):
 
 # -- IBAN -------------------------------------------------------------------------------------
 
-_IBAN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){11,30}")
+_IBAN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z]{2}\d{2}(?:[ .\-]?[A-Za-z0-9]){11,30}")
 
 
 def _mod97(compact: str) -> bool:
@@ -349,9 +367,9 @@ class IbanDetector(Detector):
             after = start + len(raw)
             last = after < len(text) and text[after].isascii() and text[after].isalnum()
             ends = [k for k in range(len(raw), 14, -1)
-                    if raw[k - 1].isalnum() and (raw[k] in " -" if k < len(raw) else not last)]
+                    if raw[k - 1].isalnum() and (raw[k] in " .-" if k < len(raw) else not last)]
             for k in ends:
-                compact = re.sub(r"[ \-]", "", raw[:k]).upper()
+                compact = re.sub(r"[ .\-]", "", raw[:k]).upper()
                 if 15 <= len(compact) <= 34 and _mod97(compact) and std_iban.is_valid(compact):
                     yield start, start + k
                     break

@@ -7,10 +7,14 @@ that a finding came from, so the stored value stays itself (still a URL, still
 JSON), with only the found spans replaced.
 
 ``normalize`` decodes, in the order a reader meets them: HTML character
-references, JSON ``\\uXXXX`` escapes, percent-encoding (repeatedly, for double
-encoding; ``+`` is a space inside a query string), then Unicode NFKC.  It returns
-the decoded text and, for every decoded character, the span of the original text
-it came from.  Only texts that need it pay for it (``needs_decoding``).
+references (numeric ones with or without their ``;``), JSON ``\\uXXXX`` escapes and
+percent-encoding (``+`` is a space inside a query string), again and again while
+that changes the text (double encoding, and chains such as ``&amp;#64;`` or
+``%26%2364%3B``), then Unicode NFKC by character cluster, with the decimal digits of
+every script read as ASCII digits (``٤٩`` is ``49``) and typographic dashes and
+middle dots as ``-`` and ``.``.  It returns the decoded text and,
+for every decoded character, the span of the original text it came from.  Only texts
+that need it pay for it (``pseudozone.pii.scan.decoding_rows``).
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import regex
+
 # an RE2 pattern (Arrow) for texts holding something ``normalize`` decodes, apart from
 # NFKC (which Arrow checks itself, see ``pseudozone.pii.scan``)
-ENCODED_RE2 = (r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\/|&#?[A-Za-z0-9]{1,32};|\?[^\s]*\+"
-               r"|[\x{ad}\x{200b}-\x{200f}\x{2060}-\x{2064}\x{feff}]")
+ENCODED_RE2 = (r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\/|&#?[A-Za-z0-9]{1,32};|&#[0-9]{2,7}|&#[xX][0-9A-Fa-f]"
+               r"|\?[^\s]*\+|[\x{ad}\x{200b}-\x{200f}\x{2060}-\x{2064}\x{feff}]")
 
-_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+# numeric references need no ';' (browsers read '&#64' as '@'); named ones do
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)")
 _JSON_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}"
                           r"|\\[/\"\\bfnrt]")
 _PERCENT_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
@@ -34,7 +41,7 @@ _PERCENT_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 _QUERY = re.compile(r"\?[^\s\"'<>]*")
 _QUERY_PLUS = re.compile(r"(?<![=&?])\+|\+(?!\d)")
 _SIMPLE_ESCAPES = {"/": "/", '"': '"', "\\": "\\", "b": " ", "f": " ", "n": " ", "r": " ", "t": " "}
-MAX_PERCENT_ROUNDS = 3
+MAX_ROUNDS = 4  # decoding passes (HTML, JSON, percent) while the text still changes
 _SAME = "\x00same"  # a piece that widens the previous piece's source span (multi-byte characters)
 
 
@@ -159,32 +166,70 @@ def _query_plus(match: re.Match[str]) -> list[str] | None:
     return [" "]
 
 
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+def _other_digit_ranges() -> str:
+    """An RE2 class body of the decimal digits (Unicode ``Nd``) other than ASCII's that NFKC
+    leaves as they are (Arabic-Indic, Devanagari, Thai, …): a reader reads them as digits."""
+    ranges: list[tuple[int, int]] = []
+    for code in range(0x80, 0x10000):
+        char = chr(code)
+        if unicodedata.category(char) == "Nd" and unicodedata.normalize("NFKC", char) == char:
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    return "".join(rf"\x{{{a:x}}}-\x{{{b:x}}}" for a, b in ranges)
+
+
+# dashes and dots that a reader takes for '-' and '.' between the groups of a number
+# (030–1234–5678, 030·1234·5678; NFKC keeps them)
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
+_DOTS = "\u00b7\u2027\u30fb"
+_ASCII_PUNCTUATION = {**{ord(c): "-" for c in _DASHES}, **{ord(c): "." for c in _DOTS}}
+# texts holding such digits, or such separators between digits, are decoded too (RE2,
+# Arrow; ``pseudozone.pii.scan``)
+OTHER_DIGITS_RE2 = ("[" + _other_digit_ranges() + "]"
+                    + r"|\d\s?[" + "".join(rf"\x{{{ord(c):x}}}" for c in _DASHES + _DOTS) + r"]\s?\d")
+# a character cluster that NFKC may change: a non-ASCII character with its combining marks,
+# or an ASCII letter followed by marks ('e' + U+0301 is 'é')
+_CLUSTER = regex.compile(r"[^\x00-\x7f]\p{M}*|[\x00-\x7f]\p{M}+")
 _FORMAT_CHARS = re.compile("[\u00ad\u200b-\u200f\u2060-\u2064\ufeff]")
+
+
+def _read(cluster: str) -> str:
+    if len(cluster) == 1:
+        if unicodedata.category(cluster) == "Cf":
+            return ""  # format characters (zero-width spaces, soft hyphens) are invisible to a reader
+        digit = unicodedata.decimal(cluster, None)
+        if digit is not None:
+            return str(digit)
+        if ord(cluster) in _ASCII_PUNCTUATION:
+            return _ASCII_PUNCTUATION[ord(cluster)]
+    return unicodedata.normalize("NFKC", cluster)
 
 
 def _nfkc(doc: Decoded) -> Decoded:
     text = doc.text
-    if text.isascii() or (unicodedata.is_normalized("NFKC", text) and not _FORMAT_CHARS.search(text)):
+    if text.isascii():
         return doc
     out: list[str] = []
     starts: list[int] = []
     ends: list[int] = []
     pos = 0
-    for match in _NON_ASCII.finditer(text):
-        i = match.start()
-        # format characters (zero-width spaces, soft hyphens) are invisible to a reader
-        char = match.group()
-        mapped = "" if unicodedata.category(char) == "Cf" else unicodedata.normalize("NFKC", char)
-        if mapped == match.group():
+    for match in _CLUSTER.finditer(text):
+        cluster = match.group()
+        mapped = _read(cluster)
+        if mapped == cluster:
             continue
+        i, j = match.span()
         out.append(text[pos:i])
         starts += doc.starts[pos:i]
         ends += doc.ends[pos:i]
         out.append(mapped)
         starts += [doc.starts[i]] * len(mapped)
-        ends += [doc.ends[i]] * len(mapped)
-        pos = i + 1
+        ends += [doc.ends[j - 1]] * len(mapped)
+        pos = j
+    if pos == 0:
+        return doc
     out.append(text[pos:])
     starts += doc.starts[pos:]
     ends += doc.ends[pos:]
@@ -194,18 +239,17 @@ def _nfkc(doc: Decoded) -> Decoded:
 def normalize(text: str) -> Decoded:
     """``text`` decoded as a reader sees it, with the map back to ``text``."""
     doc = identity(text)
-    if "&" in text:
-        doc = _substitute(doc, _ENTITY, _entity)
-    if "\\" in doc.text:
-        doc = _substitute(doc, _JSON_ESCAPE, _json_escape)
-    if "+" in doc.text and "?" in doc.text:
+    if "+" in text and "?" in text:
         # form encoding: '+' is a space in a query string (a decoded %2B below is a real '+')
         doc = _substitute(doc, _QUERY_PLUS, _query_plus, within=_QUERY)
-    for _ in range(MAX_PERCENT_ROUNDS):
-        if "%" not in doc.text:
-            break
+    for _ in range(MAX_ROUNDS):
         before = doc.text
-        doc = _substitute(doc, _PERCENT_RUN, _percent)
+        if "&" in doc.text:
+            doc = _substitute(doc, _ENTITY, _entity)
+        if "\\" in doc.text:
+            doc = _substitute(doc, _JSON_ESCAPE, _json_escape)
+        if "%" in doc.text:
+            doc = _substitute(doc, _PERCENT_RUN, _percent)
         if doc.text == before:
             break
     return _nfkc(doc)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pseudozone.pii import detectors
-from pseudozone.pii.normalize import ENCODED_RE2, identity, normalize
+from pseudozone.pii.normalize import ENCODED_RE2, OTHER_DIGITS_RE2, identity, normalize
 
 if TYPE_CHECKING:
     from pseudozone.validation.known import Known
@@ -54,10 +54,9 @@ TRIGGERS: dict[str, str] = {
               r"(?:number|nummer|num[eé]ro|n[uú]mero)"),
     # grouped, or a bare run of a card's length that starts the way cards start (an order
     # number inside a longer digit run is not a candidate)
-    "card": (r"(?:^|[^0-9])(?:[2-6]\d{3}[ .\-]?\d{4}[ .\-]?\d{4}[ .\-]?\d{1,7}"
-             r"|3[47]\d{2}[ .\-]?\d{6}[ .\-]?\d{5}|3[0689]\d{2}[ .\-]?\d{6}[ .\-]?\d{4}"
-             r"|(?:1800|2131)\d{11}|[56]\d{15,18})(?:[^0-9]|$)"),
-    "iban": rf"(?i)(?:^|[^0-9A-Za-z])(?:{_IBAN_COUNTRIES})\d{{2}}[ \-]?[0-9A-Za-z]{{4}}",
+    "card": (r"(?:^|[^0-9])(?:[2-6]\d{3}S\d{4}S\d{4}S\d{1,7}|3[47]\d{2}S\d{6}S\d{5}|3[0689]\d{2}S\d{6}S\d{4}"
+             r"|(?:1800|2131)\d{11}|[56]\d{15,18})(?:[^0-9]|$)").replace("S", r"[ \t.\-]{0,5}"),
+    "iban": rf"(?i)(?:^|[^0-9A-Za-z])(?:{_IBAN_COUNTRIES})\d{{2}}[ .\-]?[0-9A-Za-z]{{4}}",
 }
 # dates and times look like phone numbers to the trigger; a value whose only trigger was
 # a date is dropped before it is decoded
@@ -154,7 +153,8 @@ def _mask(arr: pa.Array, pattern: str) -> np.ndarray:
 
 
 def decoding_rows(arr: pa.Array) -> np.ndarray:
-    """Rows of a plain string array that ``normalize`` would change (encoded, or not NFKC)."""
+    """Rows of a plain string array that ``normalize`` would change (encoded, not NFKC, or with
+    digits of another script)."""
     return np.flatnonzero(_decoding_mask(arr))
 
 
@@ -167,6 +167,8 @@ def _decoding_mask(arr: pa.Array) -> np.ndarray:
     if len(non_ascii):
         sub = arr.take(pa.array(non_ascii))
         changed = pc.fill_null(pc.not_equal(pc.utf8_normalize(sub, form="NFKC"), sub), False)
+        # digits of other scripts, which a reader reads as digits (NFKC keeps them)
+        changed = pc.or_(changed, pc.fill_null(pc.match_substring_regex(sub, OTHER_DIGITS_RE2), False))
         encoded[non_ascii[np.asarray(changed.to_numpy(zero_copy_only=False))]] = True
     return encoded
 

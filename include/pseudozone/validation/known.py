@@ -31,8 +31,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -74,8 +76,30 @@ def _plain_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values
 
 
+# the combining diacritical marks of Latin, Greek and Cyrillic (RE2, and Python)
+_DIACRITICS_RE2 = r"[\x{300}-\x{36f}]"
+_DIACRITICS_PY = re.compile("[\u0300-\u036f]")
+
+
+def _fold(lowered: pa.Array) -> pa.Array:
+    """Lower-cased text folded as a reader matches names: 'ß' is 'ss' (Straße, STRASSE), a final
+    'ς' is 'σ', and accents are dropped ('José' is 'jose', 'Οδός' is 'οδος'); the vowel signs of
+    Indic scripts are not accents and stay."""
+    folded = pc.replace_substring(pc.replace_substring(lowered, "ß", "ss"), "ς", "σ")
+    bare = pc.replace_substring_regex(pc.utf8_normalize(folded, form="NFD"), _DIACRITICS_RE2, "")
+    return pc.utf8_normalize(bare, form="NFC")
+
+
+def _fold_word(word: str) -> str:
+    """A word as ``spaced_words`` folds it, in Python ('İ' is 'i', not 'i' and a combining dot)."""
+    folded = word.lower().replace("i\u0307", "i").replace("ß", "ss").replace("ς", "σ")
+    if folded.isascii():
+        return folded
+    return unicodedata.normalize("NFC", _DIACRITICS_PY.sub("", unicodedata.normalize("NFD", folded)))
+
+
 def spaced_words(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Each string lower-cased, its words (runs of letters, digits and marks; CJK characters
+    """Each string lower-cased ('ß' as 'ss'), its words (runs of letters, digits and marks; CJK characters
     one by one) separated by whitespace and everything else gone.
 
     ASCII text is folded with one table lookup over the data buffer; only the values that
@@ -92,7 +116,7 @@ def spaced_words(values: pa.Array | pa.ChunkedArray) -> pa.Array:
                                        .to_numpy(zero_copy_only=False)))
     if len(other):
         sub = folded.take(pa.array(other))
-        lowered = pc.replace_substring_regex(pc.utf8_lower(sub), _CJK, r" \1 ")
+        lowered = pc.replace_substring_regex(_fold(pc.utf8_lower(sub)), _CJK, r" \1 ")
         words = pc.replace_substring_regex(lowered, WORD_SEPARATORS, " ")
         mask = np.zeros(len(values), dtype=bool)
         mask[other] = True
@@ -114,26 +138,86 @@ def tokens(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     return words.filter(keep), rows.filter(keep)
 
 
-def _phone_variants(value: str, regions: tuple[str, ...]) -> set[str]:
-    """The digit strings a known phone is written as: national number, with trunk 0 and country code."""
+_NOT_ASCII_DIGIT = re.compile(r"[^0-9]+")
+
+
+def _ascii_digits(text: str) -> str:
+    """The decimal digits of ``text`` in ASCII (``+٤٩ ٣٠`` is ``4930``), everything else dropped."""
+    if text.isascii():
+        return _NOT_ASCII_DIGIT.sub("", text)
+    return "".join(str(unicodedata.decimal(c)) for c in text if unicodedata.decimal(c, None) is not None)
+
+
+@lru_cache(maxsize=64)
+def _calling_codes(regions: tuple[str, ...]) -> frozenset[str]:
     import phonenumbers
 
-    digits = re.sub(r"\D", "", value)
-    variants = {digits} if len(digits) >= MIN_PHONE_DIGITS else set()
-    for region in (None, *regions) if value.lstrip().startswith(("+", "00")) else regions:
-        try:
-            parsed = phonenumbers.parse(value, region)
-        except phonenumbers.NumberParseException:
+    return frozenset(str(c) for c in (phonenumbers.country_code_for_region(r) for r in regions) if c)
+
+
+# an extension at the end of a phone number: 'x12', 'ext. 12', '#12', 'доб. 12'
+_EXTENSION = re.compile(r"\s*(?:x|ext\.?|extension|#|доб\.?)\s*\d{1,6}\s*$", re.IGNORECASE)
+# a short fifth group after a dash may be an extension too ('+1-415-555-0132-12'); the number
+# without it must still have ten digits (no 7-digit prefix of a phone becomes a known form)
+_SHORT_TAIL = re.compile(r"^(\D*\d+(?:\D+\d+){3,}?)\s*-\s*\d{1,5}$")
+_TAIL_MIN_DIGITS = 10
+_TRUNK_0 = re.compile(r"\(\s*0\s*\)")
+
+
+def _country_code_of(digits: str) -> str | None:
+    """The country calling code an international number starts with (codes are prefix-free)."""
+    import phonenumbers
+
+    for width in (1, 2, 3):
+        if int(digits[:width] or 0) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            return digits[:width]
+    return None
+
+
+def _national_forms(digits: str, codes: Iterable[str]) -> set[str]:
+    """A national number's forms: without and with its trunk prefix, and after each calling code."""
+    nationals = {digits}
+    if digits.startswith("0") and not digits.startswith("00"):
+        nationals.add(digits[1:])  # the trunk 0 of most countries (kept in Italy: both are read)
+    elif len(digits) == 11 and digits[0] in "18":
+        nationals.add(digits[1:])  # North America's 1, Russia's and Kazakhstan's 8
+    nationals = {n for n in nationals if len(n) >= MIN_PHONE_DIGITS - 1}
+    forms = {prefix + n for n in nationals for prefix in ("", "0")}
+    forms |= {code + prefix + n for n in nationals for code in codes for prefix in ("", "0")
+              if not n.startswith("0")}
+    return forms
+
+
+def _phone_variants(value: str, regions: tuple[str, ...]) -> set[str]:
+    """The digit strings a known phone is written as: national number, with trunk 0 and country code.
+
+    No full libphonenumber parse (a tenant has tens of thousands of phones): an
+    international ``+``/``00`` form is split at its calling code (libphonenumber's code
+    table); a national form is read after the calling code of every region in
+    ``regions``.  Extensions (``x12``, ``ext. 12``, and a short fifth group after a dash,
+    ``+1-415-555-0132-12``) are read both with and without.  This finds more forms than
+    one parse would, never fewer: a known value is matched as a whole digit run only.
+    """
+    text = value.strip()
+    readings = {text, _EXTENSION.sub("", text)}
+    tail = _SHORT_TAIL.match(text)
+    if tail and len(_ascii_digits(tail.group(1))) >= _TAIL_MIN_DIGITS:
+        readings.add(tail.group(1))
+    codes = _calling_codes(regions)
+    variants: set[str] = set()
+    for reading in readings:
+        digits = _ascii_digits(_TRUNK_0.sub("", reading))
+        if len(digits) < MIN_PHONE_DIGITS:
             continue
-        national = str(parsed.national_number)
-        if parsed.italian_leading_zero:
-            national = "0" * (parsed.number_of_leading_zeros or 1) + national
-        if len(national) < MIN_PHONE_DIGITS:
-            continue
-        code = str(parsed.country_code)
-        variants |= {national, "0" + national, code + national, code + "0" + national}
-        break
-    return variants
+        variants.add(_ascii_digits(reading))
+        international = reading.startswith("+") or (digits.startswith("00") and not reading.startswith("("))
+        rest = digits[2:] if digits.startswith("00") and not reading.startswith("+") else digits
+        code = _country_code_of(rest) if international else None
+        if code is not None:
+            variants |= _national_forms(rest[len(code):], (code,))
+        else:
+            variants |= _national_forms(digits, codes)
+    return {v for v in variants if len(v) >= MIN_PHONE_DIGITS}
 
 
 class KnownValues:
@@ -275,8 +359,7 @@ class KnownValues:
         """Where in ``text`` a known value occurs: (start, end) of each match, in order."""
         found: list[tuple[int, int]] = []
         words = _word_spans(text)
-        # lower-cased as Arrow's utf8_lower does it ('İ' is 'i', not 'i' and a combining dot)
-        lowered = [text[a:b].lower().replace("i\u0307", "i") for a, b in words]
+        lowered = [_fold_word(text[a:b]) for a, b in words]
         i = 0
         while i < len(words):
             matched = 0

@@ -47,9 +47,12 @@ from pseudozone.validation.expectations import (
     context,
 )
 
-# values that can hold no email, phone, IP or name: uuids, 16-64 hex digits, ULIDs
+# values that can hold no email, phone, card, IP or name: uuids, 16-64 hex digits with at least
+# one letter (sixteen digits alone may be a card number), ULIDs
+_HEX_WITH_LETTER = "|".join(f"[0-9]{{{k}}}[A-Fa-f][0-9A-Fa-f]{{{max(15 - k, 0)},{63 - k}}}"
+                            for k in range(64))
 PURE_ID_RE = (r"^(?:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
-              r"|[0-9A-Fa-f]{16,64}|[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26})$")
+              rf"|{_HEX_WITH_LETTER}|[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{{26}})$")
 PSEUDONYM_RE = r"^v[0-9]+:[0-9a-f]{64}$"
 NETWORK_RE = r"^(?:[0-9]{1,3}\.){3}0/24$|^[0-9a-f:]+/48$"
 MAX_ROWS_REPORTED = 20
