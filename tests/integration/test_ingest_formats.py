@@ -88,9 +88,11 @@ def test_given_email_in_hex_column_then_batch_quarantined(tokens_lake: Settings)
     assert not any(tokens_lake.pii_zone.rglob("*batch-0001*"))
 
 
-def test_given_a_card_number_in_a_hex_column_then_the_gate_stops_it(tokens_lake: Settings) -> None:
-    # sixteen digits fit 'hex', so the format admits a card number: it is no pure id and is scanned
-    values: list[str | None] = ["deadbeef", "4539148803436467", "0123456789abcdef"]
+@pytest.mark.parametrize("value", ["4539148803436467", "DE89370400440532013000"])
+def test_given_a_card_or_iban_in_a_hex_column_then_the_gate_stops_it(tokens_lake: Settings,
+                                                                   value: str) -> None:
+    # a card's sixteen digits fit 'hex', and so does a German IBAN: they are no pure ids and are scanned
+    values: list[str | None] = ["deadbeef", value, "0123456789abcdef"]
     _land(tokens_lake, "tokens", _tokens(values))
 
     [result] = ingest.ingest_pending(tokens_lake)
@@ -100,7 +102,7 @@ def test_given_a_card_number_in_a_hex_column_then_the_gate_stops_it(tokens_lake:
     failures = [f for r in result.reason["validation"] for f in r["failures"] if f["column"] == "token"]
     assert [(f["expectation"], f["rows"]) for f in failures] == [
         ("expect_column_values_to_be_free_of_pii", [1])]
-    assert "4539148803436467" not in json.dumps(result.reason)
+    assert value not in json.dumps(result.reason)
     assert not any(tokens_lake.event_zone.rglob("*batch-0001*"))
 
 

@@ -115,17 +115,18 @@ class ColumnValuesFreeOfPii(ColumnMapMetricProvider):
 
     condition_metric_name = "column_values.free_of_pii"
     filter_column_isnull = False  # nulls pass, decided by the metric itself (no row filtering)
-    condition_value_keys = ("kinds", "regions", "skip_pattern", "evidence_ref")
+    condition_value_keys = ("kinds", "regions", "skip_pattern", "scan_pattern", "evidence_ref")
 
     @column_condition_partial(engine=PandasExecutionEngine)
     @_safe
     def _pandas(cls, column: pd.Series, kinds: list[str], regions: list[str], skip_pattern: str | None,
-                evidence_ref: str | None = None, **kwargs: Any) -> pd.Series:
+                scan_pattern: str | None = None, evidence_ref: str | None = None, **kwargs: Any) -> pd.Series:
         found = _evidence(evidence_ref, column)
         shared = None
         if found is not None and set(found.kinds) == set(kinds) and found.regions == tuple(regions):
             shared = found.pii, found.values
-        clean = _clean(_arrow(column), skip_pattern, lambda a: detect.any_of(a, kinds, regions), shared)
+        clean = _clean(_arrow(column), skip_pattern, lambda a: detect.any_of(a, kinds, regions), shared,
+                       scan_pattern)
         return _series(clean, column)
 
 
@@ -139,9 +140,10 @@ class ExpectColumnValuesToBeFreeOfPii(ColumnMapExpectation):
     kinds: list[str] = list(detect.KINDS)  # noqa: RUF012 - a pydantic field, copied per instance
     regions: list[str] = list(detect.DEFAULT_REGIONS)  # noqa: RUF012 - a pydantic field
     skip_pattern: str | None = None  # values matching it whole (pure ids) need no scan
+    scan_pattern: str | None = None  # ...unless they match this (digits alone may be a card)
     evidence_ref: str | None = None  # registered scan evidence (per column) to reuse, if any
     map_metric = "column_values.free_of_pii"
-    success_keys = ("kinds", "regions", "skip_pattern", "evidence_ref", "mostly")
+    success_keys = ("kinds", "regions", "skip_pattern", "scan_pattern", "evidence_ref", "mostly")
 
 
 class ColumnValuesInRegisteredSet(ColumnMapMetricProvider):
@@ -175,18 +177,18 @@ class ColumnValuesFreeOfKnownValues(ColumnMapMetricProvider):
 
     condition_metric_name = "column_values.free_of_known_values"
     filter_column_isnull = False  # nulls pass, decided by the metric itself (no row filtering)
-    condition_value_keys = ("known_ref", "skip_pattern", "evidence_ref")
+    condition_value_keys = ("known_ref", "skip_pattern", "scan_pattern", "evidence_ref")
 
     @column_condition_partial(engine=PandasExecutionEngine)
     @_safe
     def _pandas(cls, column: pd.Series, known_ref: str, skip_pattern: str | None,
-                evidence_ref: str | None = None, **kwargs: Any) -> pd.Series:
+                scan_pattern: str | None = None, evidence_ref: str | None = None, **kwargs: Any) -> pd.Series:
         known: KnownValues = _lookup(known_ref)
         found = _evidence(evidence_ref, column)
         shared = None
         if found is not None and found.known is known and found.known_hit is not None:
             shared = found.known_hit, found.values
-        return _series(_clean(_arrow(column), skip_pattern, known.found_in, shared), column)
+        return _series(_clean(_arrow(column), skip_pattern, known.found_in, shared, scan_pattern), column)
 
 
 class ExpectColumnValuesToBeFreeOfKnownValues(ColumnMapExpectation):
@@ -194,9 +196,10 @@ class ExpectColumnValuesToBeFreeOfKnownValues(ColumnMapExpectation):
 
     known_ref: str
     skip_pattern: str | None = None  # values matching it whole (pure ids) need no search
+    scan_pattern: str | None = None  # ...unless they match this
     evidence_ref: str | None = None  # registered scan evidence (per column) to reuse, if any
     map_metric = "column_values.free_of_known_values"
-    success_keys = ("known_ref", "skip_pattern", "evidence_ref", "mostly")
+    success_keys = ("known_ref", "skip_pattern", "scan_pattern", "evidence_ref", "mostly")
 
 
 def _evidence(ref: str | None, column: pd.Series) -> scan.Evidence | None:
@@ -209,9 +212,9 @@ def _evidence(ref: str | None, column: pd.Series) -> scan.Evidence | None:
 
 
 def _clean(arr: pa.Array, skip_pattern: str | None, found: Callable[[pa.Array], pa.Array],
-           shared: tuple[np.ndarray, pa.Array] | None = None) -> np.ndarray:
+           shared: tuple[np.ndarray, pa.Array] | None = None, scan_pattern: str | None = None) -> np.ndarray:
     """True where a value passes: ``found`` (PII, a known value) is False, or it matches
-    ``skip_pattern`` whole (a pure id).
+    ``skip_pattern`` whole (a pure id) and not ``scan_pattern`` (a card number is hex too).
 
     ``shared`` is scan evidence (``found`` per value, and the values): it stands for the rows
     whose value is still the one scanned (``scan.reuse``); the others are checked here.
@@ -222,8 +225,13 @@ def _clean(arr: pa.Array, skip_pattern: str | None, found: Callable[[pa.Array], 
     if not skip_pattern:
         return ~hits(arr) if shared is None else ~scan.reuse(arr, shared[0], shared[1], hits)
     plain = arr.cast(arr.type.value_type) if pa.types.is_dictionary(arr.type) else arr
-    matched = detect.per_distinct(plain, lambda d: pc.match_substring_regex(d, skip_pattern))
-    skipped = np.asarray(pc.fill_null(matched, False).to_numpy(zero_copy_only=False))
+    def skip(distinct: pa.Array) -> pa.Array:
+        pure = pc.match_substring_regex(distinct, skip_pattern)
+        if not scan_pattern:
+            return pure
+        return pc.and_not(pure, pc.match_substring_regex(distinct, scan_pattern))
+
+    skipped = np.asarray(pc.fill_null(detect.per_distinct(plain, skip), False).to_numpy(zero_copy_only=False))
     if shared is not None:
         return ~scan.reuse(plain, shared[0], shared[1], hits) | skipped
     if not skipped.any():

@@ -47,12 +47,12 @@ from pseudozone.validation.expectations import (
     context,
 )
 
-# values that can hold no email, phone, card, IP or name: uuids, 16-64 hex digits with at least
-# one letter (sixteen digits alone may be a card number), ULIDs
-_HEX_WITH_LETTER = "|".join(f"[0-9]{{{k}}}[A-Fa-f][0-9A-Fa-f]{{{max(15 - k, 0)},{63 - k}}}"
-                            for k in range(64))
+# values that can hold no email, phone, IP or name: uuids, 16-64 hex digits, ULIDs
 PURE_ID_RE = (r"^(?:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
-              rf"|{_HEX_WITH_LETTER}|[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{{26}})$")
+              r"|[0-9A-Fa-f]{16,64}|[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26})$")
+# ...except those that may be a card or an IBAN all the same: digits alone (a card number of
+# 16-19 digits fits hex), or the start of an IBAN whose country code is hex (AD, AE, BA, BE, DE)
+NOT_PURE_RE = r"(?i)^(?:[0-9]+|(?:AD|AE|BA|BE|DE)[0-9]{2}[0-9A-F]+)$"
 PSEUDONYM_RE = r"^v[0-9]+:[0-9a-f]{64}$"
 NETWORK_RE = r"^(?:[0-9]{1,3}\.){3}0/24$|^[0-9a-f:]+/48$"
 MAX_ROWS_REPORTED = 20
@@ -108,11 +108,11 @@ def _text_checks(contract: Contract, known_ref: str | None, regions: tuple[str, 
             # an allow-list proves the column; values it admits that are not pure ids (prefixed
             # ids, names of events) are still scanned and searched, pure ids (uuid, hex, ULID) not
             expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=spec.format_regex))
-            expected.append(ExpectColumnValuesToBeFreeOfPii(column=name, regions=list(regions),
-                                                            skip_pattern=PURE_ID_RE))
+            expected.append(ExpectColumnValuesToBeFreeOfPii(
+                column=name, regions=list(regions), skip_pattern=PURE_ID_RE, scan_pattern=NOT_PURE_RE))
             if known_ref is not None:
-                expected.append(ExpectColumnValuesToBeFreeOfKnownValues(column=name, known_ref=known_ref,
-                                                                        skip_pattern=PURE_ID_RE))
+                expected.append(ExpectColumnValuesToBeFreeOfKnownValues(
+                    column=name, known_ref=known_ref, skip_pattern=PURE_ID_RE, scan_pattern=NOT_PURE_RE))
         elif spec.cls in ("free_text", "keep"):
             expected.append(ExpectColumnValuesToBeFreeOfPii(column=name, regions=list(regions),
                                                             evidence_ref=evidence_ref))
