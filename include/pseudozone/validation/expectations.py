@@ -140,7 +140,7 @@ class ExpectColumnValuesToBeFreeOfPii(ColumnMapExpectation):
     kinds: list[str] = list(detect.KINDS)  # noqa: RUF012 - a pydantic field, copied per instance
     regions: list[str] = list(detect.DEFAULT_REGIONS)  # noqa: RUF012 - a pydantic field
     skip_pattern: str | None = None  # values matching it whole (pure ids) need no scan
-    scan_pattern: str | None = None  # ...unless they match this (digits alone may be a card)
+    scan_pattern: str | None = None  # ...unless they match this (an IBAN can be all hex)
     evidence_ref: str | None = None  # registered scan evidence (per column) to reuse, if any
     map_metric = "column_values.free_of_pii"
     success_keys = ("kinds", "regions", "skip_pattern", "scan_pattern", "evidence_ref", "mostly")
@@ -214,7 +214,7 @@ def _evidence(ref: str | None, column: pd.Series) -> scan.Evidence | None:
 def _clean(arr: pa.Array, skip_pattern: str | None, found: Callable[[pa.Array], pa.Array],
            shared: tuple[np.ndarray, pa.Array] | None = None, scan_pattern: str | None = None) -> np.ndarray:
     """True where a value passes: ``found`` (PII, a known value) is False, or it matches
-    ``skip_pattern`` whole (a pure id) and not ``scan_pattern`` (a card number is hex too).
+    ``skip_pattern`` whole (a pure id) and not ``scan_pattern`` (a German IBAN is hex too).
 
     ``shared`` is scan evidence (``found`` per value, and the values): it stands for the rows
     whose value is still the one scanned (``scan.reuse``); the others are checked here.

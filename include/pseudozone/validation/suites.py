@@ -50,9 +50,10 @@ from pseudozone.validation.expectations import (
 # values that can hold no email, phone, IP or name: uuids, 16-64 hex digits, ULIDs
 PURE_ID_RE = (r"^(?:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
               r"|[0-9A-Fa-f]{16,64}|[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26})$")
-# ...except those that may be a card or an IBAN all the same: digits alone (a card number of
-# 16-19 digits fits hex), or the start of an IBAN whose country code is hex (AD, AE, BA, BE, DE)
-NOT_PURE_RE = r"(?i)^(?:[0-9]+|(?:AD|AE|BA|BE|DE)[0-9]{2}[0-9A-F]+)$"
+# ...except those that may be an IBAN all the same: its country code made of hex letters (AD, AE,
+# BA, BE, DE), then its check digits.  Digits alone are not scanned: 1 in 35,000 random 16-hex
+# session ids is all digits, Luhn-valid and in an issuer's range (docs/adr/0003, formats)
+NOT_PURE_RE = r"(?i)^(?:AD|AE|BA|BE|DE)[0-9]{2}[0-9A-F]+$"
 PSEUDONYM_RE = r"^v[0-9]+:[0-9a-f]{64}$"
 NETWORK_RE = r"^(?:[0-9]{1,3}\.){3}0/24$|^[0-9a-f:]+/48$"
 MAX_ROWS_REPORTED = 20
