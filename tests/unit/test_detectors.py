@@ -48,6 +48,9 @@ POSITIVES = {
     "phone_arabic_indic": ("اتصل +٤٩ ٣٠ ١٢٣٤٥٦٧٨", "phone", "+٤٩ ٣٠ ١٢٣٤٥٦٧٨"),
     "phone_comma_list_intl": ("+49 30 12345678,+33 1 42 68 53 00", "phone", "+33 1 42 68 53 00"),
     "phone_comma_list_national": ("phones: 030 1234567,030 7654321", "phone", "030 7654321"),
+    "phone_csv_field": ('42,"Mario Rossi",+39 3974364888,2024-01-01', "phone", "+39 3974364888"),
+    "phone_code_in_parens": ("Tel. (+30) 694 994 0700", "phone", "(+30) 694 994 0700"),
+    "phone_plus_then_parens": ("tel +(370) 612 34567", "phone", "+(370) 612 34567"),
     # IPs
     "ipv4": ("from 203.0.113.45 at noon", "ip", "203.0.113.45"),
     "ipv4_port": ("peer 203.0.113.45:8443", "ip", "203.0.113.45"),
@@ -64,6 +67,9 @@ POSITIVES = {
     "card_double_spaces": ("card 4539  1488  0343  6467 ok", "card", "4539  1488  0343  6467"),
     "card_mixed_separators": ("card 4539-1488 0343.6467 ok", "card", "4539-1488 0343.6467"),
     "card_spaced_dashes": ("amex 3782 - 822463 - 10005", "card", "3782 - 822463 - 10005"),
+    "card_csv_field": ("John Smith,4111 1111 1111 1111,12/27", "card", "4111 1111 1111 1111"),
+    "card_csv_bare": ("7,4569678846864195,ok", "card", "4569678846864195"),
+    "card_unionpay_81": ("card 8124483129160562 ok", "card", "8124483129160562"),
     # IBANs: mod-97 and the country's length
     "iban_gb_grouped": ("GB82 WEST 1234 5698 7654 32 is mine", "iban", "GB82 WEST 1234 5698 7654 32"),
     "iban_de_plain": ("iban=DE89370400440532013000", "iban", "DE89370400440532013000"),
@@ -117,6 +123,14 @@ NEGATIVES = [
     "1,234,567 units, 5,0301234567 ratio, 48,0588443 lat, 123 456 789,05 EUR",  # commas in numbers
     "2020–2024 · 12·5 · pages 120–135",                # en-dashes and middle dots between numbers
     "build 2024-01-15 1234 5678 9012",                 # a date then groups: Luhn fails, no card
+    "Firefox/128.0.2.1 Python 3.11.4.1 build 1.2.3.4",  # four-part versions
+    "13.28.201.6570 build 2023.10.23.5758",            # dotted builds
+    "std::vector<int> v; a::b::c(); dead::beef cafe::1",  # scope operators
+    "routes 10.0.0.0/8 192.168.0.0/16 ff00::/8 2001:db8::/32",  # networks
+    "Ref: RF18 5390 0754 7034, order 2024-000123-45, Invoice No. 2024/00123/45",
+    "ISSN 0317-8471 DOI 10.1000/182 EAN 5901234123457",
+    "budget: 125 000 000",
+    "git@github.com:acme/repo.git",
 ]
 
 
@@ -144,6 +158,21 @@ def test_given_a_luhn_valid_number_without_an_issuer_prefix_then_it_is_not_a_car
 
 def test_given_a_bad_iban_checksum_then_it_is_not_an_iban() -> None:
     assert _found("GB83 WEST 1234 5698 7654 32") == []
+
+
+def test_given_a_region_without_trunk_prefix_then_its_grouped_eight_digit_numbers_are_phones() -> None:
+    # Danish and Norwegian numbers have 8 digits and no trunk 0; under the default regions the
+    # same shape stays a number (a count, an amount)
+    for text, phone in (("Ring mig på 58 28 60 37", "58 28 60 37"), ("Tel: 94 63 57 29", "94 63 57 29")):
+        assert ("phone", phone) in _found(text, regions=("DK", "NO"))
+        assert _found(text) == []
+
+
+def test_a_network_or_a_version_is_no_address_but_a_host_is() -> None:
+    assert _found("peer 203.0.113.45/32 and 10.1.2.3/8") == [("ip", "203.0.113.45"), ("ip", "10.1.2.3")]
+    assert _found("GET /api/ip/203.0.113.45") == [("ip", "203.0.113.45")]
+    assert _found("fe80::1 ::1 2001:db8::1") == [("ip", "fe80::1"), ("ip", "::1"), ("ip", "2001:db8::1")]
+    assert _found("login jane@example.com:hunter2") == [("email", "jane@example.com")]
 
 
 def test_given_a_bare_digit_run_then_it_is_a_phone_only_with_context_or_a_known_shape() -> None:

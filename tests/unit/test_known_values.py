@@ -20,6 +20,14 @@ def _found(known: KnownValues, texts: list[str]) -> list[bool]:
     ("Zoë Müller", "Zoe\u0308 Mu\u0308ller wrote"),             # decomposed accents
     ("ΟΔΟΣ ΕΡΜΟΥ", "στην Οδός Ερμού"),                          # Greek: tonos and final sigma
     ("김민수", "ask 김민수 now"),                                 # Hangul stays whole
+    ("กิติชัย บุญบำรุง", "hi กิติชัย บุญบำรุง"),                      # Thai: NFKC changes 'ำ'
+    ("กิติชัย บุญบำรุง", '{"n":"\\u0e01\\u0e34\\u0e15\\u0e34\\u0e0a\\u0e31\\u0e22 \\u0e1a\\u0e38\\u0e0d'
+                        '\\u0e1a\\u0e33\\u0e23\\u0e38\\u0e07"}'),
+    ("ﬁona Smith", "fiona smith"),                              # a ligature
+    ("Erenalp Yılmaz Gül", "SERVER ERENALP YILMAZ GÜL"),        # Turkish dotless i
+    ("İsmail Işık", "ismail ışık"),
+    ("محمد العلي", "مُحَمَّد العلي"),                              # Arabic vowel marks
+    ("שָׁלוֹם כהן", "שלום כהן"),                                   # Hebrew points
 ])
 def test_given_a_name_written_otherwise_then_it_is_found_and_replaced(value: str, text: str) -> None:
     known = KnownValues([value])

@@ -86,13 +86,17 @@ _FILE_TLDS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico
 _RETINA = re.compile(r"^\d(?:\.\d)?x$", re.IGNORECASE)
 
 
+# git@github.com:acme/repo.git is a repository's address, not a person's
+_SCP_REMOTE = re.compile(r"git@[\w.\-]+:[\w~]", re.IGNORECASE)
+
+
 class EmailDetector(Detector):
     kind = "email"
 
     def find(self, text: str, regions: tuple[str, ...]) -> Iterator[Span]:
         for pattern in (_EMAIL, _EMAIL_WORDS):
             for match in pattern.finditer(text):
-                if self._plausible(match.group()):
+                if self._plausible(match.group()) and not _SCP_REMOTE.match(text, match.start()):
                     yield match.span()
 
     @staticmethod
@@ -119,14 +123,24 @@ _PHONE = re.compile(
     # international or a grouped trunk form: '1,234,567' and '5,0301234567' are numbers)
     r"(?:(?<=,)(?=" + _AFTER_COMMA + r")|(?<![A-Za-z0-9_@.\-#$€£¥+,]))(?<!\d:)"
     r"(?P<body>"
-    r"(?P<intl>(?:\+|\b00)" + _SEP + r"?\d{1,3}" + _SEP + r"{0,2}(?:\(\s?0\s?\)" + _SEP + r"{0,2})?)?"
+    # the country code: +49, 0049, and in parentheses, (+30) or +(370)
+    r"(?P<intl>(?:\(\s?\+\s?\d{1,3}\s?\)|\+\s?\(\s?\d{1,3}\s?\)|(?:\+|\b00)" + _SEP + r"?\d{1,3})"
+    + _SEP + r"{0,2}(?:\(\s?0\s?\)" + _SEP + r"{0,2})?)?"
     r"(?:\(\s?\d{1,5}\s?\)" + _SEP + r"{0,2})?"
     r"\d{1,15}(?:" + _SEP + r"{1,3}\(?\d{1,10}\)?){0,6}"
     r")"
     r"(?P<ext>\s{0,2}(?:x|ext\.?|extension|доб\.?|#)\s{0,2}\d{1,6})?"
-    r"(?![A-Za-z0-9_@]|[.\-]\d|,(?!" + _AFTER_COMMA + r")\d|:\d)",
+    # (a comma then a digit is checked in ``find``: the next field of a list, or decimals)
+    r"(?![A-Za-z0-9_@]|[.\-]\d|:\d)",
     re.IGNORECASE)
-_IBAN_HEAD = re.compile(r"(?:^|[^A-Za-z0-9])[A-Z]{2}\d{2}(?:[ .][A-Z0-9]{4})+[ .]$")
+# an IBAN's or a creditor reference's (RF18 …) head before the groups of a candidate
+_IBAN_HEAD = re.compile(r"(?:^|[^A-Za-z0-9])[A-Z]{2}\d{2}(?:[ .][A-Z0-9]{4})*[ .]$")
+_AFTER_COMMA_RE = re.compile(_AFTER_COMMA)
+_INTERNATIONAL = re.compile(r"\(?\s?\+|00")
+# a standard number named just before: ISSN 0317-8471, DOI 10.1000/182, ISBN …
+_NUMBER_NAME = re.compile(r"(?:isbn|issn|doi|ean|gtin|upc)\W{0,3}$", re.IGNORECASE)
+# a year, then a dash, a slash or a dot: a reference or a build (2024-000123-45, 2023.10.23.5758)
+_YEAR_REF = re.compile(r"^(?:19|20)\d{2}[\-/.]")
 _ISBN10 = re.compile(r"^\d{1,5}-\d{1,7}-\d{1,6}-[\dX]$")
 _DATE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$")
 _FORMATTED = re.compile(r"[ \t.\-/()\u00a0]")
@@ -171,6 +185,13 @@ def _country_code(number: str) -> bool:
     return False
 
 
+@lru_cache(maxsize=512)
+def _no_trunk_prefix(region: str) -> bool:
+    """Whether national numbers of ``region`` are dialled without a trunk prefix (DK, NO, ES)."""
+    meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    return meta is not None and not meta.national_prefix
+
+
 class PhoneDetector(Detector):
     kind = "phone"
 
@@ -180,6 +201,10 @@ class PhoneDetector(Detector):
             start = match.start()
             if self._not_a_phone(body, text, start):
                 continue
+            after = text[match.end():match.end() + 2]
+            if len(after) == 2 and after[0] == "," and after[1].isdigit() and not match.group("intl") and \
+                    not _AFTER_COMMA_RE.match(text, match.end() + 1):
+                continue  # '123 456 789,05' is decimals (after an international phone: the next field)
             if self._confirm(body, match.group("intl"), text, start, regions,
                              extension=match.group("ext") is not None):
                 yield start, match.end()
@@ -203,10 +228,19 @@ class PhoneDetector(Detector):
                 (len(digits) == 13 or _ISBN10.match(body) or re.search(r"isbn\W{0,3}$", text[:start], re.I)):
             return True
         groups = re.findall(r"\d+", body)
-        international = body.startswith(("+", "00"))
+        international = bool(_INTERNATIONAL.match(body))
         if "." in body and not international and (
-                re.search(r"\s", body) or any(len(g) < 2 for g in groups[1:]) or len(groups) == 2):
-            return True  # version strings (1.24.3 10.4.12) and decimals (48.858844), not 555.123.4567
+                re.search(r"\s", body) or any(len(g) < 2 for g in groups[1:]) or len(groups) == 2
+                or (len(groups[0]) <= 2 and not groups[0].startswith("0"))):
+            # version strings (1.24.3 10.4.12 13.28.201.6570) and decimals (48.858844), not
+            # 555.123.4567 or 01.23.45.67.89
+            return True
+        named = _NUMBER_NAME.search(text[max(0, start - 8):start])
+        if not international and (_YEAR_REF.match(body) or named):
+            return True
+        if not international and len(groups) >= 3 and all(len(g) == 3 for g in groups[1:]) and \
+                "000" in groups[1:] and re.fullmatch(r"[\d ]+", body):
+            return True  # a round amount with space-separated thousands (125 000 000)
         # groups of four: a card or an account number, not a phone
         return sum(len(g) == 4 for g in groups) >= 4 or \
             bool(_IBAN_HEAD.search(text[max(0, start - 48):start]))
@@ -227,7 +261,9 @@ class PhoneDetector(Detector):
             return _possible(number, None) or (len(digits) >= 8 and _country_code(number))
         if len(groups) > 1 and "." not in body and not digits.startswith("0") and "(" not in body and \
                 ((len(groups) < 3 and not re.search(r"[\-/]", body)) or len(digits) < 9):
-            return False  # '200 39504' (a status and a size), '12 345': not without more shape
+            # '200 39504' (a status and a size), '12 345': not without more shape; but in a
+            # region without a trunk prefix (Denmark, Norway) '58 28 60 37' is how phones look
+            return len(groups) >= 3 and any(_valid(body, r) for r in regions if _no_trunk_prefix(r))
         if _FORMATTED.search(body) or extension:
             return any(_possible(body, r) for r in regions)
         # a bare digit run is an order number or a timestamp unless something says otherwise
@@ -253,6 +289,14 @@ _IPV6 = re.compile(
     r"(?P<zone>%[\w.\-]{1,16})?(?![A-Za-z0-9_:]|\.\d)")
 
 
+# a product or a version word just before four dotted numbers (a version, not an IPv4 address)
+# (a product is capitalized, Chrome/ or Version/; 'ip/' in a URL path is not one)
+_PRODUCT_VERSION = re.compile(r"(?:\b[A-Z][A-Za-z]+/|\b(?i:version|ver|build|release|python|v)\s?)$")
+# the first group of the short compressed addresses people write (fe80::1, 2001:db8::1, fd00::5)
+_SHORT_V6 = re.compile(r"^(?:fe[89ab][0-9a-f]|f[cd][0-9a-f]{0,2}|ff[0-9a-f]{2}|200[12]|64)$", re.IGNORECASE)
+_CIDR = re.compile(r"/(\d{1,3})(?!\d)")
+
+
 class IpDetector(Detector):
     kind = "ip"
 
@@ -264,34 +308,63 @@ class IpDetector(Detector):
                 addr, start = match.group("addr"), match.start()
                 if addr.startswith(":") and not addr.startswith("::"):
                     addr, start = addr[1:], start + 1  # a colon before the address ('Adresse:fe80::1')
-                if addr.count(":") < 2 or not re.search(r"[0-9A-Fa-f]", addr):
+                if addr.count(":") < 2 or not re.search(r"[0-9A-Fa-f]", addr) or \
+                        self._code(addr):
                     continue
                 try:
-                    ipaddress.IPv6Address(addr + (match.group("zone") or ""))
+                    ip6 = ipaddress.IPv6Address(addr + (match.group("zone") or ""))
                 except ValueError:
                     continue
-                v6.append((start, match.end()))
+                if not self._network(ip6, text, match.end(), 64):
+                    v6.append((start, match.end()))
         yield from v6
         for match in _IPV4.finditer(text):
             try:
-                ipaddress.IPv4Address(match.group())
+                ip4 = ipaddress.IPv4Address(match.group())
             except ValueError:
+                continue
+            if _PRODUCT_VERSION.search(text[max(0, match.start() - 24):match.start()]):
+                continue  # Firefox/128.0.2.1, Python 3.11.4.1: a version with four parts
+            if self._network(ip4, text, match.end(), 24):
                 continue
             if not any(s <= match.start() < e for s, e in v6):
                 yield match.span()
+
+    @staticmethod
+    def _code(addr: str) -> bool:
+        """A scope operator in code (std::vector, a::b::c(), dead::beef), not an address: two
+        groups around '::' that start no address block people write short."""
+        groups = [g for g in addr.split(":") if g]
+        if addr.startswith("::") or len(groups) >= 3 or "." in addr:
+            return False
+        return not _SHORT_V6.match(groups[0])
+
+    @staticmethod
+    def _network(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, text: str, end: int, widest: int) -> bool:
+        """A network in CIDR notation (10.0.0.0/8, 2001:db8::/32): no one's address when its host
+        bits are zero and its prefix no longer than ``widest`` (the zone's own generalization)."""
+        prefix = _CIDR.match(text, end)
+        if prefix is None or int(prefix.group(1)) > widest:
+            return False
+        try:
+            ipaddress.ip_network(f"{ip}/{prefix.group(1)}", strict=True)
+        except ValueError:
+            return False
+        return True
 
 
 # -- cards ------------------------------------------------------------------------------------
 
 # boundaries are ASCII: CJK text glues numbers to words without a space
-_CARD = re.compile(r"(?<![A-Za-z0-9_.\-,+])\d{4}(?P<sep>[ .\-]?)\d{2,6}(?:(?P=sep)\d{1,6}){0,4}"
-                   r"(?![A-Za-z0-9_]|[.\-,]\d)")
+# a comma may stand on either side (a CSV field: 'Smith,4111 1111 1111 1111,12/27')
+_CARD = re.compile(r"(?<![A-Za-z0-9_.\-+])\d{4}(?P<sep>[ .\-]?)\d{2,6}(?:(?P=sep)\d{1,6}){0,4}"
+                   r"(?![A-Za-z0-9_]|[.\-]\d)")
 # the groups of a card as people type them, with doubled or mixed separators
 # ('4111  1111 - 1111.1111'): four-digit groups, or American Express's and Diners' 4-6-5 and 4-6-4
 _CARD_SEP = r"(?:[ \t]{0,2}[.\-][ \t]{0,2}|[ \t]{1,3})"
-_CARD_LOOSE = re.compile(r"(?<![A-Za-z0-9_.\-,+])\d{4}(?:(?:" + _CARD_SEP + r"\d{4}){2}" + _CARD_SEP
+_CARD_LOOSE = re.compile(r"(?<![A-Za-z0-9_.\-+])\d{4}(?:(?:" + _CARD_SEP + r"\d{4}){2}" + _CARD_SEP
                          + r"\d{1,7}|" + _CARD_SEP + r"\d{6}" + _CARD_SEP + r"\d{4,5})"
-                         r"(?![A-Za-z0-9_]|[.\-,]\d)")
+                         r"(?![A-Za-z0-9_]|[.\-]\d)")
 # issuer prefixes (IIN ranges) and the lengths their cards have
 _ISSUERS: tuple[tuple[tuple[int, int], tuple[int, ...]], ...] = (
     ((4, 4), (13, 16, 19)),                       # Visa
@@ -330,6 +403,8 @@ class CardDetector(Detector):
     @staticmethod
     def _find(pattern: re.Pattern[str], text: str) -> Iterator[Span]:
         for match in pattern.finditer(text):
+            if _NUMBER_NAME.search(text[max(0, match.start() - 8):match.start()]):
+                continue  # EAN 5901234123457: a product's number
             # the candidate may have taken a following number as a last group ('4111 … 1111 201'):
             # the card is the longest run of its groups that checks out
             groups = [(m.start(), m.end()) for m in re.finditer(r"\d+", match.group())]

@@ -76,23 +76,27 @@ def _plain_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values
 
 
-# the combining diacritical marks of Latin, Greek and Cyrillic (RE2, and Python)
-_DIACRITICS_RE2 = r"[\x{300}-\x{36f}]"
-_DIACRITICS_PY = re.compile("[\u0300-\u036f]")
+# the combining diacritical marks of Latin, Greek and Cyrillic, Hebrew points and Arabic
+# vowel marks: a name is the same name with or without them (RE2, and Python)
+_DIACRITIC_RANGES = ((0x300, 0x36F), (0x591, 0x5BD), (0x5BF, 0x5BF), (0x5C1, 0x5C2), (0x5C4, 0x5C5),
+                     (0x5C7, 0x5C7), (0x64B, 0x65F), (0x670, 0x670))
+_DIACRITICS_RE2 = "[" + "".join(rf"\x{{{a:x}}}-\x{{{b:x}}}" for a, b in _DIACRITIC_RANGES) + "]"
+_DIACRITICS_PY = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _DIACRITIC_RANGES) + "]")
 
 
 def _fold(lowered: pa.Array) -> pa.Array:
     """Lower-cased text folded as a reader matches names: 'ß' is 'ss' (Straße, STRASSE), a final
-    'ς' is 'σ', and accents are dropped ('José' is 'jose', 'Οδός' is 'οδος'); the vowel signs of
-    Indic scripts are not accents and stay."""
+    'ς' is 'σ', Turkish 'ı' is 'i' (YILMAZ, Yılmaz), and accents are dropped ('José' is 'jose',
+    'Οδός' is 'οδος', 'مُحَمَّد' is 'محمد'); the vowel signs of Indic scripts are not accents and stay."""
     folded = pc.replace_substring(pc.replace_substring(lowered, "ß", "ss"), "ς", "σ")
+    folded = pc.replace_substring(folded, "ı", "i")
     bare = pc.replace_substring_regex(pc.utf8_normalize(folded, form="NFD"), _DIACRITICS_RE2, "")
     return pc.utf8_normalize(bare, form="NFC")
 
 
 def _fold_word(word: str) -> str:
     """A word as ``spaced_words`` folds it, in Python ('İ' is 'i', not 'i' and a combining dot)."""
-    folded = word.lower().replace("i\u0307", "i").replace("ß", "ss").replace("ς", "σ")
+    folded = word.lower().replace("i\u0307", "i").replace("ß", "ss").replace("ς", "σ").replace("ı", "i")
     if folded.isascii():
         return folded
     return unicodedata.normalize("NFC", _DIACRITICS_PY.sub("", unicodedata.normalize("NFD", folded)))
@@ -232,7 +236,11 @@ class KnownValues:
         self._key = os.urandom(32)
         self._mix_key = np.frombuffer(os.urandom(8), dtype=np.uint64)[0]
         phone_list = [p for p in phones if p]
-        distinct = pa.array(sorted({v for v in values if v is not None} | set(phone_list)), pa.string())
+        given = {v for v in values if v is not None} | set(phone_list)
+        # as written, and as a reader reads it (NFKC: 'ﬁona', Thai 'ำ'), since a text is searched
+        # both ways (decoded texts are NFKC)
+        given |= {unicodedata.normalize("NFKC", v) for v in given if not v.isascii()}
+        distinct = pa.array(sorted(given), pa.string())
         lists = pc.list_slice(word_lists(distinct), 0, MAX_WORDS)
         phrase = pc.binary_join(lists, " ")
         wanted = pc.fill_null(pc.greater_equal(pc.utf8_length(phrase), MIN_CHARS), False)
