@@ -49,6 +49,9 @@ POSITIVES = {
     "phone_comma_list_intl": ("+49 30 12345678,+33 1 42 68 53 00", "phone", "+33 1 42 68 53 00"),
     "phone_comma_list_national": ("phones: 030 1234567,030 7654321", "phone", "030 7654321"),
     "phone_csv_field": ('42,"Mario Rossi",+39 3974364888,2024-01-01', "phone", "+39 3974364888"),
+    "phone_csv_national": ('42,"Mario Rossi",0543367289,2024-01-01', "phone", "0543367289"),
+    "phone_csv_parens": ('42,"Mario Rossi",(0459)-967936,2024-01-01', "phone", "(0459)-967936"),
+    "phone_csv_dashed": ('42,"Mario Rossi",806-222-1405,2024-01-01', "phone", "806-222-1405"),
     "phone_code_in_parens": ("Tel. (+30) 694 994 0700", "phone", "(+30) 694 994 0700"),
     "phone_plus_then_parens": ("tel +(370) 612 34567", "phone", "+(370) 612 34567"),
     # IPs
@@ -120,7 +123,7 @@ NEGATIVES = [
     "MAC 00:1a:2b:3c:4d:5e",
     "https://shop.example.com/orders/15163226939?ts=1793973303",  # an order id shaped like a CN mobile
     "https://shop.example.com/orders/[phone]?ts=1793973303",      # our own token is no phone context
-    "1,234,567 units, 5,0301234567 ratio, 48,0588443 lat, 123 456 789,05 EUR",  # commas in numbers
+    "1,234,567 units, 5,12345678 ratio, 48,0588443 lat, 123 456 789,05 EUR",  # commas in numbers
     "2020–2024 · 12·5 · pages 120–135",                # en-dashes and middle dots between numbers
     "build 2024-01-15 1234 5678 9012",                 # a date then groups: Luhn fails, no card
     "Firefox/128.0.2.1 Python 3.11.4.1 build 1.2.3.4",  # four-part versions

@@ -115,12 +115,14 @@ class EmailDetector(Detector):
 # -- phone ------------------------------------------------------------------------------------
 
 _SEP = r"[ \t.\-/\u00a0]"
-_AFTER_COMMA = r"\+|0\d{1,5}[ .\-/]\d"
+# what may start a phone right after a comma (a list, a CSV field): an international form, an
+# area code in parentheses, a trunk form grouped or whole, or dashed groups (806-222-1405)
+_AFTER_COMMA = r"\+|\(|0\d{1,5}[ .\-/]\d|0\d{8,11}(?!\d)|\d{2,4}-\d{3}-\d{3,4}"
 _PHONE = re.compile(
     # not glued to an id, an amount, another number or a time (CJK text has no spaces: only
     # Latin letters and digits count as glue)
-    # a list joins phones with commas: '…5678,+49 30 8765…', '…4567,030 765…' (after a comma only an
-    # international or a grouped trunk form: '1,234,567' and '5,0301234567' are numbers)
+    # a list joins phones with commas: '…5678,+49 30 8765…', '…4567,030 765…' (after a comma only
+    # the forms of _AFTER_COMMA: '1,234,567' and '5,12345678' are numbers)
     r"(?:(?<=,)(?=" + _AFTER_COMMA + r")|(?<![A-Za-z0-9_@.\-#$€£¥+,]))(?<!\d:)"
     r"(?P<body>"
     # the country code: +49, 0049, and in parentheses, (+30) or +(370)
@@ -135,7 +137,8 @@ _PHONE = re.compile(
     re.IGNORECASE)
 # an IBAN's or a creditor reference's (RF18 …) head before the groups of a candidate
 _IBAN_HEAD = re.compile(r"(?:^|[^A-Za-z0-9])[A-Z]{2}\d{2}(?:[ .][A-Z0-9]{4})*[ .]$")
-_AFTER_COMMA_RE = re.compile(_AFTER_COMMA)
+# a comma then the decimals of an amount, not the next field of a list
+_DECIMALS = re.compile(r",\d{1,3}(?![\d\-/.:])")
 _INTERNATIONAL = re.compile(r"\(?\s?\+|00")
 # a standard number named just before: ISSN 0317-8471, DOI 10.1000/182, ISBN …
 _NUMBER_NAME = re.compile(r"(?:isbn|issn|doi|ean|gtin|upc)\W{0,3}$", re.IGNORECASE)
@@ -201,10 +204,8 @@ class PhoneDetector(Detector):
             start = match.start()
             if self._not_a_phone(body, text, start):
                 continue
-            after = text[match.end():match.end() + 2]
-            if len(after) == 2 and after[0] == "," and after[1].isdigit() and not match.group("intl") and \
-                    not _AFTER_COMMA_RE.match(text, match.end() + 1):
-                continue  # '123 456 789,05' is decimals (after an international phone: the next field)
+            if not match.group("intl") and _DECIMALS.match(text, match.end()):
+                continue  # '123 456 789,05' (after an international phone: the next field)
             if self._confirm(body, match.group("intl"), text, start, regions,
                              extension=match.group("ext") is not None):
                 yield start, match.end()
