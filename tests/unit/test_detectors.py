@@ -52,6 +52,7 @@ POSITIVES = {
     "phone_csv_national": ('42,"Mario Rossi",0543367289,2024-01-01', "phone", "0543367289"),
     "phone_csv_parens": ('42,"Mario Rossi",(0459)-967936,2024-01-01', "phone", "(0459)-967936"),
     "phone_csv_dashed": ('42,"Mario Rossi",806-222-1405,2024-01-01', "phone", "806-222-1405"),
+    "phone_csv_then_quantity": ("Smith,030 1234567,12,x", "phone", "030 1234567"),
     "phone_code_in_parens": ("Tel. (+30) 694 994 0700", "phone", "(+30) 694 994 0700"),
     "phone_plus_then_parens": ("tel +(370) 612 34567", "phone", "+(370) 612 34567"),
     # IPs
@@ -128,7 +129,7 @@ NEGATIVES = [
     "build 2024-01-15 1234 5678 9012",                 # a date then groups: Luhn fails, no card
     "Firefox/128.0.2.1 Python 3.11.4.1 build 1.2.3.4",  # four-part versions
     "13.28.201.6570 build 2023.10.23.5758",            # dotted builds
-    "std::vector<int> v; a::b::c(); dead::beef cafe::1",  # scope operators
+    "std::vector<int> v; a::b::c(); dead::beef",       # scope operators
     "routes 10.0.0.0/8 192.168.0.0/16 ff00::/8 2001:db8::/32",  # networks
     "Ref: RF18 5390 0754 7034, order 2024-000123-45, Invoice No. 2024/00123/45",
     "ISSN 0317-8471 DOI 10.1000/182 EAN 5901234123457",
@@ -174,7 +175,9 @@ def test_given_a_region_without_trunk_prefix_then_its_grouped_eight_digit_number
 def test_a_network_or_a_version_is_no_address_but_a_host_is() -> None:
     assert _found("peer 203.0.113.45/32 and 10.1.2.3/8") == [("ip", "203.0.113.45"), ("ip", "10.1.2.3")]
     assert _found("GET /api/ip/203.0.113.45") == [("ip", "203.0.113.45")]
-    assert _found("fe80::1 ::1 2001:db8::1") == [("ip", "fe80::1"), ("ip", "::1"), ("ip", "2001:db8::1")]
+    assert _found("fe80::1 ::1 2001:db8::1 2a00::1") == [
+        ("ip", "fe80::1"), ("ip", "::1"), ("ip", "2001:db8::1"), ("ip", "2a00::1")]
+    assert _found("/Admin/Block/203.0.113.9") == [("ip", "203.0.113.9")]
     assert _found("login jane@example.com:hunter2") == [("email", "jane@example.com")]
 
 

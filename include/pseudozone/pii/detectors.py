@@ -139,6 +139,7 @@ _PHONE = re.compile(
 _IBAN_HEAD = re.compile(r"(?:^|[^A-Za-z0-9])[A-Z]{2}\d{2}(?:[ .][A-Z0-9]{4})*[ .]$")
 # a comma then the decimals of an amount, not the next field of a list
 _DECIMALS = re.compile(r",\d{1,3}(?![\d\-/.:])")
+_AMOUNT = re.compile(r"[1-9][\d .\u00a0]*")
 _INTERNATIONAL = re.compile(r"\(?\s?\+|00")
 # a standard number named just before: ISSN 0317-8471, DOI 10.1000/182, ISBN …
 _NUMBER_NAME = re.compile(r"(?:isbn|issn|doi|ean|gtin|upc)\W{0,3}$", re.IGNORECASE)
@@ -204,8 +205,8 @@ class PhoneDetector(Detector):
             start = match.start()
             if self._not_a_phone(body, text, start):
                 continue
-            if not match.group("intl") and _DECIMALS.match(text, match.end()):
-                continue  # '123 456 789,05' (after an international phone: the next field)
+            if not match.group("intl") and _DECIMALS.match(text, match.end()) and _AMOUNT.fullmatch(body):
+                continue  # '123 456 789,05' (a trunk form or an international one: the next field)
             if self._confirm(body, match.group("intl"), text, start, regions,
                              extension=match.group("ext") is not None):
                 yield start, match.end()
@@ -291,8 +292,9 @@ _IPV6 = re.compile(
 
 
 # a product or a version word just before four dotted numbers (a version, not an IPv4 address)
-# (a product is capitalized, Chrome/ or Version/; 'ip/' in a URL path is not one)
-_PRODUCT_VERSION = re.compile(r"(?:\b[A-Z][A-Za-z]+/|\b(?i:version|ver|build|release|python|v)\s?)$")
+# (a product is capitalized and stands alone, Chrome/ or Version/; 'ip/' or '/Block/' in a URL
+# path is not one)
+_PRODUCT_VERSION = re.compile(r"(?:(?<![/\w])[A-Z][A-Za-z]+/|\b(?i:version|ver|build|release|python|v)\s?)$")
 # the first group of the short compressed addresses people write (fe80::1, 2001:db8::1, fd00::5)
 _SHORT_V6 = re.compile(r"^(?:fe[89ab][0-9a-f]|f[cd][0-9a-f]{0,2}|ff[0-9a-f]{2}|200[12]|64)$", re.IGNORECASE)
 _CIDR = re.compile(r"/(\d{1,3})(?!\d)")
@@ -334,11 +336,12 @@ class IpDetector(Detector):
     @staticmethod
     def _code(addr: str) -> bool:
         """A scope operator in code (std::vector, a::b::c(), dead::beef), not an address: two
-        groups around '::' that start no address block people write short."""
+        groups around '::' that are both names (a letter first) and start no address block
+        people write short (fe80::abcd)."""
         groups = [g for g in addr.split(":") if g]
         if addr.startswith("::") or len(groups) >= 3 or "." in addr:
             return False
-        return not _SHORT_V6.match(groups[0])
+        return not _SHORT_V6.match(groups[0]) and all(g[0].isalpha() for g in groups)
 
     @staticmethod
     def _network(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, text: str, end: int, widest: int) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import regex
@@ -166,9 +166,9 @@ def _query_plus(match: re.Match[str]) -> list[str] | None:
     return [" "]
 
 
-def _other_digit_ranges() -> str:
-    """An RE2 class body of the decimal digits (Unicode ``Nd``) other than ASCII's that NFKC
-    leaves as they are (Arabic-Indic, Devanagari, Thai, …): a reader reads them as digits."""
+def _other_digit_ranges() -> list[tuple[int, int]]:
+    """The decimal digits (Unicode ``Nd``) other than ASCII's that NFKC leaves as they are
+    (Arabic-Indic, Devanagari, Thai, …), as code point ranges: a reader reads them as digits."""
     ranges: list[tuple[int, int]] = []
     for code in range(0x80, 0x10000):
         char = chr(code)
@@ -177,9 +177,10 @@ def _other_digit_ranges() -> str:
                 ranges[-1] = (ranges[-1][0], code)
             else:
                 ranges.append((code, code))
-    return "".join(rf"\x{{{a:x}}}-\x{{{b:x}}}" for a, b in ranges)
+    return ranges
 
 
+_OTHER_DIGITS = _other_digit_ranges()
 # dashes and dots that a reader takes for '-' and '.' between the groups of a number
 # (030–1234–5678, 030·1234·5678; NFKC keeps them)
 _DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
@@ -187,12 +188,16 @@ _DOTS = "\u00b7\u2027\u30fb"
 _ASCII_PUNCTUATION = {**{ord(c): "-" for c in _DASHES}, **{ord(c): "." for c in _DOTS}}
 # texts holding such digits, or such separators between digits, are decoded too (RE2,
 # Arrow; ``pseudozone.pii.scan``)
-OTHER_DIGITS_RE2 = ("[" + _other_digit_ranges() + "]"
+OTHER_DIGITS_RE2 = ("[" + "".join(rf"\x{{{a:x}}}-\x{{{b:x}}}" for a, b in _OTHER_DIGITS) + "]"
                     + r"|\d\s?[" + "".join(rf"\x{{{ord(c):x}}}" for c in _DASHES + _DOTS) + r"]\s?\d")
+# what ``_read`` changes that NFKC does not (a text without any is read by NFKC alone)
+_READ_AS_ASCII = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _OTHER_DIGITS) + _DASHES + _DOTS
+                            + "\u00ad\u200b-\u200f\u2060-\u2064\ufeff]")
 # a character cluster that NFKC may change: a non-ASCII character with its combining marks,
 # or an ASCII letter followed by marks ('e' + U+0301 is 'é')
 _CLUSTER = regex.compile(r"[^\x00-\x7f]\p{M}*|[\x00-\x7f]\p{M}+")
-_FORMAT_CHARS = re.compile("[\u00ad\u200b-\u200f\u2060-\u2064\ufeff]")
+# a run of non-ASCII text with the character before it (a base for its first combining mark)
+_RUN = re.compile(r"[\x00-\x7f]?[^\x00-\x7f]+")
 
 
 def _read(cluster: str) -> str:
@@ -207,15 +212,25 @@ def _read(cluster: str) -> str:
     return unicodedata.normalize("NFKC", cluster)
 
 
+def _clusters_to_read(text: str) -> Iterator[regex.Match[str]]:
+    """The clusters of ``text`` that reading may change, skipping runs of non-ASCII text that
+    are already as a reader reads them (most of a Chinese or Russian text)."""
+    for run in _RUN.finditer(text):
+        piece = run.group()
+        if unicodedata.is_normalized("NFKC", piece) and not _READ_AS_ASCII.search(piece):
+            continue
+        yield from _CLUSTER.finditer(text, run.start(), run.end())
+
+
 def _nfkc(doc: Decoded) -> Decoded:
     text = doc.text
-    if text.isascii():
+    if text.isascii() or (unicodedata.is_normalized("NFKC", text) and not _READ_AS_ASCII.search(text)):
         return doc
     out: list[str] = []
     starts: list[int] = []
     ends: list[int] = []
     pos = 0
-    for match in _CLUSTER.finditer(text):
+    for match in _clusters_to_read(text):
         cluster = match.group()
         mapped = _read(cluster)
         if mapped == cluster:
