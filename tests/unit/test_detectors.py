@@ -81,6 +81,9 @@ POSITIVES = {
     "iban_dots": ("iban DE89.3704.0044.0532.0130.00 ok", "iban", "DE89.3704.0044.0532.0130.00"),
     # emails glued to a log key's '_'
     "email_underscore": ("user_zelda.fitz@example.org_2024", "email", "user_zelda.fitz@example.org"),
+    "email_leading_underscore": ("from _anna@example.it", "email", "_anna@example.it"),
+    "ipv4_log_key": ("ip_10.1.2.3 ok", "ip", "10.1.2.3"),
+    "iban_glued_bic": ("IT60X0542811101000000123456BIC", "iban", "IT60X0542811101000000123456"),
 }
 
 ENCODED = {
@@ -101,6 +104,9 @@ ENCODED = {
     "json_of_percent": ('{"u": "/c?m=jane\\u002540example.com"}', "email", "jane\\u002540example.com"),
     # NFKC by character cluster: a decomposed accent stays with its letter
     "decomposed_accent": ("mail jose\u0301@example.com", "email", "jose\u0301@example.com"),
+    "bidi_control": ("mail anna\u202e@example.de", "email", "anna\u202e@example.de"),
+    "fullwidth_iban": ("ＩＴ６０Ｘ０５４２８１１１０１００００００１２３４５６", "iban",
+                       "ＩＴ６０Ｘ０５４２８１１１０１００００００１２３４５６"),
 }
 
 NEGATIVES = [

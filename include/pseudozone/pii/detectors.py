@@ -70,7 +70,7 @@ class Detector(ABC):
 # word characters, with the combining marks of Indic and Thai scripts and Latin diacritics
 # (Python's \w leaves out the vowel signs of मालिक@परीक्षा.भारत)
 _MARKS = "\u0300-\u036f\u0900-\u0dff\u0e00-\u0e7f"
-_LOCAL = rf"[^\W_](?:[\w{_MARKS}.+\-]{{0,63}}[\w{_MARKS}+\-])?"
+_LOCAL = rf"_*[^\W_](?:[\w{_MARKS}.+\-]{{0,63}}[\w{_MARKS}+\-])?"
 _LABEL = rf"[^\W_](?:[\w{_MARKS}\-]{{0,61}}(?:[^\W_]|[{_MARKS}]))?"
 _TLD = rf"(?:(?:[^\W\d_]|[{_MARKS}]){{2,24}}|xn--[a-z0-9\-]{{2,59}})"
 _AT = r"(?:@|\s?[\(\[\{]\s?at\s?[\)\]\}]\s?)"
@@ -283,7 +283,8 @@ class PhoneDetector(Detector):
 
 # -- IP addresses -----------------------------------------------------------------------------
 
-_IPV4 = re.compile(r"(?<![A-Za-z0-9_.])(?:\d{1,3}\.){3}\d{1,3}(?![A-Za-z0-9_]|\.\d)")
+# glued to a log key's '_' (ip_10.1.2.3) it is still an address
+_IPV4 = re.compile(r"(?<![A-Za-z0-9.])(?:\d{1,3}\.){3}\d{1,3}(?![A-Za-z0-9]|\.\d)")
 _H16 = r"[0-9A-Fa-f]{1,4}"
 _IPV6 = re.compile(
     r"(?<![A-Za-z0-9_.%])(?<![0-9A-Fa-f]:)(?P<addr>(?:" + _H16 + r"|:)?(?::" + _H16 + r"){0,7}:{1,2}"
@@ -445,8 +446,10 @@ class IbanDetector(Detector):
             start, raw = match.start(), match.group()
             after = start + len(raw)
             last = after < len(text) and text[after].isascii() and text[after].isalnum()
+            # (or where only letters follow: a BIC glued after it, 'IT60X…123456BIC')
             ends = [k for k in range(len(raw), 14, -1)
-                    if raw[k - 1].isalnum() and (raw[k] in " .-" if k < len(raw) else not last)]
+                    if raw[k - 1].isalnum() and (raw[k] in " .-" or (raw[k:].isalpha() and not last)
+                                                 if k < len(raw) else not last)]
             for k in ends:
                 compact = re.sub(r"[ .\-]", "", raw[:k]).upper()
                 if 15 <= len(compact) <= 34 and _mod97(compact) and std_iban.is_valid(compact):

@@ -30,7 +30,7 @@ import regex
 # an RE2 pattern (Arrow) for texts holding something ``normalize`` decodes, apart from
 # NFKC (which Arrow checks itself, see ``pseudozone.pii.scan``)
 ENCODED_RE2 = (r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\/|&#?[A-Za-z0-9]{1,32};|&#[0-9]{2,7}|&#[xX][0-9A-Fa-f]"
-               r"|\?[^\s]*\+|[\x{ad}\x{200b}-\x{200f}\x{2060}-\x{2064}\x{feff}]")
+               r"|\?[^\s]*\+|[\x{ad}\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}-\x{2069}\x{feff}]")
 
 # numeric references need no ';' (browsers read '&#64' as '@'); named ones do
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)")
@@ -192,7 +192,7 @@ OTHER_DIGITS_RE2 = ("[" + "".join(rf"\x{{{a:x}}}-\x{{{b:x}}}" for a, b in _OTHER
                     + r"|\d\s?[" + "".join(rf"\x{{{ord(c):x}}}" for c in _DASHES + _DOTS) + r"]\s?\d")
 # what ``_read`` changes that NFKC does not (a text without any is read by NFKC alone)
 _READ_AS_ASCII = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _OTHER_DIGITS) + _DASHES + _DOTS
-                            + "\u00ad\u200b-\u200f\u2060-\u2064\ufeff]")
+                            + "\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 # a character cluster that NFKC may change: a non-ASCII character with its combining marks,
 # or an ASCII letter followed by marks ('e' + U+0301 is 'é')
 _CLUSTER = regex.compile(r"[^\x00-\x7f]\p{M}*|[\x00-\x7f]\p{M}+")
