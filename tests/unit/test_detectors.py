@@ -82,7 +82,9 @@ POSITIVES = {
     # emails glued to a log key's '_'
     "email_underscore": ("user_zelda.fitz@example.org_2024", "email", "user_zelda.fitz@example.org"),
     "email_leading_underscore": ("from _anna@example.it", "email", "_anna@example.it"),
-    "ipv4_log_key": ("ip_10.1.2.3 ok", "ip", "10.1.2.3"),
+    # a name ending like a standard number's name is no such name (Jean, Sean, Korean)
+    "phone_after_jean": ("Appelez Jean 06 12 34 56 78", "phone", "06 12 34 56 78"),
+    "card_after_sean": ("Sean: 5555 5555 5555 4444", "card", "5555 5555 5555 4444"),
     "iban_glued_bic": ("IT60X0542811101000000123456BIC", "iban", "IT60X0542811101000000123456"),
 }
 
@@ -141,6 +143,7 @@ NEGATIVES = [
     "ISSN 0317-8471 DOI 10.1000/182 EAN 5901234123457",
     "budget: 125 000 000",
     "git@github.com:acme/repo.git",
+    "setup_1.2.3.4.exe libfoo_2.10.3.1.so",            # file versions glued to '_'
 ]
 
 

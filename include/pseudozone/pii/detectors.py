@@ -142,7 +142,7 @@ _DECIMALS = re.compile(r",\d{1,3}(?![\d\-/.:])")
 _AMOUNT = re.compile(r"[1-9][\d .\u00a0]*")
 _INTERNATIONAL = re.compile(r"\(?\s?\+|00")
 # a standard number named just before: ISSN 0317-8471, DOI 10.1000/182, ISBN …
-_NUMBER_NAME = re.compile(r"(?:isbn|issn|doi|ean|gtin|upc)\W{0,3}$", re.IGNORECASE)
+_NUMBER_NAME = re.compile(r"\b(?:isbn|issn|doi|ean|gtin|upc)\W{0,3}$", re.IGNORECASE)
 # a year, then a dash, a slash or a dot: a reference or a build (2024-000123-45, 2023.10.23.5758)
 _YEAR_REF = re.compile(r"^(?:19|20)\d{2}[\-/.]")
 _ISBN10 = re.compile(r"^\d{1,5}-\d{1,7}-\d{1,6}-[\dX]$")
@@ -283,8 +283,7 @@ class PhoneDetector(Detector):
 
 # -- IP addresses -----------------------------------------------------------------------------
 
-# glued to a log key's '_' (ip_10.1.2.3) it is still an address
-_IPV4 = re.compile(r"(?<![A-Za-z0-9.])(?:\d{1,3}\.){3}\d{1,3}(?![A-Za-z0-9]|\.\d)")
+_IPV4 = re.compile(r"(?<![A-Za-z0-9_.])(?:\d{1,3}\.){3}\d{1,3}(?![A-Za-z0-9_]|\.\d)")
 _H16 = r"[0-9A-Fa-f]{1,4}"
 _IPV6 = re.compile(
     r"(?<![A-Za-z0-9_.%])(?<![0-9A-Fa-f]:)(?P<addr>(?:" + _H16 + r"|:)?(?::" + _H16 + r"){0,7}:{1,2}"
