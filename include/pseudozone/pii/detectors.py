@@ -181,12 +181,17 @@ def _valid(number: str, region: str | None) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _country_code(number: str) -> bool:
+def calling_code_of(digits: str) -> str | None:
+    """The country calling code an international number's digits start with (codes are prefix-free)."""
     for width in (1, 2, 3):
-        code = number[1:1 + width]
-        if code.isdigit() and phonenumbers.region_code_for_country_code(int(code)) != "ZZ":
-            return True
-    return False
+        code = digits[:width]
+        if len(code) == width and code.isdigit() and int(code) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            return code
+    return None
+
+
+def _country_code(number: str) -> bool:
+    return calling_code_of(number[1:]) is not None
 
 
 @lru_cache(maxsize=512)

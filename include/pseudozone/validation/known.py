@@ -168,16 +168,6 @@ _TAIL_MIN_DIGITS = 10
 _TRUNK_0 = re.compile(r"\(\s*0\s*\)")
 
 
-def _country_code_of(digits: str) -> str | None:
-    """The country calling code an international number starts with (codes are prefix-free)."""
-    import phonenumbers
-
-    for width in (1, 2, 3):
-        if int(digits[:width] or 0) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
-            return digits[:width]
-    return None
-
-
 def _national_forms(digits: str, codes: Iterable[str]) -> set[str]:
     """A national number's forms: without and with its trunk prefix, and after each calling code."""
     nationals = {digits}
@@ -202,6 +192,8 @@ def _phone_variants(value: str, regions: tuple[str, ...]) -> set[str]:
     ``+1-415-555-0132-12``) are read both with and without.  This finds more forms than
     one parse would, never fewer: a known value is matched as a whole digit run only.
     """
+    from pseudozone.pii.detectors import calling_code_of
+
     text = value.strip()
     readings = {text, _EXTENSION.sub("", text)}
     tail = _SHORT_TAIL.match(text)
@@ -216,7 +208,7 @@ def _phone_variants(value: str, regions: tuple[str, ...]) -> set[str]:
         variants.add(_ascii_digits(reading))
         international = reading.startswith("+") or (digits.startswith("00") and not reading.startswith("("))
         rest = digits[2:] if digits.startswith("00") and not reading.startswith("+") else digits
-        code = _country_code_of(rest) if international else None
+        code = calling_code_of(rest) if international else None
         if code is not None:
             variants |= _national_forms(rest[len(code):], (code,))
         else:
