@@ -12,7 +12,9 @@ percent-encoding (``+`` is a space inside a query string), again and again while
 that changes the text (double encoding, and chains such as ``&amp;#64;`` or
 ``%26%2364%3B``), then Unicode NFKC by character cluster, with the decimal digits of
 every script read as ASCII digits (``٤٩`` is ``49``) and typographic dashes and
-middle dots as ``-`` and ``.``.  It returns the decoded text and,
+middle dots as ``-`` and ``.``.  A lone UTF-16 surrogate (``\\ud83d`` without its pair)
+is read as U+FFFD, as a browser shows it: no decoded text holds one, so none makes a UTF-8
+encode (Arrow, hashing) fail.  It returns the decoded text and,
 for every decoded character, the span of the original text it came from.  Only texts
 that need it pay for it (``pseudozone.pii.scan.decoding_rows``).
 """
@@ -43,6 +45,10 @@ _QUERY_PLUS = re.compile(r"(?<![=&?])\+|\+(?!\d)")
 _SIMPLE_ESCAPES = {"/": "/", '"': '"', "\\": "\\", "b": " ", "f": " ", "n": " ", "r": " ", "t": " "}
 MAX_ROUNDS = 4  # decoding passes (HTML, JSON, percent) while the text still changes
 _SAME = "\x00same"  # a piece that widens the previous piece's source span (multi-byte characters)
+# a lone UTF-16 surrogate (a JSON '\\ud83d' without its pair, or one in a Python str): no UTF-8
+# encoder takes it (Arrow, hashing), and a reader sees U+FFFD there
+_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,8 @@ def _substitute(doc: Decoded, pattern: re.Pattern[str], decode: Callable[[re.Mat
 
 
 def _entity(match: re.Match[str]) -> list[str] | None:
-    decoded = html.unescape(match.group())
-    return None if decoded == match.group() else [decoded]
+    decoded = html.unescape(match.group())  # a surrogate's reference is U+FFFD already (HTML5)
+    return None if decoded == match.group() else [_SURROGATE.sub(REPLACEMENT, decoded)]
 
 
 def _json_escape(match: re.Match[str]) -> list[str] | None:
@@ -123,7 +129,9 @@ def _json_escape(match: re.Match[str]) -> list[str] | None:
     if len(raw) == 12:
         high, low = int(raw[2:6], 16), int(raw[8:12], 16)
         return [chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))]
-    return [chr(int(raw[2:6], 16))]
+    code = int(raw[2:6], 16)
+    # a surrogate without its pair is no character: read as U+FFFD, as a browser shows it
+    return [REPLACEMENT if 0xD800 <= code <= 0xDFFF else chr(code)]
 
 
 def _utf8_length(lead: int) -> int:
@@ -267,4 +275,7 @@ def normalize(text: str) -> Decoded:
             doc = _substitute(doc, _PERCENT_RUN, _percent)
         if doc.text == before:
             break
+    if not doc.text.isascii() and _SURROGATE.search(doc.text):
+        # a Python str may hold a lone surrogate (an Arrow string cannot): one for one, so the map holds
+        doc = Decoded(_SURROGATE.sub(REPLACEMENT, doc.text), doc.starts, doc.ends)
     return _nfkc(doc)

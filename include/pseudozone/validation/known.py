@@ -143,6 +143,12 @@ def tokens(values: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 
 _NOT_ASCII_DIGIT = re.compile(r"[^0-9]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_surrogates(text: str) -> str:
+    """``text`` with each lone UTF-16 surrogate read as U+FFFD (Arrow takes UTF-8 only)."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 def _ascii_digits(text: str) -> str:
@@ -227,8 +233,10 @@ class KnownValues:
                  regions: tuple[str, ...] = ("US",)) -> None:
         self._key = os.urandom(32)
         self._mix_key = np.frombuffer(os.urandom(8), dtype=np.uint64)[0]
-        phone_list = [p for p in phones if p]
-        given = {v for v in values if v is not None} | set(phone_list)
+        # a lone surrogate (a Python str may hold one, an Arrow string cannot) reads as U+FFFD,
+        # as a decoded text has it (``pseudozone.pii.normalize``)
+        phone_list = [_no_surrogates(p) for p in phones if p]
+        given = {_no_surrogates(v) for v in values if v is not None} | set(phone_list)
         # as written, and as a reader reads it (NFKC: 'ﬁona', Thai 'ำ'), since a text is searched
         # both ways (decoded texts are NFKC)
         given |= {unicodedata.normalize("NFKC", v) for v in given if not v.isascii()}
