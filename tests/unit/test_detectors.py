@@ -255,3 +255,26 @@ def test_the_candidate_pass_keeps_what_the_detectors_would_confirm() -> None:
     texts = ["my new number is 2025550123", "Мой новый номер: 9161234567", "order number 2025550123"]
     assert scan.scrub(pa.array(texts), regions=("US", "RU")).to_pylist() == [
         "my new number is [phone]", "Мой новый номер: [phone]", "order number 2025550123"]
+
+
+# -- findings of an adversarial pass (synthetic values) -------------------------------------------
+
+_NORDIC = ("DK", "NO")
+
+
+@pytest.mark.parametrize("text", ["scores 21 34 55 89", "lotto 04 12 33 47", "Hotel 21 34 55 89",
+                                  "ring size 52 54 56 58"])
+def test_given_four_pairs_without_phone_evidence_then_they_are_not_a_phone(text: str) -> None:
+    # four two-digit numbers are scores, draws or sizes, even where 8-digit phones are usual
+    assert _found(text, regions=_NORDIC) == []
+    assert _found(text, regions=(*detectors.DEFAULT_REGIONS, *_NORDIC)) == []
+    assert scan.scrub(pa.array([text]), regions=_NORDIC).to_pylist() == [text]
+
+
+@pytest.mark.parametrize(("text", "phone"), [
+    ("tlf. 21 34 55 89", "21 34 55 89"), ("Tlf: 21 34 55 89", "21 34 55 89"),
+    ("mobil 21 34 55 89", "21 34 55 89"), ("Ring mig på 58 28 60 37", "58 28 60 37"),
+    ("ring meg på 94 63 57 29", "94 63 57 29"), ("+45 21 34 55 89", "+45 21 34 55 89"),
+    ("+47 94 63 57 29", "+47 94 63 57 29"), ("Kontakt 412 34 567", "412 34 567")])
+def test_given_four_pairs_with_phone_evidence_then_they_are_a_phone(text: str, phone: str) -> None:
+    assert ("phone", phone) in _found(text, regions=_NORDIC)

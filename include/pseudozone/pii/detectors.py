@@ -149,7 +149,11 @@ _ISBN10 = re.compile(r"^\d{1,5}-\d{1,7}-\d{1,6}-[\dX]$")
 _DATE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$")
 _FORMATTED = re.compile(r"[ \t.\-/()\u00a0]")
 _CONTEXT = re.compile(
-    r"(?:phone|tel|mobile|mobil|cell|fax|whatsapp|handy|telefon|telefone|tel[eé]fono|t[eé]l[eé]phone|"
+    # a Latin word starts at a word boundary ('Hotel', 'recall' and 'pastel' are no phone words);
+    # CJK text glues words without a space
+    r"(?<![A-Za-z])"
+    r"(?:phone|tel|tlf|mobile|mobil|cell|fax|whatsapp|handy|telefon|telefone|tel[eé]fono|t[eé]l[eé]phone|"
+    r"ring\s+(?:mig|meg|os|oss|til)|"
     r"m[oó]vil|portable|celular|contato|call|sms|電話|携帯|电话|手机|телефон|тел|फ़ोन|फोन|"
     # 'number' alone is an order or reference number: only a *new* or *my* number is a phone
     r"नया नंबर|новый номер|мой номер телефона|新号码|新しい番号|"
@@ -157,6 +161,8 @@ _CONTEXT = re.compile(
     r"(?:number|nummer|num[eé]ro|n[uú]mero))\W{0,3}\w{0,12}\W{0,4}$",
     re.IGNORECASE)
 _CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
+# four two-digit numbers (scores, a draw, sizes): a Danish or Norwegian phone only with evidence
+_PAIRS = re.compile(r"^\d{2}(?:[ .\-]\d{2}){3}$")
 _HAN = re.compile(r"[\u3400-\u9fff\uff1a]")
 _TOKEN = re.compile(r"\[(?:email|phone|ip|card|iban|pii)\]")
 _POSSIBLE = (phonenumbers.ValidationResult.IS_POSSIBLE,)
@@ -178,6 +184,12 @@ def _valid(number: str, region: str | None) -> bool:
     except phonenumbers.NumberParseException:
         return False
     return phonenumbers.is_valid_number(parsed)
+
+
+def _phone_word_before(text: str, start: int) -> bool:
+    """A phone word just before ``start`` ('tel', 'mobil', 'ring mig på', '電話'), not our own tokens
+    ('[phone]?ts=1793973303' is a timestamp)."""
+    return bool(_CONTEXT.search(_TOKEN.sub(" ", text[max(0, start - 28):start])))
 
 
 @lru_cache(maxsize=4096)
@@ -266,6 +278,8 @@ class PhoneDetector(Detector):
                 return _possible("+" + digits[2:], None)
             # a '+' before 8 or more digits of a real country code is a phone, possible or not
             return _possible(number, None) or (len(digits) >= 8 and _country_code(number))
+        if _PAIRS.match(body) and not _phone_word_before(text, start):
+            return False  # '21 34 55 89': scores or a draw, unless a phone word says otherwise
         if len(groups) > 1 and "." not in body and not digits.startswith("0") and "(" not in body and \
                 ((len(groups) < 3 and not re.search(r"[\-/]", body)) or len(digits) < 9):
             # '200 39504' (a status and a size), '12 345': not without more shape; but in a
@@ -281,7 +295,7 @@ class PhoneDetector(Detector):
         before = _TOKEN.sub(" ", text[max(0, start - 28):start])
         if "CN" in regions and _CN_MOBILE.match(digits) and _HAN.search(before) and _valid(digits, "CN"):
             return True  # a mainland mobile number written in Chinese text, as it usually is
-        if _CONTEXT.search(before):
+        if _phone_word_before(text, start):
             return any(_possible(digits, r) for r in regions)
         return False
 
