@@ -11,7 +11,9 @@ hashing guesses (the key is gone).
 Matching is on word sequences: text and values are lower-cased and split into
 runs of letters and digits, so ``Zelda.Plantedpii@Example.ORG`` matches
 ``zelda plantedpii example org`` however it is punctuated, and a name matches as
-a whole phrase, never as a substring of a longer word.  Han, kana and hangul
+a whole phrase, never as a substring of a longer word.  The words of a value of several
+words fold accents ('José García' is 'jose garcia'); a value of one word keeps them (the
+surname 'Đặng' is not the Vietnamese word 'đang', 'Schön' not 'schon').  Han, kana and hangul
 characters are words of their own (those scripts write names without spaces), and
 combining marks belong to their word (Devanagari vowel signs).  A text is split into
 words once for all the value sets searched together (``AnyKnown``), and a word is
@@ -34,7 +36,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -76,35 +78,54 @@ def _plain_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values
 
 
-# the combining diacritical marks of Latin, Greek and Cyrillic, Hebrew points and Arabic
-# vowel marks: a name is the same name with or without them (RE2, and Python)
-_DIACRITIC_RANGES = ((0x300, 0x36F), (0x591, 0x5BD), (0x5BF, 0x5BF), (0x5C1, 0x5C2), (0x5C4, 0x5C5),
-                     (0x5C7, 0x5C7), (0x64B, 0x65F), (0x670, 0x670))
-_DIACRITICS_RE2 = "[" + "".join(rf"\x{{{a:x}}}-\x{{{b:x}}}" for a, b in _DIACRITIC_RANGES) + "]"
-_DIACRITICS_PY = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _DIACRITIC_RANGES) + "]")
+# Hebrew points and Arabic vowel marks: ordinary writing leaves them out, so a word is the same
+# word with or without them
+_VOWEL_MARK_RANGES = ((0x591, 0x5BD), (0x5BF, 0x5BF), (0x5C1, 0x5C2), (0x5C4, 0x5C5), (0x5C7, 0x5C7),
+                      (0x64B, 0x65F), (0x670, 0x670))
+# and the combining diacritical marks of Latin, Greek and Cyrillic: the words of a name of
+# several words are the same name with or without them, a word alone is not ('Đặng', 'đang')
+_DIACRITIC_RANGES = ((0x300, 0x36F), *_VOWEL_MARK_RANGES)
 
 
-def _fold(lowered: pa.Array) -> pa.Array:
+def _re2_class(ranges: tuple[tuple[int, int], ...]) -> str:
+    return "[" + "".join(rf"\x{{{a:x}}}-\x{{{b:x}}}" for a, b in ranges) + "]"
+
+
+def _py_class(ranges: tuple[tuple[int, int], ...]) -> re.Pattern[str]:
+    return re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in ranges) + "]")
+
+
+_DIACRITICS_RE2, _DIACRITICS_PY = _re2_class(_DIACRITIC_RANGES), _py_class(_DIACRITIC_RANGES)
+_VOWEL_MARKS_RE2, _VOWEL_MARKS_PY = _re2_class(_VOWEL_MARK_RANGES), _py_class(_VOWEL_MARK_RANGES)
+
+
+def _fold(lowered: pa.Array, *, keep_accents: bool = False) -> pa.Array:
     """Lower-cased text folded as a reader matches names: 'ß' is 'ss' (Straße, STRASSE), a final
-    'ς' is 'σ', Turkish 'ı' is 'i' (YILMAZ, Yılmaz), and accents are dropped ('José' is 'jose',
-    'Οδός' is 'οδος', 'مُحَمَّد' is 'محمد'); the vowel signs of Indic scripts are not accents and stay."""
+    'ς' is 'σ', Turkish 'ı' is 'i' (YILMAZ, Yılmaz), Arabic vowel marks and Hebrew points are
+    dropped ('مُحَمَّد' is 'محمد'), and unless ``keep_accents`` so are accents ('José' is 'jose',
+    'Οδός' is 'οδος'); the vowel signs of Indic scripts are not accents and stay."""
     folded = pc.replace_substring(pc.replace_substring(lowered, "ß", "ss"), "ς", "σ")
     folded = pc.replace_substring(folded, "ı", "i")
-    bare = pc.replace_substring_regex(pc.utf8_normalize(folded, form="NFD"), _DIACRITICS_RE2, "")
+    if keep_accents:
+        # as Python lower-cases 'İ' ('i' and a combining dot): the dot goes, as in ``_fold_word``
+        folded = pc.replace_substring(folded, "i\u0307", "i")
+    marks = _VOWEL_MARKS_RE2 if keep_accents else _DIACRITICS_RE2
+    bare = pc.replace_substring_regex(pc.utf8_normalize(folded, form="NFD"), marks, "")
     return pc.utf8_normalize(bare, form="NFC")
 
 
-def _fold_word(word: str) -> str:
+def _fold_word(word: str, *, keep_accents: bool = False) -> str:
     """A word as ``spaced_words`` folds it, in Python ('İ' is 'i', not 'i' and a combining dot)."""
     folded = word.lower().replace("i\u0307", "i").replace("ß", "ss").replace("ς", "σ").replace("ı", "i")
     if folded.isascii():
         return folded
-    return unicodedata.normalize("NFC", _DIACRITICS_PY.sub("", unicodedata.normalize("NFD", folded)))
+    marks = _VOWEL_MARKS_PY if keep_accents else _DIACRITICS_PY
+    return unicodedata.normalize("NFC", marks.sub("", unicodedata.normalize("NFD", folded)))
 
 
-def spaced_words(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+def spaced_words(values: pa.Array | pa.ChunkedArray, *, keep_accents: bool = False) -> pa.Array:
     """Each string lower-cased ('ß' as 'ss'), its words (runs of letters, digits and marks; CJK characters
-    one by one) separated by whitespace and everything else gone.
+    one by one) separated by whitespace and everything else gone; accents dropped unless ``keep_accents``.
 
     ASCII text is folded with one table lookup over the data buffer; only the values that
     hold other characters go through Unicode-aware regexes (which fold their ASCII alike).
@@ -120,7 +141,8 @@ def spaced_words(values: pa.Array | pa.ChunkedArray) -> pa.Array:
                                        .to_numpy(zero_copy_only=False)))
     if len(other):
         sub = folded.take(pa.array(other))
-        lowered = pc.replace_substring_regex(_fold(pc.utf8_lower(sub)), _CJK, r" \1 ")
+        lowered = pc.replace_substring_regex(_fold(pc.utf8_lower(sub), keep_accents=keep_accents), _CJK,
+                                             r" \1 ")
         words = pc.replace_substring_regex(lowered, WORD_SEPARATORS, " ")
         mask = np.zeros(len(values), dtype=bool)
         mask[other] = True
@@ -128,15 +150,15 @@ def spaced_words(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pc.utf8_trim_whitespace(folded)
 
 
-def word_lists(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+def word_lists(values: pa.Array | pa.ChunkedArray, *, keep_accents: bool = False) -> pa.Array:
     """Each string's words: lower-cased runs of letters and digits (a list per row)."""
     # a text without words gives [""]: that empty word is dropped by its users
-    return pc.utf8_split_whitespace(spaced_words(values))
+    return pc.utf8_split_whitespace(spaced_words(values, keep_accents=keep_accents))
 
 
-def tokens(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+def tokens(values: pa.Array, *, keep_accents: bool = False) -> tuple[pa.Array, pa.Array]:
     """(words, row of each word) of a string array."""
-    lists = word_lists(values)
+    lists = word_lists(values, keep_accents=keep_accents)
     words, rows = pc.list_flatten(lists), pc.list_parent_indices(lists)
     keep = pc.greater(pc.utf8_length(words), 0)
     return words.filter(keep), rows.filter(keep)
@@ -241,7 +263,13 @@ class KnownValues:
         # both ways (decoded texts are NFKC)
         given |= {unicodedata.normalize("NFKC", v) for v in given if not v.isascii()}
         distinct = pa.array(sorted(given), pa.string())
-        lists = pc.list_slice(word_lists(distinct), 0, MAX_WORDS)
+        # a value of one word matches with its accents (the surname 'Đặng' is not the word 'đang',
+        # 'Schön' is not 'schon'); the words of a longer value fold them ('José García')
+        one_word = pc.fill_null(pc.equal(pc.list_value_length(word_lists(distinct, keep_accents=True)), 1),
+                                False)
+        singles = pc.list_element(word_lists(distinct.filter(one_word), keep_accents=True), 0)
+        singles = pc.unique(singles.filter(pc.greater_equal(pc.utf8_length(singles), MIN_CHARS)))
+        lists = pc.list_slice(word_lists(distinct.filter(pc.invert(one_word))), 0, MAX_WORDS)
         phrase = pc.binary_join(lists, " ")
         wanted = pc.fill_null(pc.greater_equal(pc.utf8_length(phrase), MIN_CHARS), False)
         lists, phrase = lists.filter(wanted), pc.unique(phrase.filter(wanted))
@@ -257,7 +285,10 @@ class KnownValues:
         self._digit_lengths = sorted({len(d) for d in digit_forms})
         forms = np.array(sorted({int(d) for d in digit_forms}), dtype=np.uint64)
         self._digit_mixes = np.unique(self._mix(forms))
-        self.count = len(phrases) + len(self._digit_digests)
+        self._singles = {self._digest(w) for w in singles.to_pylist()}
+        self._single_mixes = np.unique(self._mix_strings(singles)) if len(singles) else np.zeros(0, np.uint64)
+        self._single_chars = pa.array(sorted(set(pc.utf8_length(singles).to_pylist())), pa.int32())
+        self.count = len(phrases) + len(self._singles) + len(self._digit_digests)
         self._phrases = phrases
         self._first_set = firsts
         self._first_mixes = np.unique(self._mix_strings(first)) if len(first) else np.zeros(0, np.uint64)
@@ -330,8 +361,32 @@ class KnownValues:
         return hit
 
     def _found_words(self, index: _Words | None, n: int) -> np.ndarray:
-        if not self._phrases or index is None or len(index.words) == 0:
-            return np.zeros(n, dtype=bool)
+        hit = np.zeros(n, dtype=bool)
+        if index is None or len(index.words) == 0:
+            return hit
+        if self._singles:
+            hit |= self._found_single_words(index.with_accents, n)
+        if self._phrases:
+            hit |= self._found_phrases(index, n)
+        return hit
+
+    def _found_single_words(self, index: _Words, n: int) -> np.ndarray:
+        """Rows holding a one-word value, accents and all (its keyed mix filters, its digest confirms)."""
+        hit = np.zeros(n, dtype=bool)
+        distinct = index.encoded.dictionary
+        maybe = np.flatnonzero(pc.is_in(pc.utf8_length(distinct), value_set=self._single_chars)
+                               .to_numpy(zero_copy_only=False))
+        if len(maybe) == 0:
+            return hit
+        mixes = self._mix_strings(distinct.take(pa.array(maybe, pa.int64())))
+        maybe = maybe[np.isin(mixes, self._single_mixes)]
+        confirmed = [i for i in maybe.tolist() if self._digest(distinct[i].as_py()) in self._singles]
+        if confirmed:
+            indices = np.asarray(index.encoded.indices.to_numpy(zero_copy_only=False))
+            hit[index.rows[np.isin(indices, confirmed)]] = True
+        return hit
+
+    def _found_phrases(self, index: _Words, n: int) -> np.ndarray:
         words, rows, encoded = index.words, index.rows, index.encoded
         distinct = encoded.dictionary
         maybe = np.flatnonzero(pc.is_in(pc.utf8_length(distinct), value_set=self._first_chars)
@@ -367,16 +422,19 @@ class KnownValues:
         """Where in ``text`` a known value occurs: (start, end) of each match, in order."""
         found: list[tuple[int, int]] = []
         words = _word_spans(text)
-        lowered = [_fold_word(text[a:b]) for a, b in words]
+        folded = [_fold_word(text[a:b]) for a, b in words] if self._phrases else []
+        kept = [_fold_word(text[a:b], keep_accents=True) for a, b in words] if self._singles else []
         i = 0
         while i < len(words):
             matched = 0
-            if self._digest(lowered[i]) in self._first_set:
+            if self._phrases and self._digest(folded[i]) in self._first_set:
                 for length in reversed(self._lengths):
                     if i + length <= len(words) and \
-                            self._digest(" ".join(lowered[i:i + length])) in self._phrases:
+                            self._digest(" ".join(folded[i:i + length])) in self._phrases:
                         matched = length
                         break
+            if not matched and self._singles and self._digest(kept[i]) in self._singles:
+                matched = 1  # a one-word value, accents and all
             if matched:
                 found.append((words[i][0], words[i + matched - 1][1]))
                 i += matched
@@ -417,11 +475,21 @@ class _Words:
     words: pa.Array
     rows: np.ndarray
     encoded: pa.DictionaryArray
+    values: pa.Array
+    keep_accents: bool = False
 
     @classmethod
-    def of(cls, values: pa.Array) -> _Words:
-        words, rows = tokens(values)
-        return cls(words, np.asarray(rows.to_numpy(zero_copy_only=False)), pc.dictionary_encode(words))
+    def of(cls, values: pa.Array, *, keep_accents: bool = False) -> _Words:
+        words, rows = tokens(values, keep_accents=keep_accents)
+        return cls(words, np.asarray(rows.to_numpy(zero_copy_only=False)), pc.dictionary_encode(words),
+                   values, keep_accents)
+
+    @cached_property
+    def with_accents(self) -> _Words:
+        """The same texts' words with their accents kept (what one-word values are matched against)."""
+        if self.keep_accents or pc.all(pc.string_is_ascii(_plain_strings(self.values))).as_py() is not False:
+            return self  # ASCII words have no accents to keep
+        return _Words.of(self.values, keep_accents=True)
 
 
 def _digit_runs(values: pa.Array) -> tuple[pa.Array, np.ndarray] | None:
@@ -445,7 +513,7 @@ def _found_plain(parts: Iterable[KnownValues], values: pa.Array) -> np.ndarray:
     live = [p for p in parts if p.count]
     if n == 0 or not live:
         return hit
-    if any(p._phrases for p in live):
+    if any(p._phrases or p._singles for p in live):
         index = _Words.of(values)
         for part in live:
             hit |= part._found_words(index, n)
