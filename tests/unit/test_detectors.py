@@ -278,3 +278,24 @@ def test_given_four_pairs_without_phone_evidence_then_they_are_not_a_phone(text:
     ("+47 94 63 57 29", "+47 94 63 57 29"), ("Kontakt 412 34 567", "412 34 567")])
 def test_given_four_pairs_with_phone_evidence_then_they_are_a_phone(text: str, phone: str) -> None:
     assert ("phone", phone) in _found(text, regions=_NORDIC)
+
+
+@pytest.mark.parametrize("text", [
+    "+772 625 870,41 €", "Saldo: +1 234 567,89 EUR", "Saldo: +12 345 678,89 EUR", "+49 151 234,56 €",
+    "Δ +1 234 567 890,12", "Saldo +12 345 678 EUR", "€ +12 345 678,00",
+    # zero-padded ids in delimited fields
+    "id,000123456789,ok", "row;0004915112345678;x", "id,0095451651,ok", "row;0060631423997;x",
+    "id|008683820511|ok", "7,00311619840,x", "id\t0041305003325\tok"])
+def test_given_a_signed_amount_or_a_zero_padded_id_then_it_is_not_a_phone(text: str) -> None:
+    assert _found(text) == []
+    assert scan.scrub(pa.array([text])).to_pylist() == [text]
+
+
+@pytest.mark.parametrize(("text", "phone"), [
+    ('42,"Mario Rossi",0039 3974364888,2024-01-01', "0039 3974364888"),
+    ("7,+34 612 345 678,12,x", "+34 612 345 678"),            # a CSV quantity after the phone
+    ("tel +34 612 345 678,12", "+34 612 345 678"),
+    ("id,00393974364888,ok", "00393974364888"),               # a whole international number
+    ("Tel. 00491511234567", "00491511234567")])
+def test_given_a_phone_in_a_delimited_field_then_it_is_still_found(text: str, phone: str) -> None:
+    assert ("phone", phone) in _found(text)

@@ -117,7 +117,7 @@ class EmailDetector(Detector):
 _SEP = r"[ \t.\-/\u00a0]"
 # what may start a phone right after a comma (a list, a CSV field): an international form, an
 # area code in parentheses, a trunk form grouped or whole, or dashed groups (806-222-1405)
-_AFTER_COMMA = r"\+|\(|0\d{1,5}[ .\-/]\d|0\d{8,11}(?!\d)|\d{2,4}-\d{3}-\d{3,4}"
+_AFTER_COMMA = r"\+|\(|0\d{1,5}[ .\-/]\d|0\d{8,11}(?!\d)|00[1-9]\d{6,13}(?!\d)|\d{2,4}-\d{3}-\d{3,4}"
 _PHONE = re.compile(
     # not glued to an id, an amount, another number or a time (CJK text has no spaces: only
     # Latin letters and digits count as glue)
@@ -163,6 +163,13 @@ _CONTEXT = re.compile(
 _CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
 # four two-digit numbers (scores, a draw, sizes): a Danish or Norwegian phone only with evidence
 _PAIRS = re.compile(r"^\d{2}(?:[ .\-]\d{2}){3}$")
+# an amount with a sign: thousands grouped by one separator ('+1 234 567', '+772.625.870')
+_SIGNED_THOUSANDS = re.compile(r"^\+\s?[1-9]\d{0,2}(?P<sep>[ .\u00a0])\d{3}(?:(?P=sep)\d{3})*$")
+_CURRENCY = r"(?:[€$£¥₹₽₩₺₪฿]|(?:EUR|USD|GBP|CHF|DKK|NOK|SEK|PLN|CZK|HUF|JPY|CNY|INR|RUB|BRL|kr|Kč|zł|Ft)\b)"
+# after an amount's decimals: not the next field of a list
+_AMOUNT_END = re.compile(r",\d{1,2}(?![\d,;\-/.:])")
+_CURRENCY_AFTER = re.compile(r"(?:,\d{1,2})?\s?" + _CURRENCY)
+_CURRENCY_BEFORE = re.compile(_CURRENCY + r"\s?$")
 _HAN = re.compile(r"[\u3400-\u9fff\uff1a]")
 _TOKEN = re.compile(r"\[(?:email|phone|ip|card|iban|pii)\]")
 _POSSIBLE = (phonenumbers.ValidationResult.IS_POSSIBLE,)
@@ -224,6 +231,8 @@ class PhoneDetector(Detector):
                 continue
             if not match.group("intl") and _DECIMALS.match(text, match.end()) and _AMOUNT.fullmatch(body):
                 continue  # '123 456 789,05' (a trunk form or an international one: the next field)
+            if self._signed_amount(body, text, start, match.end()):
+                continue  # '+772 625 870,41 €', 'Saldo: +1 234 567,89 EUR'
             if self._confirm(body, match.group("intl"), text, start, regions,
                              extension=match.group("ext") is not None):
                 yield start, match.end()
@@ -236,6 +245,17 @@ class PhoneDetector(Detector):
                         self._confirm(body[:end], match.group("intl"), text, start, regions, extension=False):
                     yield start, start + end
                     break
+
+    @staticmethod
+    def _signed_amount(body: str, text: str, start: int, end: int) -> bool:
+        """A '+' before thousands (a balance, a change), not a country code: the groups are
+        thousands and decimals or a currency follow (or a currency comes before); a comma and two
+        digits then another field (',12,x') is a CSV quantity after a phone, and a phone word
+        before keeps it a phone."""
+        if not _SIGNED_THOUSANDS.match(body) or _phone_word_before(text, start):
+            return False
+        return bool(_AMOUNT_END.match(text, end) or _CURRENCY_AFTER.match(text, end)
+                    or _CURRENCY_BEFORE.search(text[max(0, start - 6):start]))
 
     @staticmethod
     def _not_a_phone(body: str, text: str, start: int) -> bool:
@@ -275,6 +295,10 @@ class PhoneDetector(Detector):
             # +49 (0) 30 …: the trunk 0 in parentheses is not dialled from abroad
             number = "+" + re.sub(r"\D", "", re.sub(r"\(\s?0\s?\)", "", body).removeprefix("00"))
             if body.startswith("00"):
+                if body == digits and not _phone_word_before(text, start):
+                    # a whole run of digits after '00' is a zero-padded id ('id,0095451651,ok')
+                    # unless it is a number a phone could have ('00393974364888')
+                    return _valid("+" + digits[2:], None)
                 return _possible("+" + digits[2:], None)
             # a '+' before 8 or more digits of a real country code is a phone, possible or not
             return _possible(number, None) or (len(digits) >= 8 and _country_code(number))
