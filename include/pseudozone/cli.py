@@ -47,8 +47,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pseudozone.ingest import BatchResult, ingest_pending
+    from pseudozone.keys import KeyRing
 
     settings = _settings(args)
+    # a missing or different master key stops the run before anything is read or written
+    # (workers load the key themselves, so it is checked here once, up front)
+    KeyRing.load(settings)
 
     def show(res: BatchResult) -> None:
         extra = f" reason={res.reason['code']}" if res.reason else ""
@@ -149,9 +153,11 @@ def cmd_requests(args: argparse.Namespace) -> int:
 def cmd_rights_process(args: argparse.Namespace) -> int:
     import uuid
 
+    from pseudozone.keys import KeyRing
     from pseudozone.rights.process import process_all
 
-    summary = process_all(_settings(args), f"cli__{uuid.uuid4()}")
+    settings = _settings(args)
+    summary = process_all(settings, f"cli__{uuid.uuid4()}", keyring=KeyRing.load(settings))
     print(f"run {summary['run_id']}: completed {summary['completed']} over {summary['groups']} file group(s)")
     return 0
 
@@ -171,6 +177,20 @@ def cmd_hold_add(args: argparse.Namespace) -> int:
     hold_id = requests.add_legal_hold(_settings(args), tenant_id=args.tenant, dataset=args.dataset,
                                       user_id=args.user, reason=args.reason)
     print(f"legal hold {hold_id} added")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from pseudozone import keys
+
+    settings = _settings(args)
+    if args.keys_command == "init":
+        origin = keys.init_master_key(settings)
+        print(f"master key of {settings.root}: {origin}; its check value is recorded in the state database."
+              " Back the key up outside the data root: without it the PII zone is unreadable")
+        return 0
+    keys.KeyRing.load(settings)
+    print(f"master key matches {settings.root}")
     return 0
 
 
@@ -211,8 +231,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compliance_run(args: argparse.Namespace) -> int:
     from pseudozone.compliance.report import latest, run_nightly
+    from pseudozone.keys import KeyRing
 
     settings = _settings(args)
+    KeyRing.load(settings)  # a missing or different master key stops the run before retention deletes
     overrides = {}
     for item in args.retention or []:
         dataset, _, days = item.partition("=")
@@ -295,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     hadd.add_argument("--user")
     hadd.add_argument("--reason", required=True)
     hadd.set_defaults(func=cmd_hold_add)
+
+    key = sub.add_parser("keys", help="the master key of this data root")
+    key_sub = key.add_subparsers(dest="keys_command", required=True)
+    key_sub.add_parser("init", help="make a new master key (a 0600 key file, unless $PSEUDOZONE_MASTER_KEY or"
+                       " an Airflow connection gives it) and record its check value; empty data root only"
+                       ).set_defaults(func=cmd_keys)
+    key_sub.add_parser("check", help="exit 0 if the configured master key is this data root's, else 2"
+                       ).set_defaults(func=cmd_keys)
 
     aud = sub.add_parser("audit", help="the hash-chained audit log")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True)

@@ -15,7 +15,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
+import logging
 import os
+import sqlite3
 import stat
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -29,7 +32,9 @@ from pseudozone.config import Settings
 from pseudozone.errors import KeyMaterialError
 
 if TYPE_CHECKING:
-    import sqlite3
+    from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 MASTER_KEY_ENV = "PSEUDOZONE_MASTER_KEY"
 MASTER_KEY_CONN_ENV = "PSEUDOZONE_MASTER_KEY_CONN_ID"
@@ -38,6 +43,8 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 KEK_VERSION = 1
 _HKDF_SALT = b"pseudozone/hkdf-salt/v1"
+MASTER_KEY_VERSION = 1
+_KEY_CHECK_INFO = "pseudozone/key-check/v1"
 _SHA256_BLOCK = 64
 
 
@@ -70,14 +77,23 @@ def _key_from_airflow(conn_id: str) -> bytes:
 
 def _key_from_file(settings: Settings) -> bytes:
     path = settings.master_key_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(base64.b64encode(os.urandom(KEY_BYTES)).decode() + "\n")
+    if not path.exists():
+        held = root_holds_data(settings)
+        if held:
+            raise KeyMaterialError(
+                f"no master key: the key file state/{path.name} is missing, but this data root already "
+                f"holds {held}. A new key would give every subject new pseudonyms and leave the PII "
+                f"zone unreadable, so none is made: restore the key file from its backup, or set "
+                f"${MASTER_KEY_ENV} or ${MASTER_KEY_CONN_ENV}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(base64.b64encode(os.urandom(KEY_BYTES)).decode() + "\n")
+            log.warning("created a new master key in state/%s (empty data root); back it up", path.name)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise KeyMaterialError(
@@ -85,15 +101,135 @@ def _key_from_file(settings: Settings) -> bytes:
     return _decode_key(path.read_text(), f"key file {path.name}")
 
 
-def load_master_key(settings: Settings) -> bytes:
-    """Env var first, then an Airflow connection, then the embedded key file."""
+def _master_key(settings: Settings) -> tuple[bytes, str]:
     env = os.environ.get(MASTER_KEY_ENV)
     if env:
-        return _decode_key(env, f"${MASTER_KEY_ENV}")
+        return _decode_key(env, f"${MASTER_KEY_ENV}"), f"${MASTER_KEY_ENV}"
     conn_id = os.environ.get(MASTER_KEY_CONN_ENV)
     if conn_id:
-        return _key_from_airflow(conn_id)
-    return _key_from_file(settings)
+        return _key_from_airflow(conn_id), f"Airflow connection {conn_id!r}"
+    return _key_from_file(settings), f"key file state/{settings.master_key_file.name}"
+
+
+def load_master_key(settings: Settings) -> bytes:
+    """Env var first, then an Airflow connection, then the embedded key file.
+
+    The key file is generated only on a data root that holds no data yet. The key is
+    not checked against the root here; ``KeyRing.load`` does that.
+    """
+    return _master_key(settings)[0]
+
+
+# -- the key check value ---------------------------------------------------------------------------
+
+
+def key_check_value(master: bytes) -> str:
+    """A keyed fingerprint of a master key: it tells keys apart and reveals nothing of the key."""
+    check_key = _hkdf(master, _KEY_CHECK_INFO)
+    return hmac.new(check_key, b"pseudozone master key check", hashlib.sha256).hexdigest()[:32]
+
+
+def _read_state(settings: Settings, query: Callable[[sqlite3.Connection], Any]) -> Any:
+    """``query`` on the state database opened read-only; None when there is none (nothing is created)."""
+    if not settings.state_db.exists():
+        return None
+    conn = sqlite3.connect(f"{settings.state_db.as_uri()}?mode=ro", uri=True, timeout=60)
+    try:
+        return query(conn)
+    except sqlite3.OperationalError:  # a table of a later schema is not there yet
+        return None
+    finally:
+        conn.close()
+
+
+def _count(conn: sqlite3.Connection, table: str) -> int:
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608 - fixed names
+    except sqlite3.OperationalError:
+        return 0
+
+
+def root_holds_data(settings: Settings) -> str | None:
+    """What the data root already holds that a master key was used for; None for an empty root."""
+    tables = ("subject_keys", "batches", "key_checks")
+    counts = _read_state(settings, lambda c: {t: _count(c, t) for t in tables})
+    if counts and counts["key_checks"]:
+        return "a recorded master key check"
+    if counts and counts["subject_keys"]:
+        return f"{counts['subject_keys']} subject data key(s)"
+    for zone in (settings.pii_zone, settings.event_zone, settings.restricted_zone):
+        if zone.is_dir() and next(zone.rglob("*.parquet"), None) is not None:
+            return f"published files in zones/{zone.name}"
+    if counts and counts["batches"]:
+        return f"{counts['batches']} batch(es) in the ledger"
+    return None
+
+
+def _recorded_checks(settings: Settings) -> dict[int, str]:
+    rows = _read_state(settings, lambda c: c.execute(
+        "SELECT version, check_value FROM key_checks").fetchall())
+    return dict(rows or [])
+
+
+def _unwraps_a_stored_key(settings: Settings, keyring: KeyRing) -> bool | None:
+    """Whether ``keyring`` unwraps a data key of the vault; None when the vault holds none."""
+    row = _read_state(settings, lambda c: c.execute(
+        "SELECT tenant_id, subject_id, wrapped_dek FROM subject_keys WHERE wrapped_dek IS NOT NULL"
+        " LIMIT 1").fetchone())
+    if not row:
+        return None
+    try:
+        keyring.unwrap_dek(row[0], row[1], row[2])
+    except KeyMaterialError:
+        return False
+    return True
+
+
+def verify_master_key(settings: Settings, keyring: KeyRing, origin: str) -> None:
+    """Refuse a master key that is not this data root's (the key check value recorded at first use).
+
+    A root without a recorded check gets one: an empty root at once, a root from before
+    key checks only after the key unwrapped one of the vault's data keys.
+    """
+    check = keyring.check_value()
+    recorded = _recorded_checks(settings)
+    if recorded:
+        if check not in recorded.values():
+            raise KeyMaterialError(
+                f"the master key from {origin} is not this data root's key (its key check value differs "
+                f"from the one recorded when the root was first used); nothing was done. Use the key "
+                f"this root was created with")
+        return
+    if _unwraps_a_stored_key(settings, keyring) is False:
+        raise KeyMaterialError(
+            f"the master key from {origin} does not unwrap this data root's data keys: it is not the "
+            f"key the root was created with; nothing was done")
+    record_key_check(settings, check)
+
+
+def record_key_check(settings: Settings, check: str) -> None:
+    from pseudozone import state
+
+    with state.connect(settings) as conn:
+        conn.execute("INSERT OR IGNORE INTO key_checks (version, check_value) VALUES (?, ?)",
+                     (MASTER_KEY_VERSION, check))
+
+
+def init_master_key(settings: Settings) -> str:
+    """``pseudozone keys init``: a new key (file) and its check, on an empty data root only.
+
+    Returns where the key came from (a key file it created, or the env var / connection).
+    """
+    held = root_holds_data(settings)
+    if held:
+        raise KeyMaterialError(f"this data root already holds {held}; it keeps the master key it has")
+    external = os.environ.get(MASTER_KEY_ENV) or os.environ.get(MASTER_KEY_CONN_ENV)
+    if not external and settings.master_key_file.exists():
+        raise KeyMaterialError(f"a key file state/{settings.master_key_file.name} exists already;"
+                               " it is kept as it is")
+    master, origin = _master_key(settings)
+    record_key_check(settings, key_check_value(master))
+    return origin
 
 
 def _hkdf(master: bytes, info: str) -> bytes:
@@ -126,9 +262,17 @@ class KeyRing:
     def __repr__(self) -> str:
         return f"KeyRing(pseudonym_version={self.pseudonym_version})"
 
+    def check_value(self) -> str:
+        """The master key's check value (``key_check_value``), never the key."""
+        return key_check_value(self._master)
+
     @classmethod
     def load(cls, settings: Settings) -> KeyRing:
-        return cls(load_master_key(settings))
+        """The data root's master key, refused when it is not the key the root was first used with."""
+        master, origin = _master_key(settings)
+        ring = cls(master)
+        verify_master_key(settings, ring, origin)
+        return ring
 
     def _derive(self, info: str) -> bytes:
         key = self._cache.get(info)

@@ -1,4 +1,4 @@
-"""The state database: batch ledger and key vault (SQLite under the data root).
+"""The state database: batch ledger, key vault and key checks (SQLite under the data root).
 
 One small SQLite file in WAL mode, opened per unit of work.  Parallel mapped
 tasks write to it concurrently, so every connection waits on locks instead of
@@ -41,6 +41,13 @@ CREATE TABLE IF NOT EXISTS subject_keys (
     created_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     destroyed_at TEXT,
     PRIMARY KEY (tenant_id, subject_id)
+);
+-- a keyed fingerprint of each master key version used on this root (never the key):
+-- a missing or different key is refused instead of silently replaced
+CREATE TABLE IF NOT EXISTS key_checks (
+    version      INTEGER PRIMARY KEY,
+    check_value  TEXT NOT NULL,
+    created_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 """
 

@@ -7,12 +7,28 @@ XCom (the metadata database).  The DAG files call these and nothing else.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pseudozone.config import Settings
 from pseudozone.errors import PseudozoneError
 
+if TYPE_CHECKING:
+    from pseudozone.keys import KeyRing
+
 log = logging.getLogger(__name__)
+
+
+def _keyring(settings: Settings) -> KeyRing:
+    """The data root's key ring; a missing or different master key fails the task at once (no retry
+    can fix it) before anything is written."""
+    from pseudozone.errors import KeyMaterialError
+    from pseudozone.keys import KeyRing
+
+    try:
+        return KeyRing.load(settings)
+    except KeyMaterialError as exc:
+        fail_without_retry(str(exc))
+        raise
 
 
 def discover_batches(home: str | None = None, stage: str | None = None) -> list[dict[str, str]]:
@@ -25,7 +41,9 @@ def discover_batches(home: str | None = None, stage: str | None = None) -> list[
 
     if stage not in (None, "pii", "rest"):
         raise ValueError(f"stage must be 'pii', 'rest' or None, not {stage!r}")
-    refs = [r for r in pending(Settings.from_env(home))
+    settings = Settings.from_env(home)
+    _keyring(settings)
+    refs = [r for r in pending(settings)
             if stage is None or has_pii(r.dataset) == (stage == "pii")]
     log.info("%d pending batch(es)%s", len(refs), f" ({stage} stage)" if stage else "")
     return [r.to_dict() for r in refs]
@@ -35,7 +53,8 @@ def pseudonymize_batch(batch: dict[str, Any], home: str | None = None) -> dict[s
     from pseudozone.ingest import process_batch
     from pseudozone.landing import BatchRef
 
-    result = process_batch(Settings.from_env(home), BatchRef.from_dict(batch)).to_dict()
+    settings = Settings.from_env(home)
+    result = process_batch(settings, BatchRef.from_dict(batch), keyring=_keyring(settings)).to_dict()
     if (result.get("reason") or {}).get("code") == "validation_failed":
         fail_without_retry(f"batch {result['batch_id']}: {result['reason']['detail']}; the batch is"
                            f" quarantined ({result['files'][0]}) and nothing of it was published")
@@ -89,7 +108,8 @@ def intake_request_inbox(home: str | None = None) -> dict[str, int]:
 def open_rights_run(run_id: str, home: str | None = None) -> dict[str, Any]:
     from pseudozone.rights.process import open_run
 
-    plan = open_run(Settings.from_env(home), run_id)
+    settings = Settings.from_env(home)
+    plan = open_run(settings, run_id, keyring=_keyring(settings))
     log.info("run %s: %d request(s), %d file group(s), %d export(s)", run_id, len(plan["requests"]),
              len(plan["groups"]), len(plan["exports"]))
     return plan
@@ -151,7 +171,9 @@ def nightly_step(step: str, run_id: str, params: dict[str, Any] | None = None,
     from pseudozone.compliance.report import run_step
 
     params = params or {}
-    section = run_step(Settings.from_env(home), run_id, step, k=int(params.get("k_anonymity_k", 5)),
+    settings = Settings.from_env(home)
+    _keyring(settings)  # before any step changes anything (retention deletes)
+    section = run_step(settings, run_id, step, k=int(params.get("k_anonymity_k", 5)),
                        retention_overrides=params.get("retention_days") or None)
     counts = _step_counts(step, section)
     log.info("nightly %s: %s", step, counts)

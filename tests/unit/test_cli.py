@@ -42,3 +42,83 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, capsys: pytest.Ca
     assert main(["--home", str(tmp_path), "query", "SELECT 1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pseudozone: error: the event zone") and "Traceback" not in err
+
+
+def _snapshot(home: Path) -> dict[str, tuple[int, int]]:
+    """Every file under the zones and landing, with its size and modification time."""
+    return {str(p.relative_to(home)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for top in ("zones", "landing") for p in (home / top).rglob("*") if p.is_file()}
+
+
+def _ledger(home: Path) -> list[tuple[object, ...]]:
+    import sqlite3
+
+    conn = sqlite3.connect(home / "state" / "pseudozone.db")
+    try:
+        return conn.execute("SELECT batch_id, status, attempts FROM batches ORDER BY batch_id").fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("command", [["ingest"], ["ingest", "--workers", "2"], ["rights", "process"],
+                                     ["compliance", "run"], ["keys", "check"],
+                                     ["request", "erase", "--tenant", "acme", "--user", "usr_0000002"]])
+def test_given_a_different_master_key_then_every_command_stops_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        command: list[str]) -> None:
+    import shutil
+
+    home = tmp_path / "lake"
+    main(["--home", str(home), "generate", "--events", "600", "--tenants", "1"])
+    assert main(["--home", str(home), "ingest"]) == 0
+    assert main(["--home", str(home), "request", "erase", "--tenant", "acme",
+                 "--user", "usr_0000001"]) == 0
+    # a batch still to ingest, so that a run would have work to do
+    landed = next((home / "landing" / "events").rglob("*.parquet"))
+    shutil.copy(landed, landed.with_name("late-0001.parquet"))
+    capsys.readouterr()
+    before, ledger = _snapshot(home), _ledger(home)
+
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(b"\x01" * 32).decode())
+    assert main(["--home", str(home), *command]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not this data root's key" in err and "Traceback" not in err
+    assert _snapshot(home) == before and _ledger(home) == ledger
+
+
+def test_given_the_key_file_lost_then_ingest_stops_and_no_key_is_made(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PSEUDOZONE_MASTER_KEY")
+    home = tmp_path / "lake"
+    main(["--home", str(home), "generate", "--events", "300", "--tenants", "1"])
+    assert main(["--home", str(home), "ingest"]) == 0  # the embedded default made a key file
+    key_file = home / "state" / "master.key"
+    key_file.unlink()
+    capsys.readouterr()
+    assert main(["--home", str(home), "ingest"]) == 2
+    assert "missing, but this data root already holds" in capsys.readouterr().err
+    assert not key_file.exists()
+
+
+def test_keys_init_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PSEUDOZONE_MASTER_KEY")
+    home = str(tmp_path / "lake")
+    assert main(["--home", home, "keys", "init"]) == 0
+    assert (tmp_path / "lake" / "state" / "master.key").exists()
+    assert main(["--home", home, "keys", "check"]) == 0
+    assert main(["--home", home, "keys", "init"]) == 2
+    assert "already holds" in capsys.readouterr().err
+
+
+def test_a_task_with_a_different_key_fails_before_discovering(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pseudozone import tasks
+
+    home = tmp_path / "lake"
+    main(["--home", str(home), "generate", "--events", "300", "--tenants", "1"])
+    assert main(["--home", str(home), "ingest"]) == 0
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(b"\x02" * 32).decode())
+    # AirflowFailException where Airflow is importable (no retry), else PseudozoneError
+    with pytest.raises(Exception, match="not this data root's key"):
+        tasks.discover_batches(str(home))

@@ -15,6 +15,8 @@ from pseudozone.keys import (
     Vault,
     decrypt_value,
     encrypt_value,
+    init_master_key,
+    key_check_value,
     load_master_key,
     pii_associated_data,
 )
@@ -118,3 +120,64 @@ def test_pseudonym_is_exactly_hmac_sha256_of_the_utf8_identifier(keyring: KeyRin
     for user in ("usr_1", "Zoë 山田", ""):
         expected = "v1:" + hmac.digest(key, user.encode("utf-8"), hashlib.sha256).hex()
         assert keyring.subject_id("acme", user) == expected
+
+
+# -- keys that fail closed: the key check value --------------------------------------------------
+
+
+def _with_a_data_key(settings: Settings, ring: KeyRing) -> None:
+    with state.connect(settings) as conn:
+        Vault(ring, conn).data_keys("acme", ["v1:" + "ab" * 32], create=True)
+
+
+def test_given_missing_key_file_on_a_root_with_data_then_no_new_key_is_made(settings: Settings) -> None:
+    ring = KeyRing.load(settings)  # the embedded default: a key file, made on the empty root
+    _with_a_data_key(settings, ring)
+    settings.master_key_file.unlink()
+    with pytest.raises(KeyMaterialError, match="missing, but this data root already holds"):
+        KeyRing.load(settings)
+    assert not settings.master_key_file.exists()
+
+
+def test_given_a_different_key_then_it_is_refused(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, other = os.urandom(32), os.urandom(32)
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(first).decode())
+    KeyRing.load(settings)
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(other).decode())
+    with pytest.raises(KeyMaterialError, match="not this data root's key") as err:
+        KeyRing.load(settings)
+    assert base64.b64encode(other).decode() not in str(err.value)
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(first).decode())
+    assert KeyRing.load(settings).subject_id("acme", "u1") == KeyRing(first).subject_id("acme", "u1")
+
+
+def test_given_a_root_from_before_key_checks_then_the_key_is_proved_on_the_vault(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, other = os.urandom(32), os.urandom(32)
+    _with_a_data_key(settings, KeyRing(first))  # written without a key check, as before
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(other).decode())
+    with pytest.raises(KeyMaterialError, match="does not unwrap"):
+        KeyRing.load(settings)
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(first).decode())
+    KeyRing.load(settings)  # proved, and its check is recorded now
+    with state.connect(settings) as conn:
+        assert conn.execute("SELECT count(*) FROM key_checks").fetchone()[0] == 1
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(other).decode())
+    with pytest.raises(KeyMaterialError, match="not this data root's key"):
+        KeyRing.load(settings)
+
+
+def test_check_value_tells_keys_apart_and_holds_nothing_of_the_key() -> None:
+    key = bytes(range(32))
+    check = key_check_value(key)
+    assert check == key_check_value(key) != key_check_value(bytes(32))
+    assert key.hex() not in check and base64.b64encode(key).decode() not in check
+
+
+def test_keys_init_only_on_an_empty_root(settings: Settings) -> None:
+    origin = init_master_key(settings)
+    assert "key file" in origin and settings.master_key_file.exists()
+    with pytest.raises(KeyMaterialError, match="already holds a recorded master key check"):
+        init_master_key(settings)
+    KeyRing.load(settings)  # the key it made is the root's key
