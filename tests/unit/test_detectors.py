@@ -299,3 +299,17 @@ def test_given_a_signed_amount_or_a_zero_padded_id_then_it_is_not_a_phone(text: 
     ("Tel. 00491511234567", "00491511234567")])
 def test_given_a_phone_in_a_delimited_field_then_it_is_still_found(text: str, phone: str) -> None:
     assert ("phone", phone) in _found(text)
+
+
+@pytest.mark.parametrize(("text", "ip"), [
+    ("IP/203.0.113.45", "203.0.113.45"), ("Client/198.51.100.7 connected", "198.51.100.7"),
+    ("Host/192.0.2.1", "192.0.2.1"), ("src=Peer/203.0.113.9:443", "203.0.113.9")])
+def test_given_a_capitalized_word_and_a_slash_before_an_ipv4_then_it_is_an_address(text: str,
+                                                                                    ip: str) -> None:
+    assert _found(text) == [("ip", ip)]
+
+
+@pytest.mark.parametrize("text", ["Chrome/1.2.3.4", "Mozilla/5.0 (X11) Gecko/20100101 Firefox/128.0.2.1",
+                                  "Edg/120.0.2210.91 OPR/105.0.4.1", "Version/17.2.1.0 Safari/605.1.15"])
+def test_given_a_known_product_before_four_dotted_numbers_then_it_is_a_version(text: str) -> None:
+    assert _found(text) == []

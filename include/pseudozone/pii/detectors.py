@@ -334,10 +334,16 @@ _IPV6 = re.compile(
     r"(?P<zone>%[\w.\-]{1,16})?(?![A-Za-z0-9_:]|\.\d)")
 
 
-# a product or a version word just before four dotted numbers (a version, not an IPv4 address)
-# (a product is capitalized and stands alone, Chrome/ or Version/; 'ip/' or '/Block/' in a URL
-# path is not one)
-_PRODUCT_VERSION = re.compile(r"(?:(?<![/\w])[A-Z][A-Za-z]+/|\b(?i:version|ver|build|release|python|v)\s?)$")
+# a product or a version word just before four dotted numbers (a version, not an IPv4 address):
+# the products of user agents and the runtimes that print four-part versions, standing alone
+# (Chrome/1.2.3.4, Firefox/128.0.2.1, Version/17.2.1.0); any other word before a slash is a
+# label or a path (IP/203.0.113.45, Client/198.51.100.7, /Admin/Block/203.0.113.9)
+_PRODUCTS = ("Mozilla|Firefox|Chrome|Chromium|CriOS|FxiOS|Safari|Version|AppleWebKit|WebKit|Gecko|Trident|"
+             "Edge|Edg|EdgA|EdgiOS|OPR|OPiOS|Opera|Vivaldi|Brave|YaBrowser|SamsungBrowser|UCBrowser|"
+             "MiuiBrowser|HuaweiBrowser|Silk|Mobile|Thunderbird|SeaMonkey|Electron|Java|Python|Node|Ruby|"
+             "PHP|Perl|Dalvik|Darwin|CFNetwork")
+_PRODUCT_VERSION = re.compile(r"(?:(?<![/\w])(?:" + _PRODUCTS + r"|\w*(?:Browser|[Bb]ot))/"
+                              r"|\b(?i:version|ver|build|release|python|v)\s?)$")
 # the first group of the short compressed addresses people write (fe80::1, 2001:db8::1, fd00::5)
 _SHORT_V6 = re.compile(r"^(?:fe[89ab][0-9a-f]|f[cd][0-9a-f]{0,2}|ff[0-9a-f]{2}|200[12]|64)$", re.IGNORECASE)
 _CIDR = re.compile(r"/(\d{1,3})(?!\d)")
