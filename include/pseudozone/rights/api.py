@@ -28,7 +28,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
+import re
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -37,7 +44,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pseudozone.config import Settings
-from pseudozone.errors import PseudozoneError
+from pseudozone.errors import ConfigError, PseudozoneError
 from pseudozone.rights import requests as rights
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,131 @@ def _error(status_code: int, detail: str, headers: dict[str, str] | None = None)
     return HTTPException(status_code=status_code, detail=detail, headers=headers)
 
 
+# -- limits and log hygiene ----------------------------------------------------------------
+
+AUTH_FAILURES_ENV = "PSEUDOZONE_API_AUTH_FAILURES_PER_MINUTE"
+SUBMISSIONS_ENV = "PSEUDOZONE_API_SUBMISSIONS_PER_MINUTE"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the door takes from one client address or one tenant before it answers 429.
+
+    ``auth_failures`` and ``submissions`` count per ``window_s`` seconds, per client
+    address and per tenant (for a failed authentication, the tenant its token claims);
+    they live in this process, so each API-server worker counts its own.
+    """
+
+    auth_failures: int = 10
+    submissions: int = 60
+    window_s: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(auth_failures=_env_int(AUTH_FAILURES_ENV, cls.auth_failures),
+                   submissions=_env_int(SUBMISSIONS_ENV, cls.submissions))
+
+
+class SlidingWindow:
+    """Events per key over the last ``window_s`` seconds (thread-safe; endpoints run in a pool)."""
+
+    def __init__(self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window_s, self._clock = limit, window_s, clock
+        self._events: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, key: str, now: float) -> deque[float]:
+        events = self._events.setdefault(key, deque())
+        while events and events[0] <= now - self.window_s:
+            events.popleft()
+        return events
+
+    def retry_after(self, *keys: str) -> int | None:
+        """Seconds until every key is under its limit again; None when all are now."""
+        now = self._clock()
+        waits = []
+        with self._lock:
+            for key in keys:
+                events = self._live(key, now)
+                if len(events) >= self.limit:
+                    waits.append(events[len(events) - self.limit] + self.window_s - now)
+                if not events:
+                    self._events.pop(key, None)
+        return max(1, math.ceil(max(waits))) if waits else None
+
+    def add(self, *keys: str) -> None:
+        now = self._clock()
+        with self._lock:
+            for key in keys:
+                self._live(key, now).append(now)
+
+
+def _too_many(seconds: int, what: str) -> HTTPException:
+    return _error(429, f"too many {what}; retry later", {"Retry-After": str(seconds)})
+
+
+_TOKEN_SHAPE = re.compile(r"pz_(?P<tenant>[A-Za-z0-9][A-Za-z0-9_.\-]{0,63})_[A-Za-z0-9_\-]{16,}")
+
+
+def _claimed_tenant(token: str | None) -> str | None:
+    """The tenant a token's shape names (``pz_<tenant>_<secret>``), valid or not."""
+    match = _TOKEN_SHAPE.fullmatch(token or "")
+    return match.group("tenant") if match else None
+
+
+_REDACT = (
+    (re.compile(r"pz_[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}_[A-Za-z0-9_\-]{16,}"), "[token]"),
+    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=\-]+"), r"\1\2[token]"),
+    # a query string may carry a credential under any name: none reaches a log
+    (re.compile(r"\?[^\s\"']*"), "?[query removed]"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` without tokens, credentials or query strings."""
+    for pattern, replacement in _REDACT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites every record so that no token or query string reaches a log handler.
+
+    The API server's access log (``uvicorn.access``) formats its record's arguments
+    itself, so arguments are redacted one by one and keep their places.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
+
+
+LOGGERS_TO_REDACT = ("uvicorn", "uvicorn.access", "uvicorn.error", "fastapi", "airflow.api_fastapi", __name__)
+
+
+def install_log_redaction() -> None:
+    """Put ``RedactTokens`` on the server's loggers and on the root logger's handlers (once)."""
+    targets: list[logging.Filterer] = [logging.getLogger(name) for name in LOGGERS_TO_REDACT]
+    targets += logging.getLogger().handlers
+    for target in targets:
+        if not any(isinstance(f, RedactTokens) for f in target.filters):
+            target.addFilter(RedactTokens())
+
+
 # -- dependencies ------------------------------------------------------------------------
 
 
@@ -63,11 +195,30 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def current_tenant(settings: SettingsDep,
+def _client(request: Request) -> str:
+    return f"addr:{request.client.host if request.client else '?'}"
+
+
+def current_tenant(request: Request, settings: SettingsDep,
                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """The tenant the bearer token belongs to; 401 without a valid token."""
-    tenant = rights.authenticate(settings, credentials.credentials if credentials else None)
+    """The tenant the bearer token belongs to; 401 without a valid token, 429 after too many failures.
+
+    Failures count per client address and per tenant the token claims; past the limit
+    the door answers 429 before it looks the token up.
+    """
+    token = credentials.credentials if credentials else None
+    failures: SlidingWindow = request.app.state.auth_failures
+    keys = [_client(request)]
+    claimed = _claimed_tenant(token)
+    if claimed:
+        keys.append(f"tenant:{claimed}")
+    wait = failures.retry_after(*keys)
+    if wait is not None:
+        log.warning("rights API: authentication refused for %ds (too many failed attempts)", wait)
+        raise _too_many(wait, "failed authentications")
+    tenant = rights.authenticate(settings, token)
     if tenant is None:
+        failures.add(*keys)
         raise _error(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
     return tenant
 
@@ -103,7 +254,13 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def submit_request(tenant: Tenant, body: JsonObject, settings: SettingsDep) -> JSONResponse:
+def submit_request(request: Request, tenant: Tenant, body: JsonObject, settings: SettingsDep) -> JSONResponse:
+    submissions: SlidingWindow = request.app.state.submissions
+    keys = (_client(request), f"tenant:{tenant}")
+    wait = submissions.retry_after(*keys)
+    if wait is not None:
+        raise _too_many(wait, "requests submitted")
+    submissions.add(*keys)
     claimed = body.get("tenant_id")
     if claimed is not None and claimed != tenant:
         raise _error(403, "this token cannot submit requests for another tenant")
@@ -142,11 +299,21 @@ async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"detail": "internal error"})
 
 
-def create_app(settings_factory: SettingsFactory = Settings.from_env) -> FastAPI:
-    """The rights-request API; ``settings_factory`` is called once per request."""
+def create_app(settings_factory: SettingsFactory = Settings.from_env, *,
+               limits: Limits | None = None) -> FastAPI:
+    """The rights-request API; ``settings_factory`` is called once per request.
+
+    ``limits`` default to ``Limits.from_env()``. Creating the app also installs the log
+    redaction (``RedactTokens``) on the server's loggers.
+    """
+    limits = limits or Limits.from_env()
+    install_log_redaction()
     app = FastAPI(title="pseudozone rights requests", version="1",
                   description="Submit and follow data-subject rights requests (one tenant per token).")
     app.state.settings_factory = settings_factory
+    app.state.limits = limits
+    app.state.auth_failures = SlidingWindow(limits.auth_failures, limits.window_s)
+    app.state.submissions = SlidingWindow(limits.submissions, limits.window_s)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(PseudozoneError, _internal_error)
     app.add_api_route("/health", health, methods=["GET"])
