@@ -8,12 +8,16 @@ are written to be safe (no data values).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from pseudozone.config import Settings
 from pseudozone.errors import PseudozoneError
@@ -127,10 +131,11 @@ def cmd_request(args: argparse.Namespace) -> int:
     raw: dict[str, object] = {"type": args.kind, "tenant_id": args.tenant, "user_id": args.user}
     if args.kind == "rectify":
         fields = {}
-        for item in args.set or []:
+        for position, item in enumerate(args.set or [], start=1):
             name, sep, value = item.partition("=")
             if not sep:
-                raise PseudozoneError(f"--set expects FIELD=VALUE, got a value without '=' for {name[:40]!r}")
+                # the argument may be the value itself (an email): it is never echoed
+                raise PseudozoneError(f"--set expects FIELD=VALUE; --set number {position} has no '='")
             fields[name.strip()] = value
         raw["fields"] = fields
     status = requests.submit(settings, raw, source="cli")
@@ -239,7 +244,7 @@ def cmd_compliance_run(args: argparse.Namespace) -> int:
     for item in args.retention or []:
         dataset, _, days = item.partition("=")
         if not days.isdigit():
-            raise PseudozoneError(f"--retention takes DATASET=DAYS, got {item!r}")
+            raise PseudozoneError("--retention takes DATASET=DAYS, with DAYS a whole number")
         overrides[dataset] = int(days)
     run_id = args.run_id or "manual__" + time.strftime("%Y-%m-%dT%H%M%S", time.gmtime())
     run_nightly(settings, run_id, k=args.k, retention_overrides=overrides)
@@ -349,6 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OS_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+              errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+              errno.EROFS: "the file system is read-only", errno.ENOENT: "no such file or directory"}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An operating-system error in words (disk full, permission denied, ...) and the path it concerns."""
+    what = _OS_ERRORS.get(exc.errno or 0) or exc.strerror or type(exc).__name__
+    return f"{what}: {exc.filename}" if exc.filename else what
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -358,7 +374,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PseudozoneError as exc:
         print(f"pseudozone: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
+        print(f"pseudozone: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except (sqlite3.Error, SQLAlchemyError) as exc:
+        # the driver's own sentence ("database or disk is full"); SQLAlchemy's text would add the
+        # statement and its parameters, which may hold values
+        reason = getattr(exc, "orig", None) or exc
+        print(f"pseudozone: error: state database: {str(reason).splitlines()[0][:200]}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"pseudozone: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 

@@ -122,3 +122,46 @@ def test_a_task_with_a_different_key_fails_before_discovering(
     # AirflowFailException where Airflow is importable (no retry), else PseudozoneError
     with pytest.raises(Exception, match="not this data root's key"):
         tasks.discover_batches(str(home))
+
+
+def test_given_set_without_equals_then_the_value_is_not_echoed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = str(tmp_path / "lake")
+    code = main(["--home", home, "request", "rectify", "--tenant", "acme", "--user", "usr_1",
+                 "--set", "email=ok@example.org", "--set", "zelda.planted@example.org"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--set number 2 has no '='" in err
+    assert "zelda.planted" not in err
+
+
+def test_given_a_full_disk_then_it_is_named_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from pseudozone import report
+
+    def full(*_args: object) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "lake" / "state"))
+
+    monkeypatch.setattr(report, "status_text", full)
+    assert main(["--home", str(tmp_path / "lake"), "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pseudozone: error: no space left on the device: ") and err.count("\n") == 1
+
+
+def test_given_a_state_database_error_then_neither_statement_nor_parameters_are_shown(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from pseudozone import report
+
+    def broken(*_args: object) -> str:
+        raise OperationalError("INSERT INTO requests VALUES (?)", ("zelda.planted@example.org",),
+                               sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(report, "status_text", broken)
+    assert main(["--home", str(tmp_path / "lake"), "status"]) == 2
+    err = capsys.readouterr().err
+    assert err == "pseudozone: error: state database: database or disk is full\n"
