@@ -313,3 +313,21 @@ def test_given_a_capitalized_word_and_a_slash_before_an_ipv4_then_it_is_an_addre
                                   "Edg/120.0.2210.91 OPR/105.0.4.1", "Version/17.2.1.0 Safari/605.1.15"])
 def test_given_a_known_product_before_four_dotted_numbers_then_it_is_a_version(text: str) -> None:
     assert _found(text) == []
+
+
+@pytest.mark.parametrize(("text", "regions", "phone"), [
+    ("612 000 345", ("ES",), "612 000 345"),
+    ("llámame al 612 000 345", detectors.DEFAULT_REGIONS, "612 000 345"),
+    ("+34 612 000 345", detectors.DEFAULT_REGIONS, "+34 612 000 345"),
+    ("tel 0612 000 345", detectors.DEFAULT_REGIONS, "0612 000 345"),
+    ("tel 600 000 000", ("ES",), "600 000 000")])
+def test_given_a_mobile_with_a_zero_group_then_it_is_still_a_phone(text: str, regions: tuple[str, ...],
+                                                                    phone: str) -> None:
+    assert ("phone", phone) in _found(text, regions=regions)
+
+
+@pytest.mark.parametrize("text", ["1 000 000", "250 000 EUR", "budget: 125 000 000", "600 000 000 EUR",
+                                  "pop. 612 000 000"])
+def test_given_a_round_amount_then_it_is_not_a_phone(text: str) -> None:
+    assert _found(text, regions=("ES",)) == []
+    assert _found(text) == []

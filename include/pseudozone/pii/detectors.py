@@ -170,6 +170,8 @@ _CURRENCY = r"(?:[€$£¥₹₽₩₺₪฿]|(?:EUR|USD|GBP|CHF|DKK|NOK|SEK|PLN
 _AMOUNT_END = re.compile(r",\d{1,2}(?![\d,;\-/.:])")
 _CURRENCY_AFTER = re.compile(r"(?:,\d{1,2})?\s?" + _CURRENCY)
 _CURRENCY_BEFORE = re.compile(_CURRENCY + r"\s?$")
+_ROUND_TAIL = re.compile(r"[ .\u00a0]000$")
+_MOBILE_TYPES = (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
 _HAN = re.compile(r"[\u3400-\u9fff\uff1a]")
 _TOKEN = re.compile(r"\[(?:email|phone|ip|card|iban|pii)\]")
 _POSSIBLE = (phonenumbers.ValidationResult.IS_POSSIBLE,)
@@ -191,6 +193,15 @@ def _valid(number: str, region: str | None) -> bool:
     except phonenumbers.NumberParseException:
         return False
     return phonenumbers.is_valid_number(parsed)
+
+
+@lru_cache(maxsize=65536)
+def _mobile(number: str, region: str) -> bool:
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(parsed) and phonenumbers.number_type(parsed) in _MOBILE_TYPES
 
 
 def _phone_word_before(text: str, start: int) -> bool:
@@ -227,7 +238,7 @@ class PhoneDetector(Detector):
         for match in _PHONE.finditer(text):
             body = match.group("body").rstrip()
             start = match.start()
-            if self._not_a_phone(body, text, start):
+            if self._not_a_phone(body, text, start, regions):
                 continue
             if not match.group("intl") and _DECIMALS.match(text, match.end()) and _AMOUNT.fullmatch(body):
                 continue  # '123 456 789,05' (a trunk form or an international one: the next field)
@@ -241,7 +252,7 @@ class PhoneDetector(Detector):
             # the phone is the longest run of its leading groups that checks out
             ends = [m.start() for m in re.finditer(r"\s+\d+\)?", body)]
             for end in reversed(ends):
-                if not self._not_a_phone(body[:end], text, start) and \
+                if not self._not_a_phone(body[:end], text, start, regions) and \
                         self._confirm(body[:end], match.group("intl"), text, start, regions, extension=False):
                     yield start, start + end
                     break
@@ -258,7 +269,7 @@ class PhoneDetector(Detector):
                     or _CURRENCY_BEFORE.search(text[max(0, start - 6):start]))
 
     @staticmethod
-    def _not_a_phone(body: str, text: str, start: int) -> bool:
+    def _not_a_phone(body: str, text: str, start: int, regions: tuple[str, ...]) -> bool:
         """Shapes that are something else: dates, ISBNs, versions, card or account groups."""
         digits = re.sub(r"\D", "", body)
         if _DATE.match(body):
@@ -278,8 +289,12 @@ class PhoneDetector(Detector):
         if not international and (_YEAR_REF.match(body) or named):
             return True
         if not international and len(groups) >= 3 and all(len(g) == 3 for g in groups[1:]) and \
-                "000" in groups[1:] and re.fullmatch(r"[\d ]+", body):
-            return True  # a round amount with space-separated thousands (125 000 000)
+                "000" in groups[1:] and re.fullmatch(r"[\d ]+", body) and not body.startswith("0") and \
+                (_ROUND_TAIL.search(body) or not any(_mobile(body, r) for r in regions)) and \
+                not _phone_word_before(text, start):
+            # a round amount with space-separated thousands (125 000 000, 1 000 000); a trunk form,
+            # a phone word or a mobile number of a region (612 000 345 in Spain) is a phone
+            return True
         # groups of four: a card or an account number, not a phone
         return sum(len(g) == 4 for g in groups) >= 4 or \
             bool(_IBAN_HEAD.search(text[max(0, start - 48):start]))
