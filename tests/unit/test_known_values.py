@@ -119,3 +119,64 @@ def test_the_python_span_finder_and_the_arrow_search_agree() -> None:
     # and the scrubber (which finds spans in Python) replaces what the gate's search flags
     scrubbed = scrub.scrub(pa.array(AGREE_TEXTS), known=known).to_pylist()
     assert [s != t for s, t in zip(scrubbed, AGREE_TEXTS, strict=True)] == arrow
+
+
+@pytest.mark.parametrize(("phone", "text"), [
+    # '00' before the calling code, also around a trunk 0 in parentheses
+    ("+36 1 234 5678", "hívjon: 0036 1 234 5678"),
+    ("+36 1 234 5678", "hívjon: (0036) 1 234 5678"),
+    ("+7 912 345-67-89", "звоните 007 912 345-67-89"),
+    ("+44 20 7946 0999", "ring 0044 (0)20 7946 0999"),
+    # the calling code in parentheses
+    ("+36 1 234 5678", "hívjon (+36) 1 234 5678"),
+    ("+49 30 1234567", "ruf (+49) 30 1234567 an"),
+    ("+49 30 1234567", "ruf (+49)(0)30 1234567 an"),
+    ("(+36) 1 234 5678", "hívjon 06 1 234 5678"),
+    ("(+49) 30 1234567", "ruf 030 1234567 an"),
+    # national trunk prefixes other than '0', from libphonenumber's metadata
+    ("+36 1 234 5678", "hívjon 06 1 234 5678"),        # Hungary: 06
+    ("+36 1 234 5678", "hívjon 06-1-234-5678"),
+    ("+7 912 345-67-89", "звоните 8 912 345-67-89"),   # Russia: 8
+    ("+7 912 345-67-89", "звоните 8 (912) 345-67-89"),
+    ("+370 612 34567", "skambinkite 8 612 34567"),     # Lithuania: 8 (and 0)
+    ("+370 612 34567", "skambinkite 0 612 34567"),
+    ("+375 29 123-45-67", "звоните 8 029 123-45-67"),  # Belarus: 8, 80
+    ("+375 29 123-45-67", "звоните 8 (029) 123-45-67"),
+])
+@pytest.mark.parametrize("regions", [("US",), ("US", "DE", "RU", "HU", "LT", "BY")])
+def test_given_a_known_international_phone_then_its_other_forms_are_found(phone: str, text: str,
+                                                                        regions: tuple[str, ...]) -> None:
+    # the forms come from the number's own calling code, whatever the tenant's regions
+    known = KnownValues([], phones=[phone], regions=regions)
+    assert _found(known, [text]) == [True]
+    assert known.spans(text), text
+    assert "[" in scrub.scrub(pa.array([text]), regions=regions, known=known).to_pylist()[0]
+
+
+@pytest.mark.parametrize(("phone", "regions", "text"), [
+    # a national form with a trunk prefix of a region that applies
+    ("06 1 234 5678", ("HU",), "hívjon +36 1 234 5678"),
+    ("06 1 234 5678", ("US", "HU"), "hívjon 0036 1 234 5678"),
+    ("8 029 123-45-67", ("BY",), "call +375 29 123 45 67"),
+    ("8 612 34567", ("LT",), "call +370 612 34567"),
+    ("8 912 345-67-89", ("RU",), "call 007 912 345 67 89"),
+])
+def test_given_a_known_national_phone_then_its_international_forms_are_found(
+        phone: str, regions: tuple[str, ...], text: str) -> None:
+    known = KnownValues([], phones=[phone], regions=regions)
+    assert _found(known, [text]) == [True]
+
+
+@pytest.mark.parametrize(("phone", "regions", "shortest"), [
+    ("+36 1 234 5678", ("US",), 8),              # the national significant number, 8 digits
+    ("06 1 234 5678", ("HU", "FR"), 8),
+    ("+7 912 345-67-89", ("RU", "BY"), 10),
+    ("8 029 123-45-67", ("BY", "RU"), 9),
+    ("+375 80 1123 4567", ("BY",), 10),          # an '80' inside the number is not taken off
+    ("+7 812 123-45-67", ("RU",), 10),           # nor an '8'
+    ("0612345678", ("FR", "HU", "RU"), 8),       # read as Hungarian: 06 and 1234 5678
+])
+def test_trunk_prefixes_give_no_form_shorter_than_the_number(phone: str, regions: tuple[str, ...],
+                                                             shortest: int) -> None:
+    forms = _phone_variants(phone, regions)
+    assert min(len(f) for f in forms) == shortest

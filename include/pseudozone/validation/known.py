@@ -21,7 +21,8 @@ taken as a possible start of a value only when its keyed 64-bit mix is one of th
 values' first words' mixes; each phrase it may start is then confirmed by its digest.
 
 Phone numbers are matched on their digits: each known phone's national number,
-with and without its trunk ``0`` and country code, against every digit run of the
+with and without its trunk prefix (``0``, or its region's: ``06`` in Hungary, ``8`` in
+Russia) and its country code (also after ``00``), against every digit run of the
 text with its separators removed (``+44 (0)20 7946-0999`` is ``4402079460999``, one of
 the forms of the known ``2079460999``; a run must be a whole form, not end in one).  The
 digit runs are compared vectorized through a keyed 64-bit mix first; only runs that pass
@@ -196,8 +197,47 @@ _TAIL_MIN_DIGITS = 10
 _TRUNK_0 = re.compile(r"\(\s*0\s*\)")
 
 
-def _national_forms(digits: str, codes: Iterable[str]) -> set[str]:
-    """A national number's forms: without and with its trunk prefix, and after each calling code."""
+_NATIONAL_PREFIX_DIGITS = 3  # the longest trunk prefix read from a parsing pattern ('80' in Belarus)
+
+
+@lru_cache(maxsize=512)
+def _trunk_prefixes(code: str) -> tuple[frozenset[str], frozenset[int]]:
+    """The trunk prefixes numbers of calling code ``code`` are dialled with at home ('06' in Hungary,
+    '8' and '80' in Belarus, '0' and '8' in Lithuania), and the lengths of their national numbers.
+
+    From libphonenumber's metadata of every region of the code: its ``national_prefix`` and the
+    short digit strings its ``national_prefix_for_parsing`` reads as a prefix (where that pattern
+    does not rewrite the number: Argentina, Brazil and Japan keep their ``national_prefix`` only).
+    """
+    import phonenumbers
+
+    prefixes: set[str] = set()
+    lengths: set[int] = set()
+    for region in phonenumbers.region_codes_for_country_code(int(code)):
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        if meta is None:
+            continue
+        if meta.national_prefix:
+            prefixes.add(meta.national_prefix)
+        if meta.national_prefix_for_parsing and meta.national_prefix_transform_rule is None:
+            parsing = re.compile(meta.national_prefix_for_parsing)
+            prefixes |= {d for width in range(1, _NATIONAL_PREFIX_DIGITS + 1) for n in range(10 ** width)
+                         if parsing.fullmatch(d := str(n).zfill(width))}
+        if meta.general_desc is not None and meta.general_desc.possible_length:
+            lengths.update(meta.general_desc.possible_length)
+    return frozenset(prefixes), frozenset(lengths)
+
+
+def _national_forms(digits: str, codes: Iterable[str], *, national: bool = True) -> set[str]:
+    """A number's forms: without and with a trunk prefix, and after each calling code (also after
+    ``00``, the international prefix of most countries: ``0036 1 234 5678``).
+
+    With ``national``, ``digits`` are written as at home under one of ``codes``: a trunk prefix of
+    that code's regions is taken off them, and the code's forms are added, only where a national
+    number of that length is possible there, so no form is shorter than the number.  An
+    international number's own digits are its national number: nothing but a written trunk ``0``
+    (``+49 030 …``) is taken off them.
+    """
     nationals = {digits}
     if digits.startswith("0") and not digits.startswith("00"):
         nationals.add(digits[1:])  # the trunk 0 of most countries (kept in Italy: both are read)
@@ -207,16 +247,32 @@ def _national_forms(digits: str, codes: Iterable[str]) -> set[str]:
     forms = {prefix + n for n in nationals for prefix in ("", "0")}
     forms |= {code + prefix + n for n in nationals for code in codes for prefix in ("", "0")
               if not n.startswith("0")}
+    for code in codes:
+        prefixes, lengths = _trunk_prefixes(code)
+        mine = nationals
+        if national:
+            mine = {n for n in nationals if len(n) in lengths}
+            mine |= {digits[len(p):] for p in prefixes
+                     if digits.startswith(p) and len(digits) - len(p) in lengths}
+        for n in mine:
+            forms |= {p + n for p in ("", *prefixes)}  # '06 1 234 5678', '8 912 345-67-89'
+            if not n.startswith("0"):
+                forms |= {code + n, "00" + code + n}
+                if "0" in prefixes:
+                    forms |= {code + "0" + n, "00" + code + "0" + n}  # '+44 (0)20 …', '0044 (0)20 …'
     return forms
 
 
 def _phone_variants(value: str, regions: tuple[str, ...]) -> set[str]:
-    """The digit strings a known phone is written as: national number, with trunk 0 and country code.
+    """The digit strings a known phone is written as: national number, with a trunk prefix and
+    after its country code (with or without ``00``).
 
     No full libphonenumber parse (a tenant has tens of thousands of phones): an
-    international ``+``/``00`` form is split at its calling code (libphonenumber's code
-    table); a national form is read after the calling code of every region in
-    ``regions``.  Extensions (``x12``, ``ext. 12``, and a short fifth group after a dash,
+    international ``+``/``00`` form (also in parentheses, ``(+36)``) is split at its calling
+    code (libphonenumber's code table) and gets the trunk prefixes of that code's regions
+    (``_trunk_prefixes``); a national form is read after the calling code of every region in
+    ``regions``, its trunk prefix taken off where that leaves a possible national number.
+    Extensions (``x12``, ``ext. 12``, and a short fifth group after a dash,
     ``+1-415-555-0132-12``) are read both with and without.  This finds more forms than
     one parse would, never fewer: a known value is matched as a whole digit run only.
     """
@@ -234,11 +290,12 @@ def _phone_variants(value: str, regions: tuple[str, ...]) -> set[str]:
         if len(digits) < MIN_PHONE_DIGITS:
             continue
         variants.add(_ascii_digits(reading))
-        international = reading.startswith("+") or (digits.startswith("00") and not reading.startswith("("))
-        rest = digits[2:] if digits.startswith("00") and not reading.startswith("+") else digits
+        lead = reading.lstrip("( ")  # '(+36) 1 234 5678', '(0036) 1 234 5678'
+        international = lead.startswith("+") or digits.startswith("00")
+        rest = digits[2:] if digits.startswith("00") and not lead.startswith("+") else digits
         code = calling_code_of(rest) if international else None
         if code is not None:
-            variants |= _national_forms(rest[len(code):], (code,))
+            variants |= _national_forms(rest[len(code):], (code,), national=False)
         else:
             variants |= _national_forms(digits, codes)
     return {v for v in variants if len(v) >= MIN_PHONE_DIGITS}
