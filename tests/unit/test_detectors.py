@@ -331,3 +331,29 @@ def test_given_a_mobile_with_a_zero_group_then_it_is_still_a_phone(text: str, re
 def test_given_a_round_amount_then_it_is_not_a_phone(text: str) -> None:
     assert _found(text, regions=("ES",)) == []
     assert _found(text) == []
+
+
+# -- a pass with Faker's numbers of other locales -------------------------------------------------
+
+@pytest.mark.parametrize("text", ["value 0-445-34282-X", "ref 1-105-53295-X done", '{"v": "0-10-600168-X"}'])
+def test_given_an_isbn_10_with_an_x_check_digit_then_it_is_not_a_phone(text: str) -> None:
+    assert _found(text) == []
+
+
+@pytest.mark.parametrize(("text", "region"), [
+    ("tlf 9857 5311", "DK"), ("Tlf.: 98575311", "DK"), ("ring mig på 98575311", "DK"),
+    ("ring meg på 41601108", "NO"), ("tel: 6911 084364", "GR"), ("τηλ. 210 3100772", "GR"),
+    ("call me at 5551234567", "US"), ("call us on 2025550123", "US"), ("טלפון: 0541234567", "IL"),
+    ("전화 01012345678", "KR"), ("โทร 0812345678", "TH"), ("جوال 0501234567", "SA"),
+    ("τηλ. 6949170317", "GR"),
+    ("id,name,58/929-0075,2024-01-01", "HU"), ("id,name,0-4392-1805,2024-01-01", "TH")])
+def test_given_a_phone_of_another_locale_with_its_evidence_then_the_scrubber_replaces_it(text: str,
+                                                                                        region: str) -> None:
+    regions = (*detectors.DEFAULT_REGIONS, region)
+    assert "[phone]" in scan.scrub(pa.array([text]), regions=regions).to_pylist()[0]
+
+
+@pytest.mark.parametrize("text", ["call started at 1712345678", "SMS sent at 1712345678", "tel 200 39504",
+                                  "Kontakt 9857 5311"])
+def test_given_a_number_after_words_that_are_not_phone_evidence_then_it_stays(text: str) -> None:
+    assert scan.scrub(pa.array([text]), regions=("US", "DK", "GR")).to_pylist() == [text]

@@ -116,8 +116,10 @@ class EmailDetector(Detector):
 
 _SEP = r"[ \t.\-/\u00a0]"
 # what may start a phone right after a comma (a list, a CSV field): an international form, an
-# area code in parentheses, a trunk form grouped or whole, or dashed groups (806-222-1405)
-_AFTER_COMMA = r"\+|\(|0\d{1,5}[ .\-/]\d|0\d{8,11}(?!\d)|00[1-9]\d{6,13}(?!\d)|\d{2,4}-\d{3}-\d{3,4}"
+# area code in parentheses, a trunk form grouped or whole ('0-4392-1805'), a whole number after
+# '00', an area code and a slash ('58/929-0075') or dashed groups (806-222-1405)
+_AFTER_COMMA = (r"\+|\(|0\d{0,5}[ .\-/]\d|0\d{8,11}(?!\d)|00[1-9]\d{6,13}(?!\d)|\d{1,4}/\d{3,4}[ \-]\d{3,4}"
+                r"|\d{2,4}-\d{3}-\d{3,4}")
 _PHONE = re.compile(
     # not glued to an id, an amount, another number or a time (CJK text has no spaces: only
     # Latin letters and digits count as glue)
@@ -145,6 +147,7 @@ _INTERNATIONAL = re.compile(r"\(?\s?\+|00")
 _NUMBER_NAME = re.compile(r"\b(?:isbn|issn|doi|ean|gtin|upc)\W{0,3}$", re.IGNORECASE)
 # a year, then a dash, a slash or a dot: a reference or a build (2024-000123-45, 2023.10.23.5758)
 _YEAR_REF = re.compile(r"^(?:19|20)\d{2}[\-/.]")
+_ISBN_X = re.compile(r"[\- ]?[Xx](?![A-Za-z0-9])")
 _ISBN10 = re.compile(r"^\d{1,5}-\d{1,7}-\d{1,6}-[\dX]$")
 _DATE = re.compile(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4})$")
 _FORMATTED = re.compile(r"[ \t.\-/()\u00a0]")
@@ -155,10 +158,14 @@ _CONTEXT = re.compile(
     r"(?:phone|tel|tlf|mobile|mobil|cell|fax|whatsapp|handy|telefon|telefone|tel[eé]fono|t[eé]l[eé]phone|"
     r"ring\s+(?:mig|meg|os|oss|til)|"
     r"m[oó]vil|portable|celular|contato|call|sms|電話|携帯|电话|手机|телефон|тел|फ़ोन|फोन|"
+    r"τηλ|κινητ|טלפון|נייד|전화|휴대폰|핸드폰|โทร|มือถือ|هاتف|جوال|"
     # 'number' alone is an order or reference number: only a *new* or *my* number is a phone
     r"नया नंबर|новый номер|мой номер телефона|新号码|新しい番号|"
     r"(?:my|new|your|our|mein|meine|neue|mon|nouveau|mi|nuevo|meu|novo)\s+(?:new\s+)?"
-    r"(?:number|nummer|num[eé]ro|n[uú]mero))\W{0,3}\w{0,12}\W{0,4}$",
+    r"(?:number|nummer|num[eé]ro|n[uú]mero))"
+    # 'call me at', 'text us on' (not 'call started at', a log line's time)
+    r"(?:\W{1,2}(?:me|us)\W{1,2}(?:at|on))?"
+    r"\W{0,3}\w{0,12}\W{0,4}$",
     re.IGNORECASE)
 _CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
 # four two-digit numbers (scores, a draw, sizes): a Danish or Norwegian phone only with evidence
@@ -277,6 +284,9 @@ class PhoneDetector(Detector):
         if len(digits) in (10, 13) and "-" in body and std_isbn.is_valid(digits) and \
                 (len(digits) == 13 or _ISBN10.match(body) or re.search(r"isbn\W{0,3}$", text[:start], re.I)):
             return True
+        if len(digits) == 9 and "-" in body and _ISBN_X.match(text, start + len(body)) and \
+                std_isbn.is_valid(digits + "X"):
+            return True  # an ISBN-10 whose check digit is X (0-445-34282-X)
         groups = re.findall(r"\d+", body)
         international = bool(_INTERNATIONAL.match(body))
         if "." in body and not international and (
@@ -322,8 +332,10 @@ class PhoneDetector(Detector):
         if len(groups) > 1 and "." not in body and not digits.startswith("0") and "(" not in body and \
                 ((len(groups) < 3 and not re.search(r"[\-/]", body)) or len(digits) < 9):
             # '200 39504' (a status and a size), '12 345': not without more shape; but in a
-            # region without a trunk prefix (Denmark, Norway) '58 28 60 37' is how phones look
-            return len(groups) >= 3 and any(_valid(body, r) for r in regions if _no_trunk_prefix(r))
+            # region without a trunk prefix (Denmark, Norway, Greece) '412 34 567' is how phones
+            # look, and after a phone word any grouping ('tlf 9857 5311', 'tel: 6911 084364')
+            return (len(groups) >= 3 or _phone_word_before(text, start)) and \
+                any(_valid(body, r) for r in regions if _no_trunk_prefix(r))
         if _FORMATTED.search(body) or extension:
             return any(_possible(body, r) for r in regions)
         # a bare digit run is an order number or a timestamp unless something says otherwise

@@ -47,8 +47,10 @@ TRIGGERS: dict[str, str] = {
               r"|\d{2,}[ .\-/\x{a0}]{1,3}\(?\d{2,}\)?[ .\-/\x{a0}]{1,3}\d{2,}"
               r"|\d{2,}[ .\-/\x{a0}]{1,3}\(?\d{4,}"
               r"|(?:^|\D)0\d{8,11}(?:\D|$)|\p{Han}\D{0,8}1[3-9]\d{9}(?:\D|$)"
-              r"|(?i)(?:phone|tel|mobil|cell|fax|whatsapp|handy|call|sms|móvil|portable|celular|contato"
-              r"|電話|携帯|电话|手机|телефон|тел|फ़ोन|फोन|नया नंबर|новый номер|新号码|新しい番号)"
+              r"|(?i)(?:phone|tel|tlf|ring\s+(?:mig|meg|os|oss|til)|mobil|cell|fax|whatsapp|handy|call|sms|móvil"
+              r"|portable|celular|contato"
+              r"|電話|携帯|电话|手机|телефон|тел|फ़ोन|फोन|τηλ|κινητ|טלפון|נייד|전화|휴대폰|핸드폰|โทร|มือถือ|هاتف|جوال"
+              r"|नया नंबर|новый номер|新号码|新しい番号)"
               # the phone words of ``detectors._CONTEXT``: a bare number after them is a phone
               r"|(?i)(?:my|new|your|our|mein|meine|neue|mon|nouveau|mi|nuevo|meu|novo)\s+(?:new\s+)?"
               r"(?:number|nummer|num[eé]ro|n[uú]mero)"),
