@@ -6,17 +6,17 @@ runs on the decoded text; the scrubber then replaces the *original* characters
 that a finding came from, so the stored value stays itself (still a URL, still
 JSON), with only the found spans replaced.
 
-``normalize`` decodes, in the order a reader meets them: HTML character
-references (numeric ones with or without their ``;``), JSON ``\\uXXXX`` escapes and
-percent-encoding (``+`` is a space inside a query string), again and again while
-that changes the text (double encoding, and chains such as ``&amp;#64;`` or
-``%26%2364%3B``), then Unicode NFKC by character cluster, with the decimal digits of
-every script read as ASCII digits (``٤٩`` is ``49``) and typographic dashes and
-middle dots as ``-`` and ``.``.  A lone UTF-16 surrogate (``\\ud83d`` without its pair)
-is read as U+FFFD, as a browser shows it: no decoded text holds one, so none makes a UTF-8
-encode (Arrow, hashing) fail.  It returns the decoded text and,
-for every decoded character, the span of the original text it came from.  Only texts
-that need it pay for it (``pseudozone.pii.scan.decoding_rows``).
+``normalize`` decodes, in the order a reader meets them: HTML character references
+(numeric ones with or without their ``;``), JSON ``\\uXXXX`` escapes and percent-encoding
+(``+`` is a space inside a query string, and between digits in a form-encoded token),
+again and again while that changes the text (double encoding, and chains such as
+``&amp;#64;`` or ``%26%2364%3B``), then Unicode NFKC by character cluster, with the
+decimal digits of every script read as ASCII digits (``٤٩`` is ``49``) and typographic
+dashes and middle dots as ``-`` and ``.``. A lone UTF-16 surrogate (``\\ud83d`` without
+its pair) is read as U+FFFD, as a browser shows it: no decoded text holds one, so none
+makes a UTF-8 encode (Arrow, hashing) fail. It returns the decoded text and, for every
+decoded character, the span of the original text it came from. Only texts that need it pay
+for it (``pseudozone.pii.scan.decoding_rows``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import regex
 # an RE2 pattern (Arrow) for texts holding something ``normalize`` decodes, apart from
 # NFKC (which Arrow checks itself, see ``pseudozone.pii.scan``)
 ENCODED_RE2 = (r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\/|&#?[A-Za-z0-9]{1,32};|&#[0-9]{2,7}|&#[xX][0-9A-Fa-f]"
-               r"|\?[^\s]*\+|[\x{ad}\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}-\x{2069}\x{feff}]")
+               r"|\?[^\s]*\+|\d{2}\+[\d(]|[\x{ad}\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}-\x{2069}\x{feff}]")
 
 # numeric references need no ';' (browsers read '&#64' as '@'); named ones do
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7};?|#[xX][0-9A-Fa-f]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)")
@@ -42,6 +42,11 @@ _PERCENT_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 # a query string: '+' there is a space, except at the start of a value before a digit (+49…)
 _QUERY = re.compile(r"\?[^\s\"'<>]*")
 _QUERY_PLUS = re.compile(r"(?<![=&?])\+|\+(?!\d)")
+# form encoding outside a query string (a value form-encoded into JSON or free text): in a
+# token that holds a percent escape, or in digit groups joined by '+' ('0820+346352'), a
+# '+' between digits or parentheses was a space (form encoding writes a real '+' as %2B)
+_FORM_TOKEN = re.compile(r"[^\s\"'<>]*%[0-9A-Fa-f]{2}[^\s\"'<>]*|(?<![\d+])\d[\d()]+(?:\+[\d()]{2,})+")
+_FORM_PLUS = re.compile(r"(?<=[\d)])\+(?=[\d(])")
 _SIMPLE_ESCAPES = {"/": "/", '"': '"', "\\": "\\", "b": " ", "f": " ", "n": " ", "r": " ", "t": " "}
 MAX_ROUNDS = 4  # decoding passes (HTML, JSON, percent) while the text still changes
 _SAME = "\x00same"  # a piece that widens the previous piece's source span (multi-byte characters)
@@ -265,6 +270,8 @@ def normalize(text: str) -> Decoded:
     if "+" in text and "?" in text:
         # form encoding: '+' is a space in a query string (a decoded %2B below is a real '+')
         doc = _substitute(doc, _QUERY_PLUS, _query_plus, within=_QUERY)
+    if "+" in doc.text:
+        doc = _substitute(doc, _FORM_PLUS, _query_plus, within=_FORM_TOKEN)
     for _ in range(MAX_ROUNDS):
         before = doc.text
         if "&" in doc.text:
