@@ -251,8 +251,11 @@ class PhoneDetector(Detector):
                 continue  # '123 456 789,05' (a trunk form or an international one: the next field)
             if self._signed_amount(body, text, start, match.end()):
                 continue  # '+772 625 870,41 €', 'Saldo: +1 234 567,89 EUR'
-            if self._confirm(body, match.group("intl"), text, start, regions,
-                             extension=match.group("ext") is not None):
+            # an extension says "phone"; but '#' and digits after a bare number is as often an
+            # order or a ticket ('1607285508088 #656396'): only after a phone word
+            ext = match.group("ext")
+            extension = ext is not None and (ext.lstrip()[:1] != "#" or _phone_word_before(text, start))
+            if self._confirm(body, match.group("intl"), text, start, regions, extension=extension):
                 yield start, match.end()
                 continue
             # the candidate may have taken a following number ('… 0412 302' in a log line):
