@@ -42,6 +42,8 @@ from pseudozone.contracts import SUBJECT_COLUMN, ColumnSpec, Contract
 from pseudozone.errors import ContractViolation, PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
+from pseudozone.lake import index, layout
+from pseudozone.lake.subjects import SubjectSets, as_array
 from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sha256_of
 from pseudozone.pii.detectors import DEFAULT_REGIONS
 from pseudozone.pii.scan import Evidence
@@ -51,10 +53,9 @@ from pseudozone.validation.known import AnyKnown, Known
 
 log = logging.getLogger(__name__)
 
-EVENT_ZONE = "events"
-RESTRICTED_ZONE = "restricted"
-PII_ZONE = "pii"
-INDEX_SCHEMA = pa.schema([("subject_id", pa.string()), ("zone", pa.string()), ("path", pa.string())])
+EVENT_ZONE = layout.EVENTS
+RESTRICTED_ZONE = layout.RESTRICTED
+PII_ZONE = layout.PII
 WRITE_THREADS = 2
 SCRUB_THREADS = 2
 
@@ -219,45 +220,6 @@ def _distinct_subjects(subjects: pa.Array) -> pa.Array:
     return distinct
 
 
-def _batch_index(subjects: pa.Array, placements: list[tuple[str, str, pa.Array]]) -> pa.Table:
-    """One index row per (subject, file), grouped by subject (runs compress well).
-
-    ``placements`` is (zone, path, row indices) per output file.  Works on the integer
-    codes of the dictionary-encoded pseudonyms: a unique per file, one integer sort.
-    """
-    if not placements:
-        return INDEX_SCHEMA.empty_table()
-    encoded = subjects if pa.types.is_dictionary(subjects.type) else pc.dictionary_encode(subjects)
-    codes, values = encoded.indices, encoded.dictionary
-    code_parts, file_parts = [], []
-    for k, (_, _, rows) in enumerate(placements):
-        distinct = pc.drop_null(pc.unique(pc.take(codes, rows)))
-        code_parts.append(distinct)
-        file_parts.append(pa.repeat(pa.scalar(k, pa.int32()), len(distinct)))
-    pairs = pa.table({"c": pa.concat_arrays(code_parts), "f": pa.concat_arrays(file_parts)})
-    pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[("c", "ascending"), ("f", "ascending")]))
-    zone_of = pa.array([z for z, _, _ in placements], pa.string())
-    path_of = pa.array([p for _, p, _ in placements], pa.string())
-    return pa.table({"subject_id": pc.take(values, pairs["c"]).cast(pa.string()),
-                     "zone": pc.take(zone_of, pairs["f"]), "path": pc.take(path_of, pairs["f"])},
-                    schema=INDEX_SCHEMA)
-
-
-# pseudonyms stay dictionary-encoded: pyarrow's default 1 MiB dictionary page falls
-# back to plain 67-byte strings at about 15k subjects per batch, and the index is
-# read at every rights run and rewritten by every erasure
-_INDEX_OPTIONS: dict[str, Any] = {"dictionary_pagesize_limit": 64 << 20}
-
-
-def write_index(index: pa.Table, path: Path) -> None:
-    """Write one batch's subject index (subject_id, zone, path)."""
-    zones.write_parquet(index, path, **_INDEX_OPTIONS)
-
-
-def index_file(settings: Settings, dataset: str, tenant: str, batch_id: str) -> Path:
-    return settings.subject_index / dataset / f"tenant_id={tenant}" / f"{batch_id}.parquet"
-
-
 @dataclass
 class _Plan:
     """A batch transformed and ready to write: every output and its index, no raw input."""
@@ -285,19 +247,6 @@ def subject_buckets(subjects: pa.Array, n: int) -> pa.Array:
     per_value = pa.array([int(v.rpartition(":")[2][:8], 16) % n for v in distinct.to_pylist()],
                          pa.int32())
     return pc.fill_null(pc.take(per_value, indices), 0)
-
-
-def erased_subjects(settings: Settings, tenant: str) -> pa.Array:
-    with state.connect(settings) as conn:
-        rows = conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?"
-                            " AND wrapped_dek IS NULL", (tenant,)).fetchall()
-    return pa.array([r[0] for r in rows], pa.string())
-
-
-def _restricted_subjects(settings: Settings, tenant: str) -> pa.Array:
-    from pseudozone.rights.requests import restricted_subjects
-
-    return pa.array(sorted(restricted_subjects(settings, tenant)), pa.string())
 
 
 TenantCache = dict[str, TenantValues]
@@ -333,7 +282,9 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     input_rows = np.arange(table.num_rows)
 
     # an erased subject's data is not processed again: its rows are dropped and counted
-    erased = erased_subjects(settings, tenant)
+    # (a legal hold keeps rows that existed at the erasure, never new ones)
+    sets = SubjectSets.load(settings, tenant)
+    erased = as_array(sets.gone(contract.dataset, new_batch=True))
     if len(erased):
         keep = pc.invert(pc.fill_null(pc.is_in(subjects, value_set=erased), False))
         result.rows_dropped_erased = len(keep) - int(pc.sum(keep).as_py() or 0)
@@ -346,7 +297,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     wanted = _distinct_subjects(subjects)
     result.subjects = len(wanted)
     # a restricted subject's rows go to the restricted zone, out of analysts' reach
-    restricted = _restricted_subjects(settings, tenant)
+    restricted = as_array(sets.restricted)
     in_restricted = pc.fill_null(pc.is_in(subjects, value_set=restricted), False)
 
     dates = pc.cast(table[contract.partition_date_from], pa.date32()).combine_chunks()
@@ -357,11 +308,10 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     n_buckets = contract.subject_buckets
     buckets = subject_buckets(subjects, n_buckets) if n_buckets > 1 else None
     for day, is_restricted, bucket, chosen in _placement(dates, in_restricted, buckets, n_buckets):
-        zone_name, root = ((RESTRICTED_ZONE, settings.restricted_zone) if is_restricted
-                           else (EVENT_ZONE, settings.event_zone))
-        path = zones.event_file(root, contract.dataset, tenant, day, ref.batch_id, bucket)
-        outputs.append((path, functools.partial(_plain_take, event, chosen)))
-        placements.append((zone_name, str(path.relative_to(settings.zones)), chosen))
+        zone_name = RESTRICTED_ZONE if is_restricted else EVENT_ZONE
+        zone_file = layout.event_file(zone_name, contract.dataset, tenant, day, ref.batch_id, bucket)
+        outputs.append((zone_file.path(settings.zones), functools.partial(_plain_take, event, chosen)))
+        placements.append((zone_name, zone_file.rel, chosen))
         if is_restricted:
             result.rows_restricted += len(chosen)
         else:
@@ -372,15 +322,16 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         with state.connect(settings) as conn:
             deks = Vault(keyring, conn).data_keys(tenant, wanted.to_pylist(), create=True)
         pii = build_pii_table(table, contract, subjects, deks, tenant)
-        path = zones.pii_file(settings.pii_zone, contract.dataset, tenant, ref.batch_id)
-        outputs.append((path, lambda: pii))
-        placements.append((PII_ZONE, str(path.relative_to(settings.zones)),
-                           pa.array(np.arange(len(subjects)))))
+        pii_zone_file = layout.pii_file(contract.dataset, tenant, ref.batch_id)
+        outputs.append((pii_zone_file.path(settings.zones), lambda: pii))
+        placements.append((PII_ZONE, pii_zone_file.rel, pa.array(np.arange(len(subjects)))))
         result.rows_pii = pii.num_rows
     check = functools.partial(_gate, ref, contract, event, in_restricted, pii, known, input_rows,
-                              forbidden=pa.concat_arrays([erased, restricted]), restricted=restricted,
-                              erased=erased, regions=regions, evidence=evidence)
-    return _Plan(ref, contract, result, outputs, _batch_index(subjects, placements), check)
+                              forbidden=as_array(sets.forbidden(contract.dataset, new_batch=True)),
+                              restricted=as_array(sets.allowed_restricted(contract.dataset, new_batch=True)),
+                              erased=as_array(sets.forbidden_pii(contract.dataset, new_batch=True)),
+                              regions=regions, evidence=evidence)
+    return _Plan(ref, contract, result, outputs, index.from_placements(subjects, placements), check)
 
 
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
@@ -431,7 +382,7 @@ def _write_plan(settings: Settings, plan: _Plan) -> None:
             raise
         for future in written:
             future.result()
-    write_index(plan.index, index_file(settings, ref.dataset, ref.tenant_id, ref.batch_id))
+    index.write(settings, ref.dataset, ref.tenant_id, ref.batch_id, plan.index)
     for tmp, final, _ in staged:
         final.parent.mkdir(parents=True, exist_ok=True)
         publish_file(tmp, final)

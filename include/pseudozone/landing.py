@@ -27,6 +27,7 @@ from pseudozone import contracts, zones
 from pseudozone.config import TENANT_RE, Settings
 from pseudozone.contracts import TENANT_COLUMN, Contract
 from pseudozone.errors import ContractError, ContractViolation
+from pseudozone.lake import layout
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -272,7 +273,7 @@ def read_batch(settings: Settings, ref: BatchRef) -> tuple[pa.Table, Contract]:
 def quarantine(settings: Settings, ref: BatchRef, reason: dict[str, Any]) -> Path:
     """Move the landing file into quarantine beside a machine-readable reason."""
     src = settings.landing / ref.path
-    target_dir = settings.quarantine / ref.dataset / f"tenant_id={ref.tenant_id}"
+    target_dir = layout.quarantine_dir(settings, ref.dataset, ref.tenant_id)
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / src.name
     n = 1

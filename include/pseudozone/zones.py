@@ -81,17 +81,6 @@ def write_json(obj: Any, path: Path) -> Path:
     return write_bytes((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), path)
 
 
-def event_file(zone_root: Path, dataset: str, tenant: str, day: str, batch_id: str,
-               bucket: int | None = None) -> Path:
-    """A batch's file in one date partition; with subject buckets, one file per bucket."""
-    name = f"{batch_id}.parquet" if bucket is None else f"{batch_id}.b{bucket:02d}.parquet"
-    return zone_root / dataset / f"tenant_id={tenant}" / f"date={day}" / name
-
-
-def pii_file(zone_root: Path, dataset: str, tenant: str, batch_id: str) -> Path:
-    return zone_root / dataset / f"tenant_id={tenant}" / f"{batch_id}.parquet"
-
-
 def parquet_files(root: Path) -> list[Path]:
     """Published Parquet files under ``root`` (temp files excluded), sorted."""
     if not root.exists():

@@ -21,6 +21,7 @@ from pseudozone import ingest, state
 from pseudozone.cli import main as cli
 from pseudozone.config import Settings
 from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data
+from pseudozone.lake import subjects
 from pseudozone.rights import audit, process, requests, store
 from tests import planted
 from tests.conftest import TEST_MASTER_KEY, append_audit_concurrently
@@ -116,7 +117,7 @@ def test_restrict_moves_rows_routes_new_rows_and_unrestrict_restores(rlake: Sett
     process.process_all(rlake, "run-2", keyring=KR)
     assert _rows_of(rlake, SUBJECT, rlake.event_zone) == in_events + 10
     assert _rows_of(rlake, SUBJECT, rlake.restricted_zone) == 0
-    assert requests.restricted_subjects(rlake, planted.TENANT) == set()
+    assert subjects.restricted(rlake, planted.TENANT) == set()
 
 
 def test_rectify_reencrypts_pii_and_regeneralizes_event_values(rlake: Settings) -> None:
@@ -365,5 +366,5 @@ def test_a_restrict_filed_after_an_unrestrict_in_the_same_run_wins(rlake: Settin
     _submit(rlake, "unrestrict")
     _submit(rlake, "restrict")
     process.process_all(rlake, "run-2", keyring=KR)
-    assert requests.restricted_subjects(rlake, planted.TENANT) == {SUBJECT}
+    assert subjects.restricted(rlake, planted.TENANT) == {SUBJECT}
     assert _rows_of(rlake, SUBJECT, rlake.event_zone) == 0

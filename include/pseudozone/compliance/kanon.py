@@ -43,12 +43,12 @@ from pseudozone import contracts
 from pseudozone.config import Settings
 from pseudozone.contracts import Contract
 from pseudozone.errors import ContractError, PseudozoneError
+from pseudozone.lake import layout
 from pseudozone.zones import parquet_files
 
 log = logging.getLogger(__name__)
 
 QI_KEY = "quasi_identifiers"  # optional top-level contract key: event-zone column names
-TENANT_DIR_PREFIX = "tenant_id="
 # partial counts are compacted (summed by class) once they hold this many rows
 COMPACT_ROWS = 1_000_000
 _COUNT = "count_all"  # name of the output column of the "count_all" aggregation
@@ -96,14 +96,6 @@ def quasi_identifiers(contract: Contract) -> list[str]:
     if declared is not None:
         return _checked_names(list(declared), contract, f"contract {contract.source} {QI_KEY}")
     return [n for c in contract.of_class("quasi") if (n := c.event_name) is not None]
-
-
-def _tenant(path: Path, zone: Path) -> str:
-    for part in path.relative_to(zone).parts[:-1]:
-        if part.startswith(TENANT_DIR_PREFIX) and len(part) > len(TENANT_DIR_PREFIX):
-            return part[len(TENANT_DIR_PREFIX):]
-    raise PseudozoneError(f"event zone file {path.relative_to(zone)} is not under a "
-                          f"{TENANT_DIR_PREFIX}<tenant> directory")
 
 
 def _plain(table: pa.Table) -> pa.Table:
@@ -213,7 +205,7 @@ def k_anonymity(settings: Settings, *, k: int = 5, datasets: list[str] | None = 
             continue
         by_tenant: dict[str, list[Path]] = {}
         for path in parquet_files(zone / dataset):
-            by_tenant.setdefault(_tenant(path, zone), []).append(path)
+            by_tenant.setdefault(layout.tenant_of(path, zone), []).append(path)
         for tenant in sorted(by_tenant):
             counts = _tenant_counts(by_tenant[tenant], zone, dataset, tenant, qis)
             res = _result(counts, tenant=tenant, dataset=dataset, qis=qis, k=k)

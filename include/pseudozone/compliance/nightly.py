@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -39,10 +39,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
-from pseudozone import contracts, state, zones
+from pseudozone import contracts, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
-from pseudozone.rights import audit, requests, store
+from pseudozone.lake import index, layout
+from pseudozone.lake.subjects import SubjectSets, as_array, keys, legal_holds
+from pseudozone.rights import audit, store
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +56,6 @@ AGE_BUCKETS = ((0, 7, "0-7 days"), (8, 21, "8-21 days"), (22, 30, "22-30 days"),
 
 def _now(now: dt.datetime | None) -> dt.datetime:
     return now.astimezone(dt.UTC) if now is not None else dt.datetime.now(dt.UTC)
-
-
-def _tenant_dirs(root: Path) -> Iterator[tuple[str, str, Path]]:
-    """(dataset, tenant, directory) under a zone root laid out <dataset>/tenant_id=<t>/."""
-    if not root.exists():
-        return
-    for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for tenant_dir in sorted(dataset_dir.glob("tenant_id=*")):
-            yield dataset_dir.name, tenant_dir.name.removeprefix("tenant_id="), tenant_dir
-
-
-def _keys(settings: Settings, tenant: str) -> tuple[pa.Array, pa.Array]:
-    """(subjects with a live data key, subjects whose key is destroyed) of a tenant."""
-    with state.connect(settings) as conn:
-        rows = conn.execute("SELECT subject_id, wrapped_dek IS NULL FROM subject_keys WHERE tenant_id = ?",
-                            (tenant,)).fetchall()
-    live = sorted(r[0] for r in rows if not r[1])
-    dead = sorted(r[0] for r in rows if r[1])
-    return pa.array(live, pa.string()), pa.array(dead, pa.string())
 
 
 def _completed_erasures(settings: Settings) -> list[Any]:
@@ -109,40 +92,36 @@ def enforce_retention(settings: Settings, *, now: dt.datetime | None = None,
     exists (a crash in between leaves entries for files that are gone, which rights
     processing skips and the next run removes).
     """
-    from pseudozone.rights.process import reindex
-
     policies = retention_policies(overrides)
     today = _now(now).date()
     deleted: list[dict[str, Any]] = []
     kept_for_hold: list[dict[str, Any]] = []
-    for zone_name, root in (("events", settings.event_zone), ("restricted", settings.restricted_zone)):
-        for dataset, tenant, tenant_dir in _tenant_dirs(root):
+    for zone_name in layout.PARTITIONED:
+        for dataset, tenant, tenant_dir in layout.tenant_dirs(layout.zone_root(settings, zone_name)):
             days = policies.get(dataset)
             if days is None:
                 continue
             cutoff = today - dt.timedelta(days=days)
-            expired = [p for p in sorted(tenant_dir.glob("date=*"))
-                       if _date(p.name) is not None and _date(p.name) < cutoff]  # type: ignore[operator]
+            expired = [p for p in layout.date_partitions(tenant_dir) if p.date < cutoff]
             if not expired:
                 continue
-            with store.engine_for(settings).connect() as conn:
-                holds = [h for h in _tenant_holds(conn, tenant) if h["dataset"] in (None, dataset)]
-            if any(h["subject_id"] is None for h in holds):
+            holds = legal_holds(settings, tenant)
+            if holds.keeps_all(dataset):
                 kept_for_hold += [{"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
-                                   "date": p.name.removeprefix("date="), "reason": "tenant-wide hold"}
+                                   "date": p.day, "reason": "tenant-wide hold"}
                                   for p in expired]
                 continue
-            held_subjects = pa.array(sorted({h["subject_id"] for h in holds}), pa.string())
-            for part in expired:
+            held_subjects = as_array(holds.subjects(dataset))
+            for day, _, part in expired:
                 files = zones.parquet_files(part)
                 if len(held_subjects) and any(_holds_any(f, held_subjects) for f in files):
                     kept_for_hold.append({"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
-                                          "date": part.name.removeprefix("date="), "reason": "subject hold"})
+                                          "date": day, "reason": "subject hold"})
                     continue
                 rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
                 rels = [str(f.relative_to(settings.zones)) for f in files]
                 entry = {"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
-                         "date": part.name.removeprefix("date="), "files": len(files), "rows": rows,
+                         "date": day, "files": len(files), "rows": rows,
                          "retention_days": days}
                 # audited first: a crash after this leaves the partition for the next run,
                 # never a deletion without its audit entry
@@ -151,25 +130,12 @@ def enforce_retention(settings: Settings, *, now: dt.datetime | None = None,
                                  details=entry)
                 shutil.rmtree(part)
                 zones.fsync_dirs({tenant_dir})
-                reindex(settings, rels)
-                log.info("retention: deleted %s/%s/tenant_id=%s/%s (%d files, %d rows, policy %d days)",
-                         zone_name, dataset, tenant, part.name, len(files), rows, days)
+                index.reindex(settings, rels)
+                log.info("retention: deleted %s (%d files, %d rows, policy %d days)",
+                         part.relative_to(settings.zones), len(files), rows, days)
                 deleted.append(entry)
     return {"policies": policies, "deleted": deleted, "kept_for_hold": kept_for_hold,
             "today": today.isoformat()}
-
-
-def _date(name: str) -> dt.date | None:
-    try:
-        return dt.date.fromisoformat(name.removeprefix("date="))
-    except ValueError:
-        return None
-
-
-def _tenant_holds(conn: Any, tenant: str) -> list[dict[str, Any]]:
-    rows = conn.execute(select(store.legal_holds).where(store.legal_holds.c.tenant_id == tenant,
-                                                        store.legal_holds.c.released_at.is_(None)))
-    return [{"dataset": r.dataset, "subject_id": r.subject_id} for r in rows]
 
 
 def _holds_any(path: Path, subjects: pa.Array) -> bool:
@@ -219,12 +185,12 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
     work: list[tuple[dict[str, Any], str, Callable[[], list[Any]], pa.Array, list[Path]]] = []
     with ExitStack() as stack:
         refs: dict[tuple[str, str], tuple[str, str, str]] = {}
+        sets: dict[str, tuple[SubjectSets, pa.Array]] = {}
         # each tenant's known values (decrypted from its PII zone, held as keyed digests for
         # this run only) and phone regions: the same search the publish gate makes
         known_refs: dict[str, tuple[str, tuple[str, ...]]] = {}
-        for zone_name, root in (("events", settings.event_zone), ("restricted", settings.restricted_zone),
-                                ("pii", settings.pii_zone)):
-            for dataset, tenant, tenant_dir in _tenant_dirs(root):
+        for zone_name in (layout.EVENTS, layout.RESTRICTED, layout.PII):
+            for dataset, tenant, tenant_dir in layout.tenant_dirs(layout.zone_root(settings, zone_name)):
                 section: dict[str, Any] = {"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
                                            "files": 0, "rows": 0, "success": True, "failures": []}
                 sections.append(section)
@@ -233,15 +199,16 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
                         "file": str(tenant_dir.relative_to(settings.zones)), "expectation": "known_dataset",
                         "column": None, "kind": None, "unexpected_count": None, "rows": []}])
                     continue
+                if tenant not in sets:
+                    live, _ = keys(settings, tenant)
+                    sets[tenant] = (SubjectSets.load(settings, tenant), as_array(live))
                 if (tenant, dataset) not in refs:
-                    live, dead = _keys(settings, tenant)
-                    restricted = pa.array(sorted(requests.restricted_subjects(settings, tenant)), pa.string())
-                    # an erased subject's rows that a legal hold keeps may stay
-                    dead = requests.not_held(settings, tenant, dataset, dead)
-                    forbidden_set = pc.unique(pa.concat_arrays([dead, restricted]))
-                    refs[(tenant, dataset)] = (stack.enter_context(registered(forbidden_set)),
-                                               stack.enter_context(registered(restricted)),
-                                               stack.enter_context(registered(live)))
+                    # an erased subject's rows that a legal hold keeps on this dataset may stay
+                    subject_sets, live_keys = sets[tenant]
+                    refs[(tenant, dataset)] = (
+                        stack.enter_context(registered(as_array(subject_sets.forbidden(dataset)))),
+                        stack.enter_context(registered(as_array(subject_sets.allowed_restricted(dataset)))),
+                        stack.enter_context(registered(live_keys)))
                 if tenant not in known_refs:
                     keyring = keyring or KeyRing.load(settings)
                     values = tenant_values(settings, keyring, tenant)
@@ -294,7 +261,8 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
     files = sum(s["files"] for s in sections)
     return {"success": all(s["success"] for s in sections), "files": files,
             "rows": sum(s["rows"] for s in sections),
-            "failed_files": len({f["file"] or f"{s['zone']}/{s['dataset']}/tenant_id={s['tenant_id']}"
+            "failed_files": len({f["file"] or str(layout.tenant_dir(PurePosixPath(s["zone"]), s["dataset"],
+                                                                      s["tenant_id"]))
                                  for s in sections for f in s["failures"]}),
             "seconds": round(time.perf_counter() - started, 3),
             "data_docs": str(docs.relative_to(settings.root)) if docs is not None else None,
@@ -329,8 +297,8 @@ def _validate_exports(settings: Settings, validator: Any) -> list[dict[str, Any]
             select(store.requests.c.request_id, store.requests.c.tenant_id, store.requests.c.subject_id)
             .where(store.requests.c.type == "export"))}
     by_tenant: dict[str, list[Path]] = defaultdict(list)
-    for archive in sorted(settings.exports.glob("*/*.zip")):
-        by_tenant[archive.parent.name].append(archive)
+    for tenant, _, archive in layout.export_archives(settings):
+        by_tenant[tenant].append(archive)
     for tenant, archives in sorted(by_tenant.items()):
         section: dict[str, Any] = {"zone": "exports", "dataset": "*", "tenant_id": tenant, "files": 0,
                                    "rows": 0, "success": True, "failures": []}
@@ -392,8 +360,6 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
 
     Keys and index are read once per tenant for all of its erased subjects.
     """
-    from pseudozone.rights.process import index_lookup
-
     incomplete: list[dict[str, Any]] = []
     rows = _completed_erasures(settings)
     exports = _export_archives(settings)
@@ -403,8 +369,8 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
     dead: dict[str, set[str]] = {}
     indexed: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     for tenant, subjects in by_tenant.items():
-        dead[tenant] = set(_keys(settings, tenant)[1].to_pylist())
-        found = index_lookup(settings, tenant, subjects)
+        dead[tenant] = set(keys(settings, tenant)[1])
+        found = index.lookup(settings, tenant, subjects)
         for s, p, d in zip(found["subject_id"].to_pylist(), found["path"].to_pylist(),
                            found["dataset"].to_pylist(), strict=True):
             indexed[(tenant, s)].append((p, d))
@@ -414,7 +380,7 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
         retained = {r["dataset"] for r in outcome.get("retained", [])}
         problems: list[str] = []
         files = [f for f in erased_found.get(f"{tenant}/{subject}", [])
-                 if "*" not in retained and f.split("/")[1] not in retained]
+                 if "*" not in retained and layout.parse(f).dataset not in retained]
         if files:
             problems.append(f"the subject's rows are still in {len(files)} file(s): "
                             + ", ".join(sorted(files)))
@@ -438,7 +404,7 @@ def _export_archives(settings: Settings) -> dict[tuple[str, str], list[Path]]:
     with store.engine_for(settings).connect() as conn:
         for r in conn.execute(select(store.requests.c.request_id, store.requests.c.tenant_id,
                                      store.requests.c.subject_id).where(store.requests.c.type == "export")):
-            out[(r.tenant_id, r.subject_id)].append(settings.exports / r.tenant_id / f"{r.request_id}.zip")
+            out[(r.tenant_id, r.subject_id)].append(layout.export_file(settings, r.tenant_id, r.request_id))
     return out
 
 

@@ -27,6 +27,7 @@ from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN, ColumnSpec, Contract
 from pseudozone.errors import KeyMaterialError
 from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data
+from pseudozone.lake import layout
 from pseudozone.pii.detectors import configured_regions
 from pseudozone.validation.known import KnownValues
 
@@ -90,7 +91,7 @@ def tenant_values(settings: Settings, keyring: KeyRing, tenant: str) -> TenantVa
         contract = contracts.load(dataset)
         if not contract.has_pii:
             continue
-        files = zones.parquet_files(settings.pii_zone / dataset / f"tenant_id={tenant}")
+        files = zones.parquet_files(layout.tenant_dir(settings.pii_zone, dataset, tenant))
         wanted = [c for c in contract.columns if searchable(c)]
         if not files or not wanted:
             continue
@@ -123,7 +124,7 @@ def _add_countries(settings: Settings, dataset: str, tenant: str, out: TenantVal
     names = {c.name for c in contract.columns if c.cls == "keep"}
     if COUNTRY_COLUMN not in names:
         return
-    for path in zones.parquet_files(settings.event_zone / dataset / f"tenant_id={tenant}"):
+    for path in zones.parquet_files(layout.tenant_dir(settings.event_zone, dataset, tenant)):
         column = pq.read_table(path, columns=[COUNTRY_COLUMN])[COUNTRY_COLUMN].combine_chunks()
         out.regions |= {c.upper() for c in pc.unique(column.cast(pa.string())).to_pylist()
                         if isinstance(c, str) and len(c) == 2 and c.isalpha()}

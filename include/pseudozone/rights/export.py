@@ -27,6 +27,7 @@ from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.errors import PseudozoneError
 from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data
+from pseudozone.lake import index, layout
 from pseudozone.rights import audit, store
 
 _EPOCH = (2000, 1, 1, 0, 0, 0)
@@ -74,22 +75,20 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
 
 def _subject_rows(settings: Settings, tenant: str, subject: str) -> dict[str, list[dict[str, Any]]]:
     """The subject's rows in the event and restricted zones, from the files the index lists."""
-    from pseudozone.rights.process import index_lookup
-
-    index = index_lookup(settings, tenant, {subject})
+    found = index.lookup(settings, tenant, {subject})
     out: dict[str, list[dict[str, Any]]] = {}
-    for rel, zone_name in sorted(set(zip(index["path"].to_pylist(), index["zone"].to_pylist(), strict=True))):
-        if zone_name not in ("events", "restricted"):
+    for rel, zone_name in sorted(set(zip(found["path"].to_pylist(), found["zone"].to_pylist(), strict=True))):
+        if zone_name not in layout.PARTITIONED:
             continue
-        path = settings.zones / rel
+        zone_file = layout.parse(rel)
+        path = zone_file.path(settings.zones)
         if not path.exists():
             continue
         table = pq.read_table(path, filters=[(SUBJECT_COLUMN, "=", subject)])
         if table.num_rows:
-            dataset = path.relative_to(settings.zones).parts[1]
-            day = path.parent.name.removeprefix("date=")
+            rows = out.setdefault(zone_file.dataset, [])
             for row in table.to_pylist():
-                out.setdefault(dataset, []).append({**row, "date": day, "zone": zone_name})
+                rows.append({**row, "date": zone_file.date, "zone": zone_name})
     return out
 
 
@@ -98,7 +97,7 @@ def _profile_rows(settings: Settings, keyring: KeyRing, tenant: str, subject: st
     for dataset, contract in ((d, contracts.load(d)) for d in sorted(contracts.available())):
         if not contract.has_pii:
             continue
-        files = sorted((settings.pii_zone / dataset).glob(f"tenant_id={tenant}/*.parquet"))
+        files = zones.parquet_files(layout.tenant_dir(settings.pii_zone, dataset, tenant))
         if not files:
             continue
         with state.connect(settings) as conn:
@@ -146,7 +145,7 @@ def export_request(settings: Settings, request_id: str, *, keyring: KeyRing | No
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, data)
     blob = buf.getvalue()
-    target = settings.exports / tenant / f"{request_id}.zip"
+    target = layout.export_file(settings, tenant, request_id)
     zones.write_bytes(blob, target)
     digest = hashlib.sha256(blob).hexdigest()
     with store.transaction(settings) as conn:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,16 +32,20 @@ from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.errors import PseudozoneError
 from pseudozone.generalize import GENERALIZERS
-from pseudozone.ingest import INDEX_SCHEMA, WRITE_THREADS, erased_subjects, index_file, write_index
+from pseudozone.ingest import WRITE_THREADS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
+from pseudozone.lake import index, layout
+from pseudozone.lake.index import lookup as index_lookup
+from pseudozone.lake.subjects import SubjectSets, as_array, legal_holds
 from pseudozone.landing import ARROW_TYPES
 from pseudozone.rights import audit, requests, store
+from pseudozone.rights.export import export_request
 from pseudozone.validation import gate
 from pseudozone.validation.known import KnownValues
 
 log = logging.getLogger(__name__)
 
-ZONES = ("events", "restricted", "pii")
+ZONES = layout.ZONES
 
 
 # -- planning --------------------------------------------------------------------------------
@@ -57,25 +60,6 @@ class _Work:
 
     def subjects(self) -> set[str]:
         return self.erase | self.restrict | self.unrestrict | set(self.rectify)
-
-
-def index_lookup(settings: Settings, tenant: str, subjects: set[str]) -> pa.Table:
-    """(subject_id, zone, path, dataset, batch_id) for every indexed file holding ``subjects``."""
-    files = sorted(settings.subject_index.glob(f"*/tenant_id={tenant}/*.parquet"))
-    parts = []
-    wanted = pa.array(sorted(subjects), pa.string())
-    for f in files:
-        table = pq.read_table(f)
-        hit = table.filter(pc.is_in(table["subject_id"], value_set=wanted))
-        if hit.num_rows:
-            n = hit.num_rows
-            parts.append(hit.append_column("dataset", pa.repeat(f.parent.parent.name, n))
-                         .append_column("batch_id", pa.repeat(f.stem, n)))
-    if not parts:
-        return pa.table({"subject_id": pa.array([], pa.string()), "zone": pa.array([], pa.string()),
-                         "path": pa.array([], pa.string()), "dataset": pa.array([], pa.string()),
-                         "batch_id": pa.array([], pa.string())})
-    return pa.concat_tables(parts)
 
 
 def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None) -> dict[str, Any]:
@@ -130,13 +114,13 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
             w.rectify.pop(s, None)
         if not w.subjects():
             continue
-        index = index_lookup(settings, tenant, w.subjects())
+        found = index_lookup(settings, tenant, w.subjects())
         for subject, zone, path, dataset, batch in zip(
-                *(index[c].to_pylist() for c in ("subject_id", "zone", "path", "dataset", "batch_id")),
+                *(found[c].to_pylist() for c in ("subject_id", "zone", "path", "dataset", "batch_id")),
                 strict=True):
             wanted = ((subject in w.erase)
-                      or (subject in w.restrict and zone == "events")
-                      or (subject in w.unrestrict and zone == "restricted")
+                      or (subject in w.restrict and zone == layout.EVENTS)
+                      or (subject in w.unrestrict and zone == layout.RESTRICTED)
                       or (subject in w.rectify and dataset == "profiles"))
             if not wanted:
                 continue
@@ -254,14 +238,6 @@ def _rectify_pii(table: pa.Table | None, tenant: str, corrections: dict[str, dic
     return table, changed
 
 
-def _mirror(settings: Settings, rel: str) -> tuple[str, str]:
-    """(events path, restricted path) for an event-zone or restricted-zone file."""
-    zone, rest = rel.split("/", 1)
-    if zone not in ("events", "restricted"):
-        raise PseudozoneError(f"not an event or restricted zone file: {rel}")
-    return f"events/{rest}", f"restricted/{rest}"
-
-
 def _corrections(settings: Settings, keyring: KeyRing, tenant: str,
                  rectify: dict[str, list[str]]) -> dict[str, dict[str, str]]:
     """subject -> corrected fields, decrypted from the request ledger (never from XCom).
@@ -290,7 +266,7 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
     tenant, dataset, batch_id = group["tenant_id"], group["dataset"], group["batch_id"]
     contract = contracts.load(dataset)
     erase, restrict, unrestrict = set(group["erase"]), set(group["restrict"]), set(group["unrestrict"])
-    held = _held(settings, tenant, dataset, erase)
+    held = set(legal_holds(settings, tenant).kept(dataset, erase))
     erase -= held
     corrections = _corrections(settings, keyring, tenant, group["rectify"])
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -300,7 +276,7 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
     # first each file gains its incoming rows while keeping its outgoing ones, then the
     # outgoing rows are dropped (_move treats rows still in the source as the truth)
     interim: dict[str, pa.Table | None] = {}
-    pairs = sorted({_mirror(settings, p) for p in group["files"] if not p.startswith("pii/")})
+    pairs = sorted({layout.mirror_pair(p) for p in group["files"] if layout.zone_of(p) != layout.PII})
     for ev_rel, rs_rel in pairs:
         ev = _read(settings.zones / ev_rel)
         rs = _read(settings.zones / rs_rel)
@@ -324,9 +300,9 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
             interim[rs_rel] = _concat(rs, outgoing_rs)
         outputs[ev_rel], outputs[rs_rel] = ev, rs
 
-    pii_paths = [p for p in group["files"] if p.startswith("pii/")]
+    pii_paths = [p for p in group["files"] if layout.zone_of(p) == layout.PII]
     if pii_paths or (corrections and contract.has_pii):
-        pii_rel = str(zones.pii_file(Path("pii"), dataset, tenant, batch_id))
+        pii_rel = layout.pii_file(dataset, tenant, batch_id).rel
         pii = _read(settings.zones / pii_rel)
         for s, n in _count(pii, erase).items():
             counts[s]["pii_rows_erased"] += n
@@ -360,28 +336,29 @@ def _gate(settings: Settings, contract: contracts.Contract, group: dict[str, Any
     log says so, and ``ValidationFailed`` fails the task; its requests stay
     ``in_progress`` and the next run tries again.
     """
-    tenant = group["tenant_id"]
-    restricted = ((requests.restricted_subjects(settings, tenant) | set(group["restrict"]))
-                  - set(group["unrestrict"]) - erase)
-    # an erased subject's rows kept under a legal hold on this dataset are allowed to stay
-    dead = requests.not_held(settings, tenant, group["dataset"], erased_subjects(settings, tenant))
-    forbidden = pa.concat_arrays([dead, pa.array(sorted(erase | restricted), pa.string())])
+    tenant, dataset = group["tenant_id"], group["dataset"]
+    # the sets as this run leaves them; an erased subject's rows kept under a legal hold
+    # on this dataset are allowed to stay (lake.subjects)
+    sets = SubjectSets.load(settings, tenant).during_run(
+        erase=group["erase"], restrict=group["restrict"], unrestrict=group["unrestrict"])
     new_values = [v for fields in corrections.values() for v in fields.values()]
     known = KnownValues(new_values) if new_values else None
     present = {rel: t for rel, t in sorted(outputs.items()) if t is not None and t.num_rows}
     # rows of other subjects are as published (and validated then); these were changed or moved
     changed = set(group["erase"]) | set(group["restrict"]) | set(group["unrestrict"]) | set(group["rectify"])
     try:
-        gate.check(contract, forbidden=forbidden, restricted_subjects=sorted(restricted), known=known,
-                   erased=sorted(erase), changed=changed,
-                   events=[(rel, t) for rel, t in present.items() if rel.startswith("events/")],
-                   restricted=[(rel, t) for rel, t in present.items() if rel.startswith("restricted/")],
-                   pii=[(rel, t) for rel, t in present.items() if rel.startswith("pii/")])
+        gate.check(contract, forbidden=as_array(sets.forbidden(dataset)),
+                   restricted_subjects=as_array(sets.allowed_restricted(dataset)), known=known,
+                   erased=as_array(sets.forbidden_pii(dataset)), changed=changed,
+                   events=[(rel, t) for rel, t in present.items() if layout.zone_of(rel) == layout.EVENTS],
+                   restricted=[(rel, t) for rel, t in present.items()
+                               if layout.zone_of(rel) == layout.RESTRICTED],
+                   pii=[(rel, t) for rel, t in present.items() if layout.zone_of(rel) == layout.PII])
     except gate.ValidationFailed as exc:
         reason = {"group_id": group["group_id"], "tenant_id": tenant,
                   "dataset": group["dataset"], "batch_id": group["batch_id"], "files": sorted(outputs),
                   **exc.to_reason()}
-        target = settings.quarantine / "rights" / f"tenant_id={tenant}" / f"{group['group_id']}.reason.json"
+        target = layout.rights_quarantine_file(settings, tenant, group["group_id"])
         zones.write_json(reason, target)
         with store.transaction(settings) as conn:
             audit.append(conn, "validation.failed", tenant_id=tenant, details={
@@ -400,50 +377,6 @@ def _count(table: pa.Table | None, subjects: set[str]) -> dict[str, int]:
         return {}
     counted = pc.value_counts(hit[SUBJECT_COLUMN].combine_chunks())
     return {item["values"]: item["counts"] for item in counted.to_pylist()}
-
-
-def _held(settings: Settings, tenant: str, dataset: str, subjects: set[str]) -> set[str]:
-    if not subjects:
-        return set()
-    with store.engine_for(settings).connect() as conn:
-        return {s for s in subjects
-                if any(h["dataset"] in (None, dataset) for h in requests.holds_for(conn, tenant, s))}
-
-
-_BUCKET_SUFFIX = re.compile(r"\.b\d{2}$")
-
-
-def _batch_of(rel: str) -> tuple[str, str, str]:
-    """(dataset, tenant, batch id) of a zone file path relative to the zones root."""
-    parts = Path(rel).parts
-    dataset, tenant = parts[1], parts[2].removeprefix("tenant_id=")
-    return dataset, tenant, _BUCKET_SUFFIX.sub("", Path(rel).stem)
-
-
-def reindex(settings: Settings, rel_paths: list[str]) -> None:
-    """Rebuild the index entries of these files from their content (repair after a failure)."""
-    by_batch: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-    for rel in rel_paths:
-        by_batch[_batch_of(rel)].append(rel)
-    for (dataset, tenant, batch_id), rels in sorted(by_batch.items()):
-        idx_path = index_file(settings, dataset, tenant, batch_id)
-        old = pq.read_table(idx_path) if idx_path.exists() else INDEX_SCHEMA.empty_table()
-        kept = old.filter(pc.invert(pc.is_in(old["path"], value_set=pa.array(sorted(rels)))))
-        fresh = _index_entries({rel: _read(settings.zones / rel) for rel in rels})
-        write_index(pa.concat_tables([kept, *fresh]), idx_path)
-
-
-def _index_entries(outputs: dict[str, pa.Table | None]) -> list[pa.Table]:
-    entries = []
-    for rel, table in sorted(outputs.items()):
-        if table is None or table.num_rows == 0:
-            continue
-        distinct = pc.drop_null(pc.unique(table[SUBJECT_COLUMN]))
-        zone = rel.split("/", 1)[0]
-        entries.append(pa.table({"subject_id": distinct.cast(pa.string()),
-                                 "zone": pa.repeat(zone, len(distinct)),
-                                 "path": pa.repeat(rel, len(distinct))}, schema=INDEX_SCHEMA))
-    return entries
 
 
 def _write_all(settings: Settings, outputs: dict[str, pa.Table | None]) -> None:
@@ -468,16 +401,15 @@ def _publish(settings: Settings, dataset: str, tenant: str, batch_id: str,
     rows appear in new files: the index first becomes old ∪ new, then the interim
     files, the final files and the final index are written.
     """
-    idx_path = index_file(settings, dataset, tenant, batch_id)
-    old_index = pq.read_table(idx_path) if idx_path.exists() else INDEX_SCHEMA.empty_table()
-    touched = pa.array(sorted(outputs), pa.string())
-    kept = old_index.filter(pc.invert(pc.is_in(old_index["path"], value_set=touched)))
-    final_entries = _index_entries(outputs)
+    old_index = index.read(settings, dataset, tenant, batch_id)
+    kept = index.without_files(old_index, sorted(outputs))
+    final_entries = index.entries(outputs)
     if interim:
-        write_index(pa.concat_tables([old_index, *_index_entries(interim), *final_entries]), idx_path)
+        index.write(settings, dataset, tenant, batch_id,
+                    pa.concat_tables([old_index, *index.entries(interim), *final_entries]))
         _write_all(settings, interim)
     _write_all(settings, outputs)
-    write_index(pa.concat_tables([kept, *final_entries]), idx_path)
+    index.write(settings, dataset, tenant, batch_id, pa.concat_tables([kept, *final_entries]))
 
 
 # -- verification and closing ---------------------------------------------------------------
@@ -526,26 +458,24 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
     # (and their restricted mirrors), independently of the rewritten index
     affected: dict[tuple[str, str], set[str]] = defaultdict(set)
     for g in plan["groups"]:
-        files = set(g["files"]) | {m for f in g["files"] if not f.startswith("pii/")
-                                   for m in _mirror(settings, f)}
+        files = set(g["files"]) | {m for f in g["files"] if layout.zone_of(f) != layout.PII
+                                   for m in layout.mirror_pair(f)}
         for s in {*g["erase"], *g["restrict"]}:
             affected[(g["tenant_id"], s)] |= files
     remaining_files = _scan_affected(settings, affected)
     for row in rows:
         outcome: dict[str, Any] = {"type": row.type, "run_id": plan["run_id"]}
         s, tenant = row.subject_id, row.tenant_id
-        with store.engine_for(settings).connect() as conn:
-            holds = requests.holds_for(conn, tenant, s)
+        holds = legal_holds(settings, tenant)
         if row.type == "erase":
             remaining = remaining_files.get((tenant, s), [])
-            unexpected = [p for p in remaining
-                          if not any(h["dataset"] in (None, p.split("/")[1]) for h in holds)]
+            unexpected = [p for p in remaining if not holds.keeps(layout.parse(p).dataset, s)]
             if unexpected:
                 failures.append(row.request_id)
-                reindex(settings, unexpected)  # so that a retry finds what is left
+                index.reindex(settings, unexpected)  # so that a retry finds what is left
                 _finish(settings, row, "failed", {"code": "erase_incomplete", "files": unexpected})
                 continue
-            pii_held = any(h["dataset"] in (None, "profiles") for h in holds)
+            pii_held = holds.keeps("profiles", s)
             destroyed = False
             if not pii_held:
                 with state.connect(settings) as sconn:
@@ -561,15 +491,15 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                             "export_archives_deleted": exports_deleted,
                             "files_scanned": len(affected.get((tenant, s), ())),
                             "key_destroyed": not pii_held,
-                            "retained": [{"dataset": h["dataset"] or "*", "hold_id": h["hold_id"],
-                                          "reason": h["reason"]} for h in holds],
+                            "retained": [{"dataset": h.dataset or "*", "hold_id": h.hold_id,
+                                          "reason": h.reason} for h in holds.of_subject(s)],
                             "retained_files": remaining})
         elif row.type == "restrict":
             outcome["rows_moved_to_restricted"] = per_subject.get(s, {}).get("rows_restricted", 0)
-            leaked = [p for p in remaining_files.get((tenant, s), []) if p.startswith("events/")]
+            leaked = [p for p in remaining_files.get((tenant, s), []) if layout.zone_of(p) == layout.EVENTS]
             if leaked:
                 failures.append(row.request_id)
-                reindex(settings, leaked)
+                index.reindex(settings, leaked)
                 _finish(settings, row, "failed", {"code": "restrict_incomplete", "files": leaked})
                 continue
         elif row.type == "unrestrict":
@@ -607,7 +537,7 @@ def _delete_exports(settings: Settings, row: Any) -> list[str]:
             store.requests.c.type == "export"))]
     deleted = []
     for request_id in sorted(earlier):
-        archive = settings.exports / row.tenant_id / f"{request_id}.zip"
+        archive = layout.export_file(settings, row.tenant_id, request_id)
         if archive.exists():
             archive.unlink()
             deleted.append(request_id)
@@ -633,8 +563,6 @@ def _finish(settings: Settings, row: Any, state_name: str, details: dict[str, An
 
 def process_all(settings: Settings, run_id: str, *, keyring: KeyRing | None = None) -> dict[str, Any]:
     """Intake the inbox and run every open request, as the DAG does, in this process."""
-    from pseudozone.rights.export import export_request
-
     keyring = keyring or KeyRing.load(settings)
     requests.intake_inbox(settings, keyring=keyring)
     plan = open_run(settings, run_id, keyring=keyring)

@@ -24,7 +24,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import and_, delete, insert, or_, select
+from sqlalchemy import and_, delete, insert, select
 
 from pseudozone import contracts, state
 from pseudozone.config import TENANT_RE, Settings
@@ -295,6 +295,7 @@ def intake_inbox(settings: Settings, *, keyring: KeyRing | None = None) -> list[
     ``zones/quarantine/requests/`` (a compliance-only place) beside its reason.
     """
     from pseudozone import zones
+    from pseudozone.lake import layout
 
     inbox = inbox_dir(settings)
     inbox.mkdir(parents=True, exist_ok=True)
@@ -306,7 +307,7 @@ def intake_inbox(settings: Settings, *, keyring: KeyRing | None = None) -> list[
             raw = None
         status = submit(settings, raw, source="inbox", keyring=keyring)
         if raw is None:
-            target = settings.quarantine / "requests" / f"{status.request_id}.json"
+            target = layout.request_quarantine_file(settings, status.request_id)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
             zones.write_json({"request_id": status.request_id, "file": path.name,
@@ -338,33 +339,3 @@ def add_legal_hold(settings: Settings, *, tenant_id: str, reason: str, dataset: 
         audit.append(conn, "hold.added", tenant_id=tenant_id, subject_id=subject,
                      details={"hold_id": hold_id, "dataset": dataset, "reason": reason})
     return hold_id
-
-
-def not_held(settings: Settings, tenant_id: str, dataset: str, subjects: Any) -> Any:
-    """``subjects`` (an Arrow string array) less those whose ``dataset`` rows an open legal
-    hold keeps; empty when a hold keeps the whole dataset (or tenant)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    with store.engine_for(settings).connect() as conn:
-        rows = list(conn.execute(select(store.legal_holds).where(
-            store.legal_holds.c.tenant_id == tenant_id, store.legal_holds.c.released_at.is_(None))))
-    covering = [r for r in rows if r.dataset in (None, dataset)]
-    if any(r.subject_id is None for r in covering):
-        return pa.array([], pa.string())
-    held = pa.array(sorted({r.subject_id for r in covering}), pa.string())
-    return pc.filter(subjects, pc.invert(pc.is_in(subjects, value_set=held))) if len(held) else subjects
-
-
-def holds_for(conn: Any, tenant_id: str, subject_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute(select(store.legal_holds).where(
-        store.legal_holds.c.tenant_id == tenant_id, store.legal_holds.c.released_at.is_(None),
-        or_(store.legal_holds.c.subject_id.is_(None), store.legal_holds.c.subject_id == subject_id)))
-    return [{"hold_id": r.hold_id, "dataset": r.dataset, "reason": r.reason} for r in rows]
-
-
-def restricted_subjects(settings: Settings, tenant_id: str) -> set[str]:
-    with store.engine_for(settings).connect() as conn:
-        rows = conn.execute(select(store.restrictions.c.subject_id)
-                            .where(store.restrictions.c.tenant_id == tenant_id))
-        return {str(r[0]) for r in rows}
