@@ -32,6 +32,8 @@ POSITIVES = {
     "phone_br": ("ligue 84 1246-4390", "phone", "84 1246-4390"),
     "phone_us_ext": ("555-123-4567x89", "phone", "555-123-4567x89"),
     "phone_us_ext_words": ("call (555) 123-4567 ext. 89", "phone", "(555) 123-4567 ext. 89"),
+    "card_maestro_12_after_word": ("Kartennummer: 566922279666", "card", "566922279666"),
+    "card_maestro_12_json_key": ('{"card": "676274494621"}', "card", "676274494621"),
     "phone_hash_ext_formatted": ("(555) 123-4567 #89", "phone", "(555) 123-4567 #89"),
     "phone_hash_ext_after_word": ("tel 5551234567 #89", "phone", "5551234567 #89"),
     "phone_de_trunk": ("Tel +49 (0) 9168 820619", "phone", "+49 (0) 9168 820619"),
@@ -146,6 +148,8 @@ NEGATIVES = [
     "budget: 125 000 000",
     "git@github.com:acme/repo.git",
     "setup_1.2.3.4.exe libfoo_2.10.3.1.so",            # file versions glued to '_'
+    "order 676274494621, ts 4915112345678",            # 12 and 13 bare digits, Luhn-valid: no card word
+    '{"order_id": 4512345678908, "ref": 501234567896}',  # 13- and 12-digit order ids passing Luhn
     "771585314 1607285508088 #656396",                 # an epoch, then an order after '#'
     '{"note": "1647007749 #712779 3198763819"}',       # '#' after a bare number is no extension
 ]

@@ -19,7 +19,10 @@ PII_TEXTS = {
     "phone_url_plus": ("phone=%2B4915112345678", "[phone]"),
     "phone_url_space": ("phone=00%2081%203-2121-495", "[phone]"),
     "phone_bare_digits": ("callback 491511234567", "[phone]"),
-    "long_digit_run_as_card": ("callback 4915112345678", "[card]"),  # 13+ digits: scrubbed as a card
+    # 13 digits after a phone word: a country code and a mobile number (a bare 13-digit card
+    # needs a card word)
+    "long_digit_run_after_phone_word": ("callback 4915112345678", "[phone]"),
+    "maestro_12_after_card_word": ("card no. 501893073061", "[card]"),
     "card_spaced": ("card 4111 1111 1111 1111", "[card]"),
     "card_dashed": ("card 4111-1111-1111-1111", "[card]"),
     "card_plain": ("card 4539148803436467", "[card]"),

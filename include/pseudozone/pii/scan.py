@@ -57,7 +57,9 @@ TRIGGERS: dict[str, str] = {
     # grouped, or a bare run of a card's length that starts the way cards start (an order
     # number inside a longer digit run is not a candidate)
     "card": (r"(?:^|[^0-9])(?:[2-6]\d{3}S\d{4}S\d{4}S\d{1,7}|3[47]\d{2}S\d{6}S\d{5}|3[0689]\d{2}S\d{6}S\d{4}"
-             r"|(?:1800|2131)\d{11}|[56]\d{15,18}|81\d{14})(?:[^0-9]|$)").replace("S", r"[ \t.\-]{0,5}"),
+             r"|(?:1800|2131)\d{11}|[56]\d{15,18}|81\d{14})(?:[^0-9]|$)").replace("S", r"[ \t.\-]{0,5}")
+            # a bare 12-19 digit run after a card word (a 12-digit Maestro)
+            + r"|(?i)(?:" + detectors.CARD_WORDS + r")\w{0,6}\W{0,4}(?:\w{1,9}\W{1,4}){0,2}\d{12,19}",
     "iban": rf"(?i)(?:^|[^0-9A-Za-z])(?:{_IBAN_COUNTRIES})\d{{2}}[ .\-]?[0-9A-Za-z]{{4}}",
 }
 # dates and times look like phone numbers to the trigger; a value whose only trigger was
