@@ -315,7 +315,7 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
             counts["*"]["pii_values_rectified"] += n
         outputs[pii_rel] = pii
 
-    _gate(settings, contract, group, outputs, erase, corrections)
+    _gate(settings, contract, group, outputs, corrections)
     _publish(settings, dataset, tenant, batch_id, outputs, interim)
     with store.transaction(settings) as conn:
         audit.append(conn, "files.rewritten", tenant_id=tenant, details={
@@ -327,8 +327,7 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
 
 
 def _gate(settings: Settings, contract: contracts.Contract, group: dict[str, Any],
-          outputs: dict[str, pa.Table | None], erase: set[str],
-          corrections: dict[str, dict[str, str]]) -> None:
+          outputs: dict[str, pa.Table | None], corrections: dict[str, dict[str, str]]) -> None:
     """Validate a group's rewritten files before any replaces a published one.
 
     On failure the group is recorded in quarantine (which files, which expectations;
