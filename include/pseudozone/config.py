@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from pseudozone import zones
 
 HOME_ENV = "PSEUDOZONE_HOME"
 # a tenant id: letters, digits, '_', '.', '-'; \Z also refuses a trailing newline
@@ -80,6 +84,38 @@ class Settings:
         return self.state / "master.key"
 
     def ensure(self) -> None:
+        """Make the data root's places; the first call of a process also sweeps leftovers."""
         for path in (self.landing, self.pii_zone, self.event_zone, self.quarantine,
                      self.staging, self.state, self.subject_index):
             path.mkdir(parents=True, exist_ok=True)
+        if self.root not in _SWEPT:
+            _SWEPT.add(self.root)
+            self.sweep_leftovers()
+
+    def sweep_leftovers(self, *, older_than: float | None = None) -> list[Path]:
+        """Remove what killed runs left: temp files under the zones and state, and staged
+        batches (``zones/.staging/<batch>``), untouched since ``older_than`` (epoch seconds;
+        default ``zones.STALE_TEMP_SECONDS`` ago, so that a live writer's files stay)."""
+        cutoff = time.time() - zones.STALE_TEMP_SECONDS if older_than is None else older_than
+        removed = zones.sweep_temp_files([self.zones, self.state], cutoff)
+        if self.staging.is_dir():
+            for staged in sorted(self.staging.iterdir()):
+                if staged.is_dir() and not staged.is_symlink() and _newest_mtime(staged) < cutoff:
+                    shutil.rmtree(staged, ignore_errors=True)
+                    removed.append(staged)
+        return removed
+
+
+# data roots swept by this process (Settings.ensure): once per command or task, not per batch
+_SWEPT: set[Path] = set()
+
+
+def _newest_mtime(directory: Path) -> float:
+    newest = directory.lstat().st_mtime
+    for dirpath, dirs, files in os.walk(directory):
+        for name in (*dirs, *files):
+            try:
+                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+            except FileNotFoundError:
+                continue
+    return newest

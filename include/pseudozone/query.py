@@ -1,9 +1,11 @@
 """Analyst access: DuckDB over the event zone only.
 
 One view per dataset (``events``, ``profiles``, ``server_logs``, ...) reads the
-Hive-partitioned Parquet as it is.  The connection is locked to the event
-zone: DuckDB's external access is limited to that directory, so a query cannot
-read the PII or restricted zones, and no extension is downloaded.
+Hive-partitioned Parquet as it is, skipping names that start with ``.`` or ``_`` as
+pyarrow and Spark do (a writer's temp file or a stray upload is never read).  The
+connection is locked to the event zone: DuckDB's external access is limited to that
+directory, so a query cannot read the PII or restricted zones, and no extension is
+downloaded.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import duckdb
 
 from pseudozone.config import Settings
+
+# DuckDB's glob of published files: '*.parquet' alone matches '.x.parquet' and '_x.parquet'
+PUBLISHED = "[!._]*.parquet"
 
 
 def _quote(text: str) -> str:
@@ -22,14 +27,14 @@ def datasets(settings: Settings) -> list[str]:
     if not root.exists():
         return []
     return sorted(d.name for d in root.iterdir()
-                  if d.is_dir() and d.name.isidentifier() and any(d.rglob("*.parquet")))
+                  if d.is_dir() and d.name.isidentifier() and any(d.rglob(PUBLISHED)))
 
 
 def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect(config={"autoinstall_known_extensions": False,
                                   "autoload_known_extensions": False})
     for name in datasets(settings):
-        glob = str(settings.event_zone / name / "**" / "*.parquet")
+        glob = str(settings.event_zone / name / "**" / PUBLISHED)
         conn.execute(
             f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_quote(glob)}, "  # noqa: S608
             "hive_partitioning = true, union_by_name = true)")

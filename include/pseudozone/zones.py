@@ -3,13 +3,23 @@
 Every write is a whole file with a deterministic name, written under a
 temporary name in the same directory and renamed into place with
 ``os.replace``.  Readers never see half a file; a re-run writes the same names.
+
+Temporary names (``temp_path``) start with ``.tmp-`` and end with ``.part``: no reader
+looks at them (DuckDB's ``*.parquet`` globs need the suffix; pyarrow, Spark and Trino
+skip names that start with ``.`` or ``_``).  A writer renames its temp file seconds after
+its last write, so one untouched for ``STALE_TEMP_SECONDS`` belongs to a killed writer:
+``sweep_temp_files`` removes it (``Settings.ensure`` does, once per process).  Should a
+stopped writer come back after that, its rename fails and its task is retried; nothing
+is half-published either way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +32,46 @@ import pyarrow.parquet as pq
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1, "store_schema": False}
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+TEMP_PREFIX = ".tmp-"
+TEMP_SUFFIX = ".part"
+# a temp file untouched this long is a killed writer's (see the module docstring)
+STALE_TEMP_SECONDS = 3600
+# the names of temp files before issue 12 (.<name>.tmp-<uuid>), swept as well
+_LEGACY_TEMP = re.compile(r"^\..+\.tmp-[0-9a-f]{32}\Z")
+
+
+def temp_path(path: Path) -> Path:
+    """A fresh temp name beside ``path``: hidden, never ``*.parquet``; the writer's pid is in it
+    (for people reading a directory listing; staleness goes by age, since pids are per host)."""
+    return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}-{path.name}{TEMP_SUFFIX}")
+
+
+
+def is_temp(name: str) -> bool:
+    """Whether a file name is a temp name of this module (now or before issue 12)."""
+    return (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)) or bool(_LEGACY_TEMP.match(name))
+
+
+def sweep_temp_files(roots: Iterable[Path], older_than: float) -> list[Path]:
+    """Remove temp files under ``roots`` last modified before ``older_than`` (epoch seconds).
+
+    Symlinks are neither followed nor removed.  Returns the removed paths.
+    """
+    removed: list[Path] = []
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                if not is_temp(name):
+                    continue
+                path = Path(dirpath, name)
+                try:
+                    st = path.lstat()
+                    if st.st_mtime < older_than and not path.is_symlink():
+                        path.unlink()
+                        removed.append(path)
+                except FileNotFoundError:
+                    continue  # renamed or removed by its writer meanwhile
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -48,7 +96,7 @@ def write_parquet(table: pa.Table, path: Path, *, sync_dir: bool = True, **optio
     writes that are staged and renamed again.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = temp_path(path)
     try:
         pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **options})
         with open(tmp, "rb+") as fh:
@@ -64,7 +112,7 @@ def write_parquet(table: pa.Table, path: Path, *, sync_dir: bool = True, **optio
 
 def write_bytes(data: bytes, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
