@@ -180,7 +180,7 @@ def cmd_hold_add(args: argparse.Namespace) -> int:
     from pseudozone.rights import requests
 
     hold_id = requests.add_legal_hold(_settings(args), tenant_id=args.tenant, dataset=args.dataset,
-                                      user_id=args.user, reason=args.reason)
+                                      user_id=args.user, reason=args.reason, reason_code=args.code)
     print(f"legal hold {hold_id} added")
     return 0
 
@@ -320,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     hadd.add_argument("--tenant", required=True)
     hadd.add_argument("--dataset")
     hadd.add_argument("--user")
-    hadd.add_argument("--reason", required=True)
+    hadd.add_argument("--reason", required=True,
+                      help="why the data is kept (free text, stored encrypted; tenants see only --code)")
+    hadd.add_argument("--code", default="other",
+                      choices=["litigation", "regulatory_investigation", "tax_audit", "law_enforcement",
+                               "contract", "other"],
+                      help="the reason code tenants and the audit log see (default: other)")
     hadd.set_defaults(func=cmd_hold_add)
 
     key = sub.add_parser("keys", help="the master key of this data root")

@@ -287,6 +287,10 @@ class KeyRing:
     def kek(self, tenant: str) -> bytes:
         return self._derive(f"pseudozone/kek/{tenant}/v{KEK_VERSION}")
 
+    def hold_key(self, tenant: str) -> bytes:
+        """Encrypts the free-text reasons of the tenant's legal holds (tenants see only a code)."""
+        return self._derive(f"pseudozone/holds/{tenant}/v1")
+
     def request_key(self, tenant: str) -> bytes:
         """Encrypts the raw identifiers and values a rights request carries while it is open."""
         return self._derive(f"pseudozone/requests/{tenant}/v1")

@@ -162,15 +162,20 @@ def test_export_holds_that_subjects_data_only(rlake: Settings) -> None:
 
 
 def test_legal_hold_keeps_held_data_and_the_outcome_says_so(rlake: Settings) -> None:
-    hold = requests.add_legal_hold(rlake, tenant_id="acme", dataset="server_logs",
-                                   reason="tax audit 2026", keyring=KR)
+    hold = requests.add_legal_hold(rlake, tenant_id="acme", dataset="server_logs", reason_code="tax_audit",
+                                   reason="Zelda Plantedname's tax audit 2026", keyring=KR)
     logs_before = _rows_of(rlake, SUBJECT, rlake.event_zone / "server_logs")
     status = _submit(rlake, "erase")
     process.process_all(rlake, "run-1", keyring=KR)
     assert _rows_of(rlake, SUBJECT, rlake.event_zone / "server_logs") == logs_before > 0
     assert _rows_of(rlake, SUBJECT, rlake.event_zone / "events") == 0
     outcome = requests.get_status(rlake, status.request_id).outcome
-    assert outcome["retained"] == [{"dataset": "server_logs", "hold_id": hold, "reason": "tax audit 2026"}]
+    # the tenant sees the code; the free text (it may name a person) stays encrypted in the store
+    assert outcome["retained"] == [{"dataset": "server_logs", "hold_id": hold, "reason_code": "tax_audit"}]
+    assert requests.hold_reason(rlake, hold, keyring=KR) == "Zelda Plantedname's tax audit 2026"
+    for path in rlake.state.rglob("*"):
+        if path.is_file():
+            assert b"Plantedname" not in path.read_bytes(), path.name
     assert outcome["retained_files"] and all(f.startswith("events/server_logs/")
                                              for f in outcome["retained_files"])
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import insert
 
 from pseudozone import state
 from pseudozone.config import Settings
+from pseudozone.keys import KeyRing
+from pseudozone.lake import subjects
 from pseudozone.lake.subjects import Hold, Holds, SubjectSets, as_array, keys, legal_holds
 from pseudozone.rights import requests, store
 
@@ -86,7 +89,7 @@ def test_the_sets_load_from_the_key_vault_and_the_request_ledger(tmp_path: Path)
         conn.execute(insert(store.legal_holds).values(tenant_id="acme", dataset="server_logs",
                                                       subject_id=HELD, reason="audit",
                                                       created_at=store.utcnow()))
-    requests.add_legal_hold(settings, tenant_id="globex", reason="all of it")
+    requests.add_legal_hold(settings, tenant_id="globex", reason="all of it", keyring=KeyRing(bytes(32)))
     sets = SubjectSets.load(settings, "acme")
     assert sets.erased == {ERASED, HELD} and sets.restricted == {RESTRICTED}
     assert keys(settings, "acme") == ({OTHER}, {ERASED, HELD})
@@ -94,3 +97,33 @@ def test_the_sets_load_from_the_key_vault_and_the_request_ledger(tmp_path: Path)
     assert sets.forbidden("events") == {ERASED, HELD, RESTRICTED}
     assert legal_holds(settings, "globex").keeps_all("events")
     assert as_array(sets.forbidden("events")).to_pylist() == sorted({ERASED, HELD, RESTRICTED})
+
+
+def test_a_hold_needs_a_reason_and_a_known_code(settings: Settings, master_key_env: None) -> None:
+    from pseudozone.errors import PseudozoneError
+
+    with pytest.raises(PseudozoneError, match="needs a reason"):
+        requests.add_legal_hold(settings, tenant_id="acme", reason="  ")
+    with pytest.raises(PseudozoneError, match="reason code must be one of") as err:
+        requests.add_legal_hold(settings, tenant_id="acme", reason="x", reason_code="Zelda's case")
+    assert "Zelda" not in str(err.value)
+
+
+def test_a_store_from_before_reason_codes_gets_the_column(settings: Settings, master_key_env: None) -> None:
+    import sqlite3
+
+    from pseudozone.rights import store
+
+    settings.state.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(settings.state / "requests.db")
+    conn.execute("CREATE TABLE legal_holds (hold_id INTEGER PRIMARY KEY, tenant_id VARCHAR(64) NOT NULL,"
+                 " dataset VARCHAR(64), subject_id VARCHAR(80), reason TEXT NOT NULL,"
+                 " created_at DATETIME NOT NULL, released_at DATETIME)")
+    conn.execute("INSERT INTO legal_holds (tenant_id, reason, created_at) VALUES"
+                 " ('acme', 'old plain reason', '2026-01-01 00:00:00')")
+    conn.commit()
+    conn.close()
+    store._engine.cache_clear()
+    holds = subjects.legal_holds(settings, "acme")
+    assert [h.to_dict() for h in holds.holds] == [{"hold_id": 1, "dataset": None, "reason_code": "other"}]
+    assert requests.hold_reason(settings, 1) == "old plain reason"

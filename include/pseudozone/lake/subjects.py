@@ -34,14 +34,14 @@ class Hold:
     hold_id: int
     dataset: str | None  # None: every dataset
     subject_id: str | None  # None: every subject of the tenant
-    reason: str
+    reason_code: str  # the free-text reason stays encrypted in the store
 
     def covers(self, dataset: str, subject: str) -> bool:
         """Whether the hold keeps ``subject``'s rows of ``dataset``."""
         return self.dataset in (None, dataset) and self.subject_id in (None, subject)
 
     def to_dict(self) -> dict[str, object]:
-        return {"hold_id": self.hold_id, "dataset": self.dataset, "reason": self.reason}
+        return {"hold_id": self.hold_id, "dataset": self.dataset, "reason_code": self.reason_code}
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ def legal_holds(settings: Settings, tenant: str) -> Holds:
         rows = conn.execute(select(store.legal_holds).where(
             store.legal_holds.c.tenant_id == tenant, store.legal_holds.c.released_at.is_(None))
             .order_by(store.legal_holds.c.hold_id))
-        return Holds(tuple(Hold(int(r.hold_id), r.dataset, r.subject_id, r.reason) for r in rows))
+        return Holds(tuple(Hold(int(r.hold_id), r.dataset, r.subject_id, r.reason_code or "other")
+                           for r in rows))
 
 
 def keys(settings: Settings, tenant: str) -> tuple[frozenset[str], frozenset[str]]:

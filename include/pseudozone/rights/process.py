@@ -491,7 +491,7 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                             "files_scanned": len(affected.get((tenant, s), ())),
                             "key_destroyed": not pii_held,
                             "retained": [{"dataset": h.dataset or "*", "hold_id": h.hold_id,
-                                          "reason": h.reason} for h in holds.of_subject(s)],
+                                          "reason_code": h.reason_code} for h in holds.of_subject(s)],
                             "retained_files": remaining})
         elif row.type == "restrict":
             outcome["rows_moved_to_restricted"] = per_subject.get(s, {}).get("rows_restricted", 0)

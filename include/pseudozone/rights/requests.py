@@ -10,6 +10,7 @@ audits a raw identifier.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import hmac
@@ -321,21 +322,55 @@ def intake_inbox(settings: Settings, *, keyring: KeyRing | None = None) -> list[
 # -- legal holds and restrictions ---------------------------------------------------------
 
 
-def add_legal_hold(settings: Settings, *, tenant_id: str, reason: str, dataset: str | None = None,
-                   user_id: str | None = None, keyring: KeyRing | None = None) -> int:
-    """Keep data of a tenant (optionally one dataset and/or one subject) through erasures."""
+HOLD_REASON_CODES = ("litigation", "regulatory_investigation", "tax_audit", "law_enforcement",
+                     "contract", "other")
+_SEALED_REASON = "aesgcm:"
+
+
+def add_legal_hold(settings: Settings, *, tenant_id: str, reason: str, reason_code: str = "other",
+                   dataset: str | None = None, user_id: str | None = None,
+                   keyring: KeyRing | None = None) -> int:
+    """Keep data of a tenant (optionally one dataset and/or one subject) through erasures.
+
+    ``reason`` is free text (it may name people or cases): it is kept only encrypted under
+    the tenant's hold key; the audit log, request outcomes and tenants see ``reason_code``.
+    """
+    if reason_code not in HOLD_REASON_CODES:
+        raise PseudozoneError(f"a hold's reason code must be one of {', '.join(HOLD_REASON_CODES)}")
+    if not reason.strip():
+        raise PseudozoneError("a hold needs a reason: say why the data is kept (it is stored encrypted)")
     if dataset is not None:
         contracts.load(dataset)  # raises for an unknown dataset
-    subject = None
-    if user_id is not None:
-        subject = (keyring or KeyRing.load(settings)).subject_id(tenant_id, user_id)
+    keyring = keyring or KeyRing.load(settings)
+    subject = None if user_id is None else keyring.subject_id(tenant_id, user_id)
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = nonce + AESGCM(keyring.hold_key(tenant_id)).encrypt(
+        nonce, reason.strip().encode(), f"pseudozone/hold-reason|{tenant_id}".encode())
     with store.transaction(settings) as conn:
         result = conn.execute(insert(store.legal_holds).values(
-            tenant_id=tenant_id, dataset=dataset, subject_id=subject, reason=reason,
-            created_at=store.utcnow()))
+            tenant_id=tenant_id, dataset=dataset, subject_id=subject, reason_code=reason_code,
+            reason=_SEALED_REASON + base64.b64encode(sealed).decode(), created_at=store.utcnow()))
         key = result.inserted_primary_key
         assert key is not None
         hold_id = int(key[0])
         audit.append(conn, "hold.added", tenant_id=tenant_id, subject_id=subject,
-                     details={"hold_id": hold_id, "dataset": dataset, "reason": reason})
+                     details={"hold_id": hold_id, "dataset": dataset, "reason_code": reason_code})
     return hold_id
+
+
+def hold_reason(settings: Settings, hold_id: int, *, keyring: KeyRing | None = None) -> str:
+    """A hold's free-text reason, decrypted (for the compliance role; never shown to tenants)."""
+    with store.engine_for(settings).connect() as conn:
+        row = conn.execute(select(store.legal_holds.c.tenant_id, store.legal_holds.c.reason)
+                           .where(store.legal_holds.c.hold_id == hold_id)).first()
+    if row is None:
+        raise PseudozoneError(f"no legal hold {hold_id}")
+    if not row.reason.startswith(_SEALED_REASON):
+        return str(row.reason)  # a hold recorded before reasons were encrypted
+    blob = base64.b64decode(row.reason.removeprefix(_SEALED_REASON))
+    try:
+        data = AESGCM((keyring or KeyRing.load(settings)).hold_key(row.tenant_id)).decrypt(
+            blob[:NONCE_BYTES], blob[NONCE_BYTES:], f"pseudozone/hold-reason|{row.tenant_id}".encode())
+    except InvalidTag:
+        raise KeyMaterialError(f"legal hold {hold_id}: reason does not decrypt") from None
+    return data.decode()

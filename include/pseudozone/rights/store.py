@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.engine import Connection
 
@@ -68,10 +69,15 @@ legal_holds = Table(
     Column("tenant_id", String(64), nullable=False),
     Column("dataset", String(64)),               # null: every dataset
     Column("subject_id", String(80)),            # null: every subject
-    Column("reason", Text, nullable=False),
+    Column("reason", Text, nullable=False),     # AES-GCM of the free text ("aesgcm:<base64>")
+    Column("reason_code", String(32)),           # what tenants see (HOLD_REASON_CODES)
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("released_at", DateTime(timezone=True)),
 )
+
+# columns added after a table was first created: (table, column, DDL type); added in place
+# when missing, on SQLite and PostgreSQL alike
+_ADDED_COLUMNS = (("legal_holds", "reason_code", "VARCHAR(32)"),)
 
 restrictions = Table(
     "restrictions", metadata,
@@ -129,7 +135,16 @@ def _engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """A database made by an earlier version gets the columns added since (nothing else changes)."""
+    for table, column, ddl in _ADDED_COLUMNS:
+        if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
 
 
 def engine_for(settings: Settings) -> Engine:
