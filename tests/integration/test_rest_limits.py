@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from pseudozone.config import Settings
@@ -130,3 +131,22 @@ def test_given_tokens_in_headers_and_query_strings_then_no_server_log_holds_them
     assert "GET /requests" in logged  # the access log was on
     for secret in (token, wrong, token.split("_")[-1]):
         assert secret not in logged
+
+
+def test_given_a_tenants_rejected_requests_reach_the_daily_cap_then_more_are_not_stored(
+        settings: Settings, master_key_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pseudozone.rights.requests import list_requests
+
+    monkeypatch.setenv("PSEUDOZONE_REJECTED_REQUESTS_PER_DAY", "3")
+    token = register_tenant(settings, "acme")
+    auth = {"Authorization": f"Bearer {token}"}
+    with _client(settings, Limits()) as client:
+        codes = [client.post("/requests", headers=auth,
+                             json={"type": "forget", "user_id": f"u{i}"}).status_code for i in range(5)]
+        refused = client.post("/requests", headers=auth, json={"type": "forget", "user_id": "u9"})
+        valid = client.post("/requests", headers=auth, json={"type": "erase", "user_id": "u10"})
+    assert codes == [422, 422, 422, 429, 429]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 86401
+    assert valid.status_code == 202  # a valid request is never capped
+    states = [r.state for r in list_requests(settings, tenant_id="acme")]
+    assert states.count("rejected") == 3 and states.count("accepted") == 1

@@ -267,6 +267,11 @@ def submit_request(request: Request, tenant: Tenant, body: JsonObject, settings:
     result = rights.submit(settings, {**body, "tenant_id": tenant}, source="rest",
                            actor=f"tenant:{tenant}")
     if result.state == "rejected":
+        if result.reason and result.reason.get("recorded") is False:
+            # the tenant's rejected requests of today reached the cap: answered, not stored
+            now = time.time()
+            raise _too_many(int(86400 - now % 86400) + 1, "rejected requests today (this one was not"
+                            f" recorded: {result.reason['code']})")
         return JSONResponse(status_code=422, content={"request_id": result.request_id,
                                                       "state": result.state, "reason": result.reason})
     return JSONResponse(status_code=202, content=result.public_dict())

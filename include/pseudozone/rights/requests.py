@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import uuid
@@ -25,13 +26,15 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import and_, delete, insert, select
+from sqlalchemy import and_, delete, func, insert, select
 
 from pseudozone import contracts, state
 from pseudozone.config import TENANT_RE, Settings
-from pseudozone.errors import KeyMaterialError, PseudozoneError
+from pseudozone.errors import ConfigError, KeyMaterialError, PseudozoneError
 from pseudozone.keys import NONCE_BYTES, KeyRing
 from pseudozone.rights import audit, store
+
+log = logging.getLogger(__name__)
 
 TYPES = ("erase", "rectify", "restrict", "unrestrict", "export")
 SOURCES = ("cli", "inbox", "rest", "test")
@@ -192,6 +195,28 @@ def _validate(raw: Any, tenants: set[str]) -> tuple[str, str, str, dict[str, str
     return kind, tenant, user.strip(), clean
 
 
+REJECTED_PER_DAY_ENV = "PSEUDOZONE_REJECTED_REQUESTS_PER_DAY"
+REJECTED_PER_DAY = 1000
+
+
+def rejected_per_day() -> int:
+    """How many rejected requests of one tenant are recorded per UTC day (the rest are answered only)."""
+    raw = os.environ.get(REJECTED_PER_DAY_ENV, "").strip()
+    if not raw:
+        return REJECTED_PER_DAY
+    if not raw.isdigit():
+        raise ConfigError(f"{REJECTED_PER_DAY_ENV} must be a whole number")
+    return int(raw)
+
+
+def _rejected_today(settings: Settings, tenant: str, now: dt.datetime) -> int:
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    with store.engine_for(settings).connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(store.requests).where(
+            store.requests.c.tenant_id == tenant, store.requests.c.state == "rejected",
+            store.requests.c.received_at >= midnight)).scalar_one())
+
+
 def submit(settings: Settings, raw: Any, *, source: str, keyring: KeyRing | None = None,
            actor: str | None = None) -> RequestStatus:
     """Validate and record one request; a rejected request is recorded too, with its reason."""
@@ -208,6 +233,14 @@ def submit(settings: Settings, raw: Any, *, source: str, keyring: KeyRing | None
         kind, tenant, user, fields = _validate(raw, known_tenants(settings))
     except RequestRejected as rejected:
         reason = {"code": rejected.code, "detail": rejected.detail}
+        if _rejected_today(settings, shown_tenant, now) >= rejected_per_day():
+            # a flood of invalid requests is answered, not stored (a tenant's sender in a loop,
+            # or someone probing): the reason says so, and the log has counts only
+            log.warning("request rejected (%s) and not recorded: tenant %s has %d rejected requests"
+                        " today, the cap", rejected.code, shown_tenant, rejected_per_day())
+            return RequestStatus(request_id=request_id, tenant_id=shown_tenant, type=shown_type,
+                                 state="rejected", received_at=now.isoformat(), due_at=due.isoformat(),
+                                 completed_at=now.isoformat(), reason={**reason, "recorded": False})
         with store.transaction(settings) as conn:
             conn.execute(insert(store.requests).values(
                 request_id=request_id, tenant_id=shown_tenant, type=shown_type, state="rejected",
