@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +29,7 @@ from pseudozone.contracts import TENANT_COLUMN, Contract
 from pseudozone.errors import ContractError, ContractViolation
 from pseudozone.lake import layout
 
+MAX_ROWS_REPORTED = 20  # row and column positions listed in a reason
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -56,6 +57,25 @@ class BatchRef:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> BatchRef:
         return cls(**{k: str(raw[k]) for k in ("batch_id", "dataset", "tenant_id", "path")})
+
+
+class ColumnViolation(ContractViolation):
+    """A violation found in a landing file's column names (its header line or its keys).
+
+    A name the contract does not know may be data (a CSV without a header line makes
+    its first row the names; a JSON key can be an email), so the reason gives how many
+    and where (0-based positions in the file's column order, the first
+    ``MAX_ROWS_REPORTED``), never the name.  ``columns`` only ever holds contract names.
+    """
+
+    def __init__(self, code: str, detail: str, *, count: int, positions: list[int],
+                 columns: list[str] | None = None, rows_at: list[int] | None = None) -> None:
+        super().__init__(code, detail, columns=columns, rows_at=rows_at)
+        self.count = count
+        self.positions = positions[:MAX_ROWS_REPORTED]
+
+    def to_reason(self) -> dict[str, Any]:
+        return {**super().to_reason(), "count": self.count, "positions": self.positions}
 
 
 def batch_id_for(dataset: str, tenant: str, filename: str) -> str:
@@ -113,19 +133,39 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _open_landed(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
 def _read_raw(path: Path, fmt: str, contract: Contract) -> pa.Table:
     try:
-        if fmt == "parquet":
-            return pq.read_table(path)
-        if fmt == "csv":
-            convert = pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in contract.names},
-                strings_can_be_null=True, null_values=[""])
-            return pacsv.read_csv(path, convert_options=convert)
-        return pajson.read_json(path)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
-        raise ContractViolation(
-            "unreadable", f"the {fmt} file could not be parsed ({type(exc).__name__})") from None
+        with _open_landed(path) as fh:
+            if fmt == "parquet":
+                # ParquetFile, not read_table: the dataset reader refuses a schema with a
+                # repeated name, which ``conform`` reports as duplicate_columns instead
+                return pq.ParquetFile(fh).read()
+            if fmt == "csv":
+                convert = pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in contract.names},
+                    strings_can_be_null=True, null_values=[""])
+                return pacsv.read_csv(fh, convert_options=convert)
+            return pajson.read_json(fh)
+    except pa.ArrowInvalid as exc:
+        twice = _JSON_KEY_TWICE.search(str(exc)) if fmt == "jsonl" else None
+        if twice is not None:
+            # the key is in the message; only the row number is kept
+            raise ColumnViolation("duplicate_columns", "a JSON object names the same key twice",
+                                  count=1, positions=[], rows_at=[int(twice.group(1))]) from None
+        raise _unreadable(fmt, exc) from None
+    except (pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+        raise _unreadable(fmt, exc) from None
+
+
+_JSON_KEY_TWICE = re.compile(r"was specified twice in row (\d+)")
+
+
+def _unreadable(fmt: str, exc: Exception) -> ContractViolation:
+    return ContractViolation("unreadable", f"the {fmt} file could not be parsed ({type(exc).__name__})")
 
 
 def _to_timestamp(arr: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -173,8 +213,6 @@ def _normalize_identifier(arr: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
 
 
-MAX_ROWS_REPORTED = 20
-
 
 def _check_formats(columns: dict[str, pa.ChunkedArray], contract: Contract) -> None:
     """Every non-null value of a column with a ``format`` must fit it, or the batch is rejected.
@@ -208,15 +246,41 @@ def _check_formats(columns: dict[str, pa.ChunkedArray], contract: Contract) -> N
                             rows=int(pc.sum(any_misfit).as_py() or 0), rows_at=rows_at, details=details)
 
 
-def conform(table: pa.Table, contract: Contract, tenant: str) -> pa.Table:
-    """Check ``table`` against ``contract`` and return it typed, in contract order."""
-    present = set(table.column_names)
+def _check_names(names: list[str], contract: Contract, fmt: str | None) -> None:
+    """Reject a header that names no contract column, repeats a name, or names unknown columns.
+
+    Unknown names are treated as data: reasons carry counts and positions only.
+    """
     known = set(contract.names)
-    unknown = sorted(present - known)
+    if fmt == "csv" and names and not known.intersection(names):
+        raise ColumnViolation(
+            "missing_header", f"none of the {len(names)} column name(s) is in the {contract.dataset}"
+            " contract: the file has no header line (a CSV's first line must name its columns)"
+            " or is not of this dataset", count=len(names), positions=list(range(len(names))))
+    seen: dict[str, int] = {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+    repeated = [i for i, name in enumerate(names) if seen[name] > 1]
+    if repeated:
+        twice = {names[i] for i in repeated}
+        raise ColumnViolation(
+            "duplicate_columns", f"{len(twice)} column name(s) appear more than once",
+            count=len(twice), positions=repeated, columns=sorted(twice & known))
+    unknown = [i for i, name in enumerate(names) if name not in known]
     if unknown:
-        raise ContractViolation("unknown_columns",
-                                f"{len(unknown)} column(s) not in the {contract.dataset} contract",
-                                columns=unknown)
+        raise ColumnViolation(
+            "unknown_columns", f"{len(unknown)} column(s) not in the {contract.dataset} contract"
+            " (names not shown: they may be data)", count=len(unknown), positions=unknown)
+
+
+def conform(table: pa.Table, contract: Contract, tenant: str, *, fmt: str | None = None) -> pa.Table:
+    """Check ``table`` against ``contract`` and return it typed, in contract order.
+
+    ``fmt`` is the landing file's format: a CSV whose first line names no contract
+    column is reported as ``missing_header``.
+    """
+    _check_names(table.column_names, contract, fmt)
+    present = set(table.column_names)
     missing = sorted(c.name for c in contract.columns if c.required and c.name not in present)
     if missing:
         raise ContractViolation("missing_columns", f"{len(missing)} required column(s) absent",
@@ -267,7 +331,7 @@ def read_batch(settings: Settings, ref: BatchRef) -> tuple[pa.Table, Contract]:
     if fmt is None:
         raise ContractViolation("unsupported_format",
                                 f"file type {path.suffix!r} is not one of {sorted(FORMATS)}")
-    return conform(_read_raw(path, fmt, contract), contract, ref.tenant_id), contract
+    return conform(_read_raw(path, fmt, contract), contract, ref.tenant_id, fmt=fmt), contract
 
 
 def quarantine(settings: Settings, ref: BatchRef, reason: dict[str, Any]) -> Path:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,6 +13,7 @@ from pseudozone.errors import ContractViolation
 from pseudozone.landing import BatchRef, conform, discover, fingerprint, read_batch
 
 LOGS = contracts.load("server_logs")
+PLANTED = "zelda.planted@example.org"
 
 
 def _logs(**overrides: list[object]) -> pa.Table:
@@ -34,10 +36,53 @@ def test_conform_types_and_normalizes_messy_text_input() -> None:
         dt.datetime(2026, 11, 1, 10, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, 11, tzinfo=dt.UTC)]
 
 
-def test_given_unknown_column_then_batch_is_rejected_naming_it() -> None:
+def test_given_unknown_column_then_batch_is_rejected_by_position_never_by_name() -> None:
     with pytest.raises(ContractViolation) as err:
         conform(_logs(ssn=["1", "2"]), LOGS, "acme")
-    assert err.value.code == "unknown_columns" and err.value.columns == ["ssn"]
+    assert err.value.code == "unknown_columns" and err.value.columns == []
+    reason = err.value.to_reason()
+    assert reason["count"] == 1 and reason["positions"] == [len(LOGS.names)]
+    assert "ssn" not in json.dumps(reason) and "ssn" not in str(err.value)
+
+
+def test_given_keys_that_look_like_data_then_no_key_is_echoed() -> None:
+    keys: dict[str, list[object]] = {PLANTED: ["a", "b"], "4539148803436467": ["c", "d"]}
+    table = _logs(**keys)
+    with pytest.raises(ContractViolation) as err:
+        conform(table, LOGS, "acme", fmt="jsonl")
+    reason = err.value.to_reason()
+    assert reason["code"] == "unknown_columns" and reason["count"] == 2
+    assert reason["positions"] == [len(LOGS.names), len(LOGS.names) + 1]
+    text = json.dumps(reason) + str(err.value)
+    assert "zelda" not in text and "4539" not in text
+
+
+def test_given_a_csv_without_header_then_missing_header_names_no_cell() -> None:
+    # the first data row became the names
+    row = ["acme", "usr_planted_0001", "2026-11-01T10:00:00Z", "198.51.100.77", "GET", PLANTED,
+           "200", "4711", "curl", "req_1"]
+    table = pa.table({name: ["x"] for name in row})
+    with pytest.raises(ContractViolation) as err:
+        conform(table, LOGS, "acme", fmt="csv")
+    reason = err.value.to_reason()
+    assert reason["code"] == "missing_header" and reason["count"] == 10
+    assert reason["positions"] == list(range(10)) and reason["columns"] == []
+    text = json.dumps(reason) + str(err.value)
+    assert not [cell for cell in row if cell in text]
+
+
+def test_given_a_duplicated_column_then_duplicate_columns_by_position() -> None:
+    base = _logs()
+    names = [*base.column_names, "status", PLANTED, PLANTED]
+    table = pa.Table.from_arrays([*base.columns, base["status"], base["path"], base["path"]], names=names)
+    with pytest.raises(ContractViolation) as err:
+        conform(table, LOGS, "acme", fmt="csv")
+    reason = err.value.to_reason()
+    n = len(base.column_names)
+    assert reason["code"] == "duplicate_columns" and reason["count"] == 2
+    assert reason["positions"] == [names.index("status"), n, n + 1, n + 2]
+    assert reason["columns"] == ["status"]  # a contract name may be named; the other may be data
+    assert "zelda" not in json.dumps(reason) + str(err.value)
 
 
 def test_given_missing_column_then_batch_is_rejected_naming_it() -> None:

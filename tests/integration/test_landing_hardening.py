@@ -1,0 +1,161 @@
+"""Landing that cannot be tricked (issue 12): header lines, duplicate names, data as keys,
+symlinks, poison batches.
+
+Each case plants recognizable fake PII where a name or a path would be, and hunts for it
+in the reason files, the log records and the results (what goes to XCom).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pseudozone import contracts, ingest, tasks
+from pseudozone.config import Settings
+from tests import planted
+
+PLANTED = "zelda.planted@example.org"
+NEEDLES = [PLANTED, *planted.NEEDLES]
+
+
+@pytest.fixture
+def landed(settings: Settings, master_key_env: None, caplog: pytest.LogCaptureFixture) -> Settings:
+    """A landing zone with the planted batch of each dataset (all of them ingestible)."""
+    caplog.set_level(logging.DEBUG)
+    planted.plant(settings.landing)
+    return settings
+
+
+def _tenant_dir(settings: Settings, dataset: str, tenant: str = planted.TENANT) -> Path:
+    path = settings.landing / dataset / f"tenant={tenant}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _profile_rows() -> list[list[str]]:
+    row = planted.profiles().to_pylist()[0]
+    return [["" if v is None else str(v) for v in row.values()],
+            [planted.TENANT, "usr_planted_0002", PLANTED, "Zelda Second", "+44 20 7946 0998", planted.STREET,
+             planted.CITY, "10115", "DE", "1991-01-01", "2026-11-03T09:30:00Z", "false", "{}"]]
+
+
+def _csv(rows: list[list[str]]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+def _reason_texts(settings: Settings) -> str:
+    return "\n".join(p.read_text() for p in sorted(settings.quarantine.rglob("*.reason.json")))
+
+
+def _log_text(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+
+
+def _assert_nothing_leaked(settings: Settings, caplog: pytest.LogCaptureFixture, *results: Any) -> None:
+    texts = {"reason files": _reason_texts(settings), "log records": _log_text(caplog),
+             "results": json.dumps([r if isinstance(r, dict) else r.to_dict() for r in results], default=str)}
+    for where, text in texts.items():
+        assert planted.find_needles(text, NEEDLES) == [], where
+
+
+def _by_id(results: list[ingest.BatchResult]) -> dict[str, ingest.BatchResult]:
+    return {r.batch_id: r for r in results}
+
+
+def test_headerless_csv_is_quarantined_and_no_cell_of_its_row_is_echoed(
+        landed: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    source = _tenant_dir(landed, "profiles") / "noheader-0001.csv"
+    source.write_text(_csv(_profile_rows()))
+
+    results = _by_id(ingest.ingest_pending(landed))
+
+    bad = results["profiles.acme.noheader-0001"]
+    assert bad.status == "quarantined" and bad.reason is not None
+    assert bad.reason["code"] == "missing_header"
+    assert bad.reason["count"] == 13 and bad.reason["positions"] == list(range(13))
+    assert bad.reason["columns"] == []
+    assert sum(r.status == "done" for r in results.values()) == 3
+    assert "profiles.acme.noheader-0001 quarantined (missing_header)" in caplog.text
+    summary = tasks.summarize_ingest([r.to_dict() for r in results.values()])
+    _assert_nothing_leaked(landed, caplog, *results.values(), summary)
+    # the file itself is kept, whole, for a human
+    moved = landed.quarantine / "profiles" / "tenant_id=acme" / "noheader-0001.csv"
+    assert PLANTED in moved.read_text()
+
+
+def test_the_task_result_of_a_headerless_csv_names_no_cell(
+        landed: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    source = _tenant_dir(landed, "profiles") / "noheader-0002.csv"
+    source.write_text(_csv(_profile_rows()))
+    batch = next(r for r in ingest.pending(landed) if r.batch_id == "profiles.acme.noheader-0002")
+
+    xcom = tasks.pseudonymize_batch(batch.to_dict(), home=str(landed.root))
+
+    assert xcom["status"] == "quarantined" and xcom["reason"]["code"] == "missing_header"
+    _assert_nothing_leaked(landed, caplog, xcom)
+
+
+def test_a_header_cell_that_is_data_is_counted_never_named(
+        landed: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    names = contracts.load("profiles").names
+    source = _tenant_dir(landed, "profiles") / "extra-0001.csv"
+    rows = _profile_rows()
+    source.write_text(_csv([[*names, PLANTED], [*rows[0], "x"], [*rows[1], "y"]]))
+
+    [bad] = [r for r in ingest.ingest_pending(landed) if r.batch_id == "profiles.acme.extra-0001"]
+
+    assert bad.reason is not None and bad.reason["code"] == "unknown_columns"
+    assert bad.reason["count"] == 1 and bad.reason["positions"] == [len(names)]
+    _assert_nothing_leaked(landed, caplog, bad)
+
+
+def test_json_keys_that_look_like_data_are_quarantined_without_echo(
+        landed: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    record = planted.server_logs().slice(0, 1).to_pylist()[0]
+    record["request_ts"] = "2026-11-03T09:30:00Z"
+    record.update({PLANTED: "a", "+44 20 7946 0999": "b", "4539148803436467": 1})
+    (_tenant_dir(landed, "server_logs") / "keys-0001.jsonl").write_text(json.dumps(record) + "\n")
+
+    [bad] = [r for r in ingest.ingest_pending(landed) if r.batch_id == "server_logs.acme.keys-0001"]
+
+    assert bad.status == "quarantined" and bad.reason is not None
+    assert bad.reason["code"] == "unknown_columns" and bad.reason["count"] == 3
+    _assert_nothing_leaked(landed, caplog, bad)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_a_duplicated_column_name_is_quarantined_and_the_queue_moves_on(
+        landed: Settings, caplog: pytest.LogCaptureFixture, fmt: str) -> None:
+    names = contracts.load("profiles").names
+    rows = _profile_rows()
+    source = _tenant_dir(landed, "profiles") / f"dup-0001.{fmt}"
+    if fmt == "csv":
+        source.write_text(_csv([[*names, "email"], [*rows[0], PLANTED], [*rows[1], PLANTED]]))
+    elif fmt == "parquet":
+        table = pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)})
+        table = pa.Table.from_arrays([*table.columns, table["email"]], names=[*names, "email"])
+        pq.write_table(table, source)
+    else:
+        text = json.dumps(dict(zip(names, rows[0], strict=True)))
+        source.write_text(text[:-1] + f', "email": "{PLANTED}"}}\n')
+
+    results = _by_id(ingest.ingest_pending(landed))  # no KeyError: quarantined at once
+    bad = results["profiles.acme.dup-0001"]
+
+    assert bad.status == "quarantined" and bad.reason is not None
+    assert bad.reason["code"] == "duplicate_columns"
+    assert bad.reason["count"] == 1
+    if fmt != "jsonl":
+        assert bad.reason["positions"] == [names.index("email"), len(names)]
+    assert [r.status for r in results.values()].count("done") == 3
+    _assert_nothing_leaked(landed, caplog, *results.values())
