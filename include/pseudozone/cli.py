@@ -170,8 +170,12 @@ def cmd_rights_process(args: argparse.Namespace) -> int:
 def cmd_tenant_add(args: argparse.Namespace) -> int:
     from pseudozone.rights import requests
 
-    token = requests.register_tenant(_settings(args), args.tenant)
-    print(f"tenant {args.tenant} registered; its API token (shown once, store it in your secret store):")
+    if args.tenant_command == "rotate-token":
+        token = requests.rotate_tenant_token(_settings(args), args.tenant)
+        print(f"tenant {args.tenant}: new API token (the old one no longer works; shown once):")
+    else:
+        token = requests.register_tenant(_settings(args), args.tenant)
+        print(f"tenant {args.tenant} registered; its API token (shown once, store it in your secret store):")
     print(token)
     return 0
 
@@ -313,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     tadd = tenant_sub.add_parser("add", help="register a tenant and print its API token")
     tadd.add_argument("tenant")
     tadd.set_defaults(func=cmd_tenant_add)
+    trot = tenant_sub.add_parser("rotate-token", help="replace a tenant's API token (audited)")
+    trot.add_argument("tenant")
+    trot.set_defaults(func=cmd_tenant_add)
 
     hold = sub.add_parser("hold", help="legal holds")
     hold_sub = hold.add_subparsers(dest="hold_command", required=True)

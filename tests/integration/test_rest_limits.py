@@ -150,3 +150,23 @@ def test_given_a_tenants_rejected_requests_reach_the_daily_cap_then_more_are_not
     assert valid.status_code == 202  # a valid request is never capped
     states = [r.state for r in list_requests(settings, tenant_id="acme")]
     assert states.count("rejected") == 3 and states.count("accepted") == 1
+
+
+def test_tenant_add_refuses_an_existing_tenant_and_rotation_replaces_the_token(
+        settings: Settings, master_key_env: None) -> None:
+    from sqlalchemy import select
+
+    from pseudozone.errors import PseudozoneError
+    from pseudozone.rights import requests, store
+
+    old = register_tenant(settings, "acme")
+    with pytest.raises(PseudozoneError, match="registered already; its token is kept"):
+        register_tenant(settings, "acme")
+    assert requests.authenticate(settings, old) == "acme"
+    new = requests.rotate_tenant_token(settings, "acme")
+    assert requests.authenticate(settings, old) is None and requests.authenticate(settings, new) == "acme"
+    with pytest.raises(PseudozoneError, match="no registered tenant"):
+        requests.rotate_tenant_token(settings, "nobody")
+    with store.engine_for(settings).connect() as conn:
+        actions = [r[0] for r in conn.execute(select(store.audit_log.c.action))]
+    assert actions.count("tenant.registered") == 1 and actions.count("tenant.token_rotated") == 1

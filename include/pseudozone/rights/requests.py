@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy import and_, func, insert, select, update
 
 from pseudozone import contracts, state
 from pseudozone.config import TENANT_RE, Settings
@@ -92,15 +92,34 @@ def _token_hash(token: str) -> str:
 
 
 def register_tenant(settings: Settings, tenant_id: str) -> str:
-    """Register (or re-key) a tenant for the REST door; returns its new API token once."""
+    """Register a new tenant for the REST door; returns its API token once.
+
+    An existing tenant is refused: its token is replaced only by ``rotate_tenant_token``,
+    never by a second registration.
+    """
     if not TENANT_RE.match(tenant_id):
         raise PseudozoneError("tenant id must be letters, digits, '_', '.', '-' (max 64)")
     token = f"pz_{tenant_id}_{secrets.token_urlsafe(32)}"
     with store.transaction(settings) as conn:
-        conn.execute(delete(store.tenants).where(store.tenants.c.tenant_id == tenant_id))
+        if conn.execute(select(store.tenants.c.tenant_id)
+                        .where(store.tenants.c.tenant_id == tenant_id)).first() is not None:
+            raise PseudozoneError(f"tenant {tenant_id!r} is registered already; its token is kept"
+                                  " (replace it with 'pseudozone tenant rotate-token')")
         conn.execute(insert(store.tenants).values(tenant_id=tenant_id, token_sha256=_token_hash(token),
                                                   created_at=store.utcnow()))
         audit.append(conn, "tenant.registered", tenant_id=tenant_id)
+    return token
+
+
+def rotate_tenant_token(settings: Settings, tenant_id: str) -> str:
+    """A new API token for a registered tenant (the old one stops working at once); audited."""
+    token = f"pz_{tenant_id}_{secrets.token_urlsafe(32)}"
+    with store.transaction(settings) as conn:
+        done = conn.execute(update(store.tenants).where(store.tenants.c.tenant_id == tenant_id)
+                            .values(token_sha256=_token_hash(token)))
+        if done.rowcount != 1:
+            raise PseudozoneError(f"no registered tenant {tenant_id!r}")
+        audit.append(conn, "tenant.token_rotated", tenant_id=tenant_id)
     return token
 
 
