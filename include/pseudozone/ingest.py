@@ -562,20 +562,49 @@ def _worker_batch(root: str, batch: dict[str, str]) -> dict[str, Any]:
     return process_batch(settings, BatchRef.from_dict(batch), keyring=keyring).to_dict()
 
 
+def _worker_lifeline(lifeline: Any) -> None:
+    """Worker initializer: exit as soon as the parent is gone, even in the middle of a batch.
+
+    ``lifeline`` is the read end of a pipe whose only write end the parent holds; when the
+    parent dies (even by SIGKILL) the kernel closes it and the read ends.  PR_SET_PDEATHSIG
+    would not do: a forkserver worker's parent is the forkserver, which outlives the parent
+    (every worker holds the forkserver's keep-alive pipe and the resource tracker's), so
+    orphaned workers used to keep it and the tracker alive too.  A killed worker leaves a
+    staged batch or a temp file at most; the next run sweeps them (``Settings.ensure``).
+    """
+    import contextlib
+    import os
+    import threading
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            lifeline.recv()  # nothing is ever sent
+        os._exit(70)
+
+    threading.Thread(target=watch, name="pseudozone-lifeline", daemon=True).start()
+
+
 def _ingest_parallel(settings: Settings, refs: list[BatchRef], workers: int,
                      on_result: Callable[[BatchResult], None] | None) -> list[BatchResult]:
-    # forkserver: never fork a process that already runs Arrow's thread pools
+    # forkserver: never fork a process that already runs Arrow's thread pools (and a forked
+    # worker would inherit the lifeline's write end, so that it would never close)
     context = multiprocessing.get_context("forkserver")
     results = []
     # datasets with PII first, and finished before the others start: their subjects are
     # then in the PII zone that every worker reads its tenant's known values from
     stages = [[r for r in refs if has_pii(r.dataset)], [r for r in refs if not has_pii(r.dataset)]]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for stage in stages:
-            futures = [pool.submit(_worker_batch, str(settings.root), ref.to_dict()) for ref in stage]
-            for future in futures:
-                res = BatchResult(**future.result())
-                if on_result:
-                    on_result(res)
-                results.append(res)
+    lifeline, keep_alive = context.Pipe(duplex=False)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                 initializer=_worker_lifeline, initargs=(lifeline,)) as pool:
+            for stage in stages:
+                futures = [pool.submit(_worker_batch, str(settings.root), ref.to_dict()) for ref in stage]
+                for future in futures:
+                    res = BatchResult(**future.result())
+                    if on_result:
+                        on_result(res)
+                    results.append(res)
+    finally:
+        keep_alive.close()
+        lifeline.close()
     return results
