@@ -3,6 +3,7 @@ by the next run; ingest workers die with their parent."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -114,3 +115,67 @@ def test_sweep_removes_stale_temp_files_and_staged_batches_but_not_live_ones(set
     assert sorted(removed) == sorted([*old_temps, dead_batch])
     assert all(not t.exists() for t in old_temps) and not dead_batch.exists()
     assert fresh.exists() and published.exists() and live_batch.exists() and old_landing.exists()
+
+
+def _children() -> dict[int, list[int]]:
+    """ppid -> pids of every process visible in /proc."""
+    out: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        out.setdefault(ppid, []).append(int(entry))
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    tree, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path("/proc", str(pid), "stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_ingest_workers_die_with_a_killed_parent(settings: Settings, master_key_env: None) -> None:
+    from pseudozone.sample import generate
+
+    generate(settings, events=300_000, tenants=2, seed=5, batch_rows=50_000)
+    run = _cli(settings, "ingest", "--workers", "2")
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        # the resource tracker, the forkserver and both workers (the forkserver's children)
+        while time.monotonic() < deadline and run.poll() is None and len(workers) < 4:
+            workers = _descendants(run.pid)
+            time.sleep(0.2)
+        time.sleep(1)  # the workers are inside their first batch
+        workers |= _descendants(run.pid)
+        assert run.poll() is None, "ingest finished before it could be killed: give it more data"
+        assert len(workers) >= 4, workers
+        os.kill(run.pid, 9)
+        run.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not [p for p in workers if _alive(p)]
+    finally:
+        for pid in (run.pid, *workers):  # by pid only, and only what this test started
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+        if run.stderr is not None:
+            run.stderr.close()
