@@ -203,6 +203,54 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hold_list(args: argparse.Namespace) -> int:
+    from pseudozone.rights import requests
+
+    holds = requests.list_holds(_settings(args), tenant_id=args.tenant, include_lifted=args.all)
+    if args.json:
+        print(json.dumps(holds, indent=2))
+        return 0
+    print(f"{'hold':>5}  {'tenant':<16} {'dataset':<12} {'subject':<14} {'code':<24} {'since':<20} lifted")
+    for h in holds:
+        subject = (h["subject_id"] or "*")[:12] + ("…" if h["subject_id"] else "")
+        print(f"{h['hold_id']:>5}  {h['tenant_id']:<16} {h['dataset'] or '*':<12} {subject:<14} "
+              f"{h['reason_code']:<24} {h['created_at'][:19]:<20} {(h['lifted_at'] or '-')[:19]}")
+    return 0
+
+
+def cmd_hold_lift(args: argparse.Namespace) -> int:
+    from pseudozone.rights import requests
+
+    requests.lift_legal_hold(_settings(args), args.hold_id, reason_code=args.code)
+    print(f"legal hold {args.hold_id} lifted; retention applies again from the next nightly run (rows of"
+          " subjects erased while it stood need their erase request filed again)")
+    return 0
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from pseudozone.rights import audit
+
+    since = None
+    if args.since:
+        try:
+            since = dt.datetime.fromisoformat(args.since)
+        except ValueError:
+            raise PseudozoneError("--since takes an ISO date or time (2026-12-01T08:00)") from None
+        since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
+    found = audit.entries(_settings(args), tenant_id=args.tenant, action=args.action,
+                          request_id=args.request, since=since, limit=args.limit)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    for e in found:
+        who = " ".join(f"{k}={e[k]}" for k in ("tenant_id", "request_id") if e[k])
+        print(f"{e['seq']:>6} {e['at'][:23]} {e['actor']:<22} {e['action']:<24} {who} "
+              f"{json.dumps(e['details'], separators=(',', ':'))}")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from pseudozone.rights import audit
 
@@ -343,9 +391,29 @@ def build_parser() -> argparse.ArgumentParser:
     key_sub.add_parser("check", help="exit 0 if the configured master key is this data root's, else 2"
                        ).set_defaults(func=cmd_keys)
 
+    hlist = hold_sub.add_parser("list", help="open legal holds (ids, scope, reason code; never the reason)")
+    hlist.add_argument("--tenant")
+    hlist.add_argument("--all", action="store_true", help="also holds that were lifted")
+    hlist.add_argument("--json", action="store_true")
+    hlist.set_defaults(func=cmd_hold_list)
+    hlift = hold_sub.add_parser("lift", help="lift a legal hold (audited)")
+    hlift.add_argument("hold_id", type=int)
+    hlift.add_argument("--code", default="other",
+                       choices=["litigation", "regulatory_investigation", "tax_audit", "law_enforcement",
+                                "contract", "other"], help="why it is lifted (default: other)")
+    hlift.set_defaults(func=cmd_hold_lift)
+
     aud = sub.add_parser("audit", help="the hash-chained audit log")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True)
     aud_sub.add_parser("verify", help="check the whole chain").set_defaults(func=cmd_audit_verify)
+    ashow = aud_sub.add_parser("show", help="audit entries, oldest first, filtered")
+    ashow.add_argument("--tenant")
+    ashow.add_argument("--action", help="an action, or a prefix ending in '*' (hold.*)")
+    ashow.add_argument("--request", help="a request id")
+    ashow.add_argument("--since", help="ISO date or time, UTC unless it says otherwise")
+    ashow.add_argument("--limit", type=int, default=100, help="the newest N entries (default 100)")
+    ashow.add_argument("--json", action="store_true")
+    ashow.set_defaults(func=cmd_audit_show)
 
     rep = sub.add_parser("report", help="the latest compliance report's summary (exit 1 if it failed)")
     rep.add_argument("--json", action="store_true", help="print the whole report as JSON")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 
@@ -165,3 +166,32 @@ def test_given_a_state_database_error_then_neither_statement_nor_parameters_are_
     assert main(["--home", str(tmp_path / "lake"), "status"]) == 2
     err = capsys.readouterr().err
     assert err == "pseudozone: error: state database: database or disk is full\n"
+
+
+def test_holds_are_listed_without_their_reason_lifted_and_audited(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = str(tmp_path / "lake")
+    main(["--home", home, "generate", "--events", "300", "--tenants", "1"])
+    assert main(["--home", home, "ingest"]) == 0
+    assert main(["--home", home, "hold", "add", "--tenant", "acme", "--dataset", "events", "--code",
+                 "litigation", "--reason", "Zelda Plantedname v. Acme"]) == 0
+    assert main(["--home", home, "hold", "add", "--tenant", "acme", "--reason", " "]) == 2
+    capsys.readouterr()
+    assert main(["--home", home, "hold", "list", "--json"]) == 0
+    [held] = json.loads(capsys.readouterr().out)
+    assert held["reason_code"] == "litigation" and held["dataset"] == "events" and held["lifted_at"] is None
+    assert main(["--home", home, "hold", "lift", str(held["hold_id"]), "--code", "litigation"]) == 0
+    assert main(["--home", home, "hold", "lift", str(held["hold_id"])]) == 2  # lifted already
+    capsys.readouterr()
+    assert main(["--home", home, "hold", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # no open hold left
+    assert main(["--home", home, "hold", "list", "--all"]) == 0
+    listing = capsys.readouterr().out
+    assert "litigation" in listing and "Plantedname" not in listing
+    assert main(["--home", home, "audit", "show", "--action", "hold.*", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [e["action"] for e in shown] == ["hold.added", "hold.lifted"]
+    assert "Plantedname" not in json.dumps(shown)
+    assert main(["--home", home, "audit", "show", "--tenant", "acme", "--limit", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert main(["--home", home, "audit", "verify"]) == 0

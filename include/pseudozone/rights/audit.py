@@ -51,6 +51,33 @@ def append(conn: Connection, action: str, *, actor: str = "pseudozone", request_
     return seq
 
 
+def entries(settings: Settings, *, tenant_id: str | None = None, action: str | None = None,
+            request_id: str | None = None, subject_id: str | None = None, since: datetime | None = None,
+            limit: int | None = None) -> list[dict[str, Any]]:
+    """Audit entries matching every filter given (``action`` may end in ``*``: a prefix), oldest
+    first; with ``limit``, the newest ``limit`` of them."""
+    log = store.audit_log
+    query = select(log)
+    for column, value in ((log.c.tenant_id, tenant_id), (log.c.request_id, request_id),
+                          (log.c.subject_id, subject_id)):
+        if value is not None:
+            query = query.where(column == value)
+    if action is not None:
+        query = query.where(log.c.action.like(action[:-1].replace("%", r"\%").replace("_", r"\_") + "%",
+                                              escape="\\")
+                            if action.endswith("*") else log.c.action == action)
+    if since is not None:
+        query = query.where(log.c.at >= since)
+    query = query.order_by(log.c.seq.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    with store.engine_for(settings).connect() as conn:
+        rows = conn.execute(query).all()
+    return [{"seq": r.seq, "at": (store.as_utc(r.at) or r.at).isoformat(), "actor": r.actor,
+             "action": r.action, "request_id": r.request_id, "tenant_id": r.tenant_id,
+             "subject_id": r.subject_id, "details": json.loads(r.details)} for r in reversed(rows)]
+
+
 @dataclass(frozen=True)
 class Verification:
     ok: bool

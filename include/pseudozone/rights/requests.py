@@ -410,6 +410,44 @@ def add_legal_hold(settings: Settings, *, tenant_id: str, reason: str, reason_co
     return hold_id
 
 
+def list_holds(settings: Settings, *, tenant_id: str | None = None,
+               include_lifted: bool = False) -> list[dict[str, Any]]:
+    """Legal holds (open ones unless ``include_lifted``), oldest first: ids, scope, reason code and
+    dates; never the free-text reason."""
+    query = select(store.legal_holds).order_by(store.legal_holds.c.hold_id)
+    if tenant_id is not None:
+        query = query.where(store.legal_holds.c.tenant_id == tenant_id)
+    if not include_lifted:
+        query = query.where(store.legal_holds.c.released_at.is_(None))
+    with store.engine_for(settings).connect() as conn:
+        rows = conn.execute(query).all()
+    return [{"hold_id": int(r.hold_id), "tenant_id": r.tenant_id, "dataset": r.dataset,
+             "subject_id": r.subject_id, "reason_code": r.reason_code or "other",
+             "created_at": (store.as_utc(r.created_at) or r.created_at).isoformat(),
+             "lifted_at": None if r.released_at is None else (store.as_utc(r.released_at)
+                                                             or r.released_at).isoformat()}
+            for r in rows]
+
+
+def lift_legal_hold(settings: Settings, hold_id: int, *, reason_code: str = "other",
+                    actor: str = "cli") -> None:
+    """Lift an open hold (audited). Retention applies again to what it kept from the next nightly
+    run on. Lifting erases nothing by itself: rows of subjects erased while the hold stood are
+    reported by the nightly erasure check until an erase request for them is filed again."""
+    if reason_code not in HOLD_REASON_CODES:
+        raise PseudozoneError(f"a hold's reason code must be one of {', '.join(HOLD_REASON_CODES)}")
+    with store.transaction(settings) as conn:
+        row = conn.execute(select(store.legal_holds).where(store.legal_holds.c.hold_id == hold_id)).first()
+        if row is None:
+            raise PseudozoneError(f"no legal hold {hold_id}")
+        if row.released_at is not None:
+            raise PseudozoneError(f"legal hold {hold_id} was lifted already")
+        conn.execute(update(store.legal_holds).where(store.legal_holds.c.hold_id == hold_id)
+                     .values(released_at=store.utcnow()))
+        audit.append(conn, "hold.lifted", actor=actor, tenant_id=row.tenant_id, subject_id=row.subject_id,
+                     details={"hold_id": hold_id, "dataset": row.dataset, "reason_code": reason_code})
+
+
 def hold_reason(settings: Settings, hold_id: int, *, keyring: KeyRing | None = None) -> str:
     """A hold's free-text reason, decrypted (for the compliance role; never shown to tenants)."""
     with store.engine_for(settings).connect() as conn:
