@@ -11,8 +11,10 @@ does not fit rejects the batch (``format_mismatch``, with counts and row positio
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,6 +32,8 @@ from pseudozone.errors import ContractError, ContractViolation
 from pseudozone.lake import layout
 
 MAX_ROWS_REPORTED = 20  # row and column positions listed in a reason
+log = logging.getLogger(__name__)
+
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -91,8 +95,20 @@ def _tenant_of(dirname: str) -> str | None:
 
 
 def fingerprint(path: Path) -> tuple[int, int]:
-    st = path.stat()
+    """(size, mtime_ns) of the landing entry itself: a symbolic link is not followed."""
+    st = path.lstat()
     return st.st_size, st.st_mtime_ns
+
+
+def _real_inside(landing: Path, path: Path) -> bool:
+    """Whether ``path`` is where it says it is: no component of it under ``landing`` is a
+    symbolic link, so it resolves inside the landing zone."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(landing))
+    if rel == os.curdir:
+        return True
+    if rel.startswith(os.pardir):
+        return False
+    return os.path.realpath(path) == os.path.join(os.path.realpath(landing), rel)
 
 
 def discover(settings: Settings,
@@ -102,39 +118,74 @@ def discover(settings: Settings,
     ``done`` maps finished batch ids to their landing file's (size, mtime_ns); a
     finished batch whose file no longer matches is listed again, so that
     ``process_batch`` can tell an identical rewrite from a changed delivery.
+
+    A dataset or tenant folder that is a symbolic link is skipped with a warning and never
+    read.  A file that is a symbolic link is listed (whatever it points to, even nothing):
+    reading it is refused (``symlink``), so it is quarantined with a reason.
     """
     done = done or {}
     refs: list[BatchRef] = []
     if not settings.landing.exists():
         return refs
-    for dataset_dir in sorted(settings.landing.iterdir()):
-        if not dataset_dir.is_dir() or dataset_dir.name[:1] in "._":
-            continue
-        for tenant_dir in sorted(dataset_dir.iterdir()):
-            if not tenant_dir.is_dir() or tenant_dir.name[:1] in "._":
+    landing = settings.landing
+
+    def folders(parent: Path) -> list[Path]:
+        out = []
+        for entry in sorted(parent.iterdir()):
+            if entry.name[:1] in "._":
                 continue
+            if entry.is_symlink() or (entry.is_dir() and not _real_inside(landing, entry)):
+                log.warning("landing folder %s is a symbolic link (or resolves outside the landing"
+                            " zone): skipped, nothing under it is read", entry.relative_to(landing))
+                continue
+            if entry.is_dir():
+                out.append(entry)
+        return out
+
+    for dataset_dir in folders(landing):
+        for tenant_dir in folders(dataset_dir):
             tenant = _tenant_of(tenant_dir.name) or _UNSAFE.sub("_", tenant_dir.name)
             for f in sorted(tenant_dir.iterdir()):
-                if not f.is_file() or f.name[:1] in "._":
+                if f.name[:1] in "._" or not (f.is_symlink() or f.is_file()):
                     continue
                 ref = BatchRef(batch_id=batch_id_for(dataset_dir.name, tenant, f.name),
                                dataset=dataset_dir.name, tenant_id=tenant,
-                               path=str(f.relative_to(settings.landing)))
+                               path=str(f.relative_to(landing)))
                 if ref.batch_id not in done or done[ref.batch_id] != fingerprint(f):
                     refs.append(ref)
     return refs
 
 
 def sha256_of(path: Path) -> str:
+    """The landing file's digest; of a symbolic link (never followed), the digest of its target's name."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    try:
+        fh = _open_landed(path)
+    except ContractViolation:
+        digest.update(b"not a regular file\0" + os.fsencode(os.readlink(path) if path.is_symlink() else ""))
+        return digest.hexdigest()
+    with fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def _open_landed(path: Path) -> BinaryIO:
-    return open(path, "rb")
+    """Open a landing file for reading without following a symbolic link (``symlink``) and
+    only if it is a regular file (a FIFO or a device is ``not_a_regular_file``)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if path.is_symlink():
+            raise ContractViolation("symlink", "the landing file is a symbolic link; it was not"
+                                    " followed nor read (deliver the file itself)") from None
+        raise exc from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ContractViolation("not_a_regular_file", "the landing entry is not a regular file;"
+                                " it was not read")
+    return os.fdopen(fd, "rb")
 
 
 def _read_raw(path: Path, fmt: str, contract: Contract) -> pa.Table:
@@ -327,6 +378,9 @@ def read_batch(settings: Settings, ref: BatchRef) -> tuple[pa.Table, Contract]:
         raise ContractViolation("unknown_dataset",
                                 f"no contract for dataset {ref.dataset!r}") from None
     path = settings.landing / ref.path
+    if not _real_inside(settings.landing, path.parent):
+        raise ContractViolation("outside_landing", "the landing file's folder is a symbolic link or"
+                                " resolves outside the landing zone; the file was not read")
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ContractViolation("unsupported_format",
@@ -346,6 +400,8 @@ def quarantine(settings: Settings, ref: BatchRef, reason: dict[str, Any]) -> Pat
         n += 1
     zones.write_json({"batch_id": ref.batch_id, "dataset": ref.dataset, "tenant_id": ref.tenant_id,
                       "source": ref.path, **reason}, target.with_name(target.name + ".reason.json"))
-    if src.exists():
+    # a link is moved as a link (never followed); a file under a folder that resolves
+    # elsewhere is not ours to move
+    if os.path.lexists(src) and _real_inside(settings.landing, src.parent):
         os.replace(src, target)
     return target

@@ -8,6 +8,7 @@ in the reason files, the log records and the results (what goes to XCom).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pseudozone import contracts, ingest, tasks
+from pseudozone import contracts, ingest, state, tasks
 from pseudozone.config import Settings
 from tests import planted
 
@@ -159,3 +160,87 @@ def test_a_duplicated_column_name_is_quarantined_and_the_queue_moves_on(
         assert bad.reason["positions"] == [names.index("email"), len(names)]
     assert [r.status for r in results.values()].count("done") == 3
     _assert_nothing_leaked(landed, caplog, *results.values())
+
+
+def _outside_batch(tmp_path: Path) -> Path:
+    """A valid events batch outside the data root, full of planted PII."""
+    outside = tmp_path / "outside" / "secret-0001.parquet"
+    outside.parent.mkdir(parents=True)
+    pq.write_table(planted.events(), outside)
+    return outside
+
+
+def _nothing_of(settings: Settings, stem: str) -> None:
+    assert not [p for p in settings.zones.rglob(f"*{stem}*") if "quarantine" not in p.parts]
+
+
+def test_a_symlinked_file_is_quarantined_and_never_read(
+        landed: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    outside = _outside_batch(tmp_path)
+    before = outside.read_bytes()
+    tenant_dir = _tenant_dir(landed, "events")
+    (tenant_dir / "secret-0001.parquet").symlink_to(outside)
+    (tenant_dir / "inside-0001.parquet").symlink_to(tenant_dir / "planted-0000.parquet")
+    (tenant_dir / "dangling-0001.parquet").symlink_to(tmp_path / "nowhere.parquet")
+    results = _by_id(ingest.ingest_pending(landed))
+
+    for stem in ("secret-0001", "inside-0001", "dangling-0001"):
+        res = results[f"events.acme.{stem}"]
+        assert res.status == "quarantined" and res.reason is not None and res.reason["code"] == "symlink"
+        assert not (tenant_dir / f"{stem}.parquet").is_symlink()  # the link was moved, as a link
+        moved = landed.quarantine / "events" / "tenant_id=acme" / f"{stem}.parquet"
+        assert moved.is_symlink()
+        _nothing_of(landed, stem)
+    assert results["events.acme.planted-0000"].status == "done"
+    assert outside.read_bytes() == before
+    with state.connect(landed) as conn:  # not even hashed: the ledger holds no digest of its bytes
+        digest = conn.execute("SELECT sha256 FROM batches WHERE batch_id = 'events.acme.secret-0001'"
+                              ).fetchone()[0]
+    assert digest != hashlib.sha256(before).hexdigest()
+    _assert_nothing_leaked(landed, caplog, *results.values())
+
+
+@pytest.mark.parametrize("level", ["tenant", "dataset"])
+def test_a_symlinked_folder_is_skipped_with_a_warning_and_never_read(
+        landed: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path, level: str) -> None:
+    outside = _outside_batch(tmp_path)
+    if level == "tenant":
+        link = landed.landing / "events" / "tenant=globex"
+        link.symlink_to(outside.parent, target_is_directory=True)
+        pq.write_table(planted.events().set_column(0, "tenant_id", pa.array(["globex"] * 10)),
+                       outside.with_name("globex-0001.parquet"))
+    else:
+        (outside.parent / f"tenant={planted.TENANT}").mkdir()
+        pq.write_table(planted.events(), outside.parent / f"tenant={planted.TENANT}" / "deep-0001.parquet")
+        link = landed.landing / "clicks"
+        link.symlink_to(outside.parent, target_is_directory=True)
+    before = {p: p.read_bytes() for p in outside.parent.rglob("*") if p.is_file()}
+
+    refs = ingest.pending(landed)
+    results = ingest.ingest_pending(landed)
+
+    assert not [r for r in refs if r.batch_id.startswith(("events.globex", "clicks."))]
+    assert {r.status for r in results} == {"done"} and len(results) == 3
+    assert f"landing folder {link.relative_to(landed.landing)} is a symbolic link" in caplog.text
+    assert {p: p.read_bytes() for p in outside.parent.rglob("*") if p.is_file()} == before
+    assert link.is_symlink()  # reported and left alone
+    for stem in ("globex-0001", "deep-0001", "secret-0001"):
+        _nothing_of(landed, stem)
+    assert not list(landed.quarantine.rglob("*.reason.json"))
+
+
+def test_a_batch_reference_under_a_symlinked_folder_is_refused(
+        landed: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    # a reference made before the folder was swapped for a link (a stale XCom, say)
+    outside = _outside_batch(tmp_path)
+    (landed.landing / "events" / "tenant=globex").symlink_to(outside.parent, target_is_directory=True)
+    pq.write_table(planted.events().set_column(0, "tenant_id", pa.array(["globex"] * 10)),
+                   outside.with_name("globex-0001.parquet"))
+    ref = {"batch_id": "events.globex.globex-0001", "dataset": "events", "tenant_id": "globex",
+           "path": "events/tenant=globex/globex-0001.parquet"}
+
+    result = tasks.pseudonymize_batch(ref, home=str(landed.root))
+
+    assert result["status"] == "quarantined" and result["reason"]["code"] == "outside_landing"
+    assert outside.with_name("globex-0001.parquet").exists()  # not ours: not moved
+    _nothing_of(landed, "globex-0001")

@@ -131,6 +131,25 @@ def test_discover_skips_in_flight_files_and_finished_batches(settings: Settings)
         "events.acme.b-1", "events.acme.b-2"]
 
 
+def test_discover_lists_a_linked_file_and_skips_a_linked_folder(
+        settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "x.parquet").write_text("x")
+    tenant_dir = settings.landing / "events" / "tenant=acme"
+    tenant_dir.mkdir(parents=True)
+    (tenant_dir / "link-1.parquet").symlink_to(outside / "x.parquet")
+    (settings.landing / "events" / "tenant=globex").symlink_to(outside, target_is_directory=True)
+    (settings.landing / "clicks").symlink_to(outside, target_is_directory=True)
+    refs = discover(settings)
+    assert [r.batch_id for r in refs] == ["events.acme.link-1"]
+    assert "landing folder clicks is a symbolic link" in caplog.text
+    assert f"landing folder {Path('events/tenant=globex')} is a symbolic link" in caplog.text
+    with pytest.raises(ContractViolation) as err:
+        read_batch(settings, refs[0])
+    assert err.value.code == "symlink"
+
+
 @pytest.mark.parametrize(("folder", "name", "code"), [
     ("things/tenant=acme", "x.parquet", "unknown_dataset"),
     ("events/acme", "x.parquet", "bad_tenant_folder"),
