@@ -421,7 +421,7 @@ def _prepare(settings: Settings, ref: BatchRef, keyring: KeyRing | None,
             redelivered = True
         else:
             redelivered = False
-            if not source.exists():
+            if not (source.exists() or source.is_symlink()):  # a link is quarantined, never followed
                 raise PseudozoneError(f"batch {ref.batch_id}: landing file {ref.path} has disappeared")
             ledger.begin(conn, batch_id=ref.batch_id, dataset=ref.dataset, tenant_id=ref.tenant_id,
                          source=ref.path, sha256=sha256_of(source), fingerprint=fingerprint(source))
