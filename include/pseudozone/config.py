@@ -6,9 +6,11 @@ data or keys; it only names places (see DESIGN.md, "Data flow").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +85,63 @@ class Settings:
     def master_key_file(self) -> Path:
         return self.state / "master.key"
 
+    @property
+    def private_places(self) -> tuple[Path, ...]:
+        """Places only the pipeline's user reads (0700 directories, 0600 files)."""
+        return (self.pii_zone, self.restricted_zone, self.exports, self.quarantine, self.staging,
+                self.state)
+
+    @property
+    def state_dbs(self) -> tuple[Path, ...]:
+        """SQLite files under ``state/`` (created 0600: SQLite gives its -wal and -shm the same mode);
+        the request ledger's only while no other database is configured (``rights.store``)."""
+        ledger = () if os.environ.get("PSEUDOZONE_REQUESTS_DB_URL") else (self.state / "requests.db",)
+        return (self.state_db, *ledger)
+
     def ensure(self) -> None:
-        """Make the data root's places; the first call of a process also sweeps leftovers."""
-        for path in (self.landing, self.pii_zone, self.event_zone, self.quarantine,
-                     self.staging, self.state, self.subject_index):
-            path.mkdir(parents=True, exist_ok=True)
+        """Make the data root's places with their modes (need-to-know on disk, ADR 0001).
+
+        The event zone is 0750 (files 0640: the analysts' group reads it); the PII and
+        restricted zones, exports, quarantine, staging and ``state/`` are 0700 (files 0600);
+        ``zones/`` itself is 0710 (the group may pass through to the event zone, not list).
+        A setgid bit the deployment set (for the analysts' group) is kept.  The first call
+        of a process also sweeps leftovers and tightens modes looser than these (files
+        moved in by rename, roots made before issue 12).
+        """
+        self.landing.mkdir(parents=True, exist_ok=True)
+        for path, mode in ((self.zones, zones.ZONES_ROOT_MODE), (self.event_zone, zones.EVENT_DIR_MODE),
+                           *((p, zones.PRIVATE_DIR_MODE) for p in self.private_places),
+                           (self.subject_index, zones.PRIVATE_DIR_MODE)):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            zones.set_mode(path, mode)
+        for db in self.state_dbs:
+            if not db.exists():
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, zones.PRIVATE_FILE_MODE))
         if self.root not in _SWEPT:
             _SWEPT.add(self.root)
             self.sweep_leftovers()
+            self.tighten_modes()
+
+    def tighten_modes(self) -> int:
+        """Give every directory and file under the zones and state the mode of its zone where
+        it is looser (group or others may do more); returns how many were changed."""
+        changed = 0
+        trees = [(self.event_zone, zones.EVENT_DIR_MODE, zones.EVENT_FILE_MODE),
+                 *((p, zones.PRIVATE_DIR_MODE, zones.PRIVATE_FILE_MODE) for p in self.private_places)]
+        for top, dir_mode, file_mode in trees:
+            for dirpath, _dirs, files in os.walk(top):
+                entries = [(dirpath, dir_mode), *((os.path.join(dirpath, f), file_mode) for f in files)]
+                for name, mode in entries:
+                    try:
+                        st = os.lstat(name)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o077 & ~mode:
+                        continue
+                    zones.set_mode(Path(name), mode)
+                    changed += 1
+        return changed
 
     def sweep_leftovers(self, *, older_than: float | None = None) -> list[Path]:
         """Remove what killed runs left: temp files under the zones and state, and staged

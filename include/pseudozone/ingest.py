@@ -384,7 +384,6 @@ def _write_plan(settings: Settings, plan: _Plan) -> None:
             future.result()
     index.write(settings, ref.dataset, ref.tenant_id, ref.batch_id, plan.index)
     for tmp, final, _ in staged:
-        final.parent.mkdir(parents=True, exist_ok=True)
         publish_file(tmp, final)
     zones.fsync_dirs({final.parent for _, final, _ in staged})
     shutil.rmtree(staging, ignore_errors=True)
@@ -392,8 +391,8 @@ def _write_plan(settings: Settings, plan: _Plan) -> None:
 
 
 def publish_file(staged: Path, final: Path) -> None:
-    """Make one staged file visible under its final name (atomic rename)."""
-    staged.replace(final)
+    """Make one staged file visible under its final name (atomic rename, the zone's mode)."""
+    zones.publish(staged, final)
 
 
 def _failed(ref: BatchRef, step: str, exc: Exception) -> PseudozoneError:

@@ -11,6 +11,12 @@ its last write, so one untouched for ``STALE_TEMP_SECONDS`` belongs to a killed 
 ``sweep_temp_files`` removes it (``Settings.ensure`` does, once per process).  Should a
 stopped writer come back after that, its rename fails and its task is retried; nothing
 is half-published either way.
+
+Modes (need-to-know on disk, ADR 0001): a file is written owner-only (0600) and gets its
+directory's mode without the execute bits just before its rename (0700 -> 0600,
+0750 -> 0640); a new directory takes its parent's mode (setgid included).
+``Settings.ensure`` gives each zone root its mode, so the event zone is 0750/0640 and
+everything else under the zones and state 0700/0600.
 """
 
 from __future__ import annotations
@@ -74,6 +80,53 @@ def sweep_temp_files(roots: Iterable[Path], older_than: float) -> list[Path]:
     return removed
 
 
+# need-to-know on disk: analysts' group reads the event zone; nobody else reads the rest
+EVENT_DIR_MODE = 0o750
+EVENT_FILE_MODE = 0o640
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+ZONES_ROOT_MODE = 0o710  # the analysts' group passes through to the event zone
+_SETGID = 0o2000
+
+
+def file_mode(directory: Path) -> int:
+    """The mode of a file written into ``directory``: the directory's, without execute bits."""
+    return directory.stat().st_mode & 0o666
+
+
+def make_dirs(directory: Path) -> Path:
+    """``mkdir -p`` where each new directory gets its parent's mode and setgid bit (not the umask's)."""
+    missing: list[Path] = []
+    current = directory
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    mode = current.stat().st_mode & (0o777 | _SETGID)
+    for new in reversed(missing):
+        try:
+            new.mkdir(mode=0o700)
+        except FileExistsError:
+            if not new.is_dir():
+                raise
+            mode = new.stat().st_mode & (0o777 | _SETGID)
+            continue
+        os.chmod(new, mode)
+    return directory
+
+
+def set_mode(path: Path, mode: int) -> None:
+    """chmod to ``mode``, keeping a directory's setgid bit (the deployment's group inheritance)."""
+    current = path.lstat().st_mode
+    keep = current & _SETGID if path.is_dir() else 0
+    if current & (0o7777) != mode | keep:
+        os.chmod(path, mode | keep)
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty, owner-only, failing if it exists; writers then open it again."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -95,12 +148,14 @@ def write_parquet(table: pa.Table, path: Path, *, sync_dir: bool = True, **optio
     ``sync_dir=False`` leaves the directory fsync to the caller (``fsync_dirs``), for
     writes that are staged and renamed again.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = temp_path(path)
     try:
+        _create_private(tmp)  # a killed writer's temp file is readable by nobody else
         pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **options})
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), file_mode(path.parent))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -110,14 +165,23 @@ def write_parquet(table: pa.Table, path: Path, *, sync_dir: bool = True, **optio
     return path
 
 
+def publish(staged: Path, final: Path) -> None:
+    """Rename a staged file into place (atomic) with the mode of its final directory."""
+    make_dirs(final.parent)
+    os.chmod(staged, file_mode(final.parent))
+    os.replace(staged, final)
+
+
 def write_bytes(data: bytes, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with open(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), file_mode(path.parent))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
