@@ -6,6 +6,12 @@ batch is simply redone: every write is deterministic and atomic.  A
 quarantined batch id is tried again when a file of that name lands again (a
 corrected delivery).  The landing file's size and mtime are kept so that
 discovery notices, with one ``stat`` per file, a done batch whose file changed.
+
+``attempts`` counts the tries of the current delivery; it starts again at 1 when other
+bytes land under the batch id (or after a quarantine).  While a batch is ``processing``,
+``reason_code`` holds how its last try failed (``failed:<step>:<error type>``, never a
+message): a batch that failed the same way on ``POISON_AFTER_ATTEMPTS`` tries in a row is
+a poison batch, quarantined so that it stops blocking the batches after it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Fingerprint = tuple[int, int]  # (size, mtime_ns) of the landing file
+POISON_AFTER_ATTEMPTS = 3  # the first try and the DAG's two retries
 
 
 @dataclass(frozen=True)
@@ -43,14 +50,35 @@ def begin(conn: sqlite3.Connection, *, batch_id: str, dataset: str, tenant_id: s
     conn.execute(
         "INSERT INTO batches (batch_id, dataset, tenant_id, source, sha256, size, mtime_ns, status,"
         " attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 'processing', 1)"
-        " ON CONFLICT(batch_id) DO UPDATE SET attempts = attempts + 1, sha256 = excluded.sha256,"
-        " size = excluded.size, mtime_ns = excluded.mtime_ns, status = 'processing'",
+        " ON CONFLICT(batch_id) DO UPDATE SET"
+        " attempts = CASE WHEN batches.status = 'quarantined' OR batches.sha256 IS NOT excluded.sha256"
+        " THEN 1 ELSE batches.attempts + 1 END,"
+        " reason_code = CASE WHEN batches.status = 'quarantined' OR batches.sha256 IS NOT excluded.sha256"
+        " THEN NULL ELSE batches.reason_code END,"
+        " sha256 = excluded.sha256, size = excluded.size, mtime_ns = excluded.mtime_ns,"
+        " status = 'processing'",
         (batch_id, dataset, tenant_id, source, sha256, *fingerprint))
 
 
 def refresh_fingerprint(conn: sqlite3.Connection, batch_id: str, fingerprint: Fingerprint) -> None:
     """The same content was written again (new mtime): remember the new stat."""
     conn.execute("UPDATE batches SET size = ?, mtime_ns = ? WHERE batch_id = ?", (*fingerprint, batch_id))
+
+
+def failed(conn: sqlite3.Connection, batch_id: str, failure: str) -> int:
+    """Record that this try of a ``processing`` batch failed with ``failure``.
+
+    ``failure`` names the step and the error type, never a message.  Returns how many tries
+    in a row failed this way: the count starts again at 1 when the failure differs from the
+    last one recorded.
+    """
+    row = conn.execute("SELECT attempts, reason_code FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+    if row is None:
+        return 1
+    attempts = int(row[0]) if row[1] == failure else 1
+    conn.execute("UPDATE batches SET attempts = ?, reason_code = ? WHERE batch_id = ?",
+                 (attempts, failure, batch_id))
+    return attempts
 
 
 def finish(conn: sqlite3.Connection, batch_id: str, *, status: str, counts: dict[str, int],

@@ -21,6 +21,7 @@ import pytest
 
 from pseudozone import contracts, ingest, state, tasks
 from pseudozone.config import Settings
+from pseudozone.errors import PseudozoneError
 from tests import planted
 
 PLANTED = "zelda.planted@example.org"
@@ -244,3 +245,105 @@ def test_a_batch_reference_under_a_symlinked_folder_is_refused(
     assert result["status"] == "quarantined" and result["reason"]["code"] == "outside_landing"
     assert outside.with_name("globex-0001.parquet").exists()  # not ours: not moved
     _nothing_of(landed, "globex-0001")
+
+
+def _poison_read(monkeypatch: pytest.MonkeyPatch, stem: str, error: type[Exception] | list[type[Exception]],
+                 step: str = "read") -> None:
+    """The batch ``stem`` fails with ``error`` (a message full of PII) in ``step``; the others run."""
+    errors = list(error) if isinstance(error, list) else None
+    target = "read_batch" if step == "read" else "_plan_batch"
+    real = getattr(ingest, target)
+
+    def failing(settings: Settings, ref: Any, *args: Any) -> Any:
+        if ref.batch_id.endswith(stem):
+            kind = errors.pop(0) if errors else error
+            assert isinstance(kind, type)
+            raise kind(f"cannot parse {PLANTED} {planted.PHONE}")
+        return real(settings, ref, *args)
+
+    monkeypatch.setattr(ingest, target, failing)
+
+
+def _ledger_row(settings: Settings, batch_id: str) -> tuple[str, int, str | None]:
+    with state.connect(settings) as conn:
+        row = conn.execute("SELECT status, attempts, reason_code FROM batches WHERE batch_id = ?",
+                           (batch_id,)).fetchone()
+    return str(row[0]), int(row[1]), row[2]
+
+
+@pytest.mark.parametrize("step", ["read", "transform"])
+def test_a_poison_batch_is_quarantined_after_the_retries(
+        landed: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        step: str) -> None:
+    pq.write_table(planted.events(), _tenant_dir(landed, "events") / "poison-0001.parquet")
+    _poison_read(monkeypatch, "poison-0001", RuntimeError, step)
+
+    for attempt in (1, 2):
+        with pytest.raises(PseudozoneError, match=f"failed during {step}"):
+            ingest.ingest_pending(landed)
+        assert _ledger_row(landed, "events.acme.poison-0001")[:2] == ("processing", attempt)
+    results = _by_id(ingest.ingest_pending(landed))
+
+    poison = results["events.acme.poison-0001"]
+    assert poison.status == "quarantined" and poison.reason is not None
+    assert poison.reason["code"] == "poison_batch"
+    assert poison.reason["details"] == [{"step": step, "error": "RuntimeError", "attempts": 3}]
+    assert _ledger_row(landed, "events.acme.poison-0001") == ("quarantined", 3, "poison_batch")
+    assert (landed.quarantine / "events" / "tenant_id=acme" / "poison-0001.parquet").exists()
+    assert {r.status for b, r in results.items() if b != "events.acme.poison-0001"} == {"done"}
+    assert ingest.pending(landed) == []  # the queue is free
+    _nothing_of(landed, "poison-0001")
+    _assert_nothing_leaked(landed, caplog, *results.values())
+
+
+def test_the_airflow_task_quarantines_a_poison_batch_on_its_last_retry(
+        landed: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    pq.write_table(planted.events(), _tenant_dir(landed, "events") / "poison-0002.parquet")
+    _poison_read(monkeypatch, "poison-0002", RuntimeError)
+    batch = next(r for r in ingest.pending(landed) if r.batch_id.endswith("poison-0002")).to_dict()
+
+    for _ in range(2):  # the first try and the first retry fail the task
+        with pytest.raises(PseudozoneError):
+            tasks.pseudonymize_batch(batch, home=str(landed.root))
+    xcom = tasks.pseudonymize_batch(batch, home=str(landed.root))
+
+    assert xcom["status"] == "quarantined" and xcom["reason"]["code"] == "poison_batch"
+    _assert_nothing_leaked(landed, caplog, xcom)
+
+
+def test_a_failure_of_the_machine_is_never_poison(landed: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    pq.write_table(planted.events(), _tenant_dir(landed, "events") / "disk-0001.parquet")
+    _poison_read(monkeypatch, "disk-0001", OSError)  # disk full, permissions: not the batch's fault
+    for _ in range(4):
+        with pytest.raises(PseudozoneError):
+            ingest.ingest_pending(landed)
+    assert _ledger_row(landed, "events.acme.disk-0001")[:2] == ("processing", 4)
+
+
+def test_a_batch_failing_differently_each_time_is_not_poison(
+        landed: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    pq.write_table(planted.events(), _tenant_dir(landed, "events") / "flaky-0001.parquet")
+    _poison_read(monkeypatch, "flaky-0001", [RuntimeError, ValueError, RuntimeError, ValueError])
+    for _ in range(4):
+        with pytest.raises(PseudozoneError):
+            ingest.ingest_pending(landed)
+    assert _ledger_row(landed, "events.acme.flaky-0001")[:2] == ("processing", 1)
+
+
+def test_a_corrected_delivery_of_a_poison_batch_starts_its_count_again(
+        landed: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    read_batch = ingest.read_batch
+    source = _tenant_dir(landed, "events") / "poison-0003.parquet"
+    pq.write_table(planted.events(), source)
+    _poison_read(monkeypatch, "poison-0003", RuntimeError)
+    for _ in range(2):
+        with pytest.raises(PseudozoneError):
+            ingest.ingest_pending(landed)
+    assert _by_id(ingest.ingest_pending(landed))["events.acme.poison-0003"].status == "quarantined"
+    monkeypatch.setattr(ingest, "read_batch", read_batch)
+
+    pq.write_table(planted.events().slice(0, 5), source)
+    [again] = ingest.ingest_pending(landed)
+
+    assert again.status == "done" and again.rows_event == 5
+    assert _ledger_row(landed, "events.acme.poison-0003") == ("done", 1, None)
