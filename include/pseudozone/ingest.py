@@ -25,6 +25,7 @@ import functools
 import logging
 import multiprocessing
 import shutil
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -441,7 +442,33 @@ def _prepare(settings: Settings, ref: BatchRef, keyring: KeyRing | None,
     except PseudozoneError:
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised without its text
+        poison = _poison(settings, ref, step, exc)
+        if poison is not None:
+            return _reject(settings, ref, result, poison)
         raise _failed(ref, step, exc) from None
+
+
+def _poison(settings: Settings, ref: BatchRef, step: str, exc: Exception) -> ContractViolation | None:
+    """A batch whose read or transform failed the same way on ``ledger.POISON_AFTER_ATTEMPTS``
+    tries in a row is a poison batch: quarantined, so that it stops blocking the queue.
+
+    A failure of the machine (disk full, permissions, a locked state database, memory)
+    is not the batch's fault and never makes it poison.
+    """
+    if isinstance(exc, OSError | sqlite3.Error | MemoryError):
+        return None
+    error = type(exc).__name__
+    try:
+        with state.connect(settings) as conn:
+            attempts = ledger.failed(conn, ref.batch_id, f"failed:{step}:{error}")
+    except Exception:  # noqa: BLE001 - the batch's own error is raised instead
+        return None
+    if attempts < ledger.POISON_AFTER_ATTEMPTS:
+        return None
+    return ContractViolation(
+        "poison_batch", f"failed during {step} ({error}) on {attempts} tries in a row; quarantined"
+        " so that the batches after it can run",
+        details=[{"step": step, "error": error, "attempts": attempts}])
 
 
 def _commit(settings: Settings, plan: _Plan) -> BatchResult:
