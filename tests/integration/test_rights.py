@@ -373,3 +373,20 @@ def test_a_restrict_filed_after_an_unrestrict_in_the_same_run_wins(rlake: Settin
     process.process_all(rlake, "run-2", keyring=KR)
     assert subjects.restricted(rlake, planted.TENANT) == {SUBJECT}
     assert _rows_of(rlake, SUBJECT, rlake.event_zone) == 0
+
+
+def test_requests_for_a_subject_with_no_data_end_no_data_found(rlake: Settings) -> None:
+    """A mistyped user id must not look like success: the outcome says no data was found."""
+    from pseudozone.compliance.report import run_nightly
+
+    typo = "usr_00000O3"  # a letter O where a zero was meant
+    statuses = [_submit(rlake, "erase", user=typo),
+                _submit(rlake, "rectify", user=typo, fields={"email": "new@example.net"}),
+                _submit(rlake, "export", user=typo), _submit(rlake, "erase")]
+    process.process_all(rlake, "run-1", keyring=KR)
+    results = [requests.get_status(rlake, s.request_id) for s in statuses]
+    assert [r.state for r in results] == ["completed"] * 4
+    assert [r.outcome["result"] for r in results] == ["no_data_found"] * 3 + ["done"]
+    assert results[0].public_dict()["outcome"]["result"] == "no_data_found"  # what the tenant sees
+    report = run_nightly(rlake, "nightly-1")
+    assert "erasures 1/1 verified (1 found no data)" in report["summary"]

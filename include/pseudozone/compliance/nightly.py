@@ -396,7 +396,8 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
         if problems:
             incomplete.append({"request_id": row.request_id, "tenant_id": tenant, "subject": subject,
                                "problems": problems})
-    return {"checked": len(rows), "incomplete": incomplete}
+    no_data = sum(json.loads(r.outcome or "{}").get("result") == "no_data_found" for r in rows)
+    return {"checked": len(rows), "incomplete": incomplete, "no_data_found": no_data}
 
 
 def _export_archives(settings: Settings) -> dict[tuple[str, str], list[Path]]:

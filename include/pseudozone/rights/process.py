@@ -107,6 +107,9 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
         elif row.type == "export":
             exports.append(row.request_id)
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    # the subjects of the run that the index lists anywhere: a request for any other one
+    # finds no data (a mistyped user id must not look like success)
+    indexed: dict[str, list[str]] = {}
     for tenant, w in sorted(work.items()):
         w.restrict -= w.erase
         w.unrestrict -= w.erase
@@ -115,6 +118,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
         if not w.subjects():
             continue
         found = index_lookup(settings, tenant, w.subjects())
+        indexed[tenant] = sorted(set(found["subject_id"].to_pylist()))
         for subject, zone, path, dataset, batch in zip(
                 *(found[c].to_pylist() for c in ("subject_id", "zone", "path", "dataset", "batch_id")),
                 strict=True):
@@ -141,7 +145,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
     # subjects that end the run restricted: a lifted restriction must not outlive a later restrict
     restricted_after = {tenant: sorted(w.restrict) for tenant, w in sorted(work.items()) if w.restrict}
     return {"run_id": run_id, "requests": [r.request_id for r in rows], "groups": plan_groups,
-            "exports": exports, "restricted_after": restricted_after}
+            "exports": exports, "restricted_after": restricted_after, "indexed": indexed}
 
 
 # -- rewriting one batch's files -------------------------------------------------------------
@@ -435,6 +439,12 @@ def _scan_affected(settings: Settings,
     return found
 
 
+# a request's outcome "result": the request was carried out ("done"), or the subject had no data
+# anywhere in the lake when the run was planned ("no_data_found": a legitimate answer to the data
+# subject, and the sign of a mistyped user id)
+NO_DATA_FOUND = "no_data_found"
+
+
 def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, Any]],
               exports: list[dict[str, Any]], *, keyring: KeyRing | None = None) -> dict[str, Any]:
     """Verify what was done, destroy erased subjects' keys, complete the requests."""
@@ -462,10 +472,13 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
         for s in {*g["erase"], *g["restrict"]}:
             affected[(g["tenant_id"], s)] |= files
     remaining_files = _scan_affected(settings, affected)
+    indexed = {tenant: set(found) for tenant, found in plan.get("indexed", {}).items()}
     for row in rows:
         outcome: dict[str, Any] = {"type": row.type, "run_id": plan["run_id"]}
         s, tenant = row.subject_id, row.tenant_id
         holds = legal_holds(settings, tenant)
+        # no file of any zone held the subject when the run was planned
+        no_data = "indexed" in plan and s not in indexed.get(tenant, set())
         if row.type == "erase":
             remaining = remaining_files.get((tenant, s), [])
             unexpected = [p for p in remaining if not holds.keeps(layout.parse(p).dataset, s)]
@@ -486,6 +499,8 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                                  subject_id=s, details={"had_key": destroyed})
             # archives hold the decrypted profile: kept only where the profile is kept
             exports_deleted = [] if pii_held else _delete_exports(settings, row)
+            if no_data and not destroyed:
+                outcome["result"] = NO_DATA_FOUND
             outcome.update({"rows_removed": dict(per_subject.get(s, {})), "verified_clean": True,
                             "export_archives_deleted": exports_deleted,
                             "files_scanned": len(affected.get((tenant, s), ())),
@@ -514,6 +529,8 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
         elif row.type == "rectify":
             payload = requests.open_payload(keyring, tenant, row.request_id, row.payload_enc)
             outcome["fields"] = sorted(payload.get("fields") or {})
+            if no_data:
+                outcome["result"] = NO_DATA_FOUND
         elif row.type == "export":
             exp = export_by_request.get(row.request_id)
             if exp is None:
@@ -521,8 +538,11 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                 _finish(settings, row, "failed", {"code": "export_missing"})
                 continue
             outcome.update({"archive": exp["archive"], "sha256": exp["sha256"], "files": exp["files"]})
+            if no_data and not exp.get("profile_rows"):
+                outcome["result"] = NO_DATA_FOUND
+        outcome.setdefault("result", "done")
         _finish(settings, row, "completed", outcome)
-        summary[row.type] += 1
+        summary[row.type if outcome["result"] == "done" else f"{row.type}:{NO_DATA_FOUND}"] += 1
     if failures:
         raise PseudozoneError(f"{len(failures)} request(s) failed verification: {', '.join(failures)}")
     return {"run_id": plan["run_id"], "completed": dict(summary), "groups": len(results)}
