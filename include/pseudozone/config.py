@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pseudozone import zones
-
 HOME_ENV = "PSEUDOZONE_HOME"
 # a tenant id: letters, digits, '_', '.', '-'; \Z also refuses a trailing newline
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
@@ -108,6 +106,8 @@ class Settings:
         of a process also sweeps leftovers and tightens modes looser than these (files
         moved in by rename, roots made before issue 12).
         """
+        from pseudozone import zones  # pyarrow: not at import time (plugins import this module)
+
         self.landing.mkdir(parents=True, exist_ok=True)
         for path, mode in ((self.zones, zones.ZONES_ROOT_MODE), (self.event_zone, zones.EVENT_DIR_MODE),
                            *((p, zones.PRIVATE_DIR_MODE) for p in self.private_places),
@@ -126,6 +126,8 @@ class Settings:
     def tighten_modes(self) -> int:
         """Give every directory and file under the zones and state the mode of its zone where
         it is looser (group or others may do more); returns how many were changed."""
+        from pseudozone import zones  # pyarrow: not at import time (plugins import this module)
+
         changed = 0
         trees = [(self.event_zone, zones.EVENT_DIR_MODE, zones.EVENT_FILE_MODE),
                  *((p, zones.PRIVATE_DIR_MODE, zones.PRIVATE_FILE_MODE) for p in self.private_places)]
@@ -147,6 +149,8 @@ class Settings:
         """Remove what killed runs left: temp files under the zones and state, and staged
         batches (``zones/.staging/<batch>``), untouched since ``older_than`` (epoch seconds;
         default ``zones.STALE_TEMP_SECONDS`` ago, so that a live writer's files stay)."""
+        from pseudozone import zones  # pyarrow: not at import time (plugins import this module)
+
         cutoff = time.time() - zones.STALE_TEMP_SECONDS if older_than is None else older_than
         removed = zones.sweep_temp_files([self.zones, self.state], cutoff)
         if self.staging.is_dir():
