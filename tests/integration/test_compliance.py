@@ -213,3 +213,34 @@ def test_an_erasure_kept_under_a_dataset_hold_passes_and_does_not_block_later_re
     assert exports and exports[0]["success"] and exports[0]["rows"] > 0
     restricted = [z for z in latest["validation"]["zones"] if z["zone"] == "restricted"]
     assert restricted and all(z["success"] for z in restricted)
+
+
+def test_the_report_lists_holds_restrictions_quarantined_batches_and_late_completions(
+        published: Settings) -> None:
+    requests.add_legal_hold(published, tenant_id="acme", dataset="server_logs", reason_code="tax_audit",
+                            reason="Zelda Plantedname's audit", keyring=KR)
+    for kind, user in (("restrict", "usr_0000004"), ("export", "usr_0000005")):
+        requests.submit(published, {"type": kind, "tenant_id": "acme", "user_id": user}, source="test",
+                        keyring=KR)
+    process.process_all(published, "run-1", keyring=KR)
+    with store.transaction(published) as conn:  # the export was completed two days after its deadline
+        conn.execute(update(store.requests).where(store.requests.c.type == "export")
+                     .values(due_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2)))
+    bad = published.landing / "events" / "tenant=acme" / "bad-0001.csv"
+    bad.write_text("tenant_id,user_id,mystery\nacme,usr_1,x\n")
+    ingest.ingest_pending(published)
+
+    written = report.run_nightly(published, "nightly-standing", now=NOW)
+    latest = report.latest(published)
+    assert latest is not None
+    reqs = latest["requests"]
+    assert [(h["dataset"], h["scope"], h["reason_code"]) for h in reqs["holds"]] == [
+        ("server_logs", "all subjects", "tax_audit")]
+    assert reqs["restrictions"] == {"acme": 1}
+    assert [q["batches"] for q in reqs["quarantined"]] == [1]
+    [late] = reqs["completed_late"]
+    assert late["type"] == "export" and late["days"] >= 1
+    assert "1 completed late; 1 batch(es) quarantined; 1 hold(s), 1 restriction(s)" in written["summary"]
+    page = (report.run_dir(published, "nightly-standing") / "report.html").read_text()
+    assert "Active legal holds" in page and "tax_audit" in page and "Quarantined landing batches" in page
+    assert "Plantedname" not in _all_text(published.reports)

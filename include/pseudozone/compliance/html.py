@@ -271,6 +271,28 @@ def _requests(report: Mapping[str, Any]) -> str:
     out.append("<h3>Due within 7 days</h3>" + _table([*headers, "Days left"], _request_rows(soon),
                                                      classes=["warn"] * len(soon),
                                                      empty="No request falls due within 7 days."))
+    late = _dicts(r.get("completed_late"))
+    out.append("<h3>Completed after their deadline</h3>"
+               + _table([*headers, "Days late"], _request_rows(late), classes=["warn"] * len(late),
+                        empty="Every completed request was completed in time."))
+    no_data = [[str(k), _num(n)] for k, n in _dict(r.get("no_data_found")).items()]
+    out.append("<h3>Completed with no data found</h3>"
+               + _table(["Type", "Requests"], no_data, empty="Every completed request found its subject."))
+    holds = _dicts(r.get("holds"))
+    out.append("<h3>Active legal holds</h3>"
+               + _table(["Hold", "Tenant", "Dataset", "Scope", "Reason code", "Since"],
+                        [[h.get("hold_id"), h.get("tenant_id"), h.get("dataset"), h.get("scope"),
+                          h.get("reason_code"), _day(h.get("since"))] for h in holds],
+                        empty="No legal hold is active."))
+    restrictions = [[str(t), _num(n)] for t, n in _dict(r.get("restrictions")).items()]
+    out.append("<h3>Active restrictions</h3>"
+               + _table(["Tenant", "Restricted subjects"], restrictions, empty="No subject is restricted."))
+    quarantined = _dicts(r.get("quarantined"))
+    out.append("<h3>Quarantined landing batches</h3>"
+               + _table(["Dataset", "Tenant", "Reason code", "Batches"],
+                        [[q.get("dataset"), q.get("tenant_id"), q.get("reason_code"), _num(q.get("batches"))]
+                         for q in quarantined], classes=["warn"] * len(quarantined),
+                        empty="No landing batch is quarantined."))
     return "".join(out) + "</section>"
 
 

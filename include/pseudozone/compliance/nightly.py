@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from pseudozone import contracts, zones
 from pseudozone.config import Settings
@@ -433,9 +433,48 @@ def deadlines(settings: Settings, *, now: dt.datetime | None = None) -> dict[str
             overdue.append({**item, "days": (current - due).days})
         elif due <= current + dt.timedelta(days=DUE_SOON_DAYS):
             due_soon.append({**item, "days": (due - current).days})
+    late: list[dict[str, Any]] = []
+    no_data: dict[str, int] = defaultdict(int)
+    for row in rows:
+        if row.state != "completed":
+            continue
+        due, done = store.as_utc(row.due_at), store.as_utc(row.completed_at)
+        if due is not None and done is not None and done > due:
+            received = store.as_utc(row.received_at) or due
+            late.append({"request_id": row.request_id, "tenant_id": row.tenant_id, "type": row.type,
+                         "state": row.state, "received_at": received.isoformat(),
+                         "due_at": due.isoformat(), "days": (done - due).days})
+        if json.loads(row.outcome or "{}").get("result") == "no_data_found":
+            no_data[row.type] += 1
     return {"open": sum(ages.values()), "by_state": dict(sorted(by_state.items())),
             "by_age": [{"bucket": label, "count": ages[label]} for _, _, label in AGE_BUCKETS],
-            "overdue": overdue, "due_soon": due_soon}
+            "overdue": overdue, "due_soon": due_soon, "completed_late": late,
+            "no_data_found": dict(sorted(no_data.items())), **standing(settings)}
+
+
+def standing(settings: Settings) -> dict[str, Any]:
+    """What stands at the time of the run: open legal holds (scope and reason code), restrictions
+    per tenant, and quarantined landing batches (per dataset, tenant and reason code)."""
+    from pseudozone import state
+
+    with store.engine_for(settings).connect() as conn:
+        open_holds = select(store.legal_holds).where(store.legal_holds.c.released_at.is_(None))
+        holds = [{"hold_id": int(r.hold_id), "tenant_id": r.tenant_id, "dataset": r.dataset or "*",
+                  "scope": "subject" if r.subject_id else "all subjects",
+                  "reason_code": r.reason_code or "other",
+                  "since": (store.as_utc(r.created_at) or r.created_at).isoformat()}
+                 for r in conn.execute(open_holds.order_by(store.legal_holds.c.hold_id))]
+        restrictions = {str(t): int(n) for t, n in conn.execute(
+            select(store.restrictions.c.tenant_id, func.count()).group_by(store.restrictions.c.tenant_id)
+            .order_by(store.restrictions.c.tenant_id))}
+    quarantined: list[dict[str, Any]] = []
+    if settings.state_db.exists():
+        with state.connect(settings) as sconn:
+            quarantined = [{"dataset": d, "tenant_id": t, "reason_code": c or "?", "batches": int(n)}
+                           for d, t, c, n in sconn.execute(
+                               "SELECT dataset, tenant_id, reason_code, count(*) FROM batches"
+                               " WHERE status = 'quarantined' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")]
+    return {"holds": holds, "restrictions": restrictions, "quarantined": quarantined}
 
 
 def audit_chain(settings: Settings) -> dict[str, Any]:

@@ -105,6 +105,15 @@ def assemble(settings: Settings, run_id: str, *, now: dt.datetime | None = None)
     if overdue:
         problems.append(f"{len(overdue)} request(s) are overdue: "
                         + ", ".join(r["request_id"] for r in overdue))
+    late = reqs.get("completed_late", [])
+    if late:
+        warnings.append(f"{len(late)} request(s) were completed after their deadline: "
+                        + ", ".join(r["request_id"] for r in late))
+    quarantined = sum(q.get("batches", 0) for q in reqs.get("quarantined", []))
+    if quarantined:
+        warnings.append(f"{quarantined} landing batch(es) are quarantined (zones/quarantine), by reason: "
+                        + ", ".join(f"{q['dataset']}/{q['tenant_id']} {q['reason_code']} x{q['batches']}"
+                                    for q in reqs.get("quarantined", [])))
     if audit_section and not audit_section.get("ok"):
         problems.append(f"the audit log chain is broken ({audit_section.get('problem')})")
     flagged = [r for r in kanon.get("results", []) if r.get("flagged")]
@@ -117,7 +126,10 @@ def assemble(settings: Settings, run_id: str, *, now: dt.datetime | None = None)
                f" {erasures.get('checked', 0) - len(incomplete) - erasures.get('no_data_found', 0)}"
                f"/{erasures.get('checked', 0) - erasures.get('no_data_found', 0)} verified"
                f" ({erasures.get('no_data_found', 0)} found no data);"
-               f" requests {len(overdue)} overdue, {len(reqs.get('due_soon', []))} due within 7 days;"
+               f" requests {len(overdue)} overdue, {len(reqs.get('due_soon', []))} due within 7 days,"
+               f" {len(late)} completed late; {quarantined} batch(es) quarantined;"
+               f" {len(reqs.get('holds', []))} hold(s), {sum(reqs.get('restrictions', {}).values())}"
+               f" restriction(s);"
                f" audit chain {'ok' if audit_section.get('ok') else 'BROKEN'};"
                f" retention deleted {len(retention.get('deleted', []))} partition(s);"
                f" k-anonymity {len(flagged)} flagged")
