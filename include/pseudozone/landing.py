@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import stat
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,11 +29,15 @@ import pyarrow.parquet as pq
 from pseudozone import contracts, zones
 from pseudozone.config import TENANT_RE, Settings
 from pseudozone.contracts import TENANT_COLUMN, Contract
-from pseudozone.errors import ContractError, ContractViolation
+from pseudozone.errors import ConfigError, ContractError, ContractViolation
 from pseudozone.lake import layout
 
 MAX_ROWS_REPORTED = 20  # row and column positions listed in a reason
 log = logging.getLogger(__name__)
+
+SUCCESS_MARKER = "_SUCCESS"
+SETTLE_ENV = "PSEUDOZONE_LANDING_SETTLE_SECONDS"
+DEFAULT_SETTLE_SECONDS = 0.0
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -111,13 +116,17 @@ def _real_inside(landing: Path, path: Path) -> bool:
     return os.path.realpath(path) == os.path.join(os.path.realpath(landing), rel)
 
 
-def discover(settings: Settings,
-             done: dict[str, tuple[int, int] | None] | None = None) -> list[BatchRef]:
+def discover(settings: Settings, done: dict[str, tuple[int, int] | None] | None = None, *,
+             settle: float | None = None) -> list[BatchRef]:
     """Every landing file not yet ingested, in a stable order.
 
     ``done`` maps finished batch ids to their landing file's (size, mtime_ns); a
     finished batch whose file no longer matches is listed again, so that
     ``process_batch`` can tell an identical rewrite from a changed delivery.
+
+    Only complete files are listed: in a tenant folder that holds a ``_SUCCESS`` marker,
+    the files no newer than the marker; elsewhere, files whose mtime and ctime are at least
+    ``settle`` seconds old (default ``PSEUDOZONE_LANDING_SETTLE_SECONDS``).
 
     A dataset or tenant folder that is a symbolic link is skipped with a warning and never
     read.  A file that is a symbolic link is listed (whatever it points to, even nothing):
@@ -142,18 +151,60 @@ def discover(settings: Settings,
                 out.append(entry)
         return out
 
+    settle_ns = int((settle_seconds() if settle is None else settle) * 1e9)
+    now = time.time_ns()
+    waiting = 0
     for dataset_dir in folders(landing):
         for tenant_dir in folders(dataset_dir):
             tenant = _tenant_of(tenant_dir.name) or _UNSAFE.sub("_", tenant_dir.name)
+            marker = _marker_time(tenant_dir)
             for f in sorted(tenant_dir.iterdir()):
                 if f.name[:1] in "._" or not (f.is_symlink() or f.is_file()):
+                    continue
+                if not _complete(f, marker, settle_ns, now):
+                    waiting += 1
                     continue
                 ref = BatchRef(batch_id=batch_id_for(dataset_dir.name, tenant, f.name),
                                dataset=dataset_dir.name, tenant_id=tenant,
                                path=str(f.relative_to(landing)))
                 if ref.batch_id not in done or done[ref.batch_id] != fingerprint(f):
                     refs.append(ref)
+    if waiting:
+        log.info("%d landing file(s) not complete yet (changed in the last %g s, or newer than their"
+                 " folder's %s marker): left for a later run", waiting, settle_ns / 1e9, SUCCESS_MARKER)
     return refs
+
+
+def settle_seconds() -> float:
+    """``PSEUDOZONE_LANDING_SETTLE_SECONDS``: how long a landing file must go unchanged to count as landed."""
+    raw = os.environ.get(SETTLE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SETTLE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise ConfigError(f"{SETTLE_ENV} must be a number of seconds, 0 or more")
+    return value
+
+
+def _marker_time(folder: Path) -> int | None:
+    """The mtime of the folder's ``_SUCCESS`` marker (a regular file, never a link), if any."""
+    try:
+        st = (folder / SUCCESS_MARKER).lstat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns if stat.S_ISREG(st.st_mode) else None
+
+
+def _complete(path: Path, marker_ns: int | None, settle_ns: int, now_ns: int) -> bool:
+    """Whether a landing file is complete: no newer than its folder's ``_SUCCESS`` marker when
+    the folder has one; otherwise unchanged (mtime and ctime) for ``settle_ns``."""
+    st = path.lstat()
+    if marker_ns is not None:
+        return st.st_mtime_ns <= marker_ns
+    return now_ns - max(st.st_mtime_ns, st.st_ctime_ns) >= settle_ns
 
 
 def sha256_of(path: Path) -> str:

@@ -12,6 +12,8 @@ import hashlib
 import io
 import json
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pseudozone import contracts, ingest, state, tasks
+from pseudozone import contracts, ingest, landing, state, tasks
 from pseudozone.config import Settings
-from pseudozone.errors import PseudozoneError
+from pseudozone.errors import ConfigError, PseudozoneError
 from tests import planted
 
 PLANTED = "zelda.planted@example.org"
@@ -347,3 +349,59 @@ def test_a_corrected_delivery_of_a_poison_batch_starts_its_count_again(
 
     assert again.status == "done" and again.rows_event == 5
     assert _ledger_row(landed, "events.acme.poison-0003") == ("done", 1, None)
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Make ``path`` look unchanged for ``seconds`` (its mtime; its ctime is now, so the settle
+    check is driven through the clock below)."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+
+
+def test_a_file_still_being_written_is_not_pending_until_it_settles(
+        landed: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(landing.SETTLE_ENV, "60")
+    names = contracts.load("profiles").names
+    rows = _profile_rows()
+    source = _tenant_dir(landed, "profiles") / "upload-0001.csv"
+    full = _csv([names, *rows])
+    source.write_text(full[: len(full) // 2])  # half uploaded: the second row is cut
+
+    results = _by_id(ingest.ingest_pending(landed))
+    assert "profiles.acme.upload-0001" not in results and source.exists()
+
+    source.write_text(full)  # the upload finishes
+    clock = time.time_ns()
+    monkeypatch.setattr(landing.time, "time_ns", lambda: clock + 61 * 10**9)
+    done = _by_id(ingest.ingest_pending(landed))["profiles.acme.upload-0001"]
+
+    assert done.status == "done" and done.rows_in == 2
+    assert not list(landed.quarantine.rglob("*upload-0001*"))
+
+
+def test_a_success_marker_lands_the_files_it_covers_at_once(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(landing.SETTLE_ENV, "3600")
+    tenant_dir = _tenant_dir(settings, "events")
+    for name in ("a-0001.parquet", "b-0001.parquet"):
+        pq.write_table(planted.events(), tenant_dir / name)
+    assert landing.discover(settings) == []  # not settled, no marker
+
+    (tenant_dir / "_SUCCESS").touch()
+    _age(tenant_dir / "a-0001.parquet", 20)
+    _age(tenant_dir / "b-0001.parquet", 20)
+    assert [r.batch_id for r in landing.discover(settings)] == ["events.acme.a-0001", "events.acme.b-0001"]
+
+    # a file written after the marker waits for the next marker, whatever its age
+    pq.write_table(planted.events(), tenant_dir / "c-0001.parquet")
+    _age(tenant_dir / "_SUCCESS", 10)
+    assert [r.batch_id for r in landing.discover(settings, settle=0)] == [
+        "events.acme.a-0001", "events.acme.b-0001"]
+    (tenant_dir / "_SUCCESS").touch()
+    assert len(landing.discover(settings)) == 3
+
+
+def test_the_settle_time_must_be_a_number(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(landing.SETTLE_ENV, "soon")
+    with pytest.raises(ConfigError, match=landing.SETTLE_ENV):
+        landing.discover(settings)
