@@ -185,7 +185,7 @@ def test_an_erasure_deletes_earlier_exports_and_passes_reverification(published:
         export.request_id]
     report.run_nightly(published, "nightly-after-erase", now=NOW)
     latest = report.latest(published)
-    assert latest is not None and latest["erasures"] == {"checked": 1, "incomplete": []}
+    assert latest is not None and latest["erasures"] == {"checked": 1, "incomplete": [], "no_data_found": 0}
     assert latest["status"] == "pass", latest["problems"]
 
 
@@ -208,7 +208,7 @@ def test_an_erasure_kept_under_a_dataset_hold_passes_and_does_not_block_later_re
     report.run_nightly(published, "nightly-held", now=NOW)
     latest = report.latest(published)
     assert latest is not None and latest["status"] == "pass", latest["problems"]
-    assert latest["erasures"] == {"checked": 1, "incomplete": []}
+    assert latest["erasures"] == {"checked": 1, "incomplete": [], "no_data_found": 0}
     exports = [z for z in latest["validation"]["zones"] if z["zone"] == "exports"]
     assert exports and exports[0]["success"] and exports[0]["rows"] > 0
     restricted = [z for z in latest["validation"]["zones"] if z["zone"] == "restricted"]

@@ -54,6 +54,7 @@ def run_step(settings: Settings, run_id: str, step: str, *, now: dt.datetime | N
              retention_overrides: dict[str, int] | None = None,
              rows_per_run: int = nightly.ROWS_PER_RUN) -> dict[str, Any]:
     """Run one nightly step, save its section; returns the section."""
+    settings.ensure()  # zone modes; the first call of a process sweeps a killed writer's temp files
     # a section left by an earlier attempt of this step must not be reported if this one fails
     (run_dir(settings, run_id) / f"{step}.json").unlink(missing_ok=True)
     if step == "retention":

@@ -65,6 +65,7 @@ class _Work:
 def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None) -> dict[str, Any]:
     """Start work on every open request; return the plan (ids, pseudonyms and paths only)."""
     keyring = keyring or KeyRing.load(settings)
+    settings.ensure()  # zone modes; the first call of a process sweeps a killed writer's temp files
     now = store.utcnow()
     with store.transaction(settings) as conn:
         rows = conn.execute(select(store.requests).where(

@@ -361,8 +361,7 @@ def intake_inbox(settings: Settings, *, keyring: KeyRing | None = None) -> list[
         status = submit(settings, raw, source="inbox", keyring=keyring)
         if raw is None:
             target = layout.request_quarantine_file(settings, status.request_id)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
+            zones.publish(path, target)  # the quarantine's own mode (0600), whatever the inbox had
             zones.write_json({"request_id": status.request_id, "file": path.name,
                               **(status.reason or {})}, target.with_name(target.name + ".reason.json"))
         else:
