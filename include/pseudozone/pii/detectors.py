@@ -498,24 +498,38 @@ class CardDetector(Detector):
         for match in pattern.finditer(text):
             if _NUMBER_NAME.search(text[max(0, match.start() - 8):match.start()]):
                 continue  # EAN 5901234123457: a product's number
-            # the candidate may have taken a following number as a last group ('4111 … 1111 201'):
-            # the card is the longest run of its groups that checks out
-            groups = [(m.start(), m.end()) for m in re.finditer(r"\d+", match.group())]
-            for k in range(len(groups), 0, -1):
-                digits = re.sub(r"\D", "", match.group()[:groups[k - 1][1]])
+            found = CardDetector._groups_that_check_out(text, match)
+            if found is not None:
+                yield found
+
+    @staticmethod
+    def _groups_that_check_out(text: str, match: re.Match[str]) -> Span | None:
+        """The card among a candidate's groups: the candidate may have taken a following number
+        as a last group ('4111 … 1111 201'), or a number before it as its first ('order 2024
+        4111 …'): the card is the longest run of groups that checks out, from the earliest
+        four-digit group that starts one."""
+        raw = match.group()
+        groups = [(m.start(), m.end()) for m in re.finditer(r"\d+", raw)]
+        for i, (first, _) in enumerate(groups):
+            if i and groups[i][1] - first != 4:
+                continue
+            start = match.start() + first
+            for k in range(len(groups), i, -1):
+                digits = re.sub(r"\D", "", raw[first:groups[k - 1][1]])
                 if len(digits) < 12:
                     break
                 if len(digits) <= 19 and card_issuer_fits(digits) and std_luhn.is_valid(digits):
-                    if k == 1 and len(digits) < 14 and \
-                            not _CARD_WORD.search(text[max(0, match.start() - 24):match.start()]):
+                    if k == i + 1 and len(digits) < 14 and \
+                            not _CARD_WORD.search(text[max(0, start - 24):start]):
                         break  # a bare 12-13 digit run without a card word: an order number, an epoch
-                    yield match.start(), match.start() + groups[k - 1][1]
-                    break
+                    return start, match.start() + groups[k - 1][1]
+        return None
 
 
 # -- IBAN -------------------------------------------------------------------------------------
 
 _IBAN = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z]{2}\d{2}(?:[ .\-]?[A-Za-z0-9]){11,30}")
+_IBAN_HEAD_AT = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z]{2}\d{2}")
 
 
 def _mod97(compact: str) -> bool:
@@ -531,21 +545,37 @@ class IbanDetector(Detector):
     kind = "iban"
 
     def find(self, text: str, regions: tuple[str, ...]) -> Iterator[Span]:
-        for match in _IBAN.finditer(text):
-            # the candidate may run into the next word: the IBAN is the longest valid
-            # prefix that ends at a group or word boundary
-            start, raw = match.start(), match.group()
-            after = start + len(raw)
-            last = after < len(text) and text[after].isascii() and text[after].isalnum()
-            # (or where only letters follow: a BIC glued after it, 'IT60X…123456BIC')
-            ends = [k for k in range(len(raw), 14, -1)
-                    if raw[k - 1].isalnum() and (raw[k] in " .-" or (raw[k:].isalpha() and not last)
-                                                 if k < len(raw) else not last)]
-            for k in ends:
-                compact = re.sub(r"[ .\-]", "", raw[:k]).upper()
-                if 15 <= len(compact) <= 34 and _mod97(compact) and std_iban.is_valid(compact):
-                    yield start, start + k
-                    break
+        # every place an IBAN may start, tried in turn: a candidate that starts earlier (the
+        # 'ba42-0f2c…' of a uuid) can run through words into a real IBAN and must not hide it
+        done = 0
+        for head in _IBAN_HEAD_AT.finditer(text):
+            if head.start() < done:
+                continue
+            match = _IBAN.match(text, head.start())
+            if match is None:
+                continue
+            found = self._valid_prefix(text, match)
+            if found is not None:
+                done = found[1]
+                yield found
+
+    @staticmethod
+    def _valid_prefix(text: str, match: re.Match[str]) -> Span | None:
+        """The longest valid IBAN that ``match`` starts with, or None."""
+        # the candidate may run into the next word: the IBAN is the longest valid
+        # prefix that ends at a group or word boundary
+        start, raw = match.start(), match.group()
+        after = start + len(raw)
+        last = after < len(text) and text[after].isascii() and text[after].isalnum()
+        # (or where only letters follow: a BIC glued after it, 'IT60X…123456BIC')
+        ends = [k for k in range(len(raw), 14, -1)
+                if raw[k - 1].isalnum() and (raw[k] in " .-" or (raw[k:].isalpha() and not last)
+                                             if k < len(raw) else not last)]
+        for k in ends:
+            compact = re.sub(r"[ .\-]", "", raw[:k]).upper()
+            if 15 <= len(compact) <= 34 and _mod97(compact) and std_iban.is_valid(compact):
+                return start, start + k
+        return None
 
 
 _NOT_DIGIT = re.compile(r"\D+")
