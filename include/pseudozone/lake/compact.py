@@ -1,0 +1,362 @@
+"""Compaction: merge the small files of each event- and restricted-zone date partition.
+
+A partition-day (``<zone>/<dataset>/tenant_id=<t>/date=<d>/``) holds one file per landing
+batch, or per batch and subject bucket (``<batch>.bNN.parquet``).  ``compact`` rewrites
+it as one file per subject bucket (``compact-<H>[.bNN].parquet``), or, when a bucket has
+more than ``target_rows`` rows, as parts of at most that many rows
+(``compact-<H>-pKK[.bNN].parquet``).  ``H`` hashes the zone paths of the inputs and the
+target, so a rerun redoes the same work under the same names and bytes.  Rows are sorted
+by ``subject_id``, then the dataset's time column (``partition_date_from``), in row
+groups of ``ROW_GROUP_ROWS`` rows, so that row-group statistics prune a subject's lookups.
+
+Commit order of one partition (the unit), ``docs/adr/0007-lake-layer.md``:
+
+0. ``manifest``: ``zones/.compact/<H>/manifest.json`` records the unit, the inputs (name,
+   size, mtime, inode) and the outputs;
+1. ``indexed``: the outputs' subject-index entries are added (index file of the output's
+   batch, ``compact-<H>[-pKK]``): an entry for a file not yet published is harmless;
+2. ``staged``: the outputs are written (fsynced) into ``zones/.compact/<H>/part/``, a
+   directory with the partition's mode and group;
+3. ``exchanged``: the staged directory and the partition directory swap in one
+   ``renameat2(RENAME_EXCHANGE)``: readers see the inputs before, the outputs after;
+4. ``checked``: the old directory (now ``part/``) must hold the inputs unchanged; if a
+   writer changed one meanwhile, the swap is undone and the unit rolled back; files that
+   arrived meanwhile (a new batch) are moved into the partition;
+5. ``unindexed``: the inputs' entries are removed from their batches' index files (an
+   index file left empty is deleted);
+6. ``removed``: the old directory is deleted; then the manifest (its directory) last.
+
+A run finds the manifests a killed run left (``recover``, first thing in ``compact``):
+a unit whose outputs are all in the partition is rolled forward (steps 4-6), any other
+is rolled back (output index entries removed, work directory deleted) and redone from
+scratch by the same run, under the same names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pseudozone import contracts, zones
+from pseudozone.config import Settings
+from pseudozone.contracts import SUBJECT_COLUMN
+from pseudozone.errors import PseudozoneError
+from pseudozone.lake import index, layout
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGET_ROWS = 5_000_000  # one file per partition-day and bucket up to this many rows
+ROW_GROUP_ROWS = 64 * 1024  # small enough that a subject's lookups skip most of a day
+PREFIX = "compact-"
+WORK_DIR = ".compact"  # under the zones root: not a zone, not swept as a staged batch
+STEPS = ("manifest", "indexed", "staged", "exchanged", "checked", "unindexed", "removed")
+
+
+class CompactionConflict(PseudozoneError):
+    """A partition changed while it was compacted; the unit was rolled back (next run redoes it)."""
+
+
+def _after(step: str, unit: str) -> None:
+    """Called after each commit step; tests replace it to kill a run at a given step."""
+
+
+# -- the unit of work ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    zone: str
+    dataset: str
+    tenant: str
+    day: str
+
+    def partition(self, settings: Settings) -> Path:
+        root = layout.zone_root(settings, self.zone)
+        return layout.partition_dir(root, self.dataset, self.tenant, self.day)
+
+
+def _work_root(settings: Settings) -> Path:
+    return settings.zones / WORK_DIR
+
+
+def _files(part: Path) -> list[Path]:
+    """Published Parquet files of a partition directory (temp and hidden names excluded)."""
+    if not part.is_dir():
+        return []
+    return sorted(p for p in part.iterdir()
+                  if p.is_file() and p.name.endswith(layout.SUFFIX) and not p.name.startswith((".", "_")))
+
+
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _rel(unit: Unit, name: str) -> str:
+    return f"{unit.zone}/{unit.dataset}/{layout.TENANT_KEY}={unit.tenant}/{layout.DATE_KEY}={unit.day}/{name}"
+
+
+def _needs_compaction(unit: Unit, files: list[Path], target_rows: int) -> bool:
+    """Whether some bucket of the partition has a file that is not compacted, or more or fewer
+    parts than its rows need at this target (a second run over a compacted lake does nothing)."""
+    by_bucket: dict[int | None, list[Path]] = defaultdict(list)
+    for f in files:
+        by_bucket[layout.parse(_rel(unit, f.name)).bucket].append(f)
+    for group in by_bucket.values():
+        if any(not f.name.startswith(PREFIX) for f in group):
+            return True
+        rows = sum(pq.read_metadata(f).num_rows for f in group)
+        if len(group) != max(1, math.ceil(rows / target_rows)):
+            return True
+    return False
+
+
+def _sort_keys(table: pa.Table, time_column: str) -> list[tuple[str, str]]:
+    keys = [(SUBJECT_COLUMN, "ascending")] if SUBJECT_COLUMN in table.column_names else []
+    if time_column in table.column_names:
+        keys.append((time_column, "ascending"))
+    return keys
+
+
+def _plan_outputs(unit: Unit, files: list[Path], target_rows: int, digest: str) -> dict[str, pa.Table]:
+    """Output file name -> its rows: the inputs of each bucket merged (in input-name order),
+    sorted by subject then time (stable), cut into parts of at most ``target_rows``."""
+    contract = contracts.load(unit.dataset)
+    by_bucket: dict[int | None, list[pa.Table]] = defaultdict(list)
+    for f in files:
+        by_bucket[layout.parse(_rel(unit, f.name)).bucket].append(pq.read_table(f))
+    out: dict[str, pa.Table] = {}
+    for bucket, tables in sorted(by_bucket.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+        merged = pa.concat_tables(tables, promote_options="default").combine_chunks()
+        keys = _sort_keys(merged, contract.partition_date_from)
+        if keys:
+            merged = merged.take(pc.sort_indices(merged, sort_keys=keys))  # stable; nulls last
+        parts = max(1, math.ceil(merged.num_rows / target_rows))
+        size = math.ceil(merged.num_rows / parts) if merged.num_rows else 0
+        for k in range(parts):
+            batch = PREFIX + digest if parts == 1 else f"{PREFIX}{digest}-p{k:02d}"
+            name = layout.event_file(unit.zone, unit.dataset, unit.tenant, unit.day, batch, bucket).name
+            out[name] = merged.slice(k * size, size)
+    return out
+
+
+def _digest(unit: Unit, names: list[str], target_rows: int) -> str:
+    text = "\n".join([*(_rel(unit, n) for n in sorted(names)), f"target_rows={target_rows}"])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+# -- index ------------------------------------------------------------------------------------
+
+
+def _index_update(settings: Settings, unit: Unit, drop: list[str],
+                  add: dict[str, pa.Table] | None = None) -> None:
+    """Per batch index file: less the entries of the ``drop`` files, plus those of the ``add``
+    files (rel -> subject column); an index file left empty is deleted."""
+    batches: dict[str, tuple[list[str], dict[str, pa.Table]]] = defaultdict(lambda: ([], {}))
+    for rel in drop:
+        batches[layout.parse(rel).batch][0].append(rel)
+    for rel, table in (add or {}).items():
+        batches[layout.parse(rel).batch][1][rel] = table
+    for batch, (rels, fresh) in sorted(batches.items()):
+        path = layout.index_file(settings, unit.dataset, unit.tenant, batch)
+        old = index.read(settings, unit.dataset, unit.tenant, batch)
+        kept = index.without_files(old, sorted({*rels, *fresh}))
+        new = pa.concat_tables([kept, *index.entries(fresh)])
+        if new.num_rows == 0:
+            path.unlink(missing_ok=True)
+        elif not (path.exists() and new.equals(old)):
+            index.write(settings, unit.dataset, unit.tenant, batch, new)
+
+
+# -- the atomic swap ---------------------------------------------------------------------------
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path, spare: Path) -> None:
+    """Swap two directories atomically (Linux ``renameat2``); elsewhere three renames through
+    ``spare`` that ``_finish_swap`` completes after a crash."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:
+        fn = None
+    if fn is not None:
+        if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(b))
+    os.rename(b, spare)
+    os.rename(a, b)
+    os.rename(spare, a)
+
+
+def _finish_swap(staged: Path, partition: Path, spare: Path) -> None:
+    """Complete a three-rename swap a crash interrupted."""
+    if spare.exists():
+        if not partition.exists():
+            os.rename(staged, partition)
+        os.rename(spare, staged)
+
+
+# -- one unit ---------------------------------------------------------------------------------
+
+
+def _compact_unit(settings: Settings, unit: Unit, files: list[Path], target_rows: int) -> dict[str, Any]:
+    part = unit.partition(settings)
+    names = [f.name for f in files]
+    digest = _digest(unit, names, target_rows)
+    work = _work_root(settings) / (PREFIX + digest)
+    outputs = _plan_outputs(unit, files, target_rows, digest)
+    manifest = {"zone": unit.zone, "dataset": unit.dataset, "tenant": unit.tenant, "day": unit.day,
+                "target_rows": target_rows, "inputs": {f.name: _stat(f) for f in files},
+                "outputs": sorted(outputs)}
+    rows_in = sum(t.num_rows for t in outputs.values())
+    # 0. the manifest first: whatever follows, a rerun finds the unit
+    zones.make_dirs(work)
+    zones.write_json(manifest, work / "manifest.json")
+    _after("manifest", digest)
+    # 1. the outputs' index entries before any output is visible
+    _index_update(settings, unit, [], {_rel(unit, n): t.select([SUBJECT_COLUMN]) for n, t in outputs.items()})
+    _after("indexed", digest)
+    # 2. the new partition, staged beside the old one's future place, with its mode and group
+    staged = work / "part"
+    if staged.exists():
+        shutil.rmtree(staged)
+    staged.mkdir(mode=0o700)
+    st = part.stat()
+    with contextlib.suppress(PermissionError):  # the pipeline's user is in the analysts' group
+        os.chown(staged, -1, st.st_gid)
+    os.chmod(staged, st.st_mode & 0o7777)
+    for name, table in sorted(outputs.items()):
+        zones.write_parquet(table, staged / name, sync_dir=False, row_group_size=ROW_GROUP_ROWS)
+    zones.fsync_dirs({staged, work})
+    _after("staged", digest)
+    # 3. the commit point
+    _exchange(staged, part, work / "swap")
+    zones.fsync_dirs({part.parent, work})
+    _after("exchanged", digest)
+    _roll_forward(settings, unit, work, manifest, digest)
+    return {"files_in": len(files), "files_out": len(outputs), "rows": rows_in}
+
+
+def _roll_forward(settings: Settings, unit: Unit, work: Path, manifest: dict[str, Any], digest: str) -> None:
+    """Steps 4-6 of an exchanged unit (also after a crash)."""
+    part, old, inputs = unit.partition(settings), work / "part", manifest["inputs"]
+    if old.is_dir():
+        # 4. the old directory must hold the inputs as they were read
+        changed = [n for n, stat in inputs.items()
+                   if not (old / n).is_file() or _stat(old / n) != stat]
+        if changed:
+            _exchange(old, part, work / "swap")
+            zones.fsync_dirs({part.parent, work})
+            _roll_back(settings, unit, work, manifest)
+            raise CompactionConflict(f"{unit.zone} zone {unit.dataset} partition {unit.day} of tenant "
+                                     f"{unit.tenant}: {len(changed)} input file(s) changed while it was "
+                                     f"compacted; rolled back, the next run redoes it")
+        for extra in _files(old):
+            if extra.name not in inputs:  # published meanwhile (a new batch): keep it visible
+                os.rename(extra, part / extra.name)
+        zones.fsync_dirs({part})
+    _after("checked", digest)
+    # 5. the inputs leave the index once no reader can see them
+    _index_update(settings, unit, [_rel(unit, n) for n in inputs])
+    _after("unindexed", digest)
+    # 6. the old files, then the manifest
+    if old.exists():
+        shutil.rmtree(old)
+    _after("removed", digest)
+    shutil.rmtree(work)
+
+
+def _roll_back(settings: Settings, unit: Unit, work: Path, manifest: dict[str, Any]) -> None:
+    """Undo a unit that was not exchanged: its output index entries and its work directory."""
+    _index_update(settings, unit, [_rel(unit, n) for n in manifest["outputs"]])
+    shutil.rmtree(work)
+
+
+def recover(settings: Settings) -> dict[str, int]:
+    """Finish (exchanged) or undo (not exchanged) the units a killed run left."""
+    done = {"rolled_forward": 0, "rolled_back": 0}
+    root = _work_root(settings)
+    if not root.is_dir():
+        return done
+    for work in sorted(root.iterdir()):
+        manifest_file = work / "manifest.json"
+        if not work.is_dir() or not work.name.startswith(PREFIX):
+            continue
+        if not manifest_file.exists():  # killed before the manifest was written: nothing else was
+            shutil.rmtree(work)
+            continue
+        manifest = json.loads(manifest_file.read_text())
+        unit = Unit(manifest["zone"], manifest["dataset"], manifest["tenant"], manifest["day"])
+        part = unit.partition(settings)
+        _finish_swap(work / "part", part, work / "swap")
+        if part.is_dir() and all((part / n).is_file() for n in manifest["outputs"]):
+            log.info("compaction of %s/%s/%s/%s: finishing a killed run", *manifest_parts(manifest))
+            try:
+                _roll_forward(settings, unit, work, manifest, work.name[len(PREFIX):])
+            except CompactionConflict as exc:
+                log.warning("%s", exc)
+                done["rolled_back"] += 1
+                continue
+            done["rolled_forward"] += 1
+        else:
+            log.info("compaction of %s/%s/%s/%s: undoing a killed run", *manifest_parts(manifest))
+            _roll_back(settings, unit, work, manifest)
+            done["rolled_back"] += 1
+    return done
+
+
+def manifest_parts(manifest: dict[str, Any]) -> tuple[str, str, str, str]:
+    return manifest["zone"], manifest["dataset"], manifest["tenant"], manifest["day"]
+
+
+# -- the whole lake ---------------------------------------------------------------------------
+
+
+def compact(settings: Settings, *, target_rows: int = DEFAULT_TARGET_ROWS, tenants: list[str] | None = None,
+            datasets: list[str] | None = None) -> dict[str, Any]:
+    """Compact every event- and restricted-zone partition-day (of these tenants and datasets)
+    that has more than one file per subject bucket, or files of another size than the target."""
+    if target_rows < 1:
+        raise ValueError("target_rows must be at least 1")
+    settings.ensure()
+    summary: dict[str, Any] = {"partitions": 0, "files_in": 0, "files_out": 0, "rows": 0,
+                               "conflicts": 0, **recover(settings)}
+    for zone in layout.PARTITIONED:
+        for dataset, tenant, tdir in layout.tenant_dirs(layout.zone_root(settings, zone)):
+            if (tenants and tenant not in tenants) or (datasets and dataset not in datasets):
+                continue
+            for partition in layout.date_partitions(tdir):
+                unit = Unit(zone, dataset, tenant, partition.day)
+                files = _files(partition.path)
+                if not files or not _needs_compaction(unit, files, target_rows):
+                    continue
+                try:
+                    done = _compact_unit(settings, unit, files, target_rows)
+                except CompactionConflict as exc:
+                    log.warning("%s", exc)
+                    summary["conflicts"] += 1
+                    continue
+                summary["partitions"] += 1
+                for key in ("files_in", "files_out", "rows"):
+                    summary[key] += done[key]
+    log.info("compaction: %s", summary)
+    return summary
