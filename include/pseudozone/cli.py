@@ -305,6 +305,20 @@ def cmd_compliance_run(args: argparse.Namespace) -> int:
     return _print_report(report, settings)
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from pseudozone.lake.compact import compact
+
+    started = time.perf_counter()
+    summary = compact(_settings(args), target_rows=args.target_rows, tenants=args.tenant or None,
+                      datasets=args.dataset or None)
+    took = time.perf_counter() - started
+    print(f"compacted {summary['partitions']} partition(s) in {took:.1f}s: {summary['files_in']} file(s)"
+          f" -> {summary['files_out']}, {summary['rows']:,} row(s); killed runs finished"
+          f" {summary['rolled_forward']}, undone {summary['rolled_back']};"
+          f" {summary['conflicts']} conflict(s)")
+    return 1 if summary["conflicts"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pseudozone", description=__doc__.splitlines()[0])
     parser.add_argument("--home", help="data root (default: $PSEUDOZONE_HOME or ./data)")
@@ -427,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="override a contract's retention_days (repeatable)")
     crun.add_argument("--run-id", help="name of this run (default manual__<UTC time>)")
     crun.set_defaults(func=cmd_compliance_run)
+
+    cmp = sub.add_parser("compact", help="merge each partition-day's small files into one per subject bucket")
+    cmp.add_argument("--target-rows", type=int, default=5_000_000,
+                     help="most rows per file; a bucket of more is cut into parts (default 5000000)")
+    cmp.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    cmp.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
+    cmp.set_defaults(func=cmd_compact)
 
     demo = sub.add_parser("demo", help="generate, ingest, show what was produced (no Airflow)")
     demo.add_argument("--events", type=int, default=100_000)

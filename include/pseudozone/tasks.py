@@ -195,3 +195,16 @@ def nightly_verdict(written: dict[str, Any]) -> str:
     if written["status"] != "pass":
         fail_without_retry(f"{written['summary']} (report: {written['html']})")
     return str(written["summary"])
+
+
+def compact_lake(target_rows: int | None = None, home: str | None = None) -> dict[str, Any]:
+    """Merge the small files of every event- and restricted-zone partition-day (counts only to XCom);
+    finishes or undoes what a killed run left first. A partition a writer changed meanwhile is
+    rolled back and fails the task, so that its retry redoes it."""
+    from pseudozone.lake.compact import DEFAULT_TARGET_ROWS, compact
+
+    summary = compact(Settings.from_env(home), target_rows=target_rows or DEFAULT_TARGET_ROWS)
+    log.info("compaction: %s", summary)
+    if summary["conflicts"]:
+        raise PseudozoneError(f"{summary['conflicts']} partition(s) changed while compacted; rolled back")
+    return summary
