@@ -203,6 +203,22 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from pseudozone import keys
+
+    settings = _settings(args)
+    ring = keys.KeyRing.load(settings)  # a missing or different master key stops it before any write
+    if args.after_erasures:
+        result = keys.rotate_after_erasures(settings, ring)
+    else:
+        result = keys.rotate_keks(settings, ring, tenants=args.tenant or None)
+    for tenant, done in sorted(result["tenants"].items()):
+        print(f"{tenant}: KEK version {done['version']}, {done['rewrapped']} data key(s) re-wrapped,"
+              f" {len(done['destroyed_versions'])} older KEK seed(s) destroyed")
+    print(f"{result['rotated']} tenant KEK(s) rotated")
+    return 0
+
+
 def cmd_hold_list(args: argparse.Namespace) -> int:
     from pseudozone.rights import requests
 
@@ -404,6 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
                        ).set_defaults(func=cmd_keys)
     key_sub.add_parser("check", help="exit 0 if the configured master key is this data root's, else 2"
                        ).set_defaults(func=cmd_keys)
+    krot = key_sub.add_parser("rotate", help="new tenant KEKs: re-wrap every live data key, destroy the old"
+                              " KEK seeds, so that no earlier backup of the data root decrypts an erased"
+                              " subject's PII (ADR 0009)")
+    krot.add_argument("--tenant", action="append", help="only this tenant (repeatable; default: all)")
+    krot.add_argument("--after-erasures", action="store_true",
+                      help="only the tenants with an erasure since their last rotation (the nightly step)")
+    krot.set_defaults(func=cmd_keys_rotate)
 
     hlist = hold_sub.add_parser("list", help="open legal holds (ids, scope, reason code; never the reason)")
     hlist.add_argument("--tenant")

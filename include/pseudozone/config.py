@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HOME_ENV = "PSEUDOZONE_HOME"
+KEY_DIR_ENV = "PSEUDOZONE_KEY_DIR"
 # a tenant id: letters, digits, '_', '.', '-'; \Z also refuses a trailing newline
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 
@@ -80,7 +81,25 @@ class Settings:
         return self.root / "reports" / "compliance"
 
     @property
+    def key_dir(self) -> Path:
+        """The key directory: ``PSEUDOZONE_KEY_DIR``, else ``<root>.keys`` beside the data root.
+
+        It is outside the data root so that a backup of the root never holds the embedded
+        master key nor the KEK seeds (docs/adr/0009-backups-and-erasure.md).
+        """
+        chosen = os.environ.get(KEY_DIR_ENV)
+        if chosen:
+            return Path(chosen).expanduser().resolve()
+        return self.root.with_name(self.root.name + ".keys")
+
+    @property
     def master_key_file(self) -> Path:
+        """The embedded default's master key file, in the key directory."""
+        return self.key_dir / "master.key"
+
+    @property
+    def legacy_master_key_file(self) -> Path:
+        """Where roots from before ADR 0009 kept the key file (inside the root): still read."""
         return self.state / "master.key"
 
     @property

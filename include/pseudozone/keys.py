@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
+import re
 import sqlite3
 import stat
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
@@ -28,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from pseudozone.config import Settings
+from pseudozone.config import KEY_DIR_ENV, TENANT_RE, Settings
 from pseudozone.errors import KeyMaterialError
 
 if TYPE_CHECKING:
@@ -41,7 +44,8 @@ MASTER_KEY_CONN_ENV = "PSEUDOZONE_MASTER_KEY_CONN_ID"
 PSEUDONYM_VERSION_ENV = "PSEUDOZONE_PSEUDONYM_VERSION"
 KEY_BYTES = 32
 NONCE_BYTES = 12
-KEK_VERSION = 1
+KEK_VERSION = 1  # the kek_version a tombstone row records (it wraps nothing)
+LEGACY_KEK_VERSION = 1
 _HKDF_SALT = b"pseudozone/hkdf-salt/v1"
 MASTER_KEY_VERSION = 1
 _KEY_CHECK_INFO = "pseudozone/key-check/v1"
@@ -75,17 +79,33 @@ def _key_from_airflow(conn_id: str) -> bytes:
     return _decode_key(conn.password, f"Airflow connection {conn_id!r}")
 
 
-def _key_from_file(settings: Settings) -> bytes:
+def _check_private(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyMaterialError(
+            f"key file {path} is readable by group or others (mode {mode:o}); chmod 600 it")
+
+
+def _key_from_file(settings: Settings) -> tuple[bytes, str]:
+    """The embedded default: ``<key dir>/master.key``; a root's old ``state/master.key`` is still read."""
     path = settings.master_key_file
+    legacy = settings.legacy_master_key_file
+    if not path.exists() and legacy.exists():
+        log.warning("the master key file is inside the data root (state/%s), so every backup of the root "
+                    "holds it; move it to %s (the key directory, $%s) and keep it out of the root's "
+                    "backups", legacy.name, path, KEY_DIR_ENV)
+        _check_private(legacy)
+        origin = f"key file state/{legacy.name}"
+        return _decode_key(legacy.read_text(), origin), origin
     if not path.exists():
         held = root_holds_data(settings)
         if held:
             raise KeyMaterialError(
-                f"no master key: the key file state/{path.name} is missing, but this data root already "
+                f"no master key: the key file {path} is missing, but this data root already "
                 f"holds {held}. A new key would give every subject new pseudonyms and leave the PII "
-                f"zone unreadable, so none is made: restore the key file from its backup, or set "
-                f"${MASTER_KEY_ENV} or ${MASTER_KEY_CONN_ENV}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+                f"zone unreadable, so none is made: restore the key file from its backup (or set "
+                f"${KEY_DIR_ENV} to its directory), or set ${MASTER_KEY_ENV} or ${MASTER_KEY_CONN_ENV}")
+        _private_dir(path.parent)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -93,12 +113,18 @@ def _key_from_file(settings: Settings) -> bytes:
         else:
             with os.fdopen(fd, "w") as fh:
                 fh.write(base64.b64encode(os.urandom(KEY_BYTES)).decode() + "\n")
-            log.warning("created a new master key in state/%s (empty data root); back it up", path.name)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise KeyMaterialError(
-            f"key file {path} is readable by group or others (mode {mode:o}); chmod 600 it")
-    return _decode_key(path.read_text(), f"key file {path.name}")
+                fh.flush()
+                os.fsync(fh.fileno())
+            log.warning("created a new master key in %s (empty data root); back it up in a secret store,"
+                        " apart from the data root", path)
+    _check_private(path)
+    return _decode_key(path.read_text(), f"key file {path.name}"), f"key file {path}"
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        os.chmod(path, 0o700)
 
 
 def _master_key(settings: Settings) -> tuple[bytes, str]:
@@ -108,7 +134,7 @@ def _master_key(settings: Settings) -> tuple[bytes, str]:
     conn_id = os.environ.get(MASTER_KEY_CONN_ENV)
     if conn_id:
         return _key_from_airflow(conn_id), f"Airflow connection {conn_id!r}"
-    return _key_from_file(settings), f"key file state/{settings.master_key_file.name}"
+    return _key_from_file(settings)
 
 
 def load_master_key(settings: Settings) -> bytes:
@@ -172,17 +198,27 @@ def _recorded_checks(settings: Settings) -> dict[int, str]:
 
 
 def _unwraps_a_stored_key(settings: Settings, keyring: KeyRing) -> bool | None:
-    """Whether ``keyring`` unwraps a data key of the vault; None when the vault holds none."""
-    row = _read_state(settings, lambda c: c.execute(
-        "SELECT tenant_id, subject_id, wrapped_dek FROM subject_keys WHERE wrapped_dek IS NOT NULL"
-        " LIMIT 1").fetchone())
-    if not row:
-        return None
-    try:
-        keyring.unwrap_dek(row[0], row[1], row[2])
-    except KeyMaterialError:
-        return False
-    return True
+    """Whether ``keyring`` unwraps a data key of the vault; None when the vault holds none it can try."""
+    def attempt(conn: sqlite3.Connection) -> bool | None:
+        row = conn.execute(
+            "SELECT tenant_id, subject_id, wrapped_dek, kek_version FROM subject_keys"
+            " WHERE wrapped_dek IS NOT NULL ORDER BY kek_version = ? DESC LIMIT 1",
+            (LEGACY_KEK_VERSION,)).fetchone()
+        if not row:
+            return None
+        vault = Vault(keyring, conn)
+        try:
+            kek = vault.kek(row[0], row[3])
+        except KeyMaterialError:  # a KEK seed missing says nothing of the master key
+            return None
+        try:
+            _unwrap(kek, row[0], row[1], row[2])
+        except KeyMaterialError:
+            return False
+        return True
+
+    result: bool | None = _read_state(settings, attempt)
+    return result
 
 
 def verify_master_key(settings: Settings, keyring: KeyRing, origin: str) -> None:
@@ -224,9 +260,10 @@ def init_master_key(settings: Settings) -> str:
     if held:
         raise KeyMaterialError(f"this data root already holds {held}; it keeps the master key it has")
     external = os.environ.get(MASTER_KEY_ENV) or os.environ.get(MASTER_KEY_CONN_ENV)
-    if not external and settings.master_key_file.exists():
-        raise KeyMaterialError(f"a key file state/{settings.master_key_file.name} exists already;"
-                               " it is kept as it is")
+    if not external:
+        for existing in (settings.legacy_master_key_file, settings.master_key_file):
+            if existing.exists():
+                raise KeyMaterialError(f"a key file {existing} exists already; it is kept as it is")
     master, origin = _master_key(settings)
     record_key_check(settings, key_check_value(master))
     return origin
@@ -285,7 +322,22 @@ class KeyRing:
         return self._derive(f"pseudozone/pseudonym/{tenant}/{purpose}/v{v}")
 
     def kek(self, tenant: str) -> bytes:
-        return self._derive(f"pseudozone/kek/{tenant}/v{KEK_VERSION}")
+        """The tenant's legacy KEK (version 1): derived from the master key alone, so it can never
+        be destroyed while the master key lives (ADR 0009); data keys move off it on rotation."""
+        return self._derive(f"pseudozone/kek/{tenant}/v{LEGACY_KEK_VERSION}")
+
+    def seeded_kek(self, tenant: str, version: int, seed: bytes) -> bytes:
+        """KEK version >= 2: HKDF of the master key salted with that version's random seed, which
+        lives only in the key directory and is deleted when the tenant's KEK is rotated."""
+        if version <= LEGACY_KEK_VERSION or len(seed) != KEY_BYTES:
+            raise KeyMaterialError("a seeded KEK needs a version >= 2 and a 32-byte seed")
+        cache_key = f"seeded/{tenant}/v{version}/{hashlib.sha256(seed).hexdigest()}"
+        key = self._cache.get(cache_key)
+        if key is None:
+            key = self._cache[cache_key] = HKDF(
+                algorithm=hashes.SHA256(), length=KEY_BYTES, salt=seed,
+                info=f"pseudozone/kek/{tenant}/v{version}".encode()).derive(self._master)
+        return key
 
     def hold_key(self, tenant: str) -> bytes:
         """Encrypts the free-text reasons of the tenant's legal holds (tenants see only a code)."""
@@ -322,36 +374,212 @@ class KeyRing:
     # -- data keys -------------------------------------------------------------------
 
     def wrap_dek(self, tenant: str, subject_id: str, dek: bytes) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        ad = f"pseudozone/dek|{tenant}|{subject_id}".encode()
-        return nonce + AESGCM(self.kek(tenant)).encrypt(nonce, dek, ad)
+        """Wrap under the legacy KEK (version 1); the vault wraps under the tenant's current KEK."""
+        return _wrap(self.kek(tenant), tenant, subject_id, dek)
 
     def unwrap_dek(self, tenant: str, subject_id: str, wrapped: bytes) -> bytes:
-        ad = f"pseudozone/dek|{tenant}|{subject_id}".encode()
-        try:
-            return AESGCM(self.kek(tenant)).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], ad)
-        except InvalidTag:
+        return _unwrap(self.kek(tenant), tenant, subject_id, wrapped)
+
+
+def _wrap(kek: bytes, tenant: str, subject_id: str, dek: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    ad = f"pseudozone/dek|{tenant}|{subject_id}".encode()
+    return nonce + AESGCM(kek).encrypt(nonce, dek, ad)
+
+
+def _unwrap(kek: bytes, tenant: str, subject_id: str, wrapped: bytes) -> bytes:
+    ad = f"pseudozone/dek|{tenant}|{subject_id}".encode()
+    try:
+        return AESGCM(kek).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], ad)
+    except InvalidTag:
+        raise KeyMaterialError(
+            f"data key of subject {subject_id} in tenant {tenant!r} does not unwrap "
+            "(wrong master key or tampered vault)") from None
+
+
+# -- KEK versions and their seeds (docs/adr/0009-backups-and-erasure.md) ----------------------------
+
+_KEK_ROOT_TABLE = "CREATE TABLE IF NOT EXISTS kek_root (root_id TEXT NOT NULL)"
+# one row per rotation: recorded (with its new seed) when it starts, finished_at when the old
+# seeds are destroyed; a row without finished_at is a rotation a crash left for the next call
+_KEK_ROTATIONS_TABLE = """CREATE TABLE IF NOT EXISTS kek_rotations (
+    tenant_id   TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    rewrapped   INTEGER NOT NULL DEFAULT 0,
+    started_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    finished_at TEXT,
+    PRIMARY KEY (tenant_id, version)
+)"""
+_SEED_RE = re.compile(r"v([0-9]{1,9})\.seed")
+
+
+def _db_path(conn: sqlite3.Connection) -> Path | None:
+    for _seq, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main" and file:
+            return Path(file)
+    return None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class KekSeeds:
+    """The random KEK seeds of one data root, outside it: ``<key dir>/kek/<root id>/<tenant>/v<N>.seed``.
+
+    The root id (random, in the state database) keeps two roots that share a key directory
+    from ever deleting each other's seeds.
+    """
+
+    def __init__(self, settings: Settings, conn: sqlite3.Connection) -> None:
+        self.settings = settings
+        self.conn = conn
+        self._dir: Path | None = None
+
+    @classmethod
+    def for_connection(cls, conn: sqlite3.Connection) -> KekSeeds | None:
+        """The seeds of the data root whose state database ``conn`` is (None for an in-memory one)."""
+        db = _db_path(conn)
+        return None if db is None else cls(Settings(root=db.parent.parent), conn)
+
+    def directory(self, *, create: bool) -> Path | None:
+        if self._dir is None:
+            try:
+                row = self.conn.execute("SELECT root_id FROM kek_root ORDER BY rowid LIMIT 1").fetchone()
+            except sqlite3.OperationalError:  # no table yet
+                row = None
+            if row is None:
+                if not create:
+                    return None
+                self.conn.execute(_KEK_ROOT_TABLE)
+                self.conn.execute("INSERT INTO kek_root (root_id) SELECT ? WHERE NOT EXISTS"
+                                  " (SELECT 1 FROM kek_root)", (os.urandom(8).hex(),))
+                row = self.conn.execute("SELECT root_id FROM kek_root ORDER BY rowid LIMIT 1").fetchone()
+            self._dir = self.settings.key_dir / "kek" / row[0]
+        return self._dir
+
+    def _tenant_dir(self, tenant: str, *, create: bool) -> Path | None:
+        if not TENANT_RE.match(tenant):
+            raise KeyMaterialError("not a valid tenant id")
+        top = self.directory(create=create)
+        return None if top is None else top / tenant
+
+    def versions(self, tenant: str) -> dict[int, Path]:
+        """The tenant's seed files by KEK version."""
+        folder = self._tenant_dir(tenant, create=False)
+        if folder is None or not folder.is_dir():
+            return {}
+        found: dict[int, Path] = {}
+        for path in folder.iterdir():
+            match = _SEED_RE.fullmatch(path.name)
+            if match:
+                found[int(match.group(1))] = path
+        return found
+
+    def seed(self, tenant: str, version: int) -> bytes:
+        path = self.versions(tenant).get(version)
+        if path is None:
             raise KeyMaterialError(
-                f"data key of subject {subject_id} in tenant {tenant!r} does not unwrap "
-                "(wrong master key or tampered vault)") from None
+                f"the KEK seed of tenant {tenant!r} version {version} is not in the key directory "
+                f"{self.settings.key_dir}: a key rotation destroyed it (the data keys wrapped under it "
+                f"are shredded: this is a copy of the data root from before that rotation), or the key "
+                f"directory is not this root's (set ${KEY_DIR_ENV})")
+        _check_private(path)
+        seed = path.read_bytes()
+        if len(seed) != KEY_BYTES:
+            raise KeyMaterialError(f"the KEK seed file {path} is damaged")
+        return seed
+
+    def create(self, tenant: str, version: int) -> None:
+        """A new random seed for ``version`` (kept if one exists already): written, synced, then linked."""
+        folder = self._tenant_dir(tenant, create=True)
+        assert folder is not None
+        for level in (self.settings.key_dir, folder.parent.parent, folder.parent, folder):
+            _private_dir(level)
+        tmp = folder / f".tmp-v{version}-{os.getpid()}-{os.urandom(4).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(KEY_BYTES))
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):  # another process made it first: theirs stands
+                os.link(tmp, folder / f"v{version}.seed")
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(folder)
+
+    def destroy(self, tenant: str, version: int) -> None:
+        path = self.versions(tenant).get(version)
+        if path is not None:
+            path.unlink(missing_ok=True)
+            _fsync_dir(path.parent)
 
 
 class Vault:
-    """Per-subject data keys, wrapped by the tenant KEK, in the state database."""
+    """Per-subject data keys, wrapped by the tenant KEK, in the state database.
+
+    A data key is wrapped under its tenant's current KEK version (``kek_version``): the
+    newest seed in the key directory; version 1 is the legacy KEK of roots from before
+    ADR 0009 (and of a vault on an in-memory database).
+    """
 
     def __init__(self, keyring: KeyRing, conn: sqlite3.Connection) -> None:
         self.keyring = keyring
         self.conn = conn
+        self.seeds = KekSeeds.for_connection(conn)
+        self._keks: dict[tuple[str, int], bytes] = {}
 
-    def _fetch(self, tenant: str, subjects: list[str]) -> dict[str, bytes | None]:
-        found: dict[str, bytes | None] = {}
+    def kek(self, tenant: str, version: int) -> bytes:
+        """The tenant's KEK of ``version``; a version whose seed is gone is refused."""
+        key = self._keks.get((tenant, version))
+        if key is None:
+            if version == LEGACY_KEK_VERSION:
+                key = self.keyring.kek(tenant)
+            elif self.seeds is None:
+                raise KeyMaterialError(f"KEK version {version} needs the data root's key directory")
+            else:
+                key = self.keyring.seeded_kek(tenant, version, self.seeds.seed(tenant, version))
+            self._keks[(tenant, version)] = key
+        return key
+
+    def current_version(self, tenant: str, *, create: bool) -> int:
+        """The KEK version new data keys of ``tenant`` are wrapped under (its newest seed).
+
+        A tenant without a seed gets its first one when ``create``, unless some of its data
+        keys are wrapped under a seeded version: then the key directory is missing or wrong,
+        and no new seed is made over it.
+        """
+        if self.seeds is None:
+            return LEGACY_KEK_VERSION
+        versions = self.seeds.versions(tenant)
+        if versions:
+            return max(versions)
+        if not create:
+            return LEGACY_KEK_VERSION
+        seeded = self.conn.execute(
+            "SELECT max(kek_version) FROM subject_keys WHERE tenant_id = ? AND wrapped_dek IS NOT NULL"
+            " AND kek_version > ?", (tenant, LEGACY_KEK_VERSION)).fetchone()[0]
+        if seeded:
+            self.seeds.seed(tenant, int(seeded))  # raises: the seed those keys need is not there
+        top = self.conn.execute("SELECT max(kek_version) FROM subject_keys WHERE tenant_id = ?",
+                                (tenant,)).fetchone()[0]
+        self.seeds.create(tenant, max(int(top or LEGACY_KEK_VERSION), LEGACY_KEK_VERSION) + 1)
+        return max(self.seeds.versions(tenant))
+
+    def _fetch(self, tenant: str, subjects: list[str]) -> dict[str, tuple[bytes | None, int]]:
+        found: dict[str, tuple[bytes | None, int]] = {}
         for start in range(0, len(subjects), 500):
             chunk = subjects[start:start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self.conn.execute(
-                f"SELECT subject_id, wrapped_dek FROM subject_keys "  # noqa: S608 - marks only
+                f"SELECT subject_id, wrapped_dek, kek_version FROM subject_keys "  # noqa: S608 - marks only
                 f"WHERE tenant_id = ? AND subject_id IN ({marks})", [tenant, *chunk])
-            found.update(rows)
+            found.update((s, (w, int(v))) for s, w, v in rows)
         return found
 
     def data_keys(self, tenant: str, subjects: Iterable[str], *, create: bool) -> dict[str, bytes]:
@@ -364,17 +592,30 @@ class Vault:
         stored = self._fetch(tenant, wanted)
         missing = [s for s in wanted if s not in stored]
         if missing and create:
+            version = self.current_version(tenant, create=True)
+            kek = self.kek(tenant, version)
+            fresh = {s: os.urandom(KEY_BYTES) for s in missing}
+            wrapped = {s: _wrap(kek, tenant, s, dek) for s, dek in fresh.items()}
             self.conn.executemany(
                 "INSERT OR IGNORE INTO subject_keys (tenant_id, subject_id, wrapped_dek, kek_version)"
-                " VALUES (?, ?, ?, ?)",
-                [(tenant, s, self.keyring.wrap_dek(tenant, s, os.urandom(KEY_BYTES)), KEK_VERSION)
-                 for s in missing])
+                " VALUES (?, ?, ?, ?)", [(tenant, s, w, version) for s, w in wrapped.items()])
+            if self.seeds is not None and version != LEGACY_KEK_VERSION \
+                    and version not in self.seeds.versions(tenant):
+                # a rotation finished between choosing the version and this insert (it destroys a
+                # seed only while holding the write lock): move these new keys to the current KEK
+                current = self.current_version(tenant, create=False)
+                kek = self.kek(tenant, current)
+                self.conn.executemany(
+                    "UPDATE subject_keys SET wrapped_dek = ?, kek_version = ? WHERE tenant_id = ?"
+                    " AND subject_id = ? AND wrapped_dek = ?",
+                    [(_wrap(kek, tenant, s, fresh[s]), current, tenant, s, w) for s, w in wrapped.items()])
             stored.update(self._fetch(tenant, missing))
-        return {s: self.keyring.unwrap_dek(tenant, s, w) for s, w in stored.items() if w is not None}
+        return {s: _unwrap(self.kek(tenant, v), tenant, s, w) for s, (w, v) in stored.items()
+                if w is not None}
 
     def destroyed(self, tenant: str, subjects: Iterable[str]) -> set[str]:
         stored = self._fetch(tenant, sorted(set(subjects)))
-        return {s for s, w in stored.items() if w is None}
+        return {s for s, (w, _v) in stored.items() if w is None}
 
     def tombstone(self, tenant: str, subject_id: str) -> None:
         """Mark a subject that never had a key as erased, so none is ever created for it."""
@@ -403,3 +644,114 @@ def decrypt_value(aead: AESGCM, blob: bytes, ad: bytes) -> str:
         return aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], ad).decode("utf-8")
     except InvalidTag:
         raise KeyMaterialError("a PII value does not decrypt (wrong key, subject or column)") from None
+
+
+# -- KEK rotation (docs/adr/0009-backups-and-erasure.md) --------------------------------------------
+
+
+def _tenants_with_keys(settings: Settings) -> list[str]:
+    from pseudozone import state
+
+    with state.connect(settings) as conn:
+        return [r[0] for r in conn.execute("SELECT DISTINCT tenant_id FROM subject_keys ORDER BY 1")]
+
+
+def rotate_keks(settings: Settings, keyring: KeyRing | None = None, *, tenants: Iterable[str] | None = None,
+                rows_per_commit: int = 1000,
+                after_commit: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    """Rotate the KEK of ``tenants`` (default: every tenant with data keys): a new random seed,
+    every live data key re-wrapped under the new version, then every older seed destroyed.
+
+    Crash-safe: each commit re-wraps up to ``rows_per_commit`` keys (a key is always
+    wrapped under a version whose seed exists: old seeds go only after no live key needs
+    them), and a rotation left unfinished is completed by the next call, not restarted.
+    ``after_commit(tenant, rewrapped so far)`` runs after each commit (tests simulate a
+    crash there). Returns counts per tenant; never key material.
+    """
+    from pseudozone import state
+
+    ring = keyring if keyring is not None else KeyRing.load(settings)
+    known = _tenants_with_keys(settings)
+    chosen = known if tenants is None else sorted(set(tenants) & set(known))
+    done: dict[str, Any] = {}
+    for tenant in chosen:
+        with state.connect(settings) as conn:
+            conn.execute(_KEK_ROTATIONS_TABLE)
+            vault = Vault(ring, conn)
+            seeds = vault.seeds
+            if seeds is None:
+                raise KeyMaterialError("KEK rotation needs the state database on disk")
+            versions = seeds.versions(tenant)
+            pending = conn.execute("SELECT max(version) FROM kek_rotations WHERE tenant_id = ? AND"
+                                   " finished_at IS NULL", (tenant,)).fetchone()[0]
+            resumed = pending is not None and int(pending) in versions
+            if resumed:  # a rotation a crash left unfinished: complete it towards its seed
+                target = int(pending)
+            else:
+                conn.execute("DELETE FROM kek_rotations WHERE tenant_id = ? AND finished_at IS NULL",
+                             (tenant,))
+                top = conn.execute("SELECT max(kek_version) FROM subject_keys WHERE tenant_id = ?",
+                                   (tenant,)).fetchone()[0]
+                target = max(int(top or LEGACY_KEK_VERSION), *versions, LEGACY_KEK_VERSION) + 1
+                conn.execute("INSERT INTO kek_rotations (tenant_id, version) VALUES (?, ?)", (tenant, target))
+                seeds.create(tenant, target)  # before the commit: a recorded rotation has its seed
+        rewrapped = legacy = 0
+        while True:
+            with state.connect(settings) as conn:
+                conn.execute(_KEK_ROTATIONS_TABLE)
+                vault = Vault(ring, conn)
+                rows = conn.execute(
+                    "SELECT subject_id, wrapped_dek, kek_version FROM subject_keys WHERE tenant_id = ?"
+                    " AND wrapped_dek IS NOT NULL AND kek_version <> ? LIMIT ?",
+                    (tenant, target, rows_per_commit)).fetchall()
+                if not rows:
+                    # no live key needs an older KEK: destroy the older seeds while holding the write
+                    # lock, so that a key inserted under one of them sees it gone (Vault.data_keys)
+                    assert vault.seeds is not None
+                    destroyed = sorted(v for v in vault.seeds.versions(tenant) if v != target)
+                    for version in destroyed:
+                        vault.seeds.destroy(tenant, version)
+                    conn.execute("UPDATE kek_rotations SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ',"
+                                 " 'now'), rewrapped = rewrapped + ? WHERE tenant_id = ? AND version = ?",
+                                 (rewrapped, tenant, target))
+                    break
+                new_kek = vault.kek(tenant, target)
+                conn.executemany(
+                    "UPDATE subject_keys SET wrapped_dek = ?, kek_version = ? WHERE tenant_id = ?"
+                    " AND subject_id = ? AND wrapped_dek = ?",
+                    [(_wrap(new_kek, tenant, s, _unwrap(vault.kek(tenant, v), tenant, s, w)), target,
+                      tenant, s, w) for s, w, v in rows])
+                legacy += sum(1 for _s, _w, v in rows if v == LEGACY_KEK_VERSION)
+                rewrapped += len(rows)
+            if after_commit is not None:
+                after_commit(tenant, rewrapped)
+        done[tenant] = {"version": target, "rewrapped": rewrapped, "from_legacy": legacy,
+                        "destroyed_versions": destroyed, "resumed": resumed}
+        log.info("tenant %s: KEK rotated to version %d, %d data key(s) re-wrapped, seed(s) of version(s) "
+                 "%s destroyed", tenant, target, rewrapped, destroyed or "none")
+    return {"tenants": done, "rotated": len(done)}
+
+
+def tenants_erased_since_rotation(settings: Settings) -> list[str]:
+    """Tenants with a data key destroyed (or a tombstone made) after their last finished KEK rotation
+    started (a key re-wrapped before its erasure may be in a backup under the new version), and
+    tenants with a rotation a crash left unfinished."""
+    from pseudozone import state
+
+    with state.connect(settings) as conn:
+        conn.execute(_KEK_ROTATIONS_TABLE)
+        rows = conn.execute(
+            "SELECT DISTINCT k.tenant_id FROM subject_keys k WHERE k.destroyed_at IS NOT NULL AND"
+            " k.destroyed_at > coalesce((SELECT max(r.started_at) FROM kek_rotations r"
+            " WHERE r.tenant_id = k.tenant_id AND r.finished_at IS NOT NULL), '')"
+            " UNION SELECT tenant_id FROM kek_rotations WHERE finished_at IS NULL ORDER BY 1").fetchall()
+    return [r[0] for r in rows]
+
+
+def rotate_after_erasures(settings: Settings, keyring: KeyRing | None = None) -> dict[str, Any]:
+    """The nightly step: rotate the KEK of every tenant that had an erasure since its last rotation
+    (also completes a rotation a crash left unfinished in those tenants)."""
+    tenants = tenants_erased_since_rotation(settings)
+    if not tenants:
+        return {"tenants": {}, "rotated": 0}
+    return rotate_keks(settings, keyring, tenants=tenants)

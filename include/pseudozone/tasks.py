@@ -180,6 +180,19 @@ def nightly_step(step: str, run_id: str, params: dict[str, Any] | None = None,
     return counts
 
 
+def rotate_keys_after_erasures(home: str | None = None) -> dict[str, Any]:
+    """Nightly, after the erasures of the day: rotate the KEK of every tenant with an erasure since
+    its last rotation (docs/adr/0009-backups-and-erasure.md); counts only in XCom."""
+    from pseudozone.keys import rotate_after_erasures
+
+    settings = Settings.from_env(home)
+    result = rotate_after_erasures(settings, _keyring(settings))
+    counts = {"rotated": result["rotated"],
+              "rewrapped": sum(t["rewrapped"] for t in result["tenants"].values())}
+    log.info("KEK rotation after erasures: %s", counts)
+    return counts
+
+
 def nightly_report(run_id: str, home: str | None = None) -> dict[str, Any]:
     from pseudozone.compliance.report import write_report
 

@@ -93,7 +93,7 @@ def test_given_the_key_file_lost_then_ingest_stops_and_no_key_is_made(
     home = tmp_path / "lake"
     main(["--home", str(home), "generate", "--events", "300", "--tenants", "1"])
     assert main(["--home", str(home), "ingest"]) == 0  # the embedded default made a key file
-    key_file = home / "state" / "master.key"
+    key_file = tmp_path / "lake.keys" / "master.key"  # the key directory, beside the root (ADR 0009)
     key_file.unlink()
     capsys.readouterr()
     assert main(["--home", str(home), "ingest"]) == 2
@@ -106,7 +106,8 @@ def test_keys_init_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     monkeypatch.delenv("PSEUDOZONE_MASTER_KEY")
     home = str(tmp_path / "lake")
     assert main(["--home", home, "keys", "init"]) == 0
-    assert (tmp_path / "lake" / "state" / "master.key").exists()
+    assert (tmp_path / "lake.keys" / "master.key").exists()
+    assert not (tmp_path / "lake" / "state" / "master.key").exists()  # never inside the data root
     assert main(["--home", home, "keys", "check"]) == 0
     assert main(["--home", home, "keys", "init"]) == 2
     assert "already holds" in capsys.readouterr().err

@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -181,3 +182,77 @@ def test_keys_init_only_on_an_empty_root(settings: Settings) -> None:
     with pytest.raises(KeyMaterialError, match="already holds a recorded master key check"):
         init_master_key(settings)
     KeyRing.load(settings)  # the key it made is the root's key
+
+
+# -- the key directory and KEK rotation (docs/adr/0009-backups-and-erasure.md) ----------------------
+
+
+def test_the_embedded_key_file_lives_outside_the_data_root(settings: Settings) -> None:
+    load_master_key(settings)
+    assert settings.master_key_file == settings.root.with_name("lake.keys") / "master.key"
+    assert not settings.master_key_file.is_relative_to(settings.root)
+    assert not settings.legacy_master_key_file.exists()
+    assert stat.S_IMODE(settings.key_dir.stat().st_mode) == 0o700
+
+
+def test_the_key_directory_is_configurable(settings: Settings, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PSEUDOZONE_KEY_DIR", str(tmp_path / "vault-volume"))
+    key = load_master_key(settings)
+    assert (tmp_path / "vault-volume" / "master.key").exists()
+    assert not settings.root.with_name("lake.keys").exists()
+    assert load_master_key(settings) == key
+
+
+def test_an_old_roots_key_file_in_state_is_still_read_with_a_warning(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    ring = KeyRing.load(settings)
+    _with_a_data_key(settings, ring)
+    key = load_master_key(settings)
+    settings.state.mkdir(exist_ok=True)
+    settings.master_key_file.rename(settings.legacy_master_key_file)  # the layout before ADR 0009
+    with caplog.at_level("WARNING"):
+        assert KeyRing.load(settings).check_value() == key_check_value(key)
+    assert "move it to" in caplog.text and str(settings.master_key_file) in caplog.text
+    assert not settings.master_key_file.exists()  # read, never replaced by a new key
+
+
+def test_given_a_missing_kek_seed_then_no_new_seed_is_made_over_the_keys(
+        settings: Settings, keyring: KeyRing) -> None:
+    import shutil
+
+    subject = "v1:" + "ab" * 32
+    with state.connect(settings) as conn:
+        Vault(keyring, conn).data_keys("acme", [subject], create=True)
+    shutil.rmtree(settings.key_dir / "kek")  # a lost (or wrong) key directory
+    with state.connect(settings) as conn, pytest.raises(KeyMaterialError, match="not in the key directory"):
+        Vault(keyring, conn).data_keys("acme", [subject, "v1:" + "cd" * 32], create=True)
+    assert not (settings.key_dir / "kek").exists()
+
+
+def test_rotation_moves_legacy_keys_to_a_seeded_kek_and_destroys_the_old_seed(
+        settings: Settings, keyring: KeyRing) -> None:
+    from pseudozone.keys import rotate_keks
+
+    legacy, seeded = "v1:" + "01" * 32, "v1:" + "02" * 32
+    with state.connect(settings) as conn:  # a key wrapped before ADR 0009: the legacy KEK (version 1)
+        conn.execute("INSERT INTO subject_keys (tenant_id, subject_id, wrapped_dek, kek_version)"
+                     " VALUES ('acme', ?, ?, 1)", (legacy, keyring.wrap_dek("acme", legacy, b"k" * 32)))
+        vault = Vault(keyring, conn)
+        keys_before = vault.data_keys("acme", [legacy, seeded], create=True)
+        assert vault.current_version("acme", create=False) == 2
+        seed_v2 = vault.seeds.seed("acme", 2) if vault.seeds else b""
+    first = rotate_keks(settings, keyring)["tenants"]["acme"]
+    assert first == {"version": 3, "rewrapped": 2, "from_legacy": 1, "destroyed_versions": [2],
+                     "resumed": False}
+    with state.connect(settings) as conn:
+        vault = Vault(keyring, conn)
+        assert vault.data_keys("acme", [legacy, seeded], create=False) == keys_before
+        assert conn.execute("SELECT DISTINCT kek_version FROM subject_keys").fetchall() == [(3,)]
+        wrapped = conn.execute("SELECT wrapped_dek FROM subject_keys WHERE subject_id = ?",
+                               (seeded,)).fetchone()[0]
+    assert not list(settings.key_dir.rglob("v2.seed"))
+    with pytest.raises(KeyMaterialError):  # the new wrapping is not under the destroyed version
+        from pseudozone.keys import _unwrap
+        _unwrap(keyring.seeded_kek("acme", 2, seed_v2), "acme", seeded, wrapped)
+    assert not list(settings.key_dir.rglob(".tmp-*"))
