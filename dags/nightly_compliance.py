@@ -14,6 +14,9 @@ compliance report under `reports/compliance/` in the data root.
    `audit_chain` run from the start, whatever retention does.
 4. `report`: `report.json`, `report.html` (charts) and one summary line in XCom.
 5. `verdict`: fails when the report found a problem, so alerting fires.
+6. `rotate_keys` (beside the others): new KEKs for every tenant with an erasure since its
+   last rotation, so that no earlier backup of the data root decrypts an erased
+   subject's PII (`docs/adr/0009-backups-and-erasure.md`).
 
 XCom carries counts and the summary line only. Logic: `include/pseudozone/compliance/`.
 """
@@ -84,6 +87,14 @@ def nightly_compliance() -> None:
     written = report()
     [erasures, kanon, step("requests"), step("audit")] >> written
     verdict(written)  # type: ignore[arg-type]
+
+    @task(task_id="rotate_keys")
+    def rotate_keys() -> dict[str, Any]:
+        from pseudozone import tasks
+
+        return tasks.rotate_keys_after_erasures()
+
+    rotate_keys()
 
 
 dag_obj = nightly_compliance()

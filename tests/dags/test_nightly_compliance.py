@@ -60,7 +60,7 @@ def test_the_report_is_written_and_the_verdict_fails_visibly(nightly_run) -> Non
     assert states.pop("verdict") == "failed" and run.state == "failed"
     assert set(states.values()) == {"success"}, states
     assert set(states) == {"retention", "validate_zones", "verify_erasures", "request_deadlines",
-                           "audit_chain", "k_anonymity", "report"}
+                           "audit_chain", "k_anonymity", "report", "rotate_keys"}
 
     latest = report.latest(settings)
     assert latest is not None and latest["status"] == "fail"
