@@ -44,7 +44,7 @@ from pseudozone.errors import ContractViolation, PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
 from pseudozone.lake import index, layout
-from pseudozone.lake.subjects import SubjectSets, as_array
+from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, link_pairs, record_links
 from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sha256_of
 from pseudozone.pii.detectors import DEFAULT_REGIONS
 from pseudozone.pii.scan import Evidence
@@ -232,6 +232,8 @@ class _Plan:
     index: pa.Table
     # validates the outputs (raises gate.ValidationFailed); run while they are staged
     gate: Callable[[], object] = lambda: None
+    # distinct (subject_id, anonymous_pid) pairs with first and last date: identity links
+    links: pa.Table | None = None
 
 
 def subject_buckets(subjects: pa.Array, n: int) -> pa.Array:
@@ -286,8 +288,15 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     # (a legal hold keeps rows that existed at the erasure, never new ones)
     sets = SubjectSets.load(settings, tenant)
     erased = as_array(sets.gone(contract.dataset, new_batch=True))
+    has_cookie = COOKIE_COLUMN in event.column_names
+    # so are the logged-out rows of a cookie whose every linked subject is erased (ADR 0008)
+    gone_cookies = as_array(sets.gone_cookies(contract.dataset, new_batch=True)) if has_cookie else None
     if len(erased):
-        keep = pc.invert(pc.fill_null(pc.is_in(subjects, value_set=erased), False))
+        drop = pc.fill_null(pc.is_in(subjects, value_set=erased), False)
+        if gone_cookies is not None and len(gone_cookies):
+            drop = pc.or_(drop, pc.and_(pc.is_null(subjects), pc.fill_null(
+                pc.is_in(event[COOKIE_COLUMN], value_set=gone_cookies), False)))
+        keep = pc.invert(drop)
         result.rows_dropped_erased = len(keep) - int(pc.sum(keep).as_py() or 0)
         if result.rows_dropped_erased:
             table, event = table.filter(keep), event.filter(keep)
@@ -302,6 +311,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     in_restricted = pc.fill_null(pc.is_in(subjects, value_set=restricted), False)
 
     dates = pc.cast(table[contract.partition_date_from], pa.date32()).combine_chunks()
+    links = link_pairs(subjects, event[COOKIE_COLUMN].combine_chunks(), dates) if has_cookie else None
     # each output is made when a writer thread gets to it, so that at most
     # WRITE_THREADS partitions are materialized beside the event table at a time
     outputs: list[tuple[Path, Callable[[], pa.Table]]] = []
@@ -332,7 +342,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
                               restricted=as_array(sets.allowed_restricted(contract.dataset, new_batch=True)),
                               erased=as_array(sets.forbidden_pii(contract.dataset, new_batch=True)),
                               regions=regions, evidence=evidence)
-    return _Plan(ref, contract, result, outputs, index.from_placements(subjects, placements), check)
+    return _Plan(ref, contract, result, outputs, index.from_placements(subjects, placements), check, links)
 
 
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
@@ -483,6 +493,9 @@ def _commit(settings: Settings, plan: _Plan) -> BatchResult:
         raise _failed(plan.ref, "publish", exc) from None
     result = plan.result
     with state.connect(settings) as conn:
+        if plan.links is not None:
+            # keyed pseudonyms only; in the transaction that marks the batch done
+            record_links(conn, result.tenant_id, plan.links)
         ledger.finish(conn, result.batch_id, status="done", counts=result.counts)
     result.status = "done"
     log.info("batch %s done: %d rows in, %d event rows, %d restricted rows, %d PII rows,"

@@ -1,4 +1,4 @@
-"""The state database: batch ledger, key vault and key checks (SQLite under the data root).
+"""The state database: batch ledger, key vault, key checks and identity links (SQLite under the data root).
 
 One small SQLite file in WAL mode, opened per unit of work.  Parallel mapped
 tasks write to it concurrently, so every connection waits on locks instead of
@@ -49,6 +49,18 @@ CREATE TABLE IF NOT EXISTS key_checks (
     check_value  TEXT NOT NULL,
     created_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+-- which cookie pseudonym (anonymous_pid) was seen in the same row as which subject, keyed
+-- pseudonyms only (never a raw id); first/last seen are the rows' partition dates
+-- (docs/adr/0008-identity-links.md)
+CREATE TABLE IF NOT EXISTS identity_links (
+    tenant_id     TEXT NOT NULL,
+    subject_id    TEXT NOT NULL,
+    anonymous_pid TEXT NOT NULL,
+    first_seen    TEXT NOT NULL,
+    last_seen     TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, subject_id, anonymous_pid)
+);
+CREATE INDEX IF NOT EXISTS identity_links_cookie ON identity_links (tenant_id, anonymous_pid);
 """
 
 

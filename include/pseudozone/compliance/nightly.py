@@ -43,7 +43,7 @@ from pseudozone import contracts, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.lake import index, layout
-from pseudozone.lake.subjects import SubjectSets, as_array, keys, legal_holds
+from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, keys, legal_holds, links
 from pseudozone.rights import audit, store
 
 log = logging.getLogger(__name__)
@@ -368,8 +368,21 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
         by_tenant[row.tenant_id].add(row.subject_id)
     dead: dict[str, set[str]] = {}
     indexed: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    # logged-out rows of the cookies erased with a subject (every subject they were seen
+    # with erased; a shared cookie is kept and counted): found by a scan (ADR 0008)
+    cookie_files: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    shared_kept = 0
     for tenant, subjects in by_tenant.items():
         dead[tenant] = set(keys(settings, tenant)[1])
+        linked = links(settings, tenant, subjects)
+        covered = linked.covered(subjects)
+        shared_kept += len(linked.shared(subjects))
+        hits = index.lookup_cookies(settings, tenant, covered)
+        owners = linked.owners(covered)
+        for c, p, d in zip(hits[COOKIE_COLUMN].to_pylist(), hits["path"].to_pylist(),
+                           hits["dataset"].to_pylist(), strict=True):
+            for s in owners[c]:
+                cookie_files[(tenant, s)].append((p, d))
         found = index.lookup(settings, tenant, subjects)
         for s, p, d in zip(found["subject_id"].to_pylist(), found["path"].to_pylist(),
                            found["dataset"].to_pylist(), strict=True):
@@ -388,6 +401,11 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
                   if "*" not in retained and d not in retained]
         if listed:
             problems.append(f"the subject index still lists {len(listed)} file(s) for the subject")
+        logged_out = sorted({p for p, d in cookie_files.get((tenant, subject), [])
+                             if "*" not in retained and d not in retained})
+        if logged_out:
+            problems.append(f"logged-out rows of the subject's linked cookies are still in {len(logged_out)}"
+                            " file(s): " + ", ".join(logged_out))
         if outcome.get("key_destroyed", True) and subject not in dead[tenant]:
             problems.append("the subject's data key is not destroyed")
         left = [a for a in exports.get((tenant, subject), []) if a.exists()]
@@ -397,7 +415,10 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
             incomplete.append({"request_id": row.request_id, "tenant_id": tenant, "subject": subject,
                                "problems": problems})
     no_data = sum(json.loads(r.outcome or "{}").get("result") == "no_data_found" for r in rows)
-    return {"checked": len(rows), "incomplete": incomplete, "no_data_found": no_data}
+    out: dict[str, Any] = {"checked": len(rows), "incomplete": incomplete, "no_data_found": no_data}
+    if shared_kept:
+        out["shared_cookies_kept"] = shared_kept  # cookies of erased subjects also seen with another
+    return out
 
 
 def _export_archives(settings: Settings) -> dict[tuple[str, str], list[Path]]:

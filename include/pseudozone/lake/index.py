@@ -11,6 +11,8 @@ the nightly erasure check read and repair it here, and nowhere else.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pseudozone import zones
+from pseudozone import contracts, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.lake import layout
+from pseudozone.lake.subjects import COOKIE_COLUMN
 
 SCHEMA = pa.schema([("subject_id", pa.string()), ("zone", pa.string()), ("path", pa.string())])
 LOOKUP_COLUMNS = ("subject_id", "zone", "path", "dataset", "batch_id")
@@ -101,6 +104,57 @@ def lookup(settings: Settings, tenant: str, subjects: set[str]) -> pa.Table:
     if not parts:
         return pa.table({c: pa.array([], pa.string()) for c in LOOKUP_COLUMNS})
     return pa.concat_tables(parts)
+
+
+COOKIE_LOOKUP_COLUMNS = ("anonymous_pid", "zone", "path", "dataset", "batch_id")
+
+
+def cookie_datasets() -> list[str]:
+    """The datasets whose event-zone rows carry a cookie pseudonym."""
+    return [d for d in sorted(contracts.available()) if COOKIE_COLUMN in contracts.load(d).event_columns]
+
+
+def lookup_cookies(settings: Settings, tenant: str, cookies: Iterable[str],
+                   zones_: Iterable[str] = layout.PARTITIONED) -> pa.Table:
+    """(anonymous_pid, zone, path, dataset, batch_id) for every file holding a logged-out row
+    (no subject) of ``cookies``.
+
+    Such rows have no subject, so the subject index cannot list them: this scans the
+    tenant's files of the cookie datasets, two columns each with the filter pushed into
+    the reader, and only subject bucket 0 (ingest puts every row without a subject there,
+    and rewrites keep a row in its file or its mirror) (``docs/adr/0008-identity-links.md``).
+    """
+    wanted = pa.array(sorted(set(cookies)), pa.string())
+    empty = pa.table({c: pa.array([], pa.string()) for c in COOKIE_LOOKUP_COLUMNS})
+    if not len(wanted):
+        return empty
+    files: list[tuple[str, Path]] = []
+    for zone in zones_:
+        root = layout.zone_root(settings, zone)
+        for dataset in cookie_datasets():
+            for f in zones.parquet_files(layout.tenant_dir(root, dataset, tenant)):
+                zf = layout.parse(f, settings.zones)
+                if zf.bucket in (None, 0):
+                    files.append((zf.rel, f))
+    flt = pc.field(SUBJECT_COLUMN).is_null() & pc.field(COOKIE_COLUMN).isin(wanted)
+
+    def scan(item: tuple[str, Path]) -> pa.Table | None:
+        rel, path = item
+        try:
+            hit = pq.read_table(path, columns=[COOKIE_COLUMN, SUBJECT_COLUMN], filters=flt)
+        except FileNotFoundError:
+            return None  # removed since it was listed
+        if hit.num_rows == 0:
+            return None
+        found = pc.unique(hit[COOKIE_COLUMN].combine_chunks()).cast(pa.string())
+        zf = layout.parse(rel)
+        n = len(found)
+        return pa.table({COOKIE_COLUMN: found, "zone": pa.repeat(zf.zone, n), "path": pa.repeat(rel, n),
+                         "dataset": pa.repeat(zf.dataset, n), "batch_id": pa.repeat(zf.batch, n)})
+
+    with ThreadPoolExecutor(2, thread_name_prefix="pseudozone-cookies") as pool:
+        parts = [t for t in pool.map(scan, files) if t is not None]
+    return pa.concat_tables(parts) if parts else empty
 
 
 def reindex(settings: Settings, rel_paths: list[str]) -> None:

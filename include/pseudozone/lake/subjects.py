@@ -14,14 +14,24 @@
 A new landing batch holds no retained rows, so for it (``new_batch=True``) a hold
 admits nothing: every erased subject is forbidden, and ingest drops those rows before
 its gate.  See ``docs/adr/0007-lake-layer.md``.
+
+**Identity links** (``docs/adr/0008-identity-links.md``): the cookie pseudonyms
+(``anonymous_pid``) seen in a row with a subject.  A cookie belongs to a set of subjects
+when every subject it was seen with is in the set (``Links.covered``); a cookie also seen
+with a subject outside the set is *shared* and stays.  Rows of a covered cookie that carry
+no subject (logged-out rows) follow the subject: ``SubjectSets.gone_cookies`` for erasure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import select
 
 from pseudozone import state
@@ -110,6 +120,77 @@ def restricted(settings: Settings, tenant: str) -> frozenset[str]:
         return frozenset(str(r[0]) for r in rows)
 
 
+COOKIE_COLUMN = "anonymous_pid"  # the event-zone column of the cookie pseudonym
+
+
+@dataclass(frozen=True)
+class Links:
+    """The identity links of some subjects: each linked cookie and every subject it was seen with."""
+
+    subjects_of: Mapping[str, frozenset[str]] = field(default_factory=dict)  # cookie -> all its subjects
+
+    def of(self, subject: str) -> frozenset[str]:
+        """Every cookie linked to ``subject`` (shared ones included)."""
+        return frozenset(c for c, subjects in self.subjects_of.items() if subject in subjects)
+
+    def covered(self, subjects: Iterable[str]) -> frozenset[str]:
+        """Cookies every subject of which is in ``subjects`` (they follow those subjects)."""
+        chosen = frozenset(subjects)
+        return frozenset(c for c, s in self.subjects_of.items() if s and s <= chosen)
+
+    def shared(self, subjects: Iterable[str]) -> frozenset[str]:
+        """Cookies of ``subjects`` also linked to a subject outside them (they are kept)."""
+        chosen = frozenset(subjects)
+        return frozenset(c for c, s in self.subjects_of.items() if s & chosen and not s <= chosen)
+
+    def owners(self, cookies: Iterable[str]) -> dict[str, list[str]]:
+        """cookie -> its subjects, sorted (JSON-safe)."""
+        return {c: sorted(self.subjects_of.get(c, ())) for c in sorted(cookies)}
+
+
+def links(settings: Settings, tenant: str, subjects: Iterable[str]) -> Links:
+    """The links of ``subjects``: their cookies, and for each every subject it was seen with."""
+    wanted = sorted(set(subjects))
+    if not wanted:
+        return Links()
+    with state.connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT anonymous_pid, subject_id FROM identity_links WHERE tenant_id = ? AND anonymous_pid IN"
+            " (SELECT anonymous_pid FROM identity_links WHERE tenant_id = ?"
+            "  AND subject_id IN (SELECT value FROM json_each(?)))",
+            (tenant, tenant, json.dumps(wanted))).fetchall()
+    out: dict[str, set[str]] = defaultdict(set)
+    for cookie, subject in rows:
+        out[cookie].add(subject)
+    return Links({c: frozenset(s) for c, s in out.items()})
+
+
+def record_links(conn: sqlite3.Connection, tenant: str, pairs: pa.Table) -> int:
+    """Upsert a batch's distinct (subject_id, anonymous_pid, first_seen, last_seen) pairs at once."""
+    if pairs.num_rows == 0:
+        return 0
+    cols = [pairs[c].to_pylist() for c in ("subject_id", COOKIE_COLUMN, "first_seen", "last_seen")]
+    conn.executemany(
+        "INSERT INTO identity_links (tenant_id, subject_id, anonymous_pid, first_seen, last_seen)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, subject_id, anonymous_pid) DO UPDATE SET"
+        " first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)",
+        [(tenant, *row) for row in zip(*cols, strict=True)])
+    return pairs.num_rows
+
+
+def link_pairs(subjects: pa.Array, cookies: pa.Array, dates: pa.Array) -> pa.Table:
+    """The distinct (subject, cookie) pairs of a batch's rows with their first and last date (Arrow)."""
+    def plain(a: pa.Array) -> pa.Array:
+        return a.cast(a.type.value_type) if pa.types.is_dictionary(a.type) else a
+
+    table = pa.table({"s": plain(subjects), "c": plain(cookies), "d": dates})
+    table = table.filter(pc.and_(pc.is_valid(table["s"]), pc.is_valid(table["c"])))
+    grouped = table.group_by(["s", "c"]).aggregate([("d", "min"), ("d", "max")])
+    return pa.table({"subject_id": grouped["s"], COOKIE_COLUMN: grouped["c"],
+                     "first_seen": grouped["d_min"].cast(pa.string()),
+                     "last_seen": grouped["d_max"].cast(pa.string())})
+
+
 @dataclass(frozen=True)
 class SubjectSets:
     """A tenant's erased and restricted subjects and holds, and what follows from them."""
@@ -118,17 +199,19 @@ class SubjectSets:
     erased: frozenset[str] = frozenset()
     restricted: frozenset[str] = frozenset()
     holds: Holds = field(default_factory=Holds)
+    links: Links = field(default_factory=Links)  # of the erased and restricted subjects
 
     @classmethod
     def load(cls, settings: Settings, tenant: str) -> SubjectSets:
-        return cls(tenant, erased(settings, tenant), restricted(settings, tenant),
-                   legal_holds(settings, tenant))
+        gone, held = erased(settings, tenant), restricted(settings, tenant)
+        return cls(tenant, gone, held, legal_holds(settings, tenant), links(settings, tenant, gone | held))
 
     def during_run(self, *, erase: Iterable[str] = (), restrict: Iterable[str] = (),
                    unrestrict: Iterable[str] = ()) -> SubjectSets:
         """The sets as a rights run leaves them: its erasures and (un)restrictions applied."""
         return SubjectSets(self.tenant, self.erased | frozenset(erase),
-                           (self.restricted | frozenset(restrict)) - frozenset(unrestrict), self.holds)
+                           (self.restricted | frozenset(restrict)) - frozenset(unrestrict), self.holds,
+                           self.links)
 
     def held(self, dataset: str) -> frozenset[str]:
         """Erased subjects whose rows of ``dataset`` a legal hold keeps."""
@@ -153,6 +236,11 @@ class SubjectSets:
     def forbidden_pii(self, dataset: str, *, new_batch: bool = False) -> frozenset[str]:
         """Subjects that must not appear in the PII zone of ``dataset``."""
         return self.gone(dataset, new_batch=new_batch)
+
+    def gone_cookies(self, dataset: str, *, new_batch: bool = False) -> frozenset[str]:
+        """Cookies whose logged-out rows of ``dataset`` must be in no zone: every subject they
+        were seen with is gone (a cookie shared with a live subject stays)."""
+        return self.links.covered(self.gone(dataset, new_batch=new_batch))
 
 
 def as_array(subjects: Iterable[str]) -> pa.Array:

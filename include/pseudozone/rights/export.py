@@ -18,6 +18,8 @@ import json
 import zipfile
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select
@@ -28,6 +30,7 @@ from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.errors import PseudozoneError
 from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data
 from pseudozone.lake import index, layout
+from pseudozone.lake.subjects import COOKIE_COLUMN, links
 from pseudozone.rights import audit, store
 
 _EPOCH = (2000, 1, 1, 0, 0, 0)
@@ -49,7 +52,9 @@ This archive holds every record about you that the platform's lake keeps:
 * manifest.json: every file with its size and SHA-256 checksum.
 
 Records of processing that is restricted at your request are included and marked
-"zone": "restricted".
+"zone": "restricted". Records made while you were not logged in, on a browser or device
+(cookie) seen only with your account, are included under your pseudonym and marked
+"linked_cookie": true.
 """
 
 
@@ -88,7 +93,24 @@ def _subject_rows(settings: Settings, tenant: str, subject: str) -> dict[str, li
         if table.num_rows:
             rows = out.setdefault(zone_file.dataset, [])
             for row in table.to_pylist():
-                rows.append({**row, "date": zone_file.date, "zone": zone_name})
+                rows.append({**row, "date": zone_file.date, "zone": zone_name, "linked_cookie": False})
+    # logged-out rows of the cookies seen only with this subject (a shared cookie's rows may
+    # be another person's: not exported; docs/adr/0008-identity-links.md)
+    cookies = links(settings, tenant, {subject}).covered({subject})
+    if cookies:
+        wanted = pa.array(sorted(cookies), pa.string())
+        hits = index.lookup_cookies(settings, tenant, cookies)
+        for rel in sorted(set(hits["path"].to_pylist())):
+            zone_file = layout.parse(rel)
+            path = zone_file.path(settings.zones)
+            if not path.exists():
+                continue
+            flt = pc.field(SUBJECT_COLUMN).is_null() & pc.field(COOKIE_COLUMN).isin(wanted)
+            table = pq.read_table(path, filters=flt)
+            rows = out.setdefault(zone_file.dataset, [])
+            for row in table.to_pylist():
+                rows.append({**row, SUBJECT_COLUMN: subject, "linked_cookie": True, "date": zone_file.date,
+                             "zone": zone_file.zone})
     return out
 
 

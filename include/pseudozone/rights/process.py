@@ -36,7 +36,7 @@ from pseudozone.ingest import WRITE_THREADS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
 from pseudozone.lake import index, layout
 from pseudozone.lake.index import lookup as index_lookup
-from pseudozone.lake.subjects import SubjectSets, as_array, legal_holds
+from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, legal_holds, links
 from pseudozone.landing import ARROW_TYPES
 from pseudozone.rights import audit, requests, store
 from pseudozone.rights.export import export_request
@@ -108,9 +108,18 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
         elif row.type == "export":
             exports.append(row.request_id)
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def group(tenant: str, dataset: str, batch: str) -> dict[str, Any]:
+        return groups.setdefault((tenant, dataset, batch), {
+            "tenant_id": tenant, "dataset": dataset, "batch_id": batch, "files": set(),
+            "erase": set(), "restrict": set(), "unrestrict": set(), "rectify": {}, "erase_cookies": {}})
+
     # the subjects of the run that the index lists anywhere: a request for any other one
     # finds no data (a mistyped user id must not look like success)
     indexed: dict[str, list[str]] = {}
+    # per erased subject: its linked cookies erased with it, and those shared with another
+    # subject (kept: one subject's request alone does not erase them; ADR 0008)
+    cookies: dict[str, dict[str, dict[str, int]]] = {}
     for tenant, w in sorted(work.items()):
         w.restrict -= w.erase
         w.unrestrict -= w.erase
@@ -129,15 +138,28 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
                       or (subject in w.rectify and dataset == "profiles"))
             if not wanted:
                 continue
-            g = groups.setdefault((tenant, dataset, batch), {
-                "tenant_id": tenant, "dataset": dataset, "batch_id": batch, "files": set(),
-                "erase": set(), "restrict": set(), "unrestrict": set(), "rectify": {}})
+            g = group(tenant, dataset, batch)
             g["files"].add(path)
             for kind in ("erase", "restrict", "unrestrict"):
                 if subject in getattr(w, kind):
                     g[kind].add(subject)
             if subject in w.rectify:
                 g["rectify"][subject] = w.rectify[subject]
+        if w.erase:
+            # the logged-out rows of the erased subjects' cookies: found by a scan, the index
+            # lists subjects only
+            linked = links(settings, tenant, w.erase)
+            covered = linked.covered(w.erase)
+            cookies[tenant] = {s: {"erased": len(linked.of(s) & covered),
+                                   "shared_kept": len(linked.of(s) - covered)}
+                               for s in sorted(w.erase) if linked.of(s)}
+            owners = linked.owners(covered)
+            hits = index.lookup_cookies(settings, tenant, covered)
+            columns = (COOKIE_COLUMN, "path", "dataset", "batch_id")
+            for cookie, path, dataset, batch in zip(*(hits[c].to_pylist() for c in columns), strict=True):
+                g = group(tenant, dataset, batch)
+                g["files"].add(path)
+                g["erase_cookies"][cookie] = owners[cookie]
     plan_groups = [{**g, "files": sorted(g["files"]), "erase": sorted(g["erase"]),
                     "restrict": sorted(g["restrict"]), "unrestrict": sorted(g["unrestrict"])}
                    for _, g in sorted(groups.items())]
@@ -146,7 +168,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
     # subjects that end the run restricted: a lifted restriction must not outlive a later restrict
     restricted_after = {tenant: sorted(w.restrict) for tenant, w in sorted(work.items()) if w.restrict}
     return {"run_id": run_id, "requests": [r.request_id for r in rows], "groups": plan_groups,
-            "exports": exports, "restricted_after": restricted_after, "indexed": indexed}
+            "exports": exports, "restricted_after": restricted_after, "indexed": indexed, "cookies": cookies}
 
 
 # -- rewriting one batch's files -------------------------------------------------------------
@@ -156,9 +178,15 @@ def _read(path: Path) -> pa.Table | None:
     return pq.read_table(path) if path.exists() else None
 
 
-def _mask(table: pa.Table, subjects: set[str] | list[str]) -> pa.Array:
+def _mask(table: pa.Table, subjects: set[str] | list[str], cookies: set[str] | None = None) -> pa.Array:
+    """Rows of ``subjects``, and logged-out rows (no subject) of ``cookies``."""
     values = pa.array(sorted(subjects), pa.string())
-    return pc.fill_null(pc.is_in(table[SUBJECT_COLUMN], value_set=values), False)
+    mask = pc.fill_null(pc.is_in(table[SUBJECT_COLUMN], value_set=values), False)
+    if cookies and COOKIE_COLUMN in table.column_names:
+        wanted = pa.array(sorted(cookies), pa.string())
+        linked = pc.fill_null(pc.is_in(table[COOKIE_COLUMN], value_set=wanted), False)
+        mask = pc.or_(mask, pc.and_(pc.is_null(table[SUBJECT_COLUMN]), linked))
+    return mask
 
 
 def _take_subjects(table: pa.Table | None, subjects: set[str]) -> pa.Table | None:
@@ -169,10 +197,11 @@ def _take_subjects(table: pa.Table | None, subjects: set[str]) -> pa.Table | Non
     return table.filter(_mask(table, subjects))
 
 
-def _drop_subjects(table: pa.Table | None, subjects: set[str]) -> pa.Table | None:
-    if table is None or not subjects:
+def _drop_subjects(table: pa.Table | None, subjects: set[str],
+                   cookies: set[str] | None = None) -> pa.Table | None:
+    if table is None or not (subjects or cookies):
         return table
-    return table.filter(pc.invert(_mask(table, subjects)))
+    return table.filter(pc.invert(_mask(table, subjects, cookies)))
 
 
 def _concat(*tables: pa.Table | None) -> pa.Table | None:
@@ -271,8 +300,12 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
     tenant, dataset, batch_id = group["tenant_id"], group["dataset"], group["batch_id"]
     contract = contracts.load(dataset)
     erase, restrict, unrestrict = set(group["erase"]), set(group["restrict"]), set(group["unrestrict"])
-    held = set(legal_holds(settings, tenant).kept(dataset, erase))
+    cookie_owners: dict[str, list[str]] = group.get("erase_cookies", {})
+    owners = {s for subjects in cookie_owners.values() for s in subjects}
+    held = set(legal_holds(settings, tenant).kept(dataset, erase | owners))
     erase -= held
+    # a cookie's logged-out rows go with its subjects, and stay where a hold keeps one of them
+    erase_cookies = {c for c, subjects in cookie_owners.items() if not set(subjects) & held}
     corrections = _corrections(settings, keyring, tenant, group["rectify"])
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
@@ -289,7 +322,11 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
             counts[s]["events_rows_erased"] += n
         for s, n in _count(rs, erase).items():
             counts[s]["restricted_rows_erased"] += n
-        ev, rs = _drop_subjects(ev, erase), _drop_subjects(rs, erase)
+        for s, n in _count_cookies(ev, erase_cookies, cookie_owners).items():
+            counts[s]["events_cookie_rows_erased"] += n
+        for s, n in _count_cookies(rs, erase_cookies, cookie_owners).items():
+            counts[s]["restricted_cookie_rows_erased"] += n
+        ev, rs = _drop_subjects(ev, erase, erase_cookies), _drop_subjects(rs, erase, erase_cookies)
         ev, n_ev = _regeneralize(ev, contract, corrections)
         rs, n_rs = _regeneralize(rs, contract, corrections)
         counts["*"]["event_values_rectified"] += n_ev + n_rs
@@ -325,8 +362,8 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
     with store.transaction(settings) as conn:
         audit.append(conn, "files.rewritten", tenant_id=tenant, details={
             "dataset": dataset, "batch_id": batch_id, "files": sorted(outputs),
-            "erase": len(erase), "restrict": len(restrict), "unrestrict": len(unrestrict),
-            "rectify": len(corrections), "held": sorted(held)})
+            "erase": len(erase), "erase_cookies": len(erase_cookies), "restrict": len(restrict),
+            "unrestrict": len(unrestrict), "rectify": len(corrections), "held": sorted(held)})
     return {"group_id": group["group_id"], "files": sorted(outputs), "held": sorted(held),
             "counts": {s: dict(c) for s, c in counts.items()}}
 
@@ -381,6 +418,19 @@ def _count(table: pa.Table | None, subjects: set[str]) -> dict[str, int]:
         return {}
     counted = pc.value_counts(hit[SUBJECT_COLUMN].combine_chunks())
     return {item["values"]: item["counts"] for item in counted.to_pylist()}
+
+
+def _count_cookies(table: pa.Table | None, cookies: set[str],
+                   owners: dict[str, list[str]]) -> dict[str, int]:
+    """Logged-out rows of ``cookies`` per subject (a cookie's rows count for its first subject)."""
+    if table is None or not cookies or table.num_rows == 0 or COOKIE_COLUMN not in table.column_names:
+        return {}
+    hit = table.filter(_mask(table, set(), cookies))
+    out: dict[str, int] = defaultdict(int)
+    if hit.num_rows:
+        for item in pc.value_counts(hit[COOKIE_COLUMN].combine_chunks()).to_pylist():
+            out[owners[item["values"]][0]] += item["counts"]
+    return dict(out)
 
 
 def _write_all(settings: Settings, outputs: dict[str, pa.Table | None]) -> None:
@@ -440,6 +490,28 @@ def _scan_affected(settings: Settings,
     return found
 
 
+def _scan_cookies(settings: Settings, checks: dict[tuple[str, str], tuple[set[str], set[str]]]
+                  ) -> dict[tuple[str, str], list[str]]:
+    """For each (tenant, subject), the files that still hold a logged-out row of its erased cookies."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for key, (cookies, files) in sorted(checks.items()):
+        wanted = pa.array(sorted(cookies), pa.string())
+        left = []
+        for rel in sorted(files):
+            path = settings.zones / rel
+            if layout.zone_of(rel) == layout.PII or not path.exists():
+                continue
+            if COOKIE_COLUMN not in pq.read_schema(path).names:
+                continue
+            table = pq.read_table(path, columns=[SUBJECT_COLUMN, COOKIE_COLUMN])
+            hit = pc.and_(pc.is_null(table[SUBJECT_COLUMN]),
+                          pc.fill_null(pc.is_in(table[COOKIE_COLUMN], value_set=wanted), False))
+            if pc.any(hit).as_py():
+                left.append(rel)
+        found[key] = left
+    return found
+
+
 # a request's outcome "result": the request was carried out ("done"), or the subject had no data
 # anywhere in the lake when the run was planned ("no_data_found": a legitimate answer to the data
 # subject, and the sign of a mistyped user id)
@@ -473,6 +545,18 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
         for s in {*g["erase"], *g["restrict"]}:
             affected[(g["tenant_id"], s)] |= files
     remaining_files = _scan_affected(settings, affected)
+    # and the logged-out rows of the cookies erased with the subject, in the same files
+    cookie_checks: dict[tuple[str, str], tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
+    for g in plan["groups"]:
+        files = set(g["files"]) | {m for f in g["files"] if layout.zone_of(f) != layout.PII
+                                   for m in layout.mirror_pair(f)}
+        for cookie, owners in g.get("erase_cookies", {}).items():
+            for s in owners:
+                cookie_checks[(g["tenant_id"], s)][0].add(cookie)
+                cookie_checks[(g["tenant_id"], s)][1].update(files)
+    for key, left in _scan_cookies(settings, cookie_checks).items():
+        remaining_files[key] = sorted(set(remaining_files.get(key, [])) | set(left))
+        affected[key] |= cookie_checks[key][1]
     indexed = {tenant: set(found) for tenant, found in plan.get("indexed", {}).items()}
     for row in rows:
         outcome: dict[str, Any] = {"type": row.type, "run_id": plan["run_id"]}
@@ -502,7 +586,10 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
             exports_deleted = [] if pii_held else _delete_exports(settings, row)
             if no_data and not destroyed:
                 outcome["result"] = NO_DATA_FOUND
+            linked = plan.get("cookies", {}).get(tenant, {}).get(s, {"erased": 0, "shared_kept": 0})
             outcome.update({"rows_removed": dict(per_subject.get(s, {})), "verified_clean": True,
+                            "linked_cookies_erased": linked["erased"],
+                            "shared_cookies_kept": linked["shared_kept"],
                             "export_archives_deleted": exports_deleted,
                             "files_scanned": len(affected.get((tenant, s), ())),
                             "key_destroyed": not pii_held,
