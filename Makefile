@@ -69,4 +69,4 @@ bench: install
 	$(BIN)/python bench/bench_detection.py
 
 clean:
-	rm -rf $(CURDIR)/data $(CURDIR)/.airflow bench/out
+	rm -rf $(CURDIR)/data $(CURDIR)/data.keys $(CURDIR)/.airflow bench/out

@@ -304,10 +304,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compliance_run(args: argparse.Namespace) -> int:
     from pseudozone.compliance.report import latest, run_nightly
-    from pseudozone.keys import KeyRing
+    from pseudozone.keys import KeyRing, rotate_after_erasures
 
     settings = _settings(args)
-    KeyRing.load(settings)  # a missing or different master key stops the run before retention deletes
+    keyring = KeyRing.load(settings)  # a missing or different master key stops the run before retention
+
     overrides = {}
     for item in args.retention or []:
         dataset, _, days = item.partition("=")
@@ -316,6 +317,11 @@ def cmd_compliance_run(args: argparse.Namespace) -> int:
         overrides[dataset] = int(days)
     run_id = args.run_id or "manual__" + time.strftime("%Y-%m-%dT%H%M%S", time.gmtime())
     run_nightly(settings, run_id, k=args.k, retention_overrides=overrides)
+    # as the DAG's rotate_keys task: no earlier backup decrypts a subject erased since (ADR 0009)
+    rotated = rotate_after_erasures(settings, keyring)
+    if rotated["rotated"]:
+        print(f"key-encryption keys rotated for {rotated['rotated']} tenant(s) with erasures since their last"
+              " rotation")
     report = latest(settings)
     assert report is not None
     return _print_report(report, settings)
