@@ -148,6 +148,7 @@ def test_compaction_leaves_one_file_per_partition_day_and_bucket(clake: Settings
         zone = part.relative_to(clake.zones).parts[0]
         assert part.stat().st_mode & 0o777 == (0o750 if zone == layout.EVENTS else 0o700)
 
+    assert (clake.zones / compact.WORK_DIR).stat().st_mode & 0o777 == 0o700
     state = _lake_state(clake)
     again = compact.compact(clake)
     assert again["partitions"] == 0 and _lake_state(clake) == state  # idempotent
@@ -286,3 +287,27 @@ def test_subject_lookups_prune_row_groups(clake: Settings) -> None:
     assert all(s is not None and s.has_min_max for s in stats)
     mins = [s.min for s in stats]
     assert mins == sorted(mins)
+
+
+def test_a_batch_published_during_compaction_stays_visible(clake: Settings,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    sql = "SELECT count(*) FROM events"
+    before = int(str(query.run(clake, sql)[1][0][0]))
+    added: list[tuple[Path, int]] = []
+
+    def publish_a_batch(at: str, unit: str) -> None:
+        if at == "staged" and not added:  # an ingest publishes into the partition meanwhile
+            work = clake.zones / compact.WORK_DIR / (compact.PREFIX + unit)
+            m = json.loads((work / "manifest.json").read_text())
+            part = compact.Unit(m["zone"], m["dataset"], m["tenant"], m["day"]).partition(clake)
+            source = part / sorted(m["inputs"])[0]
+            new = part / ("late-" + source.name)
+            shutil.copyfile(source, new)
+            added.append((new, pq.read_metadata(new).num_rows))
+
+    monkeypatch.setattr(compact, "_after", publish_a_batch)
+    summary = compact.compact(clake)
+    assert summary["conflicts"] == 0 and added
+    new, rows = added[0]
+    assert new.exists()  # moved into the compacted partition, not deleted with the old files
+    assert query.run(clake, sql)[1] == [(before + rows if new.is_relative_to(clake.event_zone) else before,)]

@@ -230,6 +230,8 @@ def _compact_unit(settings: Settings, unit: Unit, files: list[Path], target_rows
     rows_in = sum(t.num_rows for t in outputs.values())
     # 0. the manifest first: whatever follows, a rerun finds the unit
     zones.make_dirs(work)
+    zones.set_mode(_work_root(settings), zones.PRIVATE_DIR_MODE)  # like zones/.staging: owner only
+    zones.set_mode(work, zones.PRIVATE_DIR_MODE)
     zones.write_json(manifest, work / "manifest.json")
     _after("manifest", digest)
     # 1. the outputs' index entries before any output is visible
