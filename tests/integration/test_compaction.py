@@ -311,3 +311,18 @@ def test_a_batch_published_during_compaction_stays_visible(clake: Settings,
     new, rows = added[0]
     assert new.exists()  # moved into the compacted partition, not deleted with the old files
     assert query.run(clake, sql)[1] == [(before + rows if new.is_relative_to(clake.event_zone) else before,)]
+
+
+def test_a_tenant_with_a_rights_run_in_progress_is_skipped(clake: Settings) -> None:
+    """Until writers take leases, compaction leaves a tenant alone while a rights run is under way."""
+    from sqlalchemy import update
+
+    from pseudozone.rights import store
+
+    before = _partition_files(clake)
+    _submit(clake, "erase", "usr_0000003")
+    with store.transaction(clake) as conn:  # the run has planned its work and not closed yet
+        conn.execute(update(store.requests).values(state="in_progress"))
+    summary = compact.compact(clake, tenants=[TENANT])
+    assert summary["tenants_busy"] == 1 and summary["partitions"] == 0
+    assert _partition_files(clake) == before
