@@ -198,6 +198,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"master key of {settings.root}: {origin}; its check value is recorded in the state database."
               " Back the key up outside the data root: without it the PII zone is unreadable")
         return 0
+    if args.keys_command == "adopt":
+        origin = keys.adopt_master_key(settings)
+        print(f"master key from {origin} recorded as the key of {settings.root}")
+        return 0
+    keys.require_configured_key(settings)  # a check never makes a key (a mistyped --home, say)
     keys.KeyRing.load(settings)
     print(f"master key matches {settings.root}")
     return 0
@@ -425,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                        " an Airflow connection gives it) and record its check value; empty data root only"
                        ).set_defaults(func=cmd_keys)
     key_sub.add_parser("check", help="exit 0 if the configured master key is this data root's, else 2"
+                       ).set_defaults(func=cmd_keys)
+    key_sub.add_parser("adopt", help="record the configured key as the root's, for a root from before key"
+                       " checks that has no data key to prove it on (you vouch that it is the right key)"
                        ).set_defaults(func=cmd_keys)
     krot = key_sub.add_parser("rotate", help="new tenant KEKs: re-wrap every live data key, destroy the old"
                               " KEK seeds, so that no earlier backup of the data root decrypts an erased"

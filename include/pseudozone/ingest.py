@@ -465,7 +465,9 @@ def _poison(settings: Settings, ref: BatchRef, step: str, exc: Exception) -> Con
     A failure of the machine (disk full, permissions, a locked state database, memory)
     is not the batch's fault and never makes it poison.
     """
-    if isinstance(exc, OSError | sqlite3.Error | MemoryError):
+    from sqlalchemy.exc import SQLAlchemyError  # the request ledger (holds, restrictions): maybe PostgreSQL
+
+    if isinstance(exc, OSError | sqlite3.Error | SQLAlchemyError | MemoryError):
         return None
     error = type(exc).__name__
     try:

@@ -162,8 +162,11 @@ def _read_state(settings: Settings, query: Callable[[sqlite3.Connection], Any]) 
     conn = sqlite3.connect(f"{settings.state_db.as_uri()}?mode=ro", uri=True, timeout=60)
     try:
         return query(conn)
-    except sqlite3.OperationalError:  # a table of a later schema is not there yet
-        return None
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # a table of a later schema is not there yet
+            return None
+        # a locked or unreadable state database says nothing about the key: never "no check yet"
+        raise KeyMaterialError(f"the master key cannot be checked: the state database {exc}") from None
     finally:
         conn.close()
 
@@ -171,8 +174,10 @@ def _read_state(settings: Settings, query: Callable[[sqlite3.Connection], Any]) 
 def _count(conn: sqlite3.Connection, table: str) -> int:
     try:
         return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608 - fixed names
-    except sqlite3.OperationalError:
-        return 0
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
 
 
 def root_holds_data(settings: Settings) -> str | None:
@@ -236,11 +241,47 @@ def verify_master_key(settings: Settings, keyring: KeyRing, origin: str) -> None
                 f"from the one recorded when the root was first used); nothing was done. Use the key "
                 f"this root was created with")
         return
-    if _unwraps_a_stored_key(settings, keyring) is False:
+    proved = _unwraps_a_stored_key(settings, keyring)
+    if proved is False:
         raise KeyMaterialError(
             f"the master key from {origin} does not unwrap this data root's data keys: it is not the "
             f"key the root was created with; nothing was done")
+    held = root_holds_data(settings) if proved is None else None
+    if held:
+        # data, but no data key to prove the key on (events only, or every key erased): a wrong
+        # key would go unnoticed, so only an operator who knows it is the right one records it
+        raise KeyMaterialError(
+            f"this data root holds {held} but no key check was recorded, and it has no data key to "
+            f"prove the master key from {origin} on; if it is the key the root was created with, "
+            f"record it with 'pseudozone keys adopt'; nothing was done")
     record_key_check(settings, check)
+
+
+def require_configured_key(settings: Settings) -> None:
+    """Raise unless a master key is configured (env var, Airflow connection or an existing key file):
+    for commands that must never make one (``keys check``, ``keys adopt``)."""
+    if os.environ.get(MASTER_KEY_ENV) or os.environ.get(MASTER_KEY_CONN_ENV):
+        return
+    if settings.master_key_file.exists() or settings.legacy_master_key_file.exists():
+        return
+    raise KeyMaterialError(f"no master key is configured for {settings.root}: set ${MASTER_KEY_ENV} or"
+                           f" ${MASTER_KEY_CONN_ENV}, or restore the key file ({settings.master_key_file});"
+                           " none is made here")
+
+
+def adopt_master_key(settings: Settings) -> str:
+    """``pseudozone keys adopt``: record the configured key's check value on a root that holds data
+    from before key checks and has no data key to prove it on (the operator vouches for it)."""
+    if _recorded_checks(settings):
+        raise KeyMaterialError("this data root has a recorded key check already; 'pseudozone keys check'"
+                               " tells whether the configured key is its key")
+    require_configured_key(settings)
+    master, origin = _master_key(settings)
+    ring = KeyRing(master)
+    if _unwraps_a_stored_key(settings, ring) is False:
+        raise KeyMaterialError(f"the master key from {origin} does not unwrap this data root's data keys")
+    record_key_check(settings, ring.check_value())
+    return origin
 
 
 def record_key_check(settings: Settings, check: str) -> None:
@@ -249,6 +290,12 @@ def record_key_check(settings: Settings, check: str) -> None:
     with state.connect(settings) as conn:
         conn.execute("INSERT OR IGNORE INTO key_checks (version, check_value) VALUES (?, ?)",
                      (MASTER_KEY_VERSION, check))
+        stored = conn.execute("SELECT check_value FROM key_checks WHERE version = ?",
+                              (MASTER_KEY_VERSION,)).fetchone()
+    if stored is None or stored[0] != check:
+        # another process recorded a different key in between
+        raise KeyMaterialError("the master key is not this data root's key (another key's check was"
+                               " recorded at the same time); nothing was done")
 
 
 def init_master_key(settings: Settings) -> str:
@@ -709,6 +756,11 @@ def rotate_keks(settings: Settings, keyring: KeyRing | None = None, *, tenants: 
                     # lock, so that a key inserted under one of them sees it gone (Vault.data_keys)
                     assert vault.seeds is not None
                     destroyed = sorted(v for v in vault.seeds.versions(tenant) if v != target)
+                    if destroyed:
+                        # the re-wraps were committed with synchronous=NORMAL (WAL): durable only
+                        # once the WAL is on disk, and a destroyed seed cannot come back after a
+                        # power loss that rolled them back
+                        _fsync_state(settings)
                     for version in destroyed:
                         vault.seeds.destroy(tenant, version)
                     conn.execute("UPDATE kek_rotations SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ',"
@@ -746,6 +798,17 @@ def tenants_erased_since_rotation(settings: Settings) -> list[str]:
             " WHERE r.tenant_id = k.tenant_id AND r.finished_at IS NOT NULL), '')"
             " UNION SELECT tenant_id FROM kek_rotations WHERE finished_at IS NULL ORDER BY 1").fetchall()
     return [r[0] for r in rows]
+
+
+def _fsync_state(settings: Settings) -> None:
+    """Make every committed transaction of the state database durable (its WAL and file on disk)."""
+    for path in (settings.state_db.with_name(settings.state_db.name + "-wal"), settings.state_db):
+        if path.exists():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def rotate_after_erasures(settings: Settings, keyring: KeyRing | None = None) -> dict[str, Any]:

@@ -196,3 +196,12 @@ def test_holds_are_listed_without_their_reason_lifted_and_audited(
     assert main(["--home", home, "audit", "show", "--tenant", "acme", "--limit", "1"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
     assert main(["--home", home, "audit", "verify"]) == 0
+
+
+def test_keys_check_never_makes_a_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PSEUDOZONE_MASTER_KEY")
+    home = tmp_path / "mistyped"
+    assert main(["--home", str(home), "keys", "check"]) == 2
+    assert "no master key is configured" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("master.key"))

@@ -256,3 +256,42 @@ def test_rotation_moves_legacy_keys_to_a_seeded_kek_and_destroys_the_old_seed(
         from pseudozone.keys import _unwrap
         _unwrap(keyring.seeded_kek("acme", 2, seed_v2), "acme", seeded, wrapped)
     assert not list(settings.key_dir.rglob(".tmp-*"))
+
+
+def test_given_data_but_no_data_key_to_prove_the_key_on_then_it_is_refused_until_adopted(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pseudozone.keys import adopt_master_key
+
+    target = settings.event_zone / "events" / "tenant_id=acme" / "date=2026-12-01" / "b1.parquet"
+    target.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"subject_id": ["v1:" + "ab" * 32]}), target)  # events only, from before checks
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    with pytest.raises(KeyMaterialError, match="keys adopt"):
+        KeyRing.load(settings)
+    adopt_master_key(settings)
+    KeyRing.load(settings)  # vouched for: recorded
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    with pytest.raises(KeyMaterialError, match="not this data root's key"):
+        KeyRing.load(settings)
+
+
+def test_a_locked_state_database_is_an_error_not_a_missing_check(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    KeyRing.load(settings)
+    blocker = sqlite3.connect(settings.state_db, isolation_level=None)
+    blocker.execute("PRAGMA locking_mode=EXCLUSIVE")
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        real_connect = sqlite3.connect
+        monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: real_connect(*a, **{**k, "timeout": 0.1}))
+        with pytest.raises(KeyMaterialError, match="cannot be checked"):
+            KeyRing.load(settings)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()

@@ -127,3 +127,13 @@ def test_a_store_from_before_reason_codes_gets_the_column(settings: Settings, ma
     holds = subjects.legal_holds(settings, "acme")
     assert [h.to_dict() for h in holds.holds] == [{"hold_id": 1, "dataset": None, "reason_code": "other"}]
     assert requests.hold_reason(settings, 1) == "old plain reason"
+
+
+def test_audit_show_withholds_a_legacy_hold_reason(settings: Settings) -> None:
+    from pseudozone.rights import audit
+
+    with store.transaction(settings) as conn:  # as add_legal_hold wrote it before reasons were encrypted
+        audit.append(conn, "hold.added", tenant_id="acme", details={"hold_id": 1, "reason": "Zelda's case"})
+    [entry] = audit.entries(settings, action="hold.*")
+    assert entry["details"] == {"hold_id": 1, "reason": "[withheld]"}
+    assert audit.verify(settings).ok

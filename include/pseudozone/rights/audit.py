@@ -75,7 +75,16 @@ def entries(settings: Settings, *, tenant_id: str | None = None, action: str | N
         rows = conn.execute(query).all()
     return [{"seq": r.seq, "at": (store.as_utc(r.at) or r.at).isoformat(), "actor": r.actor,
              "action": r.action, "request_id": r.request_id, "tenant_id": r.tenant_id,
-             "subject_id": r.subject_id, "details": json.loads(r.details)} for r in reversed(rows)]
+             "subject_id": r.subject_id, "details": _shown(r.action, json.loads(r.details))}
+            for r in reversed(rows)]
+
+
+def _shown(action: str, details: dict[str, Any]) -> dict[str, Any]:
+    """An entry's details as shown: a hold's free-text reason, which entries written before hold
+    reasons were encrypted still hold (the chain forbids rewriting them), is withheld."""
+    if action.startswith("hold.") and "reason" in details:
+        return {**{k: v for k, v in details.items() if k != "reason"}, "reason": "[withheld]"}
+    return details
 
 
 @dataclass(frozen=True)
