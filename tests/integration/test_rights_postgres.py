@@ -67,6 +67,9 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def pg_lake(lake: Settings, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     monkeypatch.setenv(store.DB_URL_ENV, postgres_url)
+    # the settings fixture's ensure() ran before the URL was set and made an empty 0600 SQLite
+    # ledger file; with the URL set nothing makes or uses it again
+    (lake.state / "requests.db").unlink(missing_ok=True)
     engine = store.engine_for(lake)
     with engine.begin() as conn:  # a clean ledger per test
         for table in reversed(store.metadata.sorted_tables):
