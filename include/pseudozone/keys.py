@@ -467,7 +467,8 @@ def _db_path(conn: sqlite3.Connection) -> Path | None:
     return None
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory: the names made or removed in it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -558,13 +559,13 @@ class KekSeeds:
                 os.link(tmp, folder / f"v{version}.seed")
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(folder)
+        _fsync_path(folder)
 
     def destroy(self, tenant: str, version: int) -> None:
         path = self.versions(tenant).get(version)
         if path is not None:
             path.unlink(missing_ok=True)
-            _fsync_dir(path.parent)
+            _fsync_path(path.parent)
 
 
 class Vault:
@@ -804,11 +805,7 @@ def _fsync_state(settings: Settings) -> None:
     """Make every committed transaction of the state database durable (its WAL and file on disk)."""
     for path in (settings.state_db.with_name(settings.state_db.name + "-wal"), settings.state_db):
         if path.exists():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_path(path)
 
 
 def rotate_after_erasures(settings: Settings, keyring: KeyRing | None = None) -> dict[str, Any]:
