@@ -36,7 +36,7 @@ from pseudozone.ingest import WRITE_THREADS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
 from pseudozone.lake import index, layout
 from pseudozone.lake.index import lookup as index_lookup
-from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, legal_holds, links
+from pseudozone.lake.subjects import COOKIE_COLUMN, Holds, SubjectSets, as_array, legal_holds, links
 from pseudozone.landing import ARROW_TYPES
 from pseudozone.rights import audit, requests, store
 from pseudozone.rights.export import export_request
@@ -469,47 +469,46 @@ def _publish(settings: Settings, dataset: str, tenant: str, batch_id: str,
 # -- verification and closing ---------------------------------------------------------------
 
 
-def _scan_affected(settings: Settings,
-                   affected: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], list[str]]:
-    """For each (tenant, subject), the affected files that still hold its rows; each file read once."""
+def _scan_affected(settings: Settings, affected: dict[tuple[str, str], set[str]],
+                   cookies: dict[tuple[str, str], set[str]] | None = None
+                   ) -> dict[tuple[str, str], list[str]]:
+    """For each (tenant, subject), the affected files that still hold its rows, or a logged-out row
+    of one of its erased ``cookies``; each file read once."""
     per_file: dict[str, set[str]] = defaultdict(set)
     tenant_of: dict[str, str] = {}
     for (tenant, subject), files in affected.items():
         for rel in files:
             per_file[rel].add(subject)
             tenant_of[subject] = tenant
+    owners: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for key, linked in (cookies or {}).items():
+        for cookie in linked:
+            owners[cookie].add(key)
     found: dict[tuple[str, str], list[str]] = {key: [] for key in affected}
     for rel, subjects in sorted(per_file.items()):
         path = settings.zones / rel
         if not path.exists():
             continue
-        col = pq.read_table(path, columns=[SUBJECT_COLUMN])[SUBJECT_COLUMN]
+        wanted_cookies = sorted({c for c, keys in owners.items() if any(k[1] in subjects for k in keys)})
+        read_cookies = bool(wanted_cookies) and layout.zone_of(rel) != layout.PII \
+            and COOKIE_COLUMN in pq.read_schema(path).names
+        table = pq.read_table(path, columns=[SUBJECT_COLUMN, *([COOKIE_COLUMN] if read_cookies else [])])
+        col = table[SUBJECT_COLUMN]
         hit = pc.filter(col, pc.fill_null(pc.is_in(col, value_set=pa.array(sorted(subjects))), False))
-        for subject in pc.unique(hit).to_pylist():
-            found[(tenant_of[subject], subject)].append(rel)
+        keys = {(tenant_of[subject], subject) for subject in pc.unique(hit).to_pylist()}
+        if read_cookies:
+            logged_out = pc.filter(table[COOKIE_COLUMN], pc.and_(pc.is_null(col), pc.fill_null(
+                pc.is_in(table[COOKIE_COLUMN], value_set=pa.array(wanted_cookies, pa.string())), False)))
+            keys |= {k for cookie in pc.unique(logged_out).to_pylist() for k in owners[cookie]
+                     if k[1] in subjects}
+        for key in sorted(keys):
+            found[key].append(rel)
     return found
 
 
-def _scan_cookies(settings: Settings, checks: dict[tuple[str, str], tuple[set[str], set[str]]]
-                  ) -> dict[tuple[str, str], list[str]]:
-    """For each (tenant, subject), the files that still hold a logged-out row of its erased cookies."""
-    found: dict[tuple[str, str], list[str]] = {}
-    for key, (cookies, files) in sorted(checks.items()):
-        wanted = pa.array(sorted(cookies), pa.string())
-        left = []
-        for rel in sorted(files):
-            path = settings.zones / rel
-            if layout.zone_of(rel) == layout.PII or not path.exists():
-                continue
-            if COOKIE_COLUMN not in pq.read_schema(path).names:
-                continue
-            table = pq.read_table(path, columns=[SUBJECT_COLUMN, COOKIE_COLUMN])
-            hit = pc.and_(pc.is_null(table[SUBJECT_COLUMN]),
-                          pc.fill_null(pc.is_in(table[COOKIE_COLUMN], value_set=wanted), False))
-            if pc.any(hit).as_py():
-                left.append(rel)
-        found[key] = left
-    return found
+def _with_mirrors(files: list[str]) -> set[str]:
+    """Files and, for event- and restricted-zone files, their mirror in the other zone."""
+    return set(files) | {m for f in files if layout.zone_of(f) != layout.PII for m in layout.mirror_pair(f)}
 
 
 # a request's outcome "result": the request was carried out ("done"), or the subject had no data
@@ -538,30 +537,26 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
             store.requests.c.state == "in_progress")).all()
     # the proof: read the subject column of every file the run touched for the subject
     # (and their restricted mirrors), independently of the rewritten index
+    # (and the logged-out rows of the cookies erased with the subject, in the same files)
     affected: dict[tuple[str, str], set[str]] = defaultdict(set)
+    erased_cookies: dict[tuple[str, str], set[str]] = defaultdict(set)
     for g in plan["groups"]:
-        files = set(g["files"]) | {m for f in g["files"] if layout.zone_of(f) != layout.PII
-                                   for m in layout.mirror_pair(f)}
+        files = _with_mirrors(g["files"])
         for s in {*g["erase"], *g["restrict"]}:
             affected[(g["tenant_id"], s)] |= files
-    remaining_files = _scan_affected(settings, affected)
-    # and the logged-out rows of the cookies erased with the subject, in the same files
-    cookie_checks: dict[tuple[str, str], tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
-    for g in plan["groups"]:
-        files = set(g["files"]) | {m for f in g["files"] if layout.zone_of(f) != layout.PII
-                                   for m in layout.mirror_pair(f)}
         for cookie, owners in g.get("erase_cookies", {}).items():
             for s in owners:
-                cookie_checks[(g["tenant_id"], s)][0].add(cookie)
-                cookie_checks[(g["tenant_id"], s)][1].update(files)
-    for key, left in _scan_cookies(settings, cookie_checks).items():
-        remaining_files[key] = sorted(set(remaining_files.get(key, [])) | set(left))
-        affected[key] |= cookie_checks[key][1]
+                erased_cookies[(g["tenant_id"], s)].add(cookie)
+                affected[(g["tenant_id"], s)] |= files
+    remaining_files = _scan_affected(settings, affected, erased_cookies)
+    holds_of: dict[str, Holds] = {}
     indexed = {tenant: set(found) for tenant, found in plan.get("indexed", {}).items()}
     for row in rows:
         outcome: dict[str, Any] = {"type": row.type, "run_id": plan["run_id"]}
         s, tenant = row.subject_id, row.tenant_id
-        holds = legal_holds(settings, tenant)
+        if tenant not in holds_of:
+            holds_of[tenant] = legal_holds(settings, tenant)
+        holds = holds_of[tenant]
         # no file of any zone held the subject when the run was planned
         no_data = "indexed" in plan and s not in indexed.get(tenant, set())
         if row.type == "erase":
