@@ -45,7 +45,7 @@ import os
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -108,7 +108,8 @@ def _stat(path: Path) -> list[int]:
 
 
 def _rel(unit: Unit, name: str) -> str:
-    return f"{unit.zone}/{unit.dataset}/{layout.TENANT_KEY}={unit.tenant}/{layout.DATE_KEY}={unit.day}/{name}"
+    """A file of the unit's partition, relative to the zones root (as the index stores it)."""
+    return str(layout.partition_dir(PurePosixPath(unit.zone), unit.dataset, unit.tenant, unit.day) / name)
 
 
 def _needs_compaction(unit: Unit, files: list[Path], target_rows: int) -> bool:

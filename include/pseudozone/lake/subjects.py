@@ -203,8 +203,9 @@ class SubjectSets:
 
     @classmethod
     def load(cls, settings: Settings, tenant: str) -> SubjectSets:
-        gone, held = erased(settings, tenant), restricted(settings, tenant)
-        return cls(tenant, gone, held, legal_holds(settings, tenant), links(settings, tenant, gone | held))
+        gone, limited = erased(settings, tenant), restricted(settings, tenant)
+        return cls(tenant, gone, limited, legal_holds(settings, tenant),
+                   links(settings, tenant, gone | limited))
 
     def during_run(self, *, erase: Iterable[str] = (), restrict: Iterable[str] = (),
                    unrestrict: Iterable[str] = ()) -> SubjectSets:
