@@ -442,8 +442,7 @@ def read_batch(settings: Settings, ref: BatchRef) -> tuple[pa.Table, Contract]:
 def quarantine(settings: Settings, ref: BatchRef, reason: dict[str, Any]) -> Path:
     """Move the landing file into quarantine beside a machine-readable reason."""
     src = settings.landing / ref.path
-    target_dir = layout.quarantine_dir(settings, ref.dataset, ref.tenant_id)
-    target_dir.mkdir(parents=True, exist_ok=True)
+    target_dir = zones.make_dirs(layout.quarantine_dir(settings, ref.dataset, ref.tenant_id))
     target = target_dir / src.name
     n = 1
     while target.exists():
@@ -454,5 +453,8 @@ def quarantine(settings: Settings, ref: BatchRef, reason: dict[str, Any]) -> Pat
     # a link is moved as a link (never followed); a file under a folder that resolves
     # elsewhere is not ours to move
     if os.path.lexists(src) and _real_inside(settings.landing, src.parent):
-        os.replace(src, target)
+        if src.is_symlink():
+            os.replace(src, target)  # chmod would follow it
+        else:
+            zones.publish(src, target)  # the quarantine's mode (0600) at once, not at the next run
     return target
