@@ -1,0 +1,23 @@
+"""Fixtures of the integration tests: moto's S3/IAM server as a process on loopback (tests/s3_server.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.s3_server import MotoServer, run_moto_server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The endpoint URL of an S3 server that checks no credentials (any key works)."""
+    with run_moto_server() as server:
+        yield server.endpoint_url
+
+
+@pytest.fixture(scope="session")
+def s3_iam_server() -> Iterator[MotoServer]:
+    """An S3/IAM server that enforces IAM policies; ``.admin`` holds an allow-all key."""
+    with run_moto_server(enforce_iam=True) as server:
+        yield server
