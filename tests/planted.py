@@ -34,6 +34,16 @@ NEEDLES = [USER, NAME, "Plantedpii", EMAIL.lower(), "zelda.plantedpii", PHONE, "
 TS = datetime(2026, 11, 3, 9, 30, tzinfo=UTC)
 
 
+def link_id(value: str, column: str = "event_id", dataset: str = "events", tenant: str = TENANT) -> str:
+    """The event zone's keyed pseudonym of a linkable id (``event_id``...) under the test key."""
+    from pseudozone import contracts
+    from pseudozone.keys import KeyRing
+    from tests.conftest import TEST_MASTER_KEY
+
+    purpose = contracts.load(dataset).column(column).link_purpose
+    return KeyRing(TEST_MASTER_KEY, pseudonym_version=1).pseudonymize(tenant, purpose, [value])[0]
+
+
 def profiles() -> pa.Table:
     return pa.table({
         "tenant_id": [TENANT], "user_id": [USER], "email": [EMAIL], "full_name": [NAME],

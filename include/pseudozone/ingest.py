@@ -149,10 +149,20 @@ def _event_column(spec: ColumnSpec, col: pa.ChunkedArray, keyring: KeyRing, tena
     if spec.cls == "identifier":
         purpose = "subject" if spec.subject else spec.name
         return pseudonymize_column(keyring, tenant, purpose, col)
+    if spec.linkable:
+        # the platform's own id, shared with the tenant: a keyed pseudonym (docs/adr/0010-linkage.md)
+        return pseudonymize_column(keyring, tenant, spec.link_purpose, col)
     if spec.cls == "quasi":
         assert spec.generalize is not None
         return GENERALIZERS[spec.generalize](col.combine_chunks(), spec.params)
+    if spec.type == "timestamp" and spec.precision not in (None, "microsecond"):
+        return truncate_timestamps(col.combine_chunks(), spec.precision)
     return col.combine_chunks()
+
+
+def truncate_timestamps(values: pa.Array, precision: str) -> pa.Array:
+    """``values`` truncated to ``precision`` (a ``contracts.PRECISIONS`` unit), type unchanged."""
+    return pc.floor_temporal(values, multiple=1, unit=precision)
 
 
 def build_pii_table(table: pa.Table, contract: Contract, subjects: pa.Array,

@@ -107,13 +107,21 @@ def test_pii_in_a_column_the_scrubber_does_not_touch_is_stopped(
     assert result.reason["columns"] == ["session_id"] and result.reason["rows_at"] == [5]
     assert not any(published.event_zone.rglob("*gate-0001*"))
 
-    # were formats not enforced at ingest, the gate's format check would stop it
+    # were formats not enforced at ingest, the gate's format check would stop a kept column's
+    # value (event_name); a linkable one (session_id) reaches the event zone as a pseudonym only
     _formats_not_enforced(monkeypatch)
-    _land(published, "events", _with(_clean_events(), "session_id", 5, planted.EMAIL), "gate-0002.parquet")
+    _land(published, "events", _with(_clean_events(), "event_name", 5, planted.EMAIL), "gate-0002.parquet")
     [result] = ingest.ingest_pending(published)
     assert result.reason is not None and result.reason["code"] == "validation_failed"
-    assert "session_id" in result.reason["columns"]
+    assert "event_name" in result.reason["columns"]
     assert not any(published.event_zone.rglob("*gate-0002*"))
+    _land(published, "events", _with(_clean_events(), "session_id", 5, planted.EMAIL), "gate-0003.parquet")
+    [result] = ingest.ingest_pending(published)
+    assert result.status == "done"
+    [written] = published.event_zone.rglob("*gate-0003*")
+    sessions = pq.read_table(written)["session_id"].to_pylist()
+    assert planted.link_id(planted.EMAIL, "session_id") in sessions
+    assert planted.find_needles("\n".join(map(str, sessions))) == []
 
 
 def _two_profiles() -> pa.Table:
@@ -178,8 +186,9 @@ def test_forbidden_subjects_and_plaintext_in_the_pii_zone_fail_the_gate() -> Non
     ring = KeyRing(TEST_MASTER_KEY)
     erased, kept = ring.subject_id("acme", "gone"), ring.subject_id("acme", "kept")
     table = pa.table({"subject_id": [kept, erased], "anonymous_pid": [None, None],
-                      "event_id": ["evt_1", "evt_2"], "event_name": ["view", "view"],
-                      "event_ts": pa.array([planted.TS] * 2), "session_id": ["s_1", "s_1"],
+                      "event_id": [planted.link_id("evt_1"), planted.link_id("evt_2")],
+                      "event_name": ["view", "view"], "event_ts": pa.array([planted.TS] * 2),
+                      "session_id": [planted.link_id("s_1", "session_id")] * 2,
                       "ip_prefix": ["198.51.100.0/24", None],
                       "user_agent": ["x", "y"], "page_url": ["/", "/"], "properties_json": ["{}", "{}"]})
     with pytest.raises(gate.ValidationFailed) as caught:
@@ -288,13 +297,30 @@ def test_several_files_at_once_and_a_metric_error_fails_closed_without_its_messa
     assert planted.find_needles(stored) == []
 
 
+def test_a_raw_id_in_a_linkable_column_fails_the_gate() -> None:
+    events = contracts.load("events")
+    subject = KeyRing(TEST_MASTER_KEY).subject_id("acme", "u1")
+    table = pa.table({"subject_id": [subject] * 2, "anonymous_pid": [None] * 2,
+                      "event_id": [planted.link_id("evt_1"), "0f8fad5bd9cb469fa16570867728950e"],
+                      "event_name": ["view"] * 2, "event_ts": pa.array([planted.TS] * 2),
+                      "session_id": [planted.link_id("s_1", "session_id"), "9f86d081884c7d65"],
+                      "ip_prefix": ["198.51.100.0/24"] * 2, "user_agent": ["x"] * 2, "page_url": ["/"] * 2,
+                      "properties_json": ["{}"] * 2})
+    with pytest.raises(gate.ValidationFailed) as caught:
+        gate.check(events, events=[("f.parquet", table)])
+    assert sorted((f.name(), f.rows) for r in caught.value.reports for f in r.failures) == [
+        ("expect_column_values_to_match_pattern:event_id", [1]),
+        ("expect_column_values_to_match_pattern:session_id", [1])]
+
+
 def test_a_rewrite_checks_every_rows_subject_and_the_changed_rows_in_full() -> None:
     events = contracts.load("events")
     ring = KeyRing(TEST_MASTER_KEY)
     kept, moved = ring.subject_id("acme", "kept"), ring.subject_id("acme", "moved")
     table = pa.table({"subject_id": [kept, moved, moved], "anonymous_pid": [None] * 3,
-                      "event_id": ["evt_1", "evt_2", "evt_3"], "event_name": ["view"] * 3,
-                      "event_ts": pa.array([planted.TS] * 3), "session_id": ["s_1"] * 3,
+                      "event_id": [planted.link_id(f"evt_{i}") for i in (1, 2, 3)],
+                      "event_name": ["view"] * 3, "event_ts": pa.array([planted.TS] * 3),
+                      "session_id": [planted.link_id("s_1", "session_id")] * 3,
                       "ip_prefix": ["198.51.100.0/24"] * 3, "user_agent": ["x"] * 3, "page_url": ["/"] * 3,
                       "properties_json": ["{}", "{}", planted.FREE_TEXT_FORMS["iban"]]})
     # rows of subjects the rewrite did not touch are only checked for their subject
@@ -320,7 +346,10 @@ def test_a_rewrite_checks_every_rows_subject_and_the_changed_rows_in_full() -> N
 ])
 def test_a_formatted_keep_column_is_still_checked_where_its_format_admits_more_than_pure_ids(
         event_id: str, event_name: str, found: str) -> None:
-    events = contracts.load("events")
+    # the bundled contract's ids are linkable (pseudonyms in the event zone): a contract that
+    # keeps them as they are has them checked by their format and scanned where it admits more
+    bundled = contracts.available()["events"].read_text(encoding="utf-8")
+    events = contracts.parse_contract(bundled.replace("linkable: true", "linkable: false"), "events.yaml")
     subject = KeyRing(TEST_MASTER_KEY).subject_id("acme", "u1")
     table = pa.table({"subject_id": [subject], "anonymous_pid": [None], "event_id": [event_id],
                       "event_name": [event_name], "event_ts": pa.array([planted.TS]),

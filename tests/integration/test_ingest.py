@@ -78,7 +78,7 @@ def test_each_free_text_pii_form_is_scrubbed(lake: Settings, form: str) -> None:
     events = pa.concat_tables([pq.read_table(p)
                                for p in (lake.event_zone / "events").rglob("*planted-0000*.parquet")])
     event_id = f"evt_planted_{list(planted.FREE_TEXT_FORMS).index(form)}"
-    row = events.filter(pc.equal(events["event_id"], event_id))
+    row = events.filter(pc.equal(events["event_id"], planted.link_id(event_id)))
     assert row.num_rows == 1
     for column in ("page_url", "properties_json", "user_agent"):
         text = row[column][0].as_py()

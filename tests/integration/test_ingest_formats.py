@@ -160,10 +160,14 @@ def test_a_formatted_identifier_keeps_the_pseudonym_check_in_the_event_zone() ->
 
 def test_the_bundled_event_suite_matches_formats_instead_of_scanning_ids() -> None:
     checks = _text_checks(contracts.load("events"), known_ref="known-1")
-    for column in ("event_id", "session_id", "event_name"):
-        check, *more = [c for c in checks if c.column == column]
-        assert isinstance(check, ExpectColumnValuesToMatchPattern)
-        assert all(c.skip_pattern == PURE_ID_RE for c in more)
+    # event_name: its format, and scans that skip pure ids
+    check, *more = [c for c in checks if c.column == "event_name"]
+    assert isinstance(check, ExpectColumnValuesToMatchPattern) and check.pattern != PSEUDONYM_RE
+    assert more and all(c.skip_pattern == PURE_ID_RE for c in more)
+    # the platform's ids are linkable: the event zone holds keyed pseudonyms, checked as such
+    for column in ("event_id", "session_id"):
+        [check] = [c for c in checks if c.column == column]
+        assert isinstance(check, ExpectColumnValuesToMatchPattern) and check.pattern == PSEUDONYM_RE
     for column in ("user_agent", "page_url", "properties_json"):
         assert any(isinstance(c, ExpectColumnValuesToBeFreeOfPii) for c in checks if c.column == column)
 
@@ -173,16 +177,16 @@ def test_the_gate_stops_a_value_that_escaped_the_format_check(settings: Settings
     # simulate a conform regression: formats are not enforced at ingest
     monkeypatch.setattr(landing, "_check_formats", lambda columns, contract: None)
     events = planted.events()
-    ids = events["event_id"].to_pylist()
-    ids[2] = planted.IPV6
-    _land(settings, "events", events.set_column(events.column_names.index("event_id"), "event_id",
-                                                pa.array(ids)))
+    names = events["event_name"].to_pylist()
+    names[2] = planted.IPV6
+    _land(settings, "events", events.set_column(events.column_names.index("event_name"), "event_name",
+                                                pa.array(names)))
 
     [result] = ingest.ingest_pending(settings)
 
     assert result.status == "quarantined" and result.reason is not None
     assert result.reason["code"] == "validation_failed"
-    failures = [f for r in result.reason["validation"] for f in r["failures"] if f["column"] == "event_id"]
+    failures = [f for r in result.reason["validation"] for f in r["failures"] if f["column"] == "event_name"]
     # the format check stops it, and so does the PII scan (an IPv6 address is no pure id)
     assert sorted((f["expectation"], f["rows"]) for f in failures) == [
         ("expect_column_values_to_be_free_of_pii", [2]), ("expect_column_values_to_match_pattern", [2])]
@@ -194,10 +198,12 @@ def test_a_clean_event_zone_table_passes_the_format_checks() -> None:
     ring = KeyRing(TEST_MASTER_KEY)
     subject = ring.subject_id("acme", "someone")
     table = pa.table({"subject_id": [subject] * 3, "anonymous_pid": [None] * 3,
-                      "event_id": ["evt_1", "0d6f1c0e-5b1a-4f7e-9a3b-2c4d5e6f7a8b",
-                                   "01HV6Z8K9Q2W3E4R5T6Y7M8N9P"],
+                      "event_id": [planted.link_id(i) for i in (
+                          "evt_1", "0d6f1c0e-5b1a-4f7e-9a3b-2c4d5e6f7a8b", "01HV6Z8K9Q2W3E4R5T6Y7M8N9P")],
                       "event_name": ["page_view", "checkout:started", "add_to_cart"],
-                      "event_ts": pa.array([planted.TS] * 3), "session_id": ["9f86d081884c7d65", None, "s_1"],
+                      "event_ts": pa.array([planted.TS] * 3),
+                      "session_id": [planted.link_id("9f86d081884c7d65", "session_id"), None,
+                                     planted.link_id("s_1", "session_id")],
                       "ip_prefix": ["198.51.100.0/24"] * 3, "user_agent": ["x"] * 3, "page_url": ["/"] * 3,
                       "properties_json": ["{}"] * 3})
     assert gate.check(events, events=[("e.parquet", table)])

@@ -12,7 +12,8 @@ paths; never a data value):
   and no index entry (bar data retained under a hold), its key is destroyed, and no
   export archive of it is left;
 - ``deadlines``: requests by state and age, overdue and due within 7 days;
-- ``audit_chain``: the audit log's hash chain;
+- ``audit_chain``: the audit log's keyed hash chain, against its checkpoint (then moved to
+  the chain's head, which the report shows);
 - ``reidentification_risk``: k-anonymity per tenant and dataset (``kanon``).
 
 ``write_report`` assembles them into ``reports/compliance/`` under the data root.
@@ -274,7 +275,7 @@ def _suite(zone: str, contract: contracts.Contract, *, forbidden: str, allowed: 
     """(suite key, suite builder) of a zone; the key names the registered sets it checks against."""
     from pseudozone.validation.suites import event_suite, pii_suite, restricted_suite
 
-    version = f"{contract.dataset}:v{contract.version}"
+    version = contract.suite_version
     if zone == "events":
         return (f"nightly:events:{version}:{forbidden}:{known}",
                 partial(event_suite, contract, forbidden_ref=forbidden, known_ref=known, regions=regions))
@@ -499,9 +500,16 @@ def standing(settings: Settings) -> dict[str, Any]:
 
 
 def audit_chain(settings: Settings) -> dict[str, Any]:
-    result = audit.verify(settings)
-    problem = None if result.ok else f"entry {result.first_bad_seq}: {result.problem}"
-    return {"ok": result.ok, "entries": result.entries, "problem": problem}
+    """The audit chain, verified against its checkpoint; a chain that verifies becomes the new
+    checkpoint, and its head (entry count and last hash) goes into the report, an anchor kept
+    apart from the state directory's checkpoint file."""
+    result = audit.verify(settings, update_checkpoint=True)
+    problem = None if result.ok else (
+        result.problem if result.first_bad_seq is None else f"entry {result.first_bad_seq}: {result.problem}")
+    head = None if result.head_hash is None else {"entries": result.entries, "hash": result.head_hash}
+    checked = None if result.checkpoint_entries is None else {"entries": result.checkpoint_entries}
+    return {"ok": result.ok, "entries": result.entries, "problem": problem, "head": head,
+            "checkpoint": checked}
 
 
 def reidentification_risk(settings: Settings, *, k: int = 5) -> dict[str, Any]:

@@ -9,12 +9,23 @@ A ``keep`` or ``identifier`` string column may declare a ``format`` (see
 that does not fit rejects the batch.  In the event zone a formatted ``keep`` column
 is validated by its format instead of being scanned for PII forms.
 
+A ``keep`` string column marked ``linkable: true`` is an id the source system shares
+with the outside (an event id, a request id, a session id): the event zone holds its
+keyed per-tenant pseudonym instead of the value, so that it cannot be joined to the
+tenant's own copy of the data, while columns of one name still join across the
+tenant's datasets.  A ``timestamp`` column keeps the ``precision`` its contract names
+(``second`` unless told): the event zone holds the value truncated to it.  A contract's
+``unique_key`` names a column whose value identifies a row: rows whose key a tenant's
+earlier batch already published are dropped at ingest and counted
+(docs/adr/0010-linkage.md).
+
 Adding a dataset means adding ``<dataset>.yaml`` here, or in the directory
 named by ``PSEUDOZONE_CONTRACTS_DIR``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import string
 from dataclasses import dataclass, field
@@ -39,6 +50,10 @@ FORMAT_CLASSES = ("keep", "identifier")
 NAMED_FORMATS = ("uuid", "hex", "ulid", "integer")
 FORMAT_KINDS = (*NAMED_FORMATS, "enum", "regex")
 MAX_REPEAT = 1000  # RE2's largest repetition count
+# a timestamp column's precision in the event zone, coarsest last (docs/adr/0010-linkage.md)
+PRECISIONS = ("microsecond", "millisecond", "second", "minute", "hour", "day")
+DEFAULT_PRECISION = "second"
+LINK_PURPOSE = "link:"
 
 _HEX = "[0-9a-fA-F]"
 _NAMED_RE = {
@@ -121,6 +136,21 @@ class ColumnSpec:
     generalize: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     format: FormatSpec | None = None
+    # keep columns: the event zone holds the value's keyed pseudonym (purpose ``link_purpose``)
+    linkable: bool = False
+    # timestamp columns: the event zone holds the value truncated to this unit
+    precision: str | None = None
+
+    @property
+    def pseudonymized(self) -> bool:
+        """Whether the event zone holds this column's keyed pseudonym rather than its value."""
+        return self.cls == "identifier" or self.linkable
+
+    @property
+    def link_purpose(self) -> str:
+        """The keyed-pseudonym purpose of a linkable column: one per column name, so that
+        same-named columns of a tenant's datasets still join."""
+        return LINK_PURPOSE + self.name
 
     @property
     def format_regex(self) -> str | None:
@@ -149,6 +179,19 @@ class Contract:
     retention_days: int | None = None
     # event-zone columns a re-identification attack would use (None: the quasi columns)
     declared_quasi_identifiers: tuple[str, ...] | None = None
+    # the column whose value identifies a row: a re-delivered row is dropped at ingest
+    unique_key: str | None = None
+
+    @property
+    def suite_version(self) -> str:
+        """``<dataset>:v<version>:<digest>``: names the expectation suites built from this
+        contract; the digest changes with any column rule, even at the same version."""
+        digest = hashlib.sha256(repr(self).encode()).hexdigest()[:12]
+        return f"{self.dataset}:v{self.version}:{digest}"
+
+    @property
+    def unique_key_column(self) -> ColumnSpec | None:
+        return None if self.unique_key is None else self.column(self.unique_key)
 
     @property
     def names(self) -> list[str]:
@@ -262,7 +305,8 @@ def _format(source: str, name: str, cls: str, typ: str, raw: Any) -> FormatSpec:
 def _column(source: str, name: str, raw: Any) -> ColumnSpec:
     if not isinstance(raw, dict):
         raise _fail(source, f"column {name!r} must be a mapping")
-    known = {"class", "type", "nullable", "required", "subject", "output", "generalize", "format"}
+    known = {"class", "type", "nullable", "required", "subject", "output", "generalize", "format",
+             "linkable", "precision"}
     cls = raw.get("class")
     typ = raw.get("type")
     if cls not in CLASSES:
@@ -285,11 +329,23 @@ def _column(source: str, name: str, raw: Any) -> ColumnSpec:
                             " (format: {name: hex, length: 16})")
     if gen == "prefix" and not (isinstance(params.get("length"), int) and params["length"] > 0):
         raise _fail(source, f"column {name!r}: generalize prefix needs a positive integer length")
+    linkable = raw.get("linkable", False)
+    if not isinstance(linkable, bool):
+        raise _fail(source, f"column {name!r}: linkable must be true or false")
+    if linkable and (cls != "keep" or typ != "string"):
+        raise _fail(source, f"column {name!r}: linkable is only for keep columns of type string")
+    precision = raw.get("precision")
+    if precision is not None and typ != "timestamp":
+        raise _fail(source, f"column {name!r}: precision is only for timestamp columns")
+    if typ == "timestamp":
+        precision = DEFAULT_PRECISION if precision is None else precision
+        if precision not in PRECISIONS:
+            raise _fail(source, f"column {name!r} has precision {precision!r}; expected one of {PRECISIONS}")
     return ColumnSpec(
         name=name, cls=cls, type=typ,
         nullable=bool(raw.get("nullable", True)), required=bool(raw.get("required", True)),
         subject=bool(raw.get("subject", False)), output=raw.get("output"),
-        generalize=gen, params=params, format=fmt,
+        generalize=gen, params=params, format=fmt, linkable=linkable, precision=precision,
     )
 
 
@@ -337,10 +393,17 @@ def parse_contract(text: str, source: str) -> Contract:
         unknown = sorted(set(qis) - set(outs))
         if unknown:
             raise _fail(source, f"quasi_identifiers {unknown} are not event-zone columns")
+    unique_key = raw.get("unique_key")
+    if unique_key is not None:
+        key_spec = by_name.get(unique_key) if isinstance(unique_key, str) else None
+        if key_spec is None or key_spec.event_name is None or key_spec.nullable:
+            raise _fail(source, "unique_key must name a column that is kept in the event zone"
+                                " and nullable: false")
     return Contract(dataset=dataset, version=int(raw.get("version", 1)),
                     partition_date_from=part, columns=columns, source=source, subject_buckets=buckets,
                     retention_days=retention,
-                    declared_quasi_identifiers=tuple(qis) if qis is not None else None)
+                    declared_quasi_identifiers=tuple(qis) if qis is not None else None,
+                    unique_key=unique_key)
 
 
 def _search_dirs() -> list[Path]:

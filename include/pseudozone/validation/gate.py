@@ -95,7 +95,7 @@ def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), p
     checked for its columns and subject, and only those subjects' rows for everything
     else (the other rows are as they were published, and were validated then).
     """
-    dataset, version = contract.dataset, contract.version
+    dataset, version = contract.dataset, contract.suite_version
     mode = ("known" if known is not None else "plain") + ":" + ",".join(regions)
     with _lock, ExitStack() as stack:
         v = validator()
@@ -126,12 +126,12 @@ def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), p
         for zone, (tables, full, subjects_only) in suites.items():
             if not tables:
                 continue
-            key = f"gate:{zone}:{dataset}:v{version}:{mode}"
+            key = f"gate:{zone}:{version}:{mode}"
             if changed is None:
                 reports.append(v.validate(tables, zone=zone, dataset=dataset, key=key, expectations=full))
                 continue
             reports.append(v.validate(tables, zone=zone, dataset=dataset,
-                                      key=f"gate:{zone}-subjects:{dataset}:v{version}",
+                                      key=f"gate:{zone}-subjects:{version}",
                                       expectations=subjects_only))
             subset, positions = _rows_of(tables, changed)
             if subset:

@@ -101,7 +101,7 @@ def _text_checks(contract: Contract, known_ref: str | None, regions: tuple[str, 
         name = spec.event_name
         if name is None or spec.type != "string":
             continue
-        if spec.cls == "identifier":
+        if spec.pseudonymized:
             expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=PSEUDONYM_RE))
         elif spec.cls == "quasi" and spec.generalize == "ip_prefix":
             expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=NETWORK_RE))
