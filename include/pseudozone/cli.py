@@ -275,11 +275,18 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from pseudozone.rights import audit
 
-    result = audit.verify(_settings(args))
+    result = audit.verify(_settings(args), update_checkpoint=True)
     if result.ok:
-        print(f"audit log OK: {result.entries} entries, hash chain intact")
+        anchor = ("no checkpoint yet" if result.checkpoint_entries is None
+                  else f"checkpoint at entry {result.checkpoint_entries} holds")
+        print(f"audit log OK: {result.entries} entries, hash chain intact, {anchor}")
+        if result.head_hash is not None:
+            print(f"head: entry {result.entries}, hash {result.head_hash}"
+                  + (" (checkpoint updated)" if result.checkpoint_updated else ""))
         return 0
-    print(f"audit log BROKEN at entry {result.first_bad_seq} of {result.entries}: {result.problem}")
+    where = (f" ({result.entries} entries)" if result.first_bad_seq is None
+             else f" at entry {result.first_bad_seq} of {result.entries}")
+    print(f"audit log BROKEN{where}: {result.problem}")
     return 1
 
 
@@ -456,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     aud = sub.add_parser("audit", help="the hash-chained audit log")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True)
-    aud_sub.add_parser("verify", help="check the whole chain").set_defaults(func=cmd_audit_verify)
+    aud_sub.add_parser("verify", help="check the whole chain and its checkpoint, then move the checkpoint"
+                                      " to the chain's head").set_defaults(func=cmd_audit_verify)
     ashow = aud_sub.add_parser("show", help="audit entries, oldest first, filtered")
     ashow.add_argument("--tenant")
     ashow.add_argument("--action", help="an action, or a prefix ending in '*' (hold.*)")

@@ -394,6 +394,11 @@ class KeyRing:
         """Encrypts the raw identifiers and values a rights request carries while it is open."""
         return self._derive(f"pseudozone/requests/{tenant}/v1")
 
+    def audit_key(self) -> bytes:
+        """Keys the audit log's hash chain (HMAC-SHA256) and its checkpoint file: one key for the
+        whole data root, never stored (docs/adr/0004-rights-processing.md)."""
+        return self._derive("pseudozone/audit/v1")
+
     def pseudonymize(self, tenant: str, purpose: str, values: Iterable[str],
                      version: int | None = None) -> list[str]:
         """``vN:`` + hex HMAC-SHA256 of each value under the tenant's key for ``purpose``."""

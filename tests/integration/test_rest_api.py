@@ -223,8 +223,8 @@ def test_given_requests_with_planted_pii_then_no_response_contains_it(api: Api) 
 
 def test_given_broken_master_key_then_500_without_detail(settings: Settings,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    token = register_tenant(settings, "acme")  # audited: the audit chain is keyed, so before the key breaks
     monkeypatch.setenv("PSEUDOZONE_MASTER_KEY", "too-short")
-    token = register_tenant(settings, "acme")
     with TestClient(create_app(lambda: settings)) as client:
         response = client.post("/requests", headers={"Authorization": f"Bearer {token}"}, json=_erase())
 

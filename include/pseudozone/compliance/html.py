@@ -320,6 +320,14 @@ def _audit(report: Mapping[str, Any]) -> str:
     else:
         body = (f'<p><span class="no">Hash chain broken</span> ({_fmt(a.get("entries", 0))} entries): '
                 f"{_e(a.get('problem') or 'no detail given')}</p>")
+    head, checkpoint = _dict(a.get("head")), _dict(a.get("checkpoint"))
+    if head:
+        body += (f"<p>Head: entry <strong>{_fmt(head.get('entries'))}</strong>, hash "
+                 f"<code>{_e(head.get('hash'))}</code> (keep it: a later chain must still hold it).</p>")
+    if a:
+        body += ("<p>Checked against the checkpoint of entry "
+                 f"<strong>{_fmt(checkpoint.get('entries'))}</strong>.</p>" if checkpoint
+                 else '<p class="empty">No checkpoint was there to check against.</p>')
     return f'<section id="audit"><h2>Audit log</h2>{body}</section>'
 
 

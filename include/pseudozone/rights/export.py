@@ -173,6 +173,6 @@ def export_request(settings: Settings, request_id: str, *, keyring: KeyRing | No
     with store.transaction(settings) as conn:
         audit.append(conn, "export.written", request_id=request_id, tenant_id=tenant, subject_id=subject,
                      details={"archive": str(target.relative_to(settings.root)), "sha256": digest,
-                              "files": sorted(files)})
+                              "files": sorted(files)}, keyring=keyring)
     return {"request_id": request_id, "archive": str(target.relative_to(settings.root)), "sha256": digest,
             "files": sorted(files), "profile_rows": len(profile)}

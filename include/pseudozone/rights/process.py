@@ -76,7 +76,8 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
                 conn.execute(update(store.requests).where(store.requests.c.request_id == row.request_id)
                              .values(state="in_progress", started_at=now, run_id=run_id))
                 audit.append(conn, "request.in_progress", request_id=row.request_id,
-                             tenant_id=row.tenant_id, subject_id=row.subject_id, details={"run_id": run_id})
+                             tenant_id=row.tenant_id, subject_id=row.subject_id, details={"run_id": run_id},
+                             keyring=keyring)
             if row.type == "restrict":
                 # route the subject's new rows to the restricted zone from now on (fail closed)
                 exists = conn.execute(select(store.restrictions.c.subject_id).where(
@@ -87,7 +88,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
                         tenant_id=row.tenant_id, subject_id=row.subject_id, request_id=row.request_id,
                         since=now))
                     audit.append(conn, "restriction.added", request_id=row.request_id,
-                                 tenant_id=row.tenant_id, subject_id=row.subject_id)
+                                 tenant_id=row.tenant_id, subject_id=row.subject_id, keyring=keyring)
 
     # the latest request per subject decides between restrict and unrestrict; erase wins over all
     work: dict[str, _Work] = defaultdict(_Work)
@@ -357,19 +358,21 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
             counts["*"]["pii_values_rectified"] += n
         outputs[pii_rel] = pii
 
-    _gate(settings, contract, group, outputs, corrections)
+    _gate(settings, contract, group, outputs, corrections, keyring=keyring)
     _publish(settings, dataset, tenant, batch_id, outputs, interim)
     with store.transaction(settings) as conn:
         audit.append(conn, "files.rewritten", tenant_id=tenant, details={
             "dataset": dataset, "batch_id": batch_id, "files": sorted(outputs),
             "erase": len(erase), "erase_cookies": len(erase_cookies), "restrict": len(restrict),
-            "unrestrict": len(unrestrict), "rectify": len(corrections), "held": sorted(held)})
+            "unrestrict": len(unrestrict), "rectify": len(corrections), "held": sorted(held)},
+                     keyring=keyring)
     return {"group_id": group["group_id"], "files": sorted(outputs), "held": sorted(held),
             "counts": {s: dict(c) for s, c in counts.items()}}
 
 
 def _gate(settings: Settings, contract: contracts.Contract, group: dict[str, Any],
-          outputs: dict[str, pa.Table | None], corrections: dict[str, dict[str, str]]) -> None:
+          outputs: dict[str, pa.Table | None], corrections: dict[str, dict[str, str]], *,
+          keyring: KeyRing | None = None) -> None:
     """Validate a group's rewritten files before any replaces a published one.
 
     On failure the group is recorded in quarantine (which files, which expectations;
@@ -404,7 +407,7 @@ def _gate(settings: Settings, contract: contracts.Contract, group: dict[str, Any
         with store.transaction(settings) as conn:
             audit.append(conn, "validation.failed", tenant_id=tenant, details={
                 "group_id": group["group_id"], "dataset": group["dataset"], "batch_id": group["batch_id"],
-                "failed": exc.detail, "reason_file": str(target.relative_to(settings.root))})
+                "failed": exc.detail, "reason_file": str(target.relative_to(settings.root))}, keyring=keyring)
         log.error("group %s: nothing published; %s (see %s)", group["group_id"], exc.detail,
                   target.relative_to(settings.root))
         raise
@@ -565,7 +568,8 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
             if unexpected:
                 failures.append(row.request_id)
                 index.reindex(settings, unexpected)  # so that a retry finds what is left
-                _finish(settings, row, "failed", {"code": "erase_incomplete", "files": unexpected})
+                _finish(settings, row, "failed", {"code": "erase_incomplete", "files": unexpected},
+                        keyring=keyring)
                 continue
             pii_held = holds.keeps("profiles", s)
             destroyed = False
@@ -576,9 +580,9 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                         Vault(keyring, sconn).tombstone(tenant, s)
                 with store.transaction(settings) as tconn:
                     audit.append(tconn, "key.destroyed", request_id=row.request_id, tenant_id=tenant,
-                                 subject_id=s, details={"had_key": destroyed})
+                                 subject_id=s, details={"had_key": destroyed}, keyring=keyring)
             # archives hold the decrypted profile: kept only where the profile is kept
-            exports_deleted = [] if pii_held else _delete_exports(settings, row)
+            exports_deleted = [] if pii_held else _delete_exports(settings, row, keyring=keyring)
             if no_data and not destroyed:
                 outcome["result"] = NO_DATA_FOUND
             linked = plan.get("cookies", {}).get(tenant, {}).get(s, {"erased": 0, "shared_kept": 0})
@@ -597,7 +601,8 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
             if leaked:
                 failures.append(row.request_id)
                 index.reindex(settings, leaked)
-                _finish(settings, row, "failed", {"code": "restrict_incomplete", "files": leaked})
+                _finish(settings, row, "failed", {"code": "restrict_incomplete", "files": leaked},
+                        keyring=keyring)
                 continue
         elif row.type == "unrestrict":
             outcome["rows_moved_back"] = per_subject.get(s, {}).get("rows_unrestricted", 0)
@@ -608,7 +613,7 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                     tconn.execute(delete(store.restrictions).where(
                         store.restrictions.c.tenant_id == tenant, store.restrictions.c.subject_id == s))
                     audit.append(tconn, "restriction.lifted", request_id=row.request_id, tenant_id=tenant,
-                                 subject_id=s)
+                                 subject_id=s, keyring=keyring)
         elif row.type == "rectify":
             payload = requests.open_payload(keyring, tenant, row.request_id, row.payload_enc)
             outcome["fields"] = sorted(payload.get("fields") or {})
@@ -618,20 +623,20 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
             exp = export_by_request.get(row.request_id)
             if exp is None:
                 failures.append(row.request_id)
-                _finish(settings, row, "failed", {"code": "export_missing"})
+                _finish(settings, row, "failed", {"code": "export_missing"}, keyring=keyring)
                 continue
             outcome.update({"archive": exp["archive"], "sha256": exp["sha256"], "files": exp["files"]})
             if no_data and not exp.get("profile_rows"):
                 outcome["result"] = NO_DATA_FOUND
         outcome.setdefault("result", "done")
-        _finish(settings, row, "completed", outcome)
+        _finish(settings, row, "completed", outcome, keyring=keyring)
         summary[row.type if outcome["result"] == "done" else f"{row.type}:{NO_DATA_FOUND}"] += 1
     if failures:
         raise PseudozoneError(f"{len(failures)} request(s) failed verification: {', '.join(failures)}")
     return {"run_id": plan["run_id"], "completed": dict(summary), "groups": len(results)}
 
 
-def _delete_exports(settings: Settings, row: Any) -> list[str]:
+def _delete_exports(settings: Settings, row: Any, *, keyring: KeyRing | None = None) -> list[str]:
     """Delete the export archives made earlier for an erased subject (they hold its data)."""
     with store.engine_for(settings).connect() as conn:
         earlier = [r.request_id for r in conn.execute(select(store.requests.c.request_id).where(
@@ -646,11 +651,12 @@ def _delete_exports(settings: Settings, row: Any) -> list[str]:
             with store.transaction(settings) as conn:
                 audit.append(conn, "export.deleted", request_id=row.request_id, tenant_id=row.tenant_id,
                              subject_id=row.subject_id, details={"export_request_id": request_id,
-                                                                 "reason": "subject erased"})
+                                                                 "reason": "subject erased"}, keyring=keyring)
     return deleted
 
 
-def _finish(settings: Settings, row: Any, state_name: str, details: dict[str, Any]) -> None:
+def _finish(settings: Settings, row: Any, state_name: str, details: dict[str, Any], *,
+            keyring: KeyRing | None = None) -> None:
     values: dict[str, Any] = {"state": state_name, "completed_at": store.utcnow()}
     if state_name == "completed":
         values.update(outcome=json.dumps(details, sort_keys=True), payload_enc=None)  # wipe raw values
@@ -660,7 +666,7 @@ def _finish(settings: Settings, row: Any, state_name: str, details: dict[str, An
         conn.execute(update(store.requests).where(store.requests.c.request_id == row.request_id)
                      .values(**values))
         audit.append(conn, f"request.{state_name}", request_id=row.request_id, tenant_id=row.tenant_id,
-                     subject_id=row.subject_id, details=details)
+                     subject_id=row.subject_id, details=details, keyring=keyring)
 
 
 def process_all(settings: Settings, run_id: str, *, keyring: KeyRing | None = None) -> dict[str, Any]:

@@ -266,9 +266,10 @@ def submit(settings: Settings, raw: Any, *, source: str, keyring: KeyRing | None
                 source=source, received_at=now, due_at=due, completed_at=now,
                 reason=json.dumps(reason)))
             audit.append(conn, "request.received", actor=actor or source, request_id=request_id,
-                         tenant_id=shown_tenant, details={"type": shown_type, "source": source})
+                         tenant_id=shown_tenant, details={"type": shown_type, "source": source},
+                         keyring=keyring)
             audit.append(conn, "request.rejected", actor=actor or source, request_id=request_id,
-                         tenant_id=shown_tenant, details=reason)
+                         tenant_id=shown_tenant, details=reason, keyring=keyring)
         return get_status(settings, request_id)
     keyring = keyring or KeyRing.load(settings)
     subject_id = keyring.subject_id(tenant, user)
@@ -278,10 +279,12 @@ def submit(settings: Settings, raw: Any, *, source: str, keyring: KeyRing | None
             request_id=request_id, tenant_id=tenant, subject_id=subject_id, type=kind, state="accepted",
             source=source, payload_enc=sealed, received_at=now, due_at=due, accepted_at=now))
         audit.append(conn, "request.received", actor=actor or source, request_id=request_id,
-                     tenant_id=tenant, subject_id=subject_id, details={"type": kind, "source": source})
+                     tenant_id=tenant, subject_id=subject_id, details={"type": kind, "source": source},
+                     keyring=keyring)
         audit.append(conn, "request.accepted", actor=actor or source, request_id=request_id,
                      tenant_id=tenant, subject_id=subject_id,
-                     details={"type": kind, "fields": sorted(fields), "due_at": due.isoformat()})
+                     details={"type": kind, "fields": sorted(fields), "due_at": due.isoformat()},
+                     keyring=keyring)
     return get_status(settings, request_id)
 
 
@@ -405,7 +408,8 @@ def add_legal_hold(settings: Settings, *, tenant_id: str, reason: str, reason_co
         assert key is not None
         hold_id = int(key[0])
         audit.append(conn, "hold.added", tenant_id=tenant_id, subject_id=subject,
-                     details={"hold_id": hold_id, "dataset": dataset, "reason_code": reason_code})
+                     details={"hold_id": hold_id, "dataset": dataset, "reason_code": reason_code},
+                     keyring=keyring)
     return hold_id
 
 

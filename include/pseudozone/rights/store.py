@@ -77,7 +77,7 @@ legal_holds = Table(
 
 # columns added after a table was first created: (table, column, DDL type); added in place
 # when missing, on SQLite and PostgreSQL alike
-_ADDED_COLUMNS = (("legal_holds", "reason_code", "VARCHAR(32)"),)
+_ADDED_COLUMNS = (("legal_holds", "reason_code", "VARCHAR(32)"), ("audit_log", "scheme", "VARCHAR(16)"))
 
 restrictions = Table(
     "restrictions", metadata,
@@ -99,7 +99,12 @@ audit_log = Table(
     Column("details", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("scheme", String(16)),                # how ``hash`` was made; null: plain SHA-256 (legacy)
 )
+
+# the key of ``Connection.info`` under which ``transaction`` names its data root (``audit.append``
+# keys its entries with that root's audit key)
+SETTINGS_INFO = "pseudozone.settings"
 
 
 def utcnow() -> datetime:
@@ -159,4 +164,8 @@ def transaction(settings: Settings) -> Iterator[Connection]:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("LOCK TABLE audit_log IN EXCLUSIVE MODE")
-        yield conn
+        conn.info[SETTINGS_INFO] = settings
+        try:
+            yield conn
+        finally:
+            conn.info.pop(SETTINGS_INFO, None)  # the pooled connection outlives this transaction
