@@ -75,8 +75,30 @@ def prefix(values: pa.Array, params: dict[str, Any]) -> pa.Array:
     return pc.utf8_slice_codeunits(trimmed, 0, length)
 
 
+def significant(values: pa.Array, params: dict[str, Any]) -> pa.Array:
+    """A number rounded down to ``digits`` significant digits (123,456 → 120,000 with 2), type kept.
+
+    A byte count or amount exact to the unit is nearly unique per row, so it would link a row
+    to the tenant's copy of it (docs/adr/0010-linkage.md); its order of magnitude does not.
+    """
+    import numpy as np
+
+    digits = int(params["digits"])
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    x = np.asarray(pc.fill_null(arr.cast(pa.float64()), 0).to_numpy(zero_copy_only=False))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exponent = np.floor(np.log10(np.abs(x))) - (digits - 1)
+    if pa.types.is_integer(arr.type):
+        exponent = np.maximum(exponent, 0)
+    scale = np.where(np.isfinite(exponent), np.power(10.0, exponent), 1.0)
+    rounded = np.trunc(x / scale) * scale
+    out = pa.array(rounded, pa.float64()).cast(arr.type, safe=False)
+    return pc.if_else(pc.is_valid(arr), out, pa.scalar(None, arr.type))
+
+
 GENERALIZERS: dict[str, Callable[[pa.Array, dict[str, Any]], pa.Array]] = {
     "ip_prefix": ip_prefix,
     "year": year,
     "prefix": prefix,
+    "significant": significant,
 }

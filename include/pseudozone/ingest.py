@@ -37,13 +37,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pseudozone import ledger, scrub, state, zones
+from pseudozone import ledger, linkage, scrub, state, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN, ColumnSpec, Contract
 from pseudozone.errors import ContractViolation, PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
-from pseudozone.lake import index, layout
+from pseudozone.lake import index, layout, published
 from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, link_pairs, record_links
 from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sha256_of
 from pseudozone.pii.detectors import DEFAULT_REGIONS
@@ -72,6 +72,8 @@ class BatchResult:
     rows_pii: int = 0
     rows_restricted: int = 0
     rows_dropped_erased: int = 0
+    # rows whose unique key this tenant's zones already held (or an earlier row of the batch)
+    rows_dropped_duplicate: int = 0
     subjects: int = 0
     files: list[str] = field(default_factory=list)
     reason: dict[str, Any] | None = None
@@ -83,6 +85,7 @@ class BatchResult:
     def counts(self) -> dict[str, int]:
         return {"rows_in": self.rows_in, "rows_event": self.rows_event, "rows_pii": self.rows_pii,
                 "rows_restricted": self.rows_restricted, "rows_dropped_erased": self.rows_dropped_erased,
+                "rows_dropped_duplicate": self.rows_dropped_duplicate,
                 "subjects": self.subjects, "files": len(self.files)}
 
 
@@ -118,17 +121,23 @@ def build_event_table(table: pa.Table, contract: Contract, keyring: KeyRing, ten
     """
     own = _own_values(table, contract)
 
-    def scrubbed(col: pa.ChunkedArray) -> tuple[pa.Array, Evidence]:
+    def tokens(values: list[str]) -> list[str]:
+        return keyring.pseudonymize(tenant, linkage.TEXT_PURPOSE, values)
+
+    def scrubbed(spec: ColumnSpec, col: pa.ChunkedArray) -> tuple[pa.Array, Evidence]:
         if own is not None:
             col = pa.chunked_array([pa.array(scrub.redact_known(col.to_pylist(), own), pa.string())])
-        return scrub.scrub_with_evidence(col, regions=regions, known=known)
+        clean, found = scrub.scrub_with_evidence(col, regions=regions, known=known)
+        # then the platform's ids in it (docs/adr/0010-linkage.md); the evidence stays that of
+        # the scrubber's input, so the gate checks every row this changed in full
+        return (linkage.replace_ids(clean, tokens) if spec.tokenize_ids else clean), found
 
     out: dict[str, Any] = {}
     # free-text columns are scrubbed side by side: their Arrow kernels run outside the GIL
     with ThreadPoolExecutor(SCRUB_THREADS, thread_name_prefix="pseudozone-scrub") as pool:
         for spec in contract.columns:
             if spec.event_name is not None and spec.cls == "free_text":
-                out[spec.event_name] = pool.submit(scrubbed, table[spec.name])
+                out[spec.event_name] = pool.submit(scrubbed, spec, table[spec.name])
         for spec in contract.columns:
             name = spec.event_name
             if name is None or spec.cls == "free_text":
@@ -244,6 +253,8 @@ class _Plan:
     gate: Callable[[], object] = lambda: None
     # distinct (subject_id, anonymous_pid) pairs with first and last date: identity links
     links: pa.Table | None = None
+    # the unique keys of the rows it publishes (contracts with a unique_key)
+    keys: pa.Array | None = None
 
 
 def subject_buckets(subjects: pa.Array, n: int) -> pa.Array:
@@ -283,8 +294,29 @@ def _tenant_known(settings: Settings, keyring: KeyRing, tenant: str, table: pa.T
     return AnyKnown(values.known(), own.known()), regions
 
 
+# called with (tenant, dataset, unique keys) before a batch reads the keys its zones hold:
+# ingest_pending waits there for a batch still being committed that holds some of them
+Settle = Callable[[str, str, pa.Array], None]
+
+
+def _repeated_rows(settings: Settings, contract: Contract, tenant: str, table: pa.Table, event: pa.Table,
+                   settle: Settle | None) -> pa.Array | None:
+    """True for each row whose unique key the tenant's zones hold, or an earlier row has."""
+    spec = contract.unique_key_column
+    if spec is None or spec.event_name is None or not table.num_rows:
+        return None
+    keys = event[spec.event_name].combine_chunks()
+    if settle is not None:
+        settle(tenant, contract.dataset, keys)
+    days = pc.unique(pc.cast(table[contract.partition_date_from], pa.date32())).to_pylist()
+    held = published.key_values(settings, contract.dataset, tenant, spec.event_name,
+                                [d.isoformat() for d in days if d is not None])
+    return published.repeated(keys, held)
+
+
 def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa.Table,
-                keyring: KeyRing, result: BatchResult, tenant_cache: TenantCache | None = None) -> _Plan:
+                keyring: KeyRing, result: BatchResult, tenant_cache: TenantCache | None = None,
+                settle: Settle | None = None) -> _Plan:
     tenant = ref.tenant_id
     known, regions = _tenant_known(settings, keyring, tenant, table, contract, tenant_cache)
     # the scrubber's scan evidence: the gate reuses it for the rows the scrubber left as they were
@@ -301,19 +333,27 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     has_cookie = COOKIE_COLUMN in event.column_names
     # so are the logged-out rows of a cookie whose every linked subject is erased (ADR 0008)
     gone_cookies = as_array(sets.gone_cookies(contract.dataset, new_batch=True)) if has_cookie else None
+    drop_erased: pa.Array | None = None
     if len(erased):
-        drop = pc.fill_null(pc.is_in(subjects, value_set=erased), False)
+        drop_erased = pc.fill_null(pc.is_in(subjects, value_set=erased), False)
         if gone_cookies is not None and len(gone_cookies):
-            drop = pc.or_(drop, pc.and_(pc.is_null(subjects), pc.fill_null(
+            drop_erased = pc.or_(drop_erased, pc.and_(pc.is_null(subjects), pc.fill_null(
                 pc.is_in(event[COOKIE_COLUMN], value_set=gone_cookies), False)))
-        keep = pc.invert(drop)
-        result.rows_dropped_erased = len(keep) - int(pc.sum(keep).as_py() or 0)
-        if result.rows_dropped_erased:
-            table, event = table.filter(keep), event.filter(keep)
-            kept = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
-            evidence = {name: found.take(kept) for name, found in evidence.items()}
-            subjects = event[SUBJECT_COLUMN].combine_chunks()
-            input_rows = input_rows[keep.to_numpy(zero_copy_only=False)]
+        result.rows_dropped_erased = int(pc.sum(drop_erased).as_py() or 0)
+    # a row whose unique key the tenant's zones already hold is a re-delivery (ADR 0010)
+    drop_repeated = _repeated_rows(settings, contract, tenant, table, event, settle)
+    if drop_repeated is not None:
+        if drop_erased is not None:
+            drop_repeated = pc.and_(drop_repeated, pc.invert(drop_erased))
+        result.rows_dropped_duplicate = int(pc.sum(drop_repeated).as_py() or 0)
+    if result.rows_dropped_erased or result.rows_dropped_duplicate:
+        drops = [d for d in (drop_erased, drop_repeated) if d is not None]
+        keep = pc.invert(drops[0] if len(drops) == 1 else pc.or_(*drops))
+        table, event = table.filter(keep), event.filter(keep)
+        kept = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+        evidence = {name: found.take(kept) for name, found in evidence.items()}
+        subjects = event[SUBJECT_COLUMN].combine_chunks()
+        input_rows = input_rows[kept]
     wanted = _distinct_subjects(subjects)
     result.subjects = len(wanted)
     # a restricted subject's rows go to the restricted zone, out of analysts' reach
@@ -352,7 +392,11 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
                               restricted=as_array(sets.allowed_restricted(contract.dataset, new_batch=True)),
                               erased=as_array(sets.forbidden_pii(contract.dataset, new_batch=True)),
                               regions=regions, evidence=evidence)
-    return _Plan(ref, contract, result, outputs, index.from_placements(subjects, placements), check, links)
+    key_spec = contract.unique_key_column
+    key_column = None if key_spec is None else key_spec.event_name
+    keys = event[key_column].combine_chunks() if key_column is not None else None
+    return _Plan(ref, contract, result, outputs, index.from_placements(subjects, placements), check, links,
+                 keys)
 
 
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
@@ -423,7 +467,7 @@ def _failed(ref: BatchRef, step: str, exc: Exception) -> PseudozoneError:
 
 
 def _prepare(settings: Settings, ref: BatchRef, keyring: KeyRing | None,
-             tenant_cache: TenantCache | None = None) -> _Plan | BatchResult:
+             tenant_cache: TenantCache | None = None, settle: Settle | None = None) -> _Plan | BatchResult:
     """Ledger check, read, conform and transform; a finished result when there is nothing to write."""
     settings.ensure()
     result = BatchResult(ref.batch_id, ref.dataset, ref.tenant_id, "skipped")
@@ -456,7 +500,7 @@ def _prepare(settings: Settings, ref: BatchRef, keyring: KeyRing | None,
         result.rows_in = table.num_rows
         step = "transform"
         return _plan_batch(settings, ref, contract, table, keyring or KeyRing.load(settings), result,
-                           tenant_cache)
+                           tenant_cache, settle)
     except ContractViolation as violation:
         return _reject(settings, ref, result, violation)
     except PseudozoneError:
@@ -588,15 +632,26 @@ def ingest_pending(settings: Settings, *, keyring: KeyRing | None = None, worker
     # most one batch waits to be written, which bounds memory to two batches
     with ThreadPoolExecutor(1, thread_name_prefix="pseudozone-commit") as committer:
         inflight: Future[BatchResult] | None = None
+        inflight_plan: _Plan | None = None
+
+        def settle(tenant: str, dataset: str, keys: pa.Array) -> None:
+            # a batch that repeats keys of the one being committed waits until it is
+            # published (or quarantined), then reads the zones as they are
+            plan = inflight_plan
+            if (inflight is not None and plan is not None and plan.keys is not None
+                    and (plan.ref.tenant_id, plan.ref.dataset) == (tenant, dataset)
+                    and published.overlaps(keys, plan.keys)):
+                inflight.exception()  # waits; its error is raised where its result is taken
+
         for ref in refs:
-            prepared = _prepare(settings, ref, keyring, tenant_cache)
+            prepared = _prepare(settings, ref, keyring, tenant_cache, settle)
             if inflight is not None:
                 finished(inflight.result())
-                inflight = None
+                inflight, inflight_plan = None, None
             if isinstance(prepared, BatchResult):
                 finished(prepared)
             else:
-                inflight = committer.submit(_commit, settings, prepared)
+                inflight, inflight_plan = committer.submit(_commit, settings, prepared), prepared
         if inflight is not None:
             finished(inflight.result())
     return results

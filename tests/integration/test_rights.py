@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import sqlite3
 import zipfile
 from pathlib import Path
@@ -157,8 +158,13 @@ def test_export_holds_that_subjects_data_only(rlake: Settings) -> None:
         assert [p["full_name"] for p in profile] == [planted.NAME]
         for name in ("events.json", "server_logs.json", "profile_pseudonymous.json"):
             rows = json.loads(archive.read(name))
-            assert rows and {r["subject_id"] for r in rows} == {SUBJECT}
+            # the tenant's own user id, never a pseudonym (docs/adr/0010-linkage.md)
+            assert rows and {r["user_id"] for r in rows} == {planted.USER}
+            assert not {"subject_id", "anonymous_pid", "event_id", "session_id", "request_id"} & set(rows[0])
         assert len(json.loads(archive.read("events.json"))) == 10
+        assert "subject_id" not in manifest
+        everything = b"".join(archive.read(n) for n in archive.namelist())
+        assert re.search(rb"v[0-9]+:[0-9a-f]{64}", everything) is None
 
 
 def test_legal_hold_keeps_held_data_and_the_outcome_says_so(rlake: Settings) -> None:

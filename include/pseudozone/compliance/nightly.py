@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import shutil
 import time
 import zipfile
@@ -286,7 +287,8 @@ def _suite(zone: str, contract: contracts.Contract, *, forbidden: str, allowed: 
 
 
 def _validate_exports(settings: Settings, validator: Any) -> list[dict[str, Any]]:
-    """Each export archive holds only its request's subject (every dataset file in it)."""
+    """Each export archive holds only its request's subject (every record in it), and no pseudonym."""
+    from pseudozone.keys import KeyRing
     from pseudozone.validation.expectations import registered
     from pseudozone.validation.suites import export_suite
 
@@ -300,6 +302,7 @@ def _validate_exports(settings: Settings, validator: Any) -> list[dict[str, Any]
     by_tenant: dict[str, list[Path]] = defaultdict(list)
     for tenant, _, archive in layout.export_archives(settings):
         by_tenant[tenant].append(archive)
+    keyring: KeyRing | None = None
     for tenant, archives in sorted(by_tenant.items()):
         section: dict[str, Any] = {"zone": "exports", "dataset": "*", "tenant_id": tenant, "files": 0,
                                    "rows": 0, "success": True, "failures": []}
@@ -310,12 +313,16 @@ def _validate_exports(settings: Settings, validator: Any) -> list[dict[str, Any]
             owner = subject_of.get(archive.stem)
             if owner is None or owner[0] != tenant:
                 section["success"] = False
-                section["failures"].append({"file": rel, "expectation": "archive_of_a_known_request",
-                                            "column": None, "kind": None, "unexpected_count": None,
-                                            "rows": []})
+                section["failures"].append(_archive_failure(rel, "archive_of_a_known_request"))
                 continue
-            table = _archive_subjects(archive)
+            keyring = keyring or KeyRing.load(settings)
+            table, pseudonyms = _archive_subjects(archive, keyring, tenant, owner[1])
             section["rows"] += table.num_rows
+            if pseudonyms:
+                # the archive goes to the tenant: a pseudonym in it would link the tenant's
+                # user ids to the event zone (docs/adr/0010-linkage.md)
+                section["success"] = False
+                section["failures"].append(_archive_failure(rel, "archive_free_of_pseudonyms", pseudonyms))
             # one suite for every archive; only the registered subject changes
             with registered(pa.array([owner[1]], pa.string()), ref="nightly:export-subject") as ref:
                 report = validator.validate([(rel, table)], zone="exports", dataset="*",
@@ -326,19 +333,34 @@ def _validate_exports(settings: Settings, validator: Any) -> list[dict[str, Any]
     return sections
 
 
-def _archive_subjects(archive: Path) -> pa.Table:
-    """The subject_id of every record in an export archive's dataset files."""
-    subjects: list[str | None] = []
+def _archive_failure(rel: str, expectation: str, count: int | None = None) -> dict[str, Any]:
+    return {"file": rel, "expectation": expectation, "column": None, "kind": None,
+            "unexpected_count": count, "rows": []}
+
+
+_PSEUDONYM_BYTES = re.compile(rb"v[0-9]+:[0-9a-f]{64}")
+
+
+def _archive_subjects(archive: Path, keyring: Any, tenant: str, subject: str) -> tuple[pa.Table, int]:
+    """The keyed pseudonym of every record's ``user_id`` in an export archive (profile and
+    dataset files), under the version of the request's ``subject``, and the number of
+    pseudonym-shaped strings anywhere in the archive."""
+    version = int(subject.split(":", 1)[0].removeprefix("v"))
+    users: list[str | None] = []
+    pseudonyms = 0
     with zipfile.ZipFile(archive) as zf:
         for name in sorted(zf.namelist()):
-            # profile.json is the subject's own decrypted profile (taken by subject from the
-            # PII zone); the dataset files carry the pseudonym of every record
-            if not name.endswith(".json") or name in ("manifest.json", "profile.json"):
+            data = zf.read(name)
+            pseudonyms += len(_PSEUDONYM_BYTES.findall(data))
+            if not name.endswith(".json") or name == "manifest.json":
                 continue
-            records = json.loads(zf.read(name))
+            records = json.loads(data)
             if isinstance(records, list):
-                subjects += [r.get(SUBJECT_COLUMN) if isinstance(r, dict) else None for r in records]
-    return pa.table({SUBJECT_COLUMN: pa.array(subjects, pa.string())})
+                users += [r.get("user_id") if isinstance(r, dict) and isinstance(r.get("user_id"), str)
+                          else None for r in records]
+    known = {u: keyring.subject_id(tenant, u, version) for u in set(users) if u is not None}
+    return pa.table({SUBJECT_COLUMN: pa.array([None if u is None else known[u] for u in users],
+                                              pa.string())}), pseudonyms
 
 
 def _build_data_docs(validator: Any, target: Path) -> Path:

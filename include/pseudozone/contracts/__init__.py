@@ -14,7 +14,9 @@ with the outside (an event id, a request id, a session id): the event zone holds
 keyed per-tenant pseudonym instead of the value, so that it cannot be joined to the
 tenant's own copy of the data, while columns of one name still join across the
 tenant's datasets.  A ``timestamp`` column keeps the ``precision`` its contract names
-(``second`` unless told): the event zone holds the value truncated to it.  A contract's
+(``second`` unless told): the event zone holds the value truncated to it.  Ids inside a
+``free_text`` column are replaced by keyed tokens unless it says ``tokenize_ids: false``
+(``pseudozone.linkage``).  A contract's
 ``unique_key`` names a column whose value identifies a row: rows whose key a tenant's
 earlier batch already published are dropped at ingest and counted
 (docs/adr/0010-linkage.md).
@@ -42,7 +44,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 CLASSES = ("identifier", "pii", "quasi", "free_text", "keep", "drop")
 TYPES = ("string", "int64", "float64", "bool", "timestamp", "date")
-GENERALIZERS = ("ip_prefix", "year", "prefix")
+GENERALIZERS = ("ip_prefix", "year", "prefix", "significant")
 TENANT_COLUMN = "tenant_id"
 SUBJECT_COLUMN = "subject_id"
 DATE_PARTITION = "date"
@@ -140,6 +142,8 @@ class ColumnSpec:
     linkable: bool = False
     # timestamp columns: the event zone holds the value truncated to this unit
     precision: str | None = None
+    # free_text columns: id-shaped tokens replaced by keyed tokens (pseudozone.linkage)
+    tokenize_ids: bool = True
 
     @property
     def pseudonymized(self) -> bool:
@@ -306,7 +310,7 @@ def _column(source: str, name: str, raw: Any) -> ColumnSpec:
     if not isinstance(raw, dict):
         raise _fail(source, f"column {name!r} must be a mapping")
     known = {"class", "type", "nullable", "required", "subject", "output", "generalize", "format",
-             "linkable", "precision"}
+             "linkable", "precision", "tokenize_ids"}
     cls = raw.get("class")
     typ = raw.get("type")
     if cls not in CLASSES:
@@ -329,11 +333,20 @@ def _column(source: str, name: str, raw: Any) -> ColumnSpec:
                             " (format: {name: hex, length: 16})")
     if gen == "prefix" and not (isinstance(params.get("length"), int) and params["length"] > 0):
         raise _fail(source, f"column {name!r}: generalize prefix needs a positive integer length")
+    if gen == "significant":
+        digits = params.get("digits")
+        if typ not in ("int64", "float64"):
+            raise _fail(source, f"column {name!r}: generalize significant needs type int64 or float64")
+        if not (isinstance(digits, int) and not isinstance(digits, bool) and 1 <= digits <= 15):
+            raise _fail(source, f"column {name!r}: generalize significant needs digits from 1 to 15")
     linkable = raw.get("linkable", False)
     if not isinstance(linkable, bool):
         raise _fail(source, f"column {name!r}: linkable must be true or false")
     if linkable and (cls != "keep" or typ != "string"):
         raise _fail(source, f"column {name!r}: linkable is only for keep columns of type string")
+    tokenize_ids = raw.get("tokenize_ids", cls == "free_text")
+    if not isinstance(tokenize_ids, bool) or ("tokenize_ids" in raw and cls != "free_text"):
+        raise _fail(source, f"column {name!r}: tokenize_ids is true or false, for free_text columns only")
     precision = raw.get("precision")
     if precision is not None and typ != "timestamp":
         raise _fail(source, f"column {name!r}: precision is only for timestamp columns")
@@ -346,6 +359,7 @@ def _column(source: str, name: str, raw: Any) -> ColumnSpec:
         nullable=bool(raw.get("nullable", True)), required=bool(raw.get("required", True)),
         subject=bool(raw.get("subject", False)), output=raw.get("output"),
         generalize=gen, params=params, format=fmt, linkable=linkable, precision=precision,
+        tokenize_ids=tokenize_ids,
     )
 
 

@@ -6,6 +6,11 @@ the PII zone), its rows of every dataset in the event and restricted zones
 CSV, a manifest with the SHA-256 of every file and a README.  It holds that
 subject's data only.  The archive is written atomically with fixed timestamps,
 so the same data gives the same bytes.
+
+The archive goes to the tenant, so it carries no pseudonym: every record names
+the subject by the tenant's own ``user_id``, and the keyed pseudonyms of the event
+zone (``subject_id``, the cookie's, the linkable ids') are left out.  A tenant
+holding them could join its own user ids to the event zone (docs/adr/0010-linkage.md).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pseudozone.errors import PseudozoneError
 from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data
 from pseudozone.lake import index, layout
 from pseudozone.lake.subjects import COOKIE_COLUMN, links
-from pseudozone.rights import audit, store
+from pseudozone.rights import audit, requests, store
 
 _EPOCH = (2000, 1, 1, 0, 0, 0)
 
@@ -46,15 +51,16 @@ This archive holds every record about you that the platform's lake keeps:
 * profile.json / profile.csv: your profile as you or the service provided it
   (name, email, phone, address), decrypted for this export.
 * <dataset>.json / <dataset>.csv: your activity records (events, server_logs) and
-  the pseudonymous part of your profile, as analysts see them. In these records
-  you appear under a pseudonym ("subject_id"); IP addresses are kept only as a
-  network range, and free text has emails, phone numbers and similar removed.
+  the analytics part of your profile, as the platform's analysts see them, each
+  with your user id ("user_id"). Analysts see them under a pseudonym instead, and
+  without the platform's event, session and request ids; IP addresses are kept only
+  as a network range, times to the second (sign-up dates to the day), and free text
+  has emails, phone numbers and similar removed.
 * manifest.json: every file with its size and SHA-256 checksum.
 
 Records of processing that is restricted at your request are included and marked
 "zone": "restricted". Records made while you were not logged in, on a browser or device
-(cookie) seen only with your account, are included under your pseudonym and marked
-"linked_cookie": true.
+(cookie) seen only with your account, are included and marked "linked_cookie": true.
 """
 
 
@@ -76,6 +82,38 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
                              else (_json_default(v) if isinstance(v, dt.date | bytes) else v)
                              for k, v in row.items()})
     return buf.getvalue().encode()
+
+
+def _pseudonym_columns(dataset: str) -> frozenset[str]:
+    """The event-zone columns of ``dataset`` that hold keyed pseudonyms."""
+    return frozenset(n for c in contracts.load(dataset).columns if c.pseudonymized and (n := c.event_name))
+
+
+def _tenant_facing(rows: dict[str, list[dict[str, Any]]], user_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Each record with the subject's ``user_id`` first and no pseudonym column."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for dataset, records in rows.items():
+        hidden = _pseudonym_columns(dataset)
+        out[dataset] = [{"user_id": user_id, **{k: v for k, v in r.items() if k not in hidden}}
+                        for r in records]
+    return out
+
+
+def _user_id(settings: Settings, keyring: KeyRing, row: Any, profile: list[dict[str, Any]]) -> str:
+    """The tenant's id of the request's subject: from the sealed request, or its profile."""
+    if row.payload_enc is not None:
+        return str(requests.open_payload(keyring, row.tenant_id, row.request_id, row.payload_enc)["user_id"])
+    for record in profile:
+        user = record.get("user_id")
+        if isinstance(user, str) and keyring.subject_id(
+                row.tenant_id, user, _version(row.subject_id)) == row.subject_id:
+            return user
+    raise PseudozoneError(f"export {row.request_id}: the request is completed and its subject has no"
+                          " profile, so the archive cannot be rebuilt (the user id is no longer held)")
+
+
+def _version(pseudonym: str) -> int:
+    return int(pseudonym.split(":", 1)[0].removeprefix("v"))
 
 
 def _subject_rows(settings: Settings, tenant: str, subject: str) -> dict[str, list[dict[str, Any]]]:
@@ -149,14 +187,15 @@ def export_request(settings: Settings, request_id: str, *, keyring: KeyRing | No
     profile = _profile_rows(settings, keyring, tenant, subject)
     files["profile.json"] = json.dumps(profile, indent=2, ensure_ascii=False, default=_json_default).encode()
     files["profile.csv"] = _csv(profile)
-    for dataset, rows in sorted(_subject_rows(settings, tenant, subject).items()):
+    user_id = _user_id(settings, keyring, row, profile)
+    for dataset, rows in sorted(_tenant_facing(_subject_rows(settings, tenant, subject), user_id).items()):
         name = "profile_pseudonymous" if dataset == "profiles" else dataset
         files[f"{name}.json"] = json.dumps(rows, indent=2, ensure_ascii=False, default=_json_default).encode()
         files[f"{name}.csv"] = _csv(rows)
     received = store.as_utc(row.received_at)
     files["README.txt"] = README.format(tenant=tenant, request_id=request_id,
                                         prepared=received.date().isoformat() if received else "").encode()
-    manifest = {"request_id": request_id, "tenant_id": tenant, "subject_id": subject,
+    manifest = {"request_id": request_id, "tenant_id": tenant,
                 "files": [{"name": n, "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
                           for n, b in sorted(files.items())]}
     files["manifest.json"] = json.dumps(manifest, indent=2).encode()
