@@ -8,7 +8,6 @@ are written to be safe (no data values).
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import sqlite3
@@ -20,7 +19,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from pseudozone.config import Settings
-from pseudozone.errors import PseudozoneError
+from pseudozone.errors import PseudozoneError, describe_os_error
 
 DEMO_QUERY = """
 SELECT e.tenant_id, e.event_name, count(*) AS events, count(DISTINCT e.subject_id) AS subjects,
@@ -498,17 +497,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=100_000)
     demo.set_defaults(func=cmd_demo)
     return parser
-
-
-_OS_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-              errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-              errno.EROFS: "the file system is read-only", errno.ENOENT: "no such file or directory"}
-
-
-def describe_os_error(exc: OSError) -> str:
-    """An operating-system error in words (disk full, permission denied, ...) and the path it concerns."""
-    what = _OS_ERRORS.get(exc.errno or 0) or exc.strerror or type(exc).__name__
-    return f"{what}: {exc.filename}" if exc.filename else what
 
 
 def main(argv: Sequence[str] | None = None) -> int:

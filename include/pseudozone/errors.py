@@ -8,7 +8,46 @@ and drops the original text.
 
 from __future__ import annotations
 
+import errno
+import os
+import sqlite3
 from typing import Any
+
+_OS_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+              errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+              errno.EROFS: "the file system is read-only", errno.ENOENT: "no such file or directory"}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An operating-system error in words (disk full, permission denied, ...) and the path it concerns."""
+    what = _OS_ERRORS.get(exc.errno or 0) or exc.strerror or type(exc).__name__
+    return f"{what}: {exc.filename}" if exc.filename else what
+
+
+def machine_failure(exc: BaseException) -> str | None:
+    """The machine's failure behind ``exc`` in words (disk full, permission denied, read-only
+    file system, state database full, out of memory), or None when it is no such failure.
+
+    Arrow's I/O errors carry no errno, only the system's sentence: it is recognised, never
+    echoed (the rest of an Arrow message may name more than a path).
+    """
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc).lower()
+        if "disk is full" in text or "disk i/o error" in text:
+            return "state database: no space left on the device"
+        if "readonly" in text or "read-only" in text:
+            return "state database: the file system is read-only"
+        return None
+    if isinstance(exc, OSError):
+        if exc.errno in _OS_ERRORS:
+            return _OS_ERRORS[exc.errno]
+        text = str(exc)
+        for code, words in _OS_ERRORS.items():
+            if os.strerror(code) in text:
+                return words
+    return None
 
 
 class PseudozoneError(Exception):

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pseudozone import ledger, linkage, scrub, state, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN, ColumnSpec, Contract
-from pseudozone.errors import ContractViolation, PseudozoneError
+from pseudozone.errors import ContractViolation, PseudozoneError, machine_failure
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
 from pseudozone.lake import index, layout, published
@@ -461,7 +461,12 @@ def publish_file(staged: Path, final: Path) -> None:
 
 
 def _failed(ref: BatchRef, step: str, exc: Exception) -> PseudozoneError:
-    # the original message may quote data values: keep only its type
+    # the original message may quote data values: keep only its type, or the machine's failure
+    # in words (disk full is the disk's fault, not the step's)
+    machine = machine_failure(exc)
+    if machine is not None:
+        return PseudozoneError(f"batch {ref.batch_id} stopped: {machine} ({type(exc).__name__}, during"
+                               f" {step}); nothing was marked done, re-run when that is fixed")
     return PseudozoneError(f"batch {ref.batch_id} failed during {step} ({type(exc).__name__}); "
                            "nothing was marked done, re-run to retry")
 
