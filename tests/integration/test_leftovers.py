@@ -4,8 +4,10 @@ by the next run; ingest workers die with their parent."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,9 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import pytest
 
 from pseudozone import ingest, query, zones
 from pseudozone.config import Settings
+from pseudozone.errors import PseudozoneError
 from pseudozone.keys import KeyRing
 from tests import planted
 from tests.conftest import TEST_MASTER_KEY
@@ -179,3 +183,31 @@ def test_ingest_workers_die_with_a_killed_parent(settings: Settings, master_key_
                     os.kill(pid, 9)
         if run.stderr is not None:
             run.stderr.close()
+
+
+@pytest.mark.parametrize(("where", "error", "words"), [
+    # Arrow's own I/O error: no errno, the system's sentence inside its message
+    ("transform", OSError("IOError: error writing 'x' to 'zones/events': No space left on device"),
+     "no space left on the device"),
+    ("publish", OSError(errno.ENOSPC, "No space left on device"), "no space left on the device"),
+    ("publish", OSError(errno.EROFS, "Read-only file system"), "the file system is read-only"),
+    ("transform", sqlite3.OperationalError("database or disk is full"),
+     "state database: no space left on the device"),
+])
+def test_a_full_disk_is_named_as_such_and_nothing_is_marked_done(
+        settings: Settings, master_key_env: None, monkeypatch: pytest.MonkeyPatch,
+        where: str, error: Exception, words: str) -> None:
+    planted.plant(settings.landing)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    with monkeypatch.context() as patched, pytest.raises(PseudozoneError) as caught:
+        patched.setattr(ingest, "_plan_batch" if where == "transform" else "_write_plan", fail)
+        ingest.ingest_pending(settings)
+    message = str(caught.value)
+    assert words in message and f"during {where}" in message and "nothing was marked done" in message
+    assert "zones/events" not in message  # the rest of the library's text is never echoed
+    # not the batch's fault: never counted toward quarantining it as a poison batch
+    results = ingest.ingest_pending(settings)
+    assert results and {r.status for r in results} == {"done"}
