@@ -1,24 +1,28 @@
 """``pseudozone`` command line: generate, ingest, query, status, demo.
 
-The data root comes from ``--home`` or ``PSEUDOZONE_HOME`` (default ``./data``).
-Errors are one line on stderr with exit status 2, never a traceback: messages
-are written to be safe (no data values).
+The data root comes from ``--home`` or ``PSEUDOZONE_HOME`` (default ``./data``); the
+global options may also follow the subcommand.  Errors are one line on stderr with exit
+status 2, never a traceback: messages are written to be safe (no data values).  Commands
+that only read refuse a data root that does not exist, and make nothing under one that does.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
+import math
 import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from pseudozone.config import Settings
+from pseudozone.config import HOME_ENV, Settings
 from pseudozone.errors import PseudozoneError, describe_os_error
 
 DEMO_QUERY = """
@@ -35,6 +39,70 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(args.home)
 
 
+# what a data root holds once pseudozone has used it (``Settings.ensure``, ``generate``, ...)
+_ROOT_PLACES = ("landing", "zones", "state", "reports")
+
+
+def require_data_root(settings: Settings) -> None:
+    """Refuse a data root that does not exist or holds no pseudozone state (a mistyped
+    ``--home``), before a command could make anything there.  The root's path is no data value."""
+    root, hint = settings.root, f"(set {HOME_ENV} or --home)"
+    if not root.exists():
+        raise PseudozoneError(f"data root {root} does not exist {hint}")
+    if not root.is_dir() or not any((root / place).is_dir() for place in _ROOT_PLACES):
+        raise PseudozoneError(f"data root {root} holds no pseudozone state {hint}")
+
+
+def _requests_db_exists(settings: Settings) -> bool:
+    """Whether the request ledger (requests, holds, audit log) exists: reading the default
+    SQLite ledger where there is none would make it (a configured database always exists)."""
+    from pseudozone.rights import store
+
+    url = store.db_url(settings)
+    return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists()
+
+
+def _stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+class _Progress:
+    """A line on stderr per finished piece of long work (batch, step, partition), only when
+    stderr is a terminal: never in a log or a pipe.  Labels are ids and counts, no data value."""
+
+    def __init__(self, what: str, unit: str, total: int | None = None) -> None:
+        self.on = _stderr_is_tty()
+        self.what, self.unit, self.total, self.done = what, unit, total, 0
+        self.started = time.perf_counter()
+
+    def __call__(self, label: str) -> None:
+        self.done += 1
+        if not self.on:
+            return
+        of = f"/{max(self.total, self.done)}" if self.total else ""
+        print(f"pseudozone {self.what}: {self.unit} {self.done}{of} {label}"
+              f" ({time.perf_counter() - self.started:.1f}s)", file=sys.stderr, flush=True)
+
+
+def _json_value(value: object) -> object:
+    """A query result's value as JSON: dates and times in ISO 8601, NaN as null, the rest
+    (decimals, uuids, intervals) as text."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    isoformat = getattr(value, "isoformat", None)
+    return isoformat() if callable(isoformat) else str(value)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from pseudozone.sample import generate
 
@@ -49,18 +117,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pseudozone.ingest import BatchResult, ingest_pending
+    from pseudozone.ingest import BatchResult, ingest_pending, pending
     from pseudozone.keys import KeyRing
 
     settings = _settings(args)
     # a missing or different master key stops the run before anything is read or written
     # (workers load the key themselves, so it is checked here once, up front)
     KeyRing.load(settings)
+    progress = _Progress("ingest", "batch")
+    if progress.on:
+        progress.total = len(pending(settings))  # a listing: file names, sizes and times
 
     def show(res: BatchResult) -> None:
         extra = f" reason={res.reason['code']}" if res.reason else ""
         print(f"{res.status:<11} {res.batch_id}  rows_in={res.rows_in:,} "
-              f"rows_event={res.rows_event:,} rows_pii={res.rows_pii:,}{extra}")
+              f"rows_event={res.rows_event:,} rows_pii={res.rows_pii:,}{extra}", flush=progress.on)
+        progress(res.status)
 
     started = time.perf_counter()
     results = ingest_pending(settings, workers=args.workers, on_result=show)
@@ -89,19 +161,29 @@ def cmd_query(args: argparse.Namespace) -> int:
         columns, rows = query.run(settings, args.sql)
     except duckdb.Error as exc:  # about the SQL over pseudonymous data: safe to show
         raise PseudozoneError(f"query failed: {exc}") from None
+    if args.json:
+        if len(set(columns)) < len(columns):
+            raise PseudozoneError("--json needs distinct column names: give repeated ones an alias (AS name)")
+        _print_json([{c: _json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows])
+        return 0
     print(format_table(columns, rows))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pseudozone.report import status_text
+    from pseudozone import report
 
-    print(status_text(_settings(args)))
+    settings = _settings(args)
+    if args.json:
+        _print_json({"root": str(settings.root), **report.status(settings)})
+    else:
+        print(report.status_text(settings))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     args.tenants, args.seed, args.batch_rows, args.format, args.days = 3, 7, 1_000_000, "parquet", 7
+    args.json = False
     cmd_generate(args)
     args.strict, args.workers = False, 1
     cmd_ingest(args)
@@ -112,8 +194,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_status(status: dict[str, object]) -> None:
-    import json
-
     print(json.dumps(status, indent=2, sort_keys=True))
 
 
@@ -122,6 +202,8 @@ def cmd_request(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.kind == "status":
+        if not _requests_db_exists(settings):  # as get_status says it, without making the ledger
+            raise PseudozoneError(f"no request {args.request_id!r}")
         _print_status(requests.get_status(settings, args.request_id).to_dict())
         return 0
     if args.kind == "retry":
@@ -146,8 +228,14 @@ def cmd_requests(args: argparse.Namespace) -> int:
     from pseudozone.report import format_table
     from pseudozone.rights import requests
 
-    rows = requests.list_requests(_settings(args), tenant_id=args.tenant,
-                                  states=tuple(args.state) if args.state else None)
+    settings = _settings(args)
+    rows = [] if not _requests_db_exists(settings) else requests.list_requests(
+        settings, tenant_id=args.tenant, states=tuple(args.state) if args.state else None)
+    if args.json:
+        _print_json([{"request_id": r.request_id, "tenant_id": r.tenant_id, "type": r.type, "state": r.state,
+                      "received_at": r.received_at, "due_at": r.due_at, "completed_at": r.completed_at}
+                     for r in rows])
+        return 0
     print(format_table(["request_id", "tenant", "type", "state", "received", "due", "completed"],
                        [[r.request_id, r.tenant_id, r.type, r.state, r.received_at[:19], r.due_at[:10],
                          (r.completed_at or "")[:19]] for r in rows]))
@@ -202,6 +290,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"master key from {origin} recorded as the key of {settings.root}")
         return 0
     keys.require_configured_key(settings)  # a check never makes a key (a mistyped --home, say)
+    if not settings.state_db.exists():  # reading the state would make it; nothing is recorded there
+        raise PseudozoneError(f"data root {settings.root} has no state database, so no recorded key to check"
+                              " the configured one against; `pseudozone keys init` records it")
     keys.KeyRing.load(settings)
     print(f"master key matches {settings.root}")
     return 0
@@ -226,7 +317,9 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 def cmd_hold_list(args: argparse.Namespace) -> int:
     from pseudozone.rights import requests
 
-    holds = requests.list_holds(_settings(args), tenant_id=args.tenant, include_lifted=args.all)
+    settings = _settings(args)
+    holds = (requests.list_holds(settings, tenant_id=args.tenant, include_lifted=args.all)
+             if _requests_db_exists(settings) else [])
     if args.json:
         print(json.dumps(holds, indent=2))
         return 0
@@ -259,8 +352,9 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
         except ValueError:
             raise PseudozoneError("--since takes an ISO date or time (2026-12-01T08:00)") from None
         since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
-    found = audit.entries(_settings(args), tenant_id=args.tenant, action=args.action,
-                          request_id=args.request, since=since, limit=args.limit)
+    settings = _settings(args)
+    found = (audit.entries(settings, tenant_id=args.tenant, action=args.action, request_id=args.request,
+                           since=since, limit=args.limit) if _requests_db_exists(settings) else [])
     if args.json:
         print(json.dumps(found, indent=2))
         return 0
@@ -314,7 +408,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compliance_run(args: argparse.Namespace) -> int:
-    from pseudozone.compliance.report import latest, run_nightly
+    from pseudozone.compliance.report import STEPS, latest, run_nightly
     from pseudozone.keys import KeyRing, rotate_after_erasures
 
     settings = _settings(args)
@@ -327,9 +421,11 @@ def cmd_compliance_run(args: argparse.Namespace) -> int:
             raise PseudozoneError("--retention takes DATASET=DAYS, with DAYS a whole number")
         overrides[dataset] = int(days)
     run_id = args.run_id or "manual__" + time.strftime("%Y-%m-%dT%H%M%S", time.gmtime())
-    run_nightly(settings, run_id, k=args.k, retention_overrides=overrides)
+    progress = _Progress("compliance run", "step", total=len(STEPS) + 1)
+    run_nightly(settings, run_id, k=args.k, retention_overrides=overrides, on_step=progress)
     # as the DAG's rotate_keys task: no earlier backup decrypts a subject erased since (ADR 0009)
     rotated = rotate_after_erasures(settings, keyring)
+    progress("rotate_keys")
     if rotated["rotated"]:
         print(f"key-encryption keys rotated for {rotated['rotated']} tenant(s) with erasures since their last"
               " rotation")
@@ -339,11 +435,16 @@ def cmd_compliance_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from pseudozone.lake.compact import compact
+    from pseudozone.lake.compact import Unit, compact
+
+    progress = _Progress("compact", "partition")
+
+    def compacted(unit: Unit) -> None:
+        progress(f"{unit.zone}/{unit.dataset} tenant={unit.tenant} day={unit.day}")
 
     started = time.perf_counter()
     summary = compact(_settings(args), target_rows=args.target_rows, tenants=args.tenant or None,
-                      datasets=args.dataset or None)
+                      datasets=args.dataset or None, on_partition=compacted)
     took = time.perf_counter() - started
     print(f"compacted {summary['partitions']} partition(s) in {took:.1f}s: {summary['files_in']} file(s)"
           f" -> {summary['files_out']}, {summary['rows']:,} row(s); killed runs finished"
@@ -352,149 +453,192 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 1 if summary["conflicts"] else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pseudozone", description=__doc__.splitlines()[0])
-    parser.add_argument("--home", help="data root (default: $PSEUDOZONE_HOME or ./data)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    sub = parser.add_subparsers(dest="command", required=True)
+HOLD_CODES = ["litigation", "regulatory_investigation", "tax_audit", "law_enforcement", "contract", "other"]
+REQUEST_STATES = ["received", "accepted", "in_progress", "completed", "rejected", "failed"]
 
-    gen = sub.add_parser("generate", help="write seeded synthetic landing data")
-    gen.add_argument("--events", type=int, default=100_000)
-    gen.add_argument("--tenants", type=int, default=3)
-    gen.add_argument("--seed", type=int, default=7)
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it has none worth showing (None, off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pseudozone")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _global_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    """``--home`` and ``--verbose``, accepted before the subcommand and after it (where ``default``
+    is SUPPRESS, so that they override only when given)."""
+    parser.add_argument("--home", default=default, metavar="DIR",
+                        help=f"data root (default: ${HOME_ENV}, else ./data)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        default=False if default is None else default, help="log progress")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pseudozone", formatter_class=_HelpFormatter,
+                                     description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the installed version and exit")
+    _global_options(parser, default=None)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, default=argparse.SUPPRESS)
+
+    def add(subs: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+            text: str) -> argparse.ArgumentParser:
+        return subs.add_parser(name, help=text, description=text, parents=[common],
+                               formatter_class=_HelpFormatter)
+
+    def json_option(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--json", action="store_true", help=f"print {what} as JSON instead of a table")
+
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = add(sub, "generate", "write seeded synthetic landing data")
+    gen.add_argument("--events", type=int, default=100_000, help="events to write")
+    gen.add_argument("--tenants", type=int, default=3, help="tenants to spread them over")
+    gen.add_argument("--seed", type=int, default=7, help="random seed (the same seed, the same data)")
     gen.add_argument("--batch-rows", type=int, default=1_000_000, help="rows per landing file")
-    gen.add_argument("--format", choices=["parquet", "csv", "jsonl"], default="parquet")
+    gen.add_argument("--format", choices=["parquet", "csv", "jsonl"], default="parquet",
+                     help="landing file format")
     gen.add_argument("--days", type=int, default=7, help="days of activity to spread events over")
     gen.set_defaults(func=cmd_generate)
 
-    ing = sub.add_parser("ingest", help="pseudonymize every pending landing batch (no Airflow)")
+    ing = add(sub, "ingest", "pseudonymize every pending landing batch (no Airflow)")
     ing.add_argument("--strict", action="store_true", help="exit 1 if any batch was quarantined")
     ing.add_argument("--workers", type=int, default=1,
                      help="batches processed at once, one process each (about 1 GB per 1M-row batch)")
     ing.set_defaults(func=cmd_ingest)
 
-    qry = sub.add_parser("query", help="run SQL with DuckDB over the event zone")
+    qry = add(sub, "query", "run SQL with DuckDB over the event zone")
     qry.add_argument("sql", help="e.g. \"SELECT event_name, count(*) FROM events GROUP BY 1\"")
-    qry.set_defaults(func=cmd_query)
+    json_option(qry, "the rows (one object per row)")
+    qry.set_defaults(func=cmd_query, needs_root=True)
 
-    sub.add_parser("status", help="rows per zone and the batch ledger").set_defaults(func=cmd_status)
+    sts = add(sub, "status", "rows per zone and the batch ledger")
+    json_option(sts, "the zones and the batch ledger")
+    sts.set_defaults(func=cmd_status, needs_root=True)
 
-    req = sub.add_parser("request", help="file a data-subject rights request, or show one")
-    req_sub = req.add_subparsers(dest="kind", required=True)
+    req = add(sub, "request", "file a data-subject rights request, or show one")
+    req_sub = req.add_subparsers(dest="kind", required=True, metavar="KIND")
     for kind in ("erase", "rectify", "restrict", "unrestrict", "export"):
-        p = req_sub.add_parser(kind, help=f"file a{'n' if kind[0] in 'aeiou' else ''} {kind} request")
-        p.add_argument("--tenant", required=True)
+        p = add(req_sub, kind, f"file a{'n' if kind[0] in 'aeiou' else ''} {kind} request")
+        p.add_argument("--tenant", required=True, help="the tenant the subject belongs to")
         p.add_argument("--user", required=True, help="the subject's user id in that tenant")
         if kind == "rectify":
             p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                            help="a corrected profile value (repeatable)")
         p.set_defaults(func=cmd_request)
-    st = req_sub.add_parser("status", help="show one request")
-    st.add_argument("request_id")
-    st.set_defaults(func=cmd_request)
-    rt = req_sub.add_parser("retry", help="put a failed request back in the queue")
-    rt.add_argument("request_id")
-    rt.set_defaults(func=cmd_request)
+    st = add(req_sub, "status", "show one request")
+    st.add_argument("request_id", help="the id printed when the request was filed")
+    st.set_defaults(func=cmd_request, needs_root=True)
+    rt = add(req_sub, "retry", "put a failed request back in the queue")
+    rt.add_argument("request_id", help="the failed request's id")
+    rt.set_defaults(func=cmd_request, needs_root=True)
 
-    lst = sub.add_parser("requests", help="list rights requests")
-    lst.add_argument("--tenant")
-    lst.add_argument("--state", action="append",
-                     choices=["received", "accepted", "in_progress", "completed", "rejected", "failed"])
-    lst.set_defaults(func=cmd_requests)
+    lst = add(sub, "requests", "list rights requests")
+    lst.add_argument("--tenant", help="only this tenant's requests")
+    lst.add_argument("--state", action="append", choices=REQUEST_STATES,
+                     help="only requests in this state (repeatable)")
+    json_option(lst, "the requests")
+    lst.set_defaults(func=cmd_requests, needs_root=True)
 
-    rights = sub.add_parser("rights", help="process open rights requests without Airflow")
-    rights_sub = rights.add_subparsers(dest="rights_command", required=True)
-    rights_sub.add_parser("process", help="intake the inbox and apply every open request"
-                          ).set_defaults(func=cmd_rights_process)
+    rights = add(sub, "rights", "process open rights requests without Airflow")
+    rights_sub = rights.add_subparsers(dest="rights_command", required=True, metavar="COMMAND")
+    add(rights_sub, "process", "intake the inbox and apply every open request").set_defaults(
+        func=cmd_rights_process)
 
-    tenant = sub.add_parser("tenant", help="tenants of the REST door")
-    tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True)
-    tadd = tenant_sub.add_parser("add", help="register a tenant and print its API token")
-    tadd.add_argument("tenant")
+    tenant = add(sub, "tenant", "tenants of the REST door")
+    tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True, metavar="COMMAND")
+    tadd = add(tenant_sub, "add", "register a tenant and print its API token")
+    tadd.add_argument("tenant", help="the new tenant's id")
     tadd.set_defaults(func=cmd_tenant_add)
-    trot = tenant_sub.add_parser("rotate-token", help="replace a tenant's API token (audited)")
-    trot.add_argument("tenant")
-    trot.set_defaults(func=cmd_tenant_add)
+    trot = add(tenant_sub, "rotate-token", "replace a tenant's API token (audited)")
+    trot.add_argument("tenant", help="the tenant's id")
+    trot.set_defaults(func=cmd_tenant_add, needs_root=True)
 
-    hold = sub.add_parser("hold", help="legal holds")
-    hold_sub = hold.add_subparsers(dest="hold_command", required=True)
-    hadd = hold_sub.add_parser("add", help="keep a tenant's data (or one dataset / subject) through erasure")
-    hadd.add_argument("--tenant", required=True)
-    hadd.add_argument("--dataset")
-    hadd.add_argument("--user")
+    hold = add(sub, "hold", "legal holds")
+    hold_sub = hold.add_subparsers(dest="hold_command", required=True, metavar="COMMAND")
+    hadd = add(hold_sub, "add", "keep a tenant's data (or one dataset / subject) through erasure")
+    hadd.add_argument("--tenant", required=True, help="the tenant whose data is kept")
+    hadd.add_argument("--dataset", help="only this dataset (default: all of the tenant's)")
+    hadd.add_argument("--user", help="only this subject's data, by user id (default: every subject's)")
     hadd.add_argument("--reason", required=True,
                       help="why the data is kept (free text, stored encrypted; tenants see only --code)")
-    hadd.add_argument("--code", default="other",
-                      choices=["litigation", "regulatory_investigation", "tax_audit", "law_enforcement",
-                               "contract", "other"],
-                      help="the reason code tenants and the audit log see (default: other)")
+    hadd.add_argument("--code", default="other", choices=HOLD_CODES,
+                      help="the reason code tenants and the audit log see")
     hadd.set_defaults(func=cmd_hold_add)
 
-    key = sub.add_parser("keys", help="the master key of this data root")
-    key_sub = key.add_subparsers(dest="keys_command", required=True)
-    key_sub.add_parser("init", help="make a new master key (a 0600 key file, unless $PSEUDOZONE_MASTER_KEY or"
-                       " an Airflow connection gives it) and record its check value; empty data root only"
-                       ).set_defaults(func=cmd_keys)
-    key_sub.add_parser("check", help="exit 0 if the configured master key is this data root's, else 2"
-                       ).set_defaults(func=cmd_keys)
-    key_sub.add_parser("adopt", help="record the configured key as the root's, for a root from before key"
-                       " checks that has no data key to prove it on (you vouch that it is the right key)"
-                       ).set_defaults(func=cmd_keys)
-    krot = key_sub.add_parser("rotate", help="new tenant KEKs: re-wrap every live data key, destroy the old"
-                              " KEK seeds, so that no earlier backup of the data root decrypts an erased"
-                              " subject's PII (ADR 0009)")
+    key = add(sub, "keys", "the master key of this data root")
+    key_sub = key.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    add(key_sub, "init", "make a new master key (a 0600 key file, unless $PSEUDOZONE_MASTER_KEY or an"
+        " Airflow connection gives it) and record its check value; empty data root only"
+        ).set_defaults(func=cmd_keys)
+    add(key_sub, "check", "exit 0 if the configured master key is this data root's, else 2"
+        ).set_defaults(func=cmd_keys, needs_root=True)
+    add(key_sub, "adopt", "record the configured key as the root's, for a root from before key checks"
+        " that has no data key to prove it on (you vouch that it is the right key)"
+        ).set_defaults(func=cmd_keys, needs_root=True)
+    krot = add(key_sub, "rotate", "new tenant KEKs: re-wrap every live data key, destroy the old KEK"
+               " seeds, so that no earlier backup of the data root decrypts an erased subject's PII"
+               " (ADR 0009)")
     krot.add_argument("--tenant", action="append", help="only this tenant (repeatable; default: all)")
     krot.add_argument("--after-erasures", action="store_true",
                       help="only the tenants with an erasure since their last rotation (the nightly step)")
-    krot.set_defaults(func=cmd_keys_rotate)
+    krot.set_defaults(func=cmd_keys_rotate, needs_root=True)
 
-    hlist = hold_sub.add_parser("list", help="open legal holds (ids, scope, reason code; never the reason)")
-    hlist.add_argument("--tenant")
+    hlist = add(hold_sub, "list", "open legal holds (ids, scope, reason code; never the reason)")
+    hlist.add_argument("--tenant", help="only this tenant's holds")
     hlist.add_argument("--all", action="store_true", help="also holds that were lifted")
-    hlist.add_argument("--json", action="store_true")
-    hlist.set_defaults(func=cmd_hold_list)
-    hlift = hold_sub.add_parser("lift", help="lift a legal hold (audited)")
-    hlift.add_argument("hold_id", type=int)
-    hlift.add_argument("--code", default="other",
-                       choices=["litigation", "regulatory_investigation", "tax_audit", "law_enforcement",
-                                "contract", "other"], help="why it is lifted (default: other)")
-    hlift.set_defaults(func=cmd_hold_lift)
+    json_option(hlist, "the holds")
+    hlist.set_defaults(func=cmd_hold_list, needs_root=True)
+    hlift = add(hold_sub, "lift", "lift a legal hold (audited)")
+    hlift.add_argument("hold_id", type=int, help="the hold's number (see hold list)")
+    hlift.add_argument("--code", default="other", choices=HOLD_CODES, help="why it is lifted")
+    hlift.set_defaults(func=cmd_hold_lift, needs_root=True)
 
-    aud = sub.add_parser("audit", help="the hash-chained audit log")
-    aud_sub = aud.add_subparsers(dest="audit_command", required=True)
-    aud_sub.add_parser("verify", help="check the whole chain and its checkpoint, then move the checkpoint"
-                                      " to the chain's head").set_defaults(func=cmd_audit_verify)
-    ashow = aud_sub.add_parser("show", help="audit entries, oldest first, filtered")
-    ashow.add_argument("--tenant")
+    aud = add(sub, "audit", "the hash-chained audit log")
+    aud_sub = aud.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    add(aud_sub, "verify", "check the whole chain and its checkpoint, then move the checkpoint to the"
+        " chain's head").set_defaults(func=cmd_audit_verify, needs_root=True)
+    ashow = add(aud_sub, "show", "audit entries, oldest first, filtered")
+    ashow.add_argument("--tenant", help="only this tenant's entries")
     ashow.add_argument("--action", help="an action, or a prefix ending in '*' (hold.*)")
     ashow.add_argument("--request", help="a request id")
     ashow.add_argument("--since", help="ISO date or time, UTC unless it says otherwise")
-    ashow.add_argument("--limit", type=int, default=100, help="the newest N entries (default 100)")
-    ashow.add_argument("--json", action="store_true")
-    ashow.set_defaults(func=cmd_audit_show)
+    ashow.add_argument("--limit", type=int, default=100, help="the newest N entries")
+    json_option(ashow, "the entries")
+    ashow.set_defaults(func=cmd_audit_show, needs_root=True)
 
-    rep = sub.add_parser("report", help="the latest compliance report's summary (exit 1 if it failed)")
+    rep = add(sub, "report", "the latest compliance report's summary (exit 1 if it failed)")
     rep.add_argument("--json", action="store_true", help="print the whole report as JSON")
-    rep.set_defaults(func=cmd_report)
-    comp = sub.add_parser("compliance", help="the nightly compliance run without Airflow")
-    comp_sub = comp.add_subparsers(dest="compliance_command", required=True)
-    crun = comp_sub.add_parser("run", help="retention, validation of every zone, erasures, deadlines,"
-                               " audit chain, k-anonymity, then the report")
-    crun.add_argument("--k", type=int, default=5, help="k-anonymity threshold (default 5)")
+    rep.set_defaults(func=cmd_report, needs_root=True)
+    comp = add(sub, "compliance", "the nightly compliance run without Airflow")
+    comp_sub = comp.add_subparsers(dest="compliance_command", required=True, metavar="COMMAND")
+    crun = add(comp_sub, "run", "retention, validation of every zone, erasures, deadlines, audit chain,"
+               " k-anonymity, then the report")
+    crun.add_argument("--k", type=int, default=5, help="k-anonymity threshold")
     crun.add_argument("--retention", action="append", metavar="DATASET=DAYS",
                       help="override a contract's retention_days (repeatable)")
-    crun.add_argument("--run-id", help="name of this run (default manual__<UTC time>)")
+    crun.add_argument("--run-id", help="name of this run (default: manual__<UTC time>)")
     crun.set_defaults(func=cmd_compliance_run)
 
-    cmp = sub.add_parser("compact", help="merge each partition-day's small files into one per subject bucket")
+    cmp = add(sub, "compact", "merge each partition-day's small files into one per subject bucket")
     cmp.add_argument("--target-rows", type=int, default=5_000_000,
-                     help="most rows per file; a bucket of more is cut into parts (default 5000000)")
+                     help="most rows per file; a bucket of more is cut into parts")
     cmp.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     cmp.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
     cmp.set_defaults(func=cmd_compact)
 
-    demo = sub.add_parser("demo", help="generate, ingest, show what was produced (no Airflow)")
-    demo.add_argument("--events", type=int, default=100_000)
+    demo = add(sub, "demo", "generate, ingest, show what was produced (no Airflow)")
+    demo.add_argument("--events", type=int, default=100_000, help="events to generate")
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -504,6 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "needs_root", False):
+            require_data_root(_settings(args))
         return int(args.func(args))
     except PseudozoneError as exc:
         print(f"pseudozone: error: {exc}", file=sys.stderr)

@@ -44,12 +44,19 @@ def format_table(columns: list[str], rows: list[tuple[Any, ...]] | list[list[Any
     return "\n".join([line, sep, *body])
 
 
+def status(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """Files and rows per zone and the batch ledger's summary (``pseudozone status``); it reads
+    only: a root without a state database gets no ledger rather than a new database."""
+    batches = batch_summary(settings) if settings.state_db.exists() else []
+    return {"zones": zone_counts(settings), "batches": batches}
+
+
 def status_text(settings: Settings) -> str:
-    counts = zone_counts(settings)
+    shown = status(settings)
+    counts, batches = shown["zones"], shown["batches"]
     parts = ["Zones under " + str(settings.zones),
              format_table(["zone", "dataset", "files", "rows"],
                           [[c["zone"], c["dataset"], c["files"], c["rows"]] for c in counts])]
-    batches = batch_summary(settings)
     if batches:
         parts += ["", "Batch ledger",
                   format_table(["dataset", "status", "batches", "rows_in", "rows_event", "rows_pii"],

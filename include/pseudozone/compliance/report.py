@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +184,13 @@ def latest(settings: Settings) -> dict[str, Any] | None:
 
 def run_nightly(settings: Settings, run_id: str, *, now: dt.datetime | None = None, k: int = 5,
                 retention_overrides: dict[str, int] | None = None,
-                rows_per_run: int = nightly.ROWS_PER_RUN) -> dict[str, Any]:
-    """Every step in order, in this process, then the report (what the DAG does, without Airflow)."""
+                rows_per_run: int = nightly.ROWS_PER_RUN,
+                on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every step in order, in this process, then the report (what the DAG does, without Airflow);
+    ``on_step`` is called with each step's name once it has run (the CLI's progress)."""
     for step in STEPS:
         run_step(settings, run_id, step, now=now, k=k, retention_overrides=retention_overrides,
                  rows_per_run=rows_per_run)
+        if on_step:
+            on_step(step)
     return write_report(settings, run_id, now=now)

@@ -44,6 +44,7 @@ import math
 import os
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -354,9 +355,11 @@ def writers_active(settings: Settings, tenant: str) -> bool:
 
 
 def compact(settings: Settings, *, target_rows: int = DEFAULT_TARGET_ROWS, tenants: list[str] | None = None,
-            datasets: list[str] | None = None) -> dict[str, Any]:
+            datasets: list[str] | None = None,
+            on_partition: Callable[[Unit], None] | None = None) -> dict[str, Any]:
     """Compact every event- and restricted-zone partition-day (of these tenants and datasets)
-    that has more than one file per subject bucket, or files of another size than the target."""
+    that has more than one file per subject bucket, or files of another size than the target;
+    ``on_partition`` is called with each partition-day once it is compacted (the CLI's progress)."""
     if target_rows < 1:
         raise ValueError("target_rows must be at least 1")
     settings.ensure()
@@ -392,5 +395,7 @@ def compact(settings: Settings, *, target_rows: int = DEFAULT_TARGET_ROWS, tenan
                 summary["partitions"] += 1
                 for key in ("files_in", "files_out", "rows"):
                     summary[key] += done[key]
+                if on_partition:
+                    on_partition(unit)
     log.info("compaction: %s", summary)
     return summary
