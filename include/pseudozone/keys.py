@@ -394,6 +394,11 @@ class KeyRing:
         """Encrypts the raw identifiers and values a rights request carries while it is open."""
         return self._derive(f"pseudozone/requests/{tenant}/v1")
 
+    def export_key(self, tenant: str) -> bytes:
+        """Wraps the one-time key of each of the tenant's export archives while the archive is
+        kept, so that the nightly run can check it (docs/adr/0004-rights-processing.md)."""
+        return self._derive(f"pseudozone/exports/{tenant}/v1")
+
     def audit_key(self) -> bytes:
         """Keys the audit log's hash chain (HMAC-SHA256) and its checkpoint file: one key for the
         whole data root, never stored (docs/adr/0004-rights-processing.md)."""

@@ -174,7 +174,7 @@ def test_an_erasure_deletes_earlier_exports_and_passes_reverification(published:
     export = requests.submit(published, {"type": "export", "tenant_id": "acme", "user_id": planted.USER},
                              source="test", keyring=KR)
     process.process_all(published, "run-export", keyring=KR)
-    archive = published.exports / "acme" / f"{export.request_id}.zip"
+    archive = published.exports / "acme" / f"{export.request_id}.zip.enc"
     assert archive.exists()
     erase = requests.submit(published, {"type": "erase", "tenant_id": "acme", "user_id": planted.USER},
                             source="test", keyring=KR)

@@ -55,7 +55,7 @@ def test_zone_modes_after_ingest_quarantine_restrict_and_export(lake: Settings) 
         requests.submit(lake, {"type": kind, "tenant_id": planted.TENANT, "user_id": planted.USER},
                         source="test", keyring=KR)
     process.process_all(lake, "run-modes", keyring=KR)
-    assert any(lake.restricted_zone.rglob("*.parquet")) and any(lake.exports.rglob("*.zip"))
+    assert any(lake.restricted_zone.rglob("*.parquet")) and any(lake.exports.rglob("*.zip.enc"))
     assert any(lake.quarantine.rglob("*.reason.json"))
     assert any(lake.subject_index.rglob("*.parquet")) and lake.state_db.exists()
 

@@ -7,6 +7,7 @@ subject (with logged-out rows too), and another subject's own cookie.
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import zipfile
@@ -23,7 +24,7 @@ from pseudozone.compliance import nightly
 from pseudozone.config import Settings
 from pseudozone.keys import KeyRing
 from pseudozone.lake import index
-from pseudozone.rights import process, requests
+from pseudozone.rights import export, process, requests
 from tests import planted
 from tests.conftest import TEST_MASTER_KEY
 
@@ -177,7 +178,7 @@ def test_export_includes_the_linked_cookies_rows(llake: Settings) -> None:
     done = _run(llake, "export")
 
     assert done.outcome is not None
-    with zipfile.ZipFile(llake.root / done.outcome["archive"]) as zf:
+    with zipfile.ZipFile(io.BytesIO(export.open_archive(llake, done.request_id, keyring=KR))) as zf:
         events = json.loads(zf.read("events.json"))
     linked = [r for r in events if r["linked_cookie"]]
     assert len(linked) == 3 and {r["anonymous_pid"] for r in linked} == {COOKIE}

@@ -23,7 +23,7 @@ from pseudozone.config import Settings
 from pseudozone.errors import ContractError
 from pseudozone.keys import KeyRing
 from pseudozone.landing import read_batch
-from pseudozone.rights import process, requests
+from pseudozone.rights import export, process, requests
 from pseudozone.validation import detect
 from pseudozone.validation.suites import Validator
 from tests import planted
@@ -196,7 +196,8 @@ def test_the_export_archive_names_the_user_and_holds_no_pseudonym(lake: Settings
     archive_path = lake.root / done.outcome["archive"]
     blob = archive_path.read_bytes()
     assert PSEUDONYM.search(blob) is None
-    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+    zipped = export.open_archive(lake, status.request_id, keyring=KR)
+    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
         assert PSEUDONYM.search(b"".join(archive.read(n) for n in archive.namelist())) is None
         for name in ("events.json", "server_logs.json", "profile_pseudonymous.json"):
             assert {r["user_id"] for r in json.loads(archive.read(name))} == {planted.USER}
@@ -206,15 +207,19 @@ def test_the_export_archive_names_the_user_and_holds_no_pseudonym(lake: Settings
     # the nightly check: the archive holds its subject only, and no pseudonym
     sections = nightly._validate_exports(lake, Validator())
     assert [s["success"] for s in sections] == [True]
-    with zipfile.ZipFile(archive_path) as archive:
+    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
         files = {n: archive.read(n) for n in archive.namelist()}
     rows = json.loads(files["events.json"])
     rows[0]["user_id"] = "usr_0000005"  # another subject's record slipped in
     rows[1]["note"] = KR.subject_id(planted.TENANT, planted.USER)
     files["events.json"] = json.dumps(rows).encode()
-    with zipfile.ZipFile(archive_path, "w") as archive:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
         for name, data in files.items():
             archive.writestr(name, data)
+    # encrypted as the export writes it (the archive's own key): the check looks inside
+    _, key = export.archive_key(lake, status.request_id, keyring=KR)
+    archive_path.write_bytes(export.encrypt_archive(buf.getvalue(), status.request_id, key))
     [section] = nightly._validate_exports(lake, Validator())
     assert not section["success"]
     found = {f["expectation"] for f in section["failures"]}

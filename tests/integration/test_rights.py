@@ -23,7 +23,7 @@ from pseudozone.cli import main as cli
 from pseudozone.config import Settings
 from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data
 from pseudozone.lake import subjects
-from pseudozone.rights import audit, process, requests, store
+from pseudozone.rights import audit, export, process, requests, store
 from tests import planted
 from tests.conftest import TEST_MASTER_KEY, append_audit_concurrently
 
@@ -146,7 +146,8 @@ def test_export_holds_that_subjects_data_only(rlake: Settings) -> None:
     assert done.state == "completed"
     blob = (rlake.root / done.outcome["archive"]).read_bytes()
     assert hashlib.sha256(blob).hexdigest() == done.outcome["sha256"]
-    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+    assert blob.startswith(export.MAGIC) and not zipfile.is_zipfile(io.BytesIO(blob))  # encrypted
+    with zipfile.ZipFile(io.BytesIO(export.open_archive(rlake, status.request_id, keyring=KR))) as archive:
         names = set(archive.namelist())
         assert {"profile.json", "profile.csv", "events.json", "events.csv", "server_logs.json",
                 "server_logs.csv", "manifest.json", "README.txt"} <= names

@@ -5,6 +5,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from pseudozone import zones
 from pseudozone.config import Settings
 from pseudozone.errors import PseudozoneError
 from pseudozone.lake import layout
@@ -124,7 +125,11 @@ def test_state_quarantine_and_export_paths(tmp_path: Path) -> None:
         tmp_path / "zones/quarantine/rights/tenant_id=acme/g1.reason.json"
     assert layout.request_quarantine_file(s, "r1") == tmp_path / "zones/quarantine/requests/r1.json"
     archive = layout.export_file(s, "acme", "r2")
-    assert archive == tmp_path / "zones/exports/acme/r2.zip"
+    assert archive == tmp_path / "zones/exports/acme/r2.zip.enc"
+    legacy = layout.legacy_export_file(s, "acme", "r1")
+    assert legacy == tmp_path / "zones/exports/acme/r1.zip"
     archive.parent.mkdir(parents=True)
-    archive.touch()
+    for path in (archive, legacy, zones.temp_path(archive), archive.with_name(".zip.enc")):
+        path.touch()
     assert list(layout.export_archives(s)) == [("acme", "r2", archive)]
+    assert list(layout.export_archives(s, legacy=True)) == [("acme", "r1", legacy), ("acme", "r2", archive)]

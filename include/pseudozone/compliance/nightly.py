@@ -4,7 +4,8 @@ Every step returns a JSON-safe section of the report (counts, ids, pseudonyms,
 paths; never a data value):
 
 - ``enforce_retention``: delete event-zone date partitions older than their
-  dataset's ``retention_days`` (kept under a legal hold), audited, index updated;
+  dataset's ``retention_days`` (kept under a legal hold), audited, index updated; and
+  export archives past their download expiry (``rights.export.purge_expired``);
 - ``validate_zones``: every file of every zone against its Great Expectations suite,
   several files per run (up to ``rows_per_run`` rows), so memory is bounded by that,
   never by the zone; and, in the same read, every subject of a completed erasure;
@@ -22,6 +23,7 @@ paths; never a data value):
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
 import re
@@ -44,6 +46,7 @@ from sqlalchemy import func, select
 from pseudozone import contracts, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
+from pseudozone.errors import PseudozoneError
 from pseudozone.lake import index, layout
 from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, keys, legal_holds, links
 from pseudozone.rights import audit, store
@@ -136,8 +139,12 @@ def enforce_retention(settings: Settings, *, now: dt.datetime | None = None,
                 log.info("retention: deleted %s (%d files, %d rows, policy %d days)",
                          part.relative_to(settings.zones), len(files), rows, days)
                 deleted.append(entry)
+    # export archives past their download expiry (their wrapped keys are wiped with them)
+    from pseudozone.rights.export import purge_expired
+
+    exports_expired = purge_expired(settings, now=_now(now))
     return {"policies": policies, "deleted": deleted, "kept_for_hold": kept_for_hold,
-            "today": today.isoformat()}
+            "exports_expired": exports_expired, "today": today.isoformat()}
 
 
 def _holds_any(path: Path, subjects: pa.Array) -> bool:
@@ -287,8 +294,14 @@ def _suite(zone: str, contract: contracts.Contract, *, forbidden: str, allowed: 
 
 
 def _validate_exports(settings: Settings, validator: Any) -> list[dict[str, Any]]:
-    """Each export archive holds only its request's subject (every record in it), and no pseudonym."""
+    """Each export archive holds only its request's subject (every record in it), and no pseudonym.
+
+    Archives are encrypted (``rights.export``): each is opened with its key, unwrapped from
+    the request store for this check only; an archive without a held key, one that does not
+    decrypt (changed) and an unencrypted one of before issue 10 fail the check.
+    """
     from pseudozone.keys import KeyRing
+    from pseudozone.rights import export
     from pseudozone.validation.expectations import registered
     from pseudozone.validation.suites import export_suite
 
@@ -296,27 +309,47 @@ def _validate_exports(settings: Settings, validator: Any) -> list[dict[str, Any]
     if not settings.exports.exists():
         return sections
     with store.engine_for(settings).connect() as conn:
-        subject_of = {r.request_id: (r.tenant_id, r.subject_id) for r in conn.execute(
-            select(store.requests.c.request_id, store.requests.c.tenant_id, store.requests.c.subject_id)
-            .where(store.requests.c.type == "export"))}
-    by_tenant: dict[str, list[Path]] = defaultdict(list)
-    for tenant, _, archive in layout.export_archives(settings):
-        by_tenant[tenant].append(archive)
+        rows = conn.execute(select(store.requests.c.request_id, store.requests.c.tenant_id,
+                                   store.requests.c.subject_id, store.requests.c.export_key_enc)
+                            .where(store.requests.c.type == "export")).all()
+    subject_of = {r.request_id: (r.tenant_id, r.subject_id) for r in rows}
+    wrapped_key = {r.request_id: r.export_key_enc for r in rows}  # AES-GCM-wrapped, never in the clear
+    del rows
+    by_tenant: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for tenant, request_id, archive in layout.export_archives(settings, legacy=True):
+        by_tenant[tenant].append((request_id, archive))
     keyring: KeyRing | None = None
     for tenant, archives in sorted(by_tenant.items()):
         section: dict[str, Any] = {"zone": "exports", "dataset": "*", "tenant_id": tenant, "files": 0,
                                    "rows": 0, "success": True, "failures": []}
         sections.append(section)
-        for archive in archives:
+        for request_id, archive in archives:
             rel = str(archive.relative_to(settings.zones))
             section["files"] += 1
-            owner = subject_of.get(archive.stem)
+            owner = subject_of.get(request_id)
             if owner is None or owner[0] != tenant:
                 section["success"] = False
                 section["failures"].append(_archive_failure(rel, "archive_of_a_known_request"))
                 continue
+            if archive != layout.export_file(settings, tenant, request_id):
+                # an archive written unencrypted before issue 10: not opened, reported until deleted
+                section["success"] = False
+                section["failures"].append(_archive_failure(rel, "archive_encrypted"))
+                continue
             keyring = keyring or KeyRing.load(settings)
-            table, pseudonyms = _archive_subjects(archive, keyring, tenant, owner[1])
+            # the archive's key, unwrapped from the request store for this check only
+            if wrapped_key.get(request_id) is None:
+                section["success"] = False
+                section["failures"].append(_archive_failure(rel, "archive_key_held"))
+                continue
+            try:
+                zipped = export.decrypt_archive(archive.read_bytes(), request_id, export.stored_key(
+                    keyring, tenant, request_id, wrapped_key[request_id]))
+            except PseudozoneError:  # changed, or its wrapped key was (the message names neither)
+                section["success"] = False
+                section["failures"].append(_archive_failure(rel, "archive_decrypts"))
+                continue
+            table, pseudonyms = _archive_subjects(zipped, keyring, tenant, owner[1])
             section["rows"] += table.num_rows
             if pseudonyms:
                 # the archive goes to the tenant: a pseudonym in it would link the tenant's
@@ -341,14 +374,14 @@ def _archive_failure(rel: str, expectation: str, count: int | None = None) -> di
 _PSEUDONYM_BYTES = re.compile(rb"v[0-9]+:[0-9a-f]{64}")
 
 
-def _archive_subjects(archive: Path, keyring: Any, tenant: str, subject: str) -> tuple[pa.Table, int]:
-    """The keyed pseudonym of every record's ``user_id`` in an export archive (profile and
-    dataset files), under the version of the request's ``subject``, and the number of
-    pseudonym-shaped strings anywhere in the archive."""
+def _archive_subjects(zipped: bytes, keyring: Any, tenant: str, subject: str) -> tuple[pa.Table, int]:
+    """The keyed pseudonym of every record's ``user_id`` in an export archive's ZIP (decrypted;
+    profile and dataset files), under the version of the request's ``subject``, and the number
+    of pseudonym-shaped strings anywhere in the archive."""
     version = int(subject.split(":", 1)[0].removeprefix("v"))
     users: list[str | None] = []
     pseudonyms = 0
-    with zipfile.ZipFile(archive) as zf:
+    with zipfile.ZipFile(io.BytesIO(zipped)) as zf:
         for name in sorted(zf.namelist()):
             data = zf.read(name)
             pseudonyms += len(_PSEUDONYM_BYTES.findall(data))
@@ -449,7 +482,8 @@ def _export_archives(settings: Settings) -> dict[tuple[str, str], list[Path]]:
     with store.engine_for(settings).connect() as conn:
         for r in conn.execute(select(store.requests.c.request_id, store.requests.c.tenant_id,
                                      store.requests.c.subject_id).where(store.requests.c.type == "export")):
-            out[(r.tenant_id, r.subject_id)].append(layout.export_file(settings, r.tenant_id, r.request_id))
+            for where in (layout.export_file, layout.legacy_export_file):
+                out[(r.tenant_id, r.subject_id)].append(where(settings, r.tenant_id, r.request_id))
     return out
 
 

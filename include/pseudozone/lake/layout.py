@@ -8,7 +8,7 @@ Under the zones root (``Settings.zones``)::
     quarantine/<dataset>/tenant_id=<t>/<landing file>                 rejected batches
     quarantine/rights/tenant_id=<t>/<group>.reason.json               rejected rewrites
     quarantine/requests/<request>.json                                unreadable inbox requests
-    exports/<tenant>/<request>.zip                                    export archives
+    exports/<tenant>/<request>.zip.enc                                export archives (encrypted)
 
 and under the state directory ``subject_index/<dataset>/tenant_id=<t>/<batch>.parquet``.
 ``.bNN`` is the subject bucket of datasets whose contract sets ``subject_buckets``.
@@ -264,13 +264,28 @@ def request_quarantine_file(settings: Settings, request_id: str) -> Path:
     return settings.quarantine / "requests" / f"{request_id}.json"
 
 
+EXPORT_SUFFIX = ".zip.enc"
+LEGACY_EXPORT_SUFFIX = ".zip"  # archives written unencrypted, before issue 10
+
+
 def export_file(settings: Settings, tenant: str, request_id: str) -> Path:
-    return settings.exports / tenant / f"{request_id}.zip"
+    """An export request's archive: the ZIP, encrypted (``rights.export``'s format)."""
+    return settings.exports / tenant / f"{request_id}{EXPORT_SUFFIX}"
 
 
-def export_archives(settings: Settings) -> Iterator[tuple[str, str, Path]]:
-    """(tenant, request id, path) of every export archive, sorted by path."""
+def legacy_export_file(settings: Settings, tenant: str, request_id: str) -> Path:
+    """Where an export request's archive was written unencrypted before issue 10."""
+    return settings.exports / tenant / f"{request_id}{LEGACY_EXPORT_SUFFIX}"
+
+
+def export_archives(settings: Settings, *, legacy: bool = False) -> Iterator[tuple[str, str, Path]]:
+    """(tenant, request id, path) of every export archive, sorted by path; with ``legacy``,
+    the unencrypted archives of before issue 10 as well."""
     if not settings.exports.exists():
         return
-    for archive in sorted(settings.exports.glob("*/*.zip")):
-        yield archive.parent.name, archive.stem, archive
+    suffixes = (EXPORT_SUFFIX, LEGACY_EXPORT_SUFFIX) if legacy else (EXPORT_SUFFIX,)
+    for archive in sorted(settings.exports.glob("*/*")):
+        suffix = next((s for s in suffixes if archive.name.endswith(s)), None)
+        if suffix is None or archive.name.startswith(".") or len(archive.name) == len(suffix):
+            continue
+        yield archive.parent.name, archive.name[: -len(suffix)], archive

@@ -11,7 +11,15 @@ Contract (paths relative to the mount point, ``/pseudozone`` in the API server):
                                       403 body names another tenant
 ``GET  /requests/{request_id}``       200 the request's status; 404 unknown *or another tenant's*
 ``GET  /requests``                    200 a JSON array of the tenant's requests, oldest first
+``GET  /requests/{request_id}/export`` 200 the export's encrypted archive (``application/octet-stream``);
+                                      404 unknown, another tenant's or not an export; 409 not
+                                      completed yet; 410 expired or deleted
 ====================================  ==========================================================
+
+A completed export's status names its download path and ``expires_at``; the first
+``GET /requests/{request_id}`` after completion also carries the archive's one-time key
+(``outcome.key``, URL-safe base64), which is never given again (later answers say
+``key_handed_out_at``; the list never has it).  See ``rights.export`` for the format.
 
 Every endpoint but ``/health`` needs ``Authorization: Bearer <token>`` (a token from
 ``register_tenant``); a missing or unknown token gives 401 with ``WWW-Authenticate: Bearer``.
@@ -26,6 +34,7 @@ that make them are plain ``def`` functions, which FastAPI runs in its thread poo
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -40,11 +49,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pseudozone.config import Settings
 from pseudozone.errors import ConfigError, PseudozoneError
+from pseudozone.lake import layout
+from pseudozone.rights import export, store
 from pseudozone.rights import requests as rights
 
 log = logging.getLogger(__name__)
@@ -283,7 +294,32 @@ def get_request(request_id: str, tenant: Tenant, settings: SettingsDep) -> dict[
     except PseudozoneError:
         # another tenant's request looks exactly like a missing one
         raise _error(404, "no such request") from None
-    return found.public_dict()
+    out = found.public_dict()
+    if found.type == "export" and found.state == "completed" and out["outcome"] is not None:
+        # the archive's key, the first time only (the answer is not logged anywhere)
+        out["outcome"].update(export.hand_out_key(settings, request_id, tenant))
+    return out
+
+
+def download_export(request_id: str, tenant: Tenant, settings: SettingsDep) -> FileResponse:
+    """The tenant's completed export, encrypted as written; 410 once it expired or was deleted."""
+    try:
+        found = rights.get_status(settings, request_id, tenant_id=tenant)
+    except PseudozoneError:
+        raise _error(404, "no such export") from None
+    if found.type != "export":
+        raise _error(404, "no such export")
+    if found.state != "completed":
+        raise _error(409, "the export is not ready yet")
+    completed = None if found.completed_at is None else dt.datetime.fromisoformat(found.completed_at)
+    expiry = export.expiry_of(found.outcome, completed)
+    if expiry is not None and expiry <= store.utcnow():
+        raise _error(410, "the export has expired")
+    path = layout.export_file(settings, tenant, request_id)
+    if not path.is_file():
+        raise _error(410, "the export archive was deleted")
+    return FileResponse(path, media_type="application/octet-stream", filename=path.name,
+                        headers={"Cache-Control": "no-store"})
 
 
 def list_requests(tenant: Tenant, settings: SettingsDep) -> list[dict[str, Any]]:
@@ -325,4 +361,6 @@ def create_app(settings_factory: SettingsFactory = Settings.from_env, *,
     app.add_api_route("/requests", submit_request, methods=["POST"], status_code=202)
     app.add_api_route("/requests", list_requests, methods=["GET"])
     app.add_api_route("/requests/{request_id}", get_request, methods=["GET"])
+    app.add_api_route(rights.EXPORT_DOWNLOAD_PATH, download_export, methods=["GET"],
+                      response_class=FileResponse)
     return app

@@ -39,7 +39,7 @@ from pseudozone.lake.index import lookup as index_lookup
 from pseudozone.lake.subjects import COOKIE_COLUMN, Holds, SubjectSets, as_array, legal_holds, links
 from pseudozone.landing import ARROW_TYPES
 from pseudozone.rights import audit, requests, store
-from pseudozone.rights.export import export_request
+from pseudozone.rights.export import delete_archive, expires_at, export_request
 from pseudozone.validation import gate
 from pseudozone.validation.known import KnownValues
 
@@ -625,7 +625,9 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                 failures.append(row.request_id)
                 _finish(settings, row, "failed", {"code": "export_missing"}, keyring=keyring)
                 continue
-            outcome.update({"archive": exp["archive"], "sha256": exp["sha256"], "files": exp["files"]})
+            # the tenant downloads the archive until it expires (the nightly run then deletes it)
+            outcome.update({"archive": exp["archive"], "sha256": exp["sha256"], "files": exp["files"],
+                            "expires_at": expires_at(store.utcnow()).isoformat()})
             if no_data and not exp.get("profile_rows"):
                 outcome["result"] = NO_DATA_FOUND
         outcome.setdefault("result", "done")
@@ -644,9 +646,7 @@ def _delete_exports(settings: Settings, row: Any, *, keyring: KeyRing | None = N
             store.requests.c.type == "export"))]
     deleted = []
     for request_id in sorted(earlier):
-        archive = layout.export_file(settings, row.tenant_id, request_id)
-        if archive.exists():
-            archive.unlink()
+        if delete_archive(settings, row.tenant_id, request_id):  # and its wrapped key
             deleted.append(request_id)
             with store.transaction(settings) as conn:
                 audit.append(conn, "export.deleted", request_id=row.request_id, tenant_id=row.tenant_id,

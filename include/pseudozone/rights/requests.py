@@ -41,6 +41,8 @@ SOURCES = ("cli", "inbox", "rest", "test")
 DUE_DAYS = 30
 MAX_USER_ID = 256
 ALLOWED_KEYS = {"type", "tenant_id", "user_id", "fields"}
+# where a tenant downloads an export's archive, relative to the REST door's mount point
+EXPORT_DOWNLOAD_PATH = "/requests/{request_id}/export"
 
 
 class RequestRejected(PseudozoneError):
@@ -70,11 +72,15 @@ class RequestStatus:
 
     def public_dict(self) -> dict[str, Any]:
         """What a tenant sees: without the pseudonym, which would let the tenant link its
-        own user ids to the event zone's subject ids."""
+        own user ids to the event zone's subject ids, nor server paths: a completed export
+        names its download path (relative to the REST door) and its expiry instead."""
         out = asdict(self)
         del out["subject_id"]
         if out["outcome"]:
-            out["outcome"] = {k: v for k, v in out["outcome"].items() if k != "retained_files"}
+            hidden = ("retained_files", "archive")
+            out["outcome"] = {k: v for k, v in out["outcome"].items() if k not in hidden}
+            if self.type == "export" and self.state == "completed":
+                out["outcome"]["download"] = EXPORT_DOWNLOAD_PATH.format(request_id=self.request_id)
         return out
 
 

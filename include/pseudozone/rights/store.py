@@ -61,6 +61,10 @@ requests = Table(
     Column("run_id", String(250)),
     Column("reason", Text),                      # why rejected or failed (no PII)
     Column("outcome", Text),                     # JSON: what was done and retained (no PII)
+    # an export's one-time archive key, AES-GCM-wrapped under the tenant's export key, while
+    # the archive is kept; and when the REST door handed it to the tenant (once)
+    Column("export_key_enc", LargeBinary),
+    Column("export_key_handed_at", DateTime(timezone=True)),
 )
 
 legal_holds = Table(
@@ -75,9 +79,10 @@ legal_holds = Table(
     Column("released_at", DateTime(timezone=True)),
 )
 
-# columns added after a table was first created: (table, column, DDL type); added in place
-# when missing, on SQLite and PostgreSQL alike
-_ADDED_COLUMNS = (("legal_holds", "reason_code", "VARCHAR(32)"), ("audit_log", "scheme", "VARCHAR(16)"))
+# columns added after a table was first created: (table, column); added in place when missing,
+# on SQLite and PostgreSQL alike, with the type the table above gives them
+_ADDED_COLUMNS = (("legal_holds", "reason_code"), ("audit_log", "scheme"),
+                  ("rights_requests", "export_key_enc"), ("rights_requests", "export_key_handed_at"))
 
 restrictions = Table(
     "restrictions", metadata,
@@ -146,8 +151,9 @@ def _engine(url: str) -> Engine:
 
 def _add_missing_columns(engine: Engine) -> None:
     """A database made by an earlier version gets the columns added since (nothing else changes)."""
-    for table, column, ddl in _ADDED_COLUMNS:
+    for table, column in _ADDED_COLUMNS:
         if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
+            ddl = metadata.tables[table].c[column].type.compile(dialect=engine.dialect)
             with engine.begin() as conn:
                 conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
 
