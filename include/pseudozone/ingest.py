@@ -359,6 +359,11 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     # a restricted subject's rows go to the restricted zone, out of analysts' reach
     restricted = as_array(sets.restricted)
     in_restricted = pc.fill_null(pc.is_in(subjects, value_set=restricted), False)
+    # and so do the logged-out rows of the cookies frozen with a restriction (ADR 0008)
+    restricted_cookies = as_array(sets.restricted_cookies()) if has_cookie else None
+    if restricted_cookies is not None and len(restricted_cookies):
+        in_restricted = pc.or_(in_restricted, pc.and_(pc.is_null(subjects), pc.fill_null(
+            pc.is_in(event[COOKIE_COLUMN], value_set=restricted_cookies), False)))
 
     dates = pc.cast(table[contract.partition_date_from], pa.date32()).combine_chunks()
     links = link_pairs(subjects, event[COOKIE_COLUMN].combine_chunks(), dates) if has_cookie else None
@@ -387,10 +392,13 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         outputs.append((pii_zone_file.path(settings.zones), lambda: pii))
         placements.append((PII_ZONE, pii_zone_file.rel, pa.array(np.arange(len(subjects)))))
         result.rows_pii = pii.num_rows
+    no_cookies = as_array(sets.forbidden_cookies(contract.dataset, new_batch=True) if has_cookie else ())
+    cookies_in = restricted_cookies if restricted_cookies is not None else as_array(())
     check = functools.partial(_gate, ref, contract, event, in_restricted, pii, known, input_rows,
                               forbidden=as_array(sets.forbidden(contract.dataset, new_batch=True)),
                               restricted=as_array(sets.allowed_restricted(contract.dataset, new_batch=True)),
                               erased=as_array(sets.forbidden_pii(contract.dataset, new_batch=True)),
+                              forbidden_cookies=no_cookies, restricted_cookies=cookies_in,
                               regions=regions, evidence=evidence)
     key_spec = contract.unique_key_column
     key_column = None if key_spec is None else key_spec.event_name
@@ -402,6 +410,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
           pii: pa.Table | None, known: Known, input_rows: np.ndarray, *,
           forbidden: pa.Array, restricted: pa.Array, erased: pa.Array,
+          forbidden_cookies: pa.Array, restricted_cookies: pa.Array,
           regions: tuple[str, ...] = DEFAULT_REGIONS, evidence: dict[str, Evidence] | None = None) -> None:
     """Validate the batch's outputs before any is published; quarantined by the caller on failure."""
     mask = in_restricted.to_numpy(zero_copy_only=False)
@@ -417,7 +426,8 @@ def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.
     try:
         gate.check(contract, events=events, restricted=held, pii=[(PII_ZONE, pii)] if pii is not None else [],
                    forbidden=forbidden, restricted_subjects=restricted, erased=erased, known=known,
-                   regions=regions, evidence=shared)
+                   regions=regions, evidence=shared, forbidden_cookies=forbidden_cookies,
+                   restricted_cookies=restricted_cookies)
     except gate.ValidationFailed as exc:
         gate.renumber(exc, ref.path, {EVENT_ZONE: input_rows[ev_rows], RESTRICTED_ZONE: input_rows[rs_rows],
                                       PII_ZONE: input_rows})

@@ -89,9 +89,9 @@ def _logged_out(settings: Settings, cookie: str, zones: tuple[Path, ...] | None 
     return n
 
 
-def _rows_of(settings: Settings, subject: str) -> int:
+def _rows_of(settings: Settings, subject: str, roots: tuple[Path, ...] | None = None) -> int:
     n = 0
-    for f in settings.zones.rglob("*.parquet"):
+    for f in (f for root in roots or (settings.zones,) for f in root.rglob("*.parquet")):
         col = pq.read_table(f, columns=["subject_id"])["subject_id"]
         n += int(pc.sum(pc.fill_null(pc.equal(col, subject), False)).as_py() or 0)
     return n
@@ -181,7 +181,10 @@ def test_export_includes_the_linked_cookies_rows(llake: Settings) -> None:
     with zipfile.ZipFile(io.BytesIO(export.open_archive(llake, done.request_id, keyring=KR))) as zf:
         events = json.loads(zf.read("events.json"))
     linked = [r for r in events if r["linked_cookie"]]
-    assert len(linked) == 3 and {r["anonymous_pid"] for r in linked} == {COOKIE}
-    assert all(r["subject_id"] == SUBJECT for r in events)
-    # a shared cookie's logged-out rows may be another person's: not exported
-    assert not [r for r in events if r["anonymous_pid"] == SHARED and r["linked_cookie"]]
+    # the subject's own cookie's 3 logged-out rows; a shared cookie's logged-out rows may be
+    # another person's: not exported.  Records name the user, never a pseudonym (ADR 0010)
+    assert len(linked) == 3
+    assert all(r["user_id"] == planted.USER and "anonymous_pid" not in r and "subject_id" not in r
+               for r in events)
+    logged_in = _rows_of(llake, SUBJECT, (llake.event_zone / "events", llake.restricted_zone / "events"))
+    assert len(events) == logged_in + 3

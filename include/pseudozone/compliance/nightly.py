@@ -193,7 +193,7 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
     # (section, suite key, suite builder, erased subjects, files) per run, in zone order
     work: list[tuple[dict[str, Any], str, Callable[[], list[Any]], pa.Array, list[Path]]] = []
     with ExitStack() as stack:
-        refs: dict[tuple[str, str], tuple[str, str, str]] = {}
+        refs: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
         sets: dict[str, tuple[SubjectSets, pa.Array]] = {}
         # each tenant's known values (decrypted from its PII zone, held as keyed digests for
         # this run only) and phone regions: the same search the publish gate makes
@@ -217,17 +217,20 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
                     refs[(tenant, dataset)] = (
                         stack.enter_context(registered(as_array(subject_sets.forbidden(dataset)))),
                         stack.enter_context(registered(as_array(subject_sets.allowed_restricted(dataset)))),
-                        stack.enter_context(registered(live_keys)))
+                        stack.enter_context(registered(live_keys)),
+                        stack.enter_context(registered(as_array(subject_sets.forbidden_cookies(dataset)))),
+                        stack.enter_context(registered(as_array(subject_sets.restricted_cookies()))))
                 if tenant not in known_refs:
                     keyring = keyring or KeyRing.load(settings)
                     values = tenant_values(settings, keyring, tenant)
                     known_refs[tenant] = (stack.enter_context(registered(values.known())),
                                           values.phone_regions())
                     del values
-                forbidden, allowed, live_ref = refs[(tenant, dataset)]
+                forbidden, allowed, live_ref, no_cookies, cookies = refs[(tenant, dataset)]
                 known_ref, regions = known_refs[tenant]
                 key, make = _suite(zone_name, contracts.load(dataset), forbidden=forbidden, allowed=allowed,
-                                   live=live_ref, known=known_ref, regions=regions)
+                                   live=live_ref, known=known_ref, regions=regions,
+                                   forbidden_cookies=no_cookies, cookies=cookies)
                 erased = pa.array(sorted(erased_by_tenant.get(tenant, set())), pa.string())
                 work += [(section, key, make, erased, chunk)
                          for chunk in _chunks(zones.parquet_files(tenant_dir), rows_per_run)]
@@ -279,17 +282,20 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
 
 
 def _suite(zone: str, contract: contracts.Contract, *, forbidden: str, allowed: str,
-           live: str, known: str, regions: tuple[str, ...]) -> tuple[str, Callable[[], list[Any]]]:
+           live: str, known: str, regions: tuple[str, ...], forbidden_cookies: str,
+           cookies: str) -> tuple[str, Callable[[], list[Any]]]:
     """(suite key, suite builder) of a zone; the key names the registered sets it checks against."""
     from pseudozone.validation.suites import event_suite, pii_suite, restricted_suite
 
     version = contract.suite_version
     if zone == "events":
-        return (f"nightly:events:{version}:{forbidden}:{known}",
-                partial(event_suite, contract, forbidden_ref=forbidden, known_ref=known, regions=regions))
+        return (f"nightly:events:{version}:{forbidden}:{forbidden_cookies}:{known}",
+                partial(event_suite, contract, forbidden_ref=forbidden, known_ref=known, regions=regions,
+                        forbidden_cookies_ref=forbidden_cookies))
     if zone == "restricted":
-        return (f"nightly:restricted:{version}:{allowed}:{known}",
-                partial(restricted_suite, contract, allowed_ref=allowed, known_ref=known, regions=regions))
+        return (f"nightly:restricted:{version}:{allowed}:{cookies}:{known}",
+                partial(restricted_suite, contract, allowed_ref=allowed, known_ref=known, regions=regions,
+                        cookies_ref=cookies))
     return f"nightly:pii:{version}:{live}", partial(pii_suite, contract, live_ref=live)
 
 

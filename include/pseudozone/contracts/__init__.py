@@ -47,6 +47,7 @@ TYPES = ("string", "int64", "float64", "bool", "timestamp", "date")
 GENERALIZERS = ("ip_prefix", "year", "prefix", "significant")
 TENANT_COLUMN = "tenant_id"
 SUBJECT_COLUMN = "subject_id"
+COOKIE_COLUMN = "anonymous_pid"  # the event-zone column of the cookie pseudonym (docs/adr/0008)
 DATE_PARTITION = "date"
 FORMAT_CLASSES = ("keep", "identifier")
 NAMED_FORMATS = ("uuid", "hex", "ulid", "integer")

@@ -19,7 +19,13 @@ its gate.  See ``docs/adr/0007-lake-layer.md``.
 (``anonymous_pid``) seen in a row with a subject.  A cookie belongs to a set of subjects
 when every subject it was seen with is in the set (``Links.covered``); a cookie also seen
 with a subject outside the set is *shared* and stays.  Rows of a covered cookie that carry
-no subject (logged-out rows) follow the subject: ``SubjectSets.gone_cookies`` for erasure.
+no subject (logged-out rows) follow the subject: ``SubjectSets.gone_cookies`` for erasure,
+``SubjectSets.restricted_cookies`` for restriction: a cookie whose subjects are all
+restricted or erased when a restriction is planned is frozen with it (``restricted_cookies``
+in the request store) until an unrestriction releases it; the restricted zone admits its
+logged-out rows and the event zone none of its rows.  A cookie first linked to a restricted
+subject later is not frozen: rows that came before the link were not known to be the
+subject's.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import select
 
-from pseudozone import state
+from pseudozone import contracts, state
 from pseudozone.config import Settings
 from pseudozone.rights import store
 
@@ -120,7 +126,15 @@ def restricted(settings: Settings, tenant: str) -> frozenset[str]:
         return frozenset(str(r[0]) for r in rows)
 
 
-COOKIE_COLUMN = "anonymous_pid"  # the event-zone column of the cookie pseudonym
+def frozen_cookies(settings: Settings, tenant: str) -> frozenset[str]:
+    """Cookies of the tenant whose logged-out rows follow a restriction (``restricted_cookies``)."""
+    with store.engine_for(settings).connect() as conn:
+        rows = conn.execute(select(store.restricted_cookies.c.anonymous_pid)
+                            .where(store.restricted_cookies.c.tenant_id == tenant))
+        return frozenset(str(r[0]) for r in rows)
+
+
+COOKIE_COLUMN = contracts.COOKIE_COLUMN  # the event-zone column of the cookie pseudonym
 
 
 @dataclass(frozen=True)
@@ -200,19 +214,23 @@ class SubjectSets:
     restricted: frozenset[str] = frozenset()
     holds: Holds = field(default_factory=Holds)
     links: Links = field(default_factory=Links)  # of the erased and restricted subjects
+    # cookies frozen with a restriction (their logged-out rows follow it)
+    frozen: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, settings: Settings, tenant: str) -> SubjectSets:
         gone, limited = erased(settings, tenant), restricted(settings, tenant)
         return cls(tenant, gone, limited, legal_holds(settings, tenant),
-                   links(settings, tenant, gone | limited))
+                   links(settings, tenant, gone | limited), frozen_cookies(settings, tenant))
 
     def during_run(self, *, erase: Iterable[str] = (), restrict: Iterable[str] = (),
-                   unrestrict: Iterable[str] = ()) -> SubjectSets:
-        """The sets as a rights run leaves them: its erasures and (un)restrictions applied."""
+                   unrestrict: Iterable[str] = (), release: Iterable[str] = (),
+                   links: Links | None = None) -> SubjectSets:
+        """The sets as a rights run leaves them: its erasures and (un)restrictions applied,
+        ``release``d cookies no longer restricted; ``links`` those of the run's subjects too."""
         return SubjectSets(self.tenant, self.erased | frozenset(erase),
                            (self.restricted | frozenset(restrict)) - frozenset(unrestrict), self.holds,
-                           self.links)
+                           self.links if links is None else links, self.frozen - frozenset(release))
 
     def held(self, dataset: str) -> frozenset[str]:
         """Erased subjects whose rows of ``dataset`` a legal hold keeps."""
@@ -237,6 +255,21 @@ class SubjectSets:
     def forbidden_pii(self, dataset: str, *, new_batch: bool = False) -> frozenset[str]:
         """Subjects that must not appear in the PII zone of ``dataset``."""
         return self.gone(dataset, new_batch=new_batch)
+
+    def restricted_cookies(self) -> frozenset[str]:
+        """Cookies whose logged-out rows belong in the restricted zone: those frozen with a
+        restriction (``freeze``), except the ones every subject of which is erased (gone)."""
+        return self.frozen - self.links.covered(self.erased)
+
+    def to_freeze(self, subject: str) -> frozenset[str]:
+        """The cookies of ``subject`` a restriction of it freezes: every subject each was seen
+        with is restricted or erased (a cookie shared with a free subject stays free)."""
+        return (self.links.covered(self.restricted | self.erased | {subject})
+                & self.links.of(subject)) - self.links.covered(self.erased)
+
+    def forbidden_cookies(self, dataset: str, *, new_batch: bool = False) -> frozenset[str]:
+        """Cookies none of whose rows of ``dataset`` may be in the event zone."""
+        return self.gone_cookies(dataset, new_batch=new_batch) | self.restricted_cookies()
 
     def gone_cookies(self, dataset: str, *, new_batch: bool = False) -> frozenset[str]:
         """Cookies whose logged-out rows of ``dataset`` must be in no zone: every subject they

@@ -36,7 +36,16 @@ from pseudozone.ingest import WRITE_THREADS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
 from pseudozone.lake import index, layout
 from pseudozone.lake.index import lookup as index_lookup
-from pseudozone.lake.subjects import COOKIE_COLUMN, Holds, SubjectSets, as_array, legal_holds, links
+from pseudozone.lake.subjects import (
+    COOKIE_COLUMN,
+    Holds,
+    SubjectSets,
+    as_array,
+    erased,
+    frozen_cookies,
+    legal_holds,
+    links,
+)
 from pseudozone.landing import ARROW_TYPES
 from pseudozone.rights import audit, requests, store
 from pseudozone.rights.export import delete_archive, expires_at, export_request
@@ -60,6 +69,25 @@ class _Work:
 
     def subjects(self) -> set[str]:
         return self.erase | self.restrict | self.unrestrict | set(self.rectify)
+
+
+def _freeze_cookies(settings: Settings, conn: Any, row: Any, now: Any, keyring: KeyRing | None) -> None:
+    """Freeze the cookies a restriction of ``row``'s subject takes along (ADR 0008): from now
+    on ingest routes their logged-out rows to the restricted zone too."""
+    tenant = row.tenant_id
+    restricted_now = frozenset(str(r[0]) for r in conn.execute(
+        select(store.restrictions.c.subject_id).where(store.restrictions.c.tenant_id == tenant)))
+    sets = SubjectSets(tenant, erased(settings, tenant), restricted_now,
+                       links=links(settings, tenant, {row.subject_id}))
+    frozen = {str(r[0]) for r in conn.execute(select(store.restricted_cookies.c.anonymous_pid).where(
+        store.restricted_cookies.c.tenant_id == tenant))}
+    new = sorted(sets.to_freeze(row.subject_id) - frozen)
+    for cookie in new:
+        conn.execute(insert(store.restricted_cookies).values(
+            tenant_id=tenant, anonymous_pid=cookie, request_id=row.request_id, since=now))
+    if new:
+        audit.append(conn, "restriction.cookies_frozen", request_id=row.request_id, tenant_id=tenant,
+                     subject_id=row.subject_id, details={"cookies": len(new)}, keyring=keyring)
 
 
 def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None) -> dict[str, Any]:
@@ -89,6 +117,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
                         since=now))
                     audit.append(conn, "restriction.added", request_id=row.request_id,
                                  tenant_id=row.tenant_id, subject_id=row.subject_id, keyring=keyring)
+                _freeze_cookies(settings, conn, row, now, keyring)
 
     # the latest request per subject decides between restrict and unrestrict; erase wins over all
     work: dict[str, _Work] = defaultdict(_Work)
@@ -113,7 +142,8 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
     def group(tenant: str, dataset: str, batch: str) -> dict[str, Any]:
         return groups.setdefault((tenant, dataset, batch), {
             "tenant_id": tenant, "dataset": dataset, "batch_id": batch, "files": set(),
-            "erase": set(), "restrict": set(), "unrestrict": set(), "rectify": {}, "erase_cookies": {}})
+            "erase": set(), "restrict": set(), "unrestrict": set(), "rectify": {}, "erase_cookies": {},
+            "restrict_cookies": {}, "unrestrict_cookies": {}, "release_cookies": release.get(tenant, [])})
 
     # the subjects of the run that the index lists anywhere: a request for any other one
     # finds no data (a mistyped user id must not look like success)
@@ -121,6 +151,8 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
     # per erased subject: its linked cookies erased with it, and those shared with another
     # subject (kept: one subject's request alone does not erase them; ADR 0008)
     cookies: dict[str, dict[str, dict[str, int]]] = {}
+    # per tenant: frozen cookies its unrestrictions release (ADR 0008)
+    release: dict[str, list[str]] = {}
     for tenant, w in sorted(work.items()):
         w.restrict -= w.erase
         w.unrestrict -= w.erase
@@ -128,6 +160,10 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
             w.rectify.pop(s, None)
         if not w.subjects():
             continue
+        into: dict[str, list[str]] = {}
+        back: dict[str, list[str]] = {}
+        if w.restrict or w.unrestrict:
+            into, back, release[tenant] = _cookie_moves(settings, tenant, w)
         found = index_lookup(settings, tenant, w.subjects())
         indexed[tenant] = sorted(set(found["subject_id"].to_pylist()))
         for subject, zone, path, dataset, batch in zip(
@@ -161,6 +197,20 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
                 g = group(tenant, dataset, batch)
                 g["files"].add(path)
                 g["erase_cookies"][cookie] = owners[cookie]
+        if into or back:
+            # the logged-out rows of cookies that follow a (lifted) restriction: found by a scan
+            found_cookies = index.lookup_cookies(settings, tenant, set(into) | set(back))
+            wanted_columns = (COOKIE_COLUMN, "zone", "path", "dataset", "batch_id")
+            for cookie, zone, path, dataset, batch in zip(
+                    *(found_cookies[c].to_pylist() for c in wanted_columns), strict=True):
+                if cookie in into and zone == layout.EVENTS:
+                    g = group(tenant, dataset, batch)
+                    g["files"].add(path)
+                    g["restrict_cookies"][cookie] = into[cookie]
+                elif cookie in back and zone == layout.RESTRICTED:
+                    g = group(tenant, dataset, batch)
+                    g["files"].add(path)
+                    g["unrestrict_cookies"][cookie] = back[cookie]
     plan_groups = [{**g, "files": sorted(g["files"]), "erase": sorted(g["erase"]),
                     "restrict": sorted(g["restrict"]), "unrestrict": sorted(g["unrestrict"])}
                    for _, g in sorted(groups.items())]
@@ -169,7 +219,29 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
     # subjects that end the run restricted: a lifted restriction must not outlive a later restrict
     restricted_after = {tenant: sorted(w.restrict) for tenant, w in sorted(work.items()) if w.restrict}
     return {"run_id": run_id, "requests": [r.request_id for r in rows], "groups": plan_groups,
-            "exports": exports, "restricted_after": restricted_after, "indexed": indexed, "cookies": cookies}
+            "exports": exports, "restricted_after": restricted_after, "indexed": indexed, "cookies": cookies,
+            "release_cookies": release}
+
+
+def _cookie_moves(settings: Settings, tenant: str, w: _Work) -> tuple[
+        dict[str, list[str]], dict[str, list[str]], list[str]]:
+    """(cookies whose logged-out rows move to the restricted zone, cookies whose rows move back,
+    frozen cookies the run releases), the first two with their subjects (ADR 0008).
+
+    A frozen cookie of a subject being restricted follows it in; a frozen cookie of a subject
+    being unrestricted is released once no subject it was seen with is still restricted (or
+    erased), and its rows move back.  Cookies every subject of which is erased are the
+    erasure's (never moved).
+    """
+    frozen = frozen_cookies(settings, tenant)
+    base = SubjectSets.load(settings, tenant)
+    linked = links(settings, tenant, base.erased | base.restricted | w.subjects())
+    still = (base.restricted | w.restrict) - w.unrestrict
+    gone = linked.covered(base.erased | w.erase)
+    released = {c for s in w.unrestrict for c in linked.of(s) if c in frozen} - linked.covered(
+        still | base.erased | w.erase)
+    into = ({c for s in w.restrict for c in linked.of(s)} & frozen) - gone
+    return linked.owners(into), linked.owners(released - gone), sorted(released)
 
 
 # -- rewriting one batch's files -------------------------------------------------------------
@@ -190,12 +262,13 @@ def _mask(table: pa.Table, subjects: set[str] | list[str], cookies: set[str] | N
     return mask
 
 
-def _take_subjects(table: pa.Table | None, subjects: set[str]) -> pa.Table | None:
+def _take_subjects(table: pa.Table | None, subjects: set[str],
+                   cookies: set[str] | None = None) -> pa.Table | None:
     if table is None:
         return None
-    if not subjects:
+    if not (subjects or cookies):
         return table.slice(0, 0)
-    return table.filter(_mask(table, subjects))
+    return table.filter(_mask(table, subjects, cookies))
 
 
 def _drop_subjects(table: pa.Table | None, subjects: set[str],
@@ -212,20 +285,25 @@ def _concat(*tables: pa.Table | None) -> pa.Table | None:
     return pa.concat_tables(present) if len(present) > 1 else present[0]
 
 
-def _move(src: pa.Table | None, dst: pa.Table | None, subjects: set[str]) -> tuple[
-        pa.Table | None, pa.Table | None, int]:
-    """Move ``subjects``' rows from src to dst; safe to repeat after a partial move.
+def _move(src: pa.Table | None, dst: pa.Table | None, subjects: set[str],
+          cookies: set[str] | None = None) -> tuple[pa.Table | None, pa.Table | None, int]:
+    """Move ``subjects``' rows, and the logged-out rows of ``cookies``, from src to dst; safe to
+    repeat after a partial move.
 
-    Where src still holds a subject's rows they are the truth, and any copy of them
-    already in dst (from a run that died between its two writes) is replaced.
+    Where src still holds a subject's (a cookie's) rows they are the truth, and any copy of
+    them already in dst (from a run that died between its two writes) is replaced.
     """
-    if not subjects:
+    if not (subjects or cookies):
         return src, dst, 0
-    moving = _take_subjects(src, subjects)
+    moving = _take_subjects(src, subjects, cookies)
     if moving is None or moving.num_rows == 0:
         return src, dst, 0
-    present = set(pc.unique(moving[SUBJECT_COLUMN]).to_pylist())
-    return _drop_subjects(src, subjects), _concat(_drop_subjects(dst, present), moving), moving.num_rows
+    present = {s for s in pc.unique(moving[SUBJECT_COLUMN]).to_pylist() if s is not None}
+    logged_out = moving.filter(pc.is_null(moving[SUBJECT_COLUMN]))
+    present_cookies = ({c for c in pc.unique(logged_out[COOKIE_COLUMN]).to_pylist() if c is not None}
+                       if cookies and logged_out.num_rows else set())
+    return (_drop_subjects(src, subjects, cookies),
+            _concat(_drop_subjects(dst, present, present_cookies), moving), moving.num_rows)
 
 
 def _regeneralize(table: pa.Table | None, contract: contracts.Contract,
@@ -301,6 +379,10 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
     tenant, dataset, batch_id = group["tenant_id"], group["dataset"], group["batch_id"]
     contract = contracts.load(dataset)
     erase, restrict, unrestrict = set(group["erase"]), set(group["restrict"]), set(group["unrestrict"])
+    # logged-out rows of cookies that follow a restriction in, or a lifted one back (ADR 0008)
+    restrict_owners: dict[str, list[str]] = group.get("restrict_cookies", {})
+    unrestrict_owners: dict[str, list[str]] = group.get("unrestrict_cookies", {})
+    restrict_cookies, unrestrict_cookies = set(restrict_owners), set(unrestrict_owners)
     cookie_owners: dict[str, list[str]] = group.get("erase_cookies", {})
     owners = {s for subjects in cookie_owners.values() for s in subjects}
     held = set(legal_holds(settings, tenant).kept(dataset, erase | owners))
@@ -331,13 +413,18 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
         ev, n_ev = _regeneralize(ev, contract, corrections)
         rs, n_rs = _regeneralize(rs, contract, corrections)
         counts["*"]["event_values_rectified"] += n_ev + n_rs
-        outgoing_ev, outgoing_rs = _take_subjects(ev, restrict), _take_subjects(rs, unrestrict)
+        outgoing_ev = _take_subjects(ev, restrict, restrict_cookies)
+        outgoing_rs = _take_subjects(rs, unrestrict, unrestrict_cookies)
         for s, n in _count(ev, restrict).items():
             counts[s]["rows_restricted"] += n
         for s, n in _count(rs, unrestrict).items():
             counts[s]["rows_unrestricted"] += n
-        ev, rs, moved_out = _move(ev, rs, restrict)
-        rs, ev, moved_back = _move(rs, ev, unrestrict)
+        for s, n in _count_cookies(ev, restrict_cookies, restrict_owners).items():
+            counts[s]["cookie_rows_restricted"] += n
+        for s, n in _count_cookies(rs, unrestrict_cookies, unrestrict_owners).items():
+            counts[s]["cookie_rows_unrestricted"] += n
+        ev, rs, moved_out = _move(ev, rs, restrict, restrict_cookies)
+        rs, ev, moved_back = _move(rs, ev, unrestrict, unrestrict_cookies)
         if moved_out or moved_back:
             interim[ev_rel] = _concat(ev, outgoing_ev)
             interim[rs_rel] = _concat(rs, outgoing_rs)
@@ -364,7 +451,8 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
         audit.append(conn, "files.rewritten", tenant_id=tenant, details={
             "dataset": dataset, "batch_id": batch_id, "files": sorted(outputs),
             "erase": len(erase), "erase_cookies": len(erase_cookies), "restrict": len(restrict),
-            "unrestrict": len(unrestrict), "rectify": len(corrections), "held": sorted(held)},
+            "restrict_cookies": len(restrict_cookies), "unrestrict": len(unrestrict),
+            "unrestrict_cookies": len(unrestrict_cookies), "rectify": len(corrections), "held": sorted(held)},
                      keyring=keyring)
     return {"group_id": group["group_id"], "files": sorted(outputs), "held": sorted(held),
             "counts": {s: dict(c) for s, c in counts.items()}}
@@ -383,8 +471,11 @@ def _gate(settings: Settings, contract: contracts.Contract, group: dict[str, Any
     tenant, dataset = group["tenant_id"], group["dataset"]
     # the sets as this run leaves them; an erased subject's rows kept under a legal hold
     # on this dataset are allowed to stay (lake.subjects)
-    sets = SubjectSets.load(settings, tenant).during_run(
-        erase=group["erase"], restrict=group["restrict"], unrestrict=group["unrestrict"])
+    base = SubjectSets.load(settings, tenant)
+    run_subjects = {*group["erase"], *group["restrict"], *group["unrestrict"]}
+    sets = base.during_run(erase=group["erase"], restrict=group["restrict"], unrestrict=group["unrestrict"],
+                           release=group.get("release_cookies", ()),
+                           links=links(settings, tenant, base.erased | base.restricted | run_subjects))
     new_values = [v for fields in corrections.values() for v in fields.values()]
     known = KnownValues(new_values) if new_values else None
     present = {rel: t for rel, t in sorted(outputs.items()) if t is not None and t.num_rows}
@@ -393,6 +484,8 @@ def _gate(settings: Settings, contract: contracts.Contract, group: dict[str, Any
     try:
         gate.check(contract, forbidden=as_array(sets.forbidden(dataset)),
                    restricted_subjects=as_array(sets.allowed_restricted(dataset)), known=known,
+                   forbidden_cookies=as_array(sets.forbidden_cookies(dataset)),
+                   restricted_cookies=as_array(sets.restricted_cookies()),
                    erased=as_array(sets.forbidden_pii(dataset)), changed=changed,
                    events=[(rel, t) for rel, t in present.items() if layout.zone_of(rel) == layout.EVENTS],
                    restricted=[(rel, t) for rel, t in present.items()
@@ -609,11 +702,16 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
             if s in plan.get("restricted_after", {}).get(tenant, []):
                 outcome["superseded_by_a_later_restrict"] = True
             else:
+                released = plan.get("release_cookies", {}).get(tenant, [])
                 with store.transaction(settings) as tconn:
                     tconn.execute(delete(store.restrictions).where(
                         store.restrictions.c.tenant_id == tenant, store.restrictions.c.subject_id == s))
+                    if released:
+                        tconn.execute(delete(store.restricted_cookies).where(
+                            store.restricted_cookies.c.tenant_id == tenant,
+                            store.restricted_cookies.c.anonymous_pid.in_(released)))
                     audit.append(tconn, "restriction.lifted", request_id=row.request_id, tenant_id=tenant,
-                                 subject_id=s, keyring=keyring)
+                                 subject_id=s, details={"cookies_released": len(released)}, keyring=keyring)
         elif row.type == "rectify":
             payload = requests.open_payload(keyring, tenant, row.request_id, row.payload_enc)
             outcome["fields"] = sorted(payload.get("fields") or {})

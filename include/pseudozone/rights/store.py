@@ -92,6 +92,17 @@ restrictions = Table(
     Column("since", DateTime(timezone=True), nullable=False),
 )
 
+# cookies whose logged-out rows follow a restriction: frozen when the restriction is planned
+# (every subject the cookie was seen with restricted or erased), released when an
+# unrestriction completes (docs/adr/0008-identity-links.md)
+restricted_cookies = Table(
+    "restricted_cookies", metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("anonymous_pid", String(80), primary_key=True),
+    Column("request_id", String(36), nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+)
+
 audit_log = Table(
     "audit_log", metadata,
     Column("seq", Integer, primary_key=True, autoincrement=False),

@@ -31,10 +31,17 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 from great_expectations.execution_engine import PandasExecutionEngine, pandas_execution_engine  # noqa: E402
-from great_expectations.expectations.expectation import ColumnMapExpectation  # noqa: E402
+from great_expectations.expectations.expectation import (  # noqa: E402
+    ColumnMapExpectation,
+    ColumnPairMapExpectation,
+)
 from great_expectations.expectations.metrics import (  # noqa: E402
     ColumnMapMetricProvider,
     column_condition_partial,
+)
+from great_expectations.expectations.metrics.map_metric_provider import (  # noqa: E402
+    ColumnPairMapMetricProvider,
+    column_pair_condition_partial,
 )
 
 from pseudozone.pii import scan  # noqa: E402
@@ -170,6 +177,45 @@ class ExpectColumnValuesToBeInRegisteredSet(ColumnMapExpectation):
     absent: bool = False
     map_metric = "column_values.in_registered_set"
     success_keys = ("set_ref", "absent", "mostly")
+
+
+class ColumnPairOwnedByRegisteredSets(ColumnPairMapMetricProvider):
+    """Row is True when its subject (column A) is in one registered set, or it has no subject
+    and its cookie (column B) is in another: a logged-out row that follows its subjects."""
+
+    condition_metric_name = "column_pair_values.owned_by_registered_sets"
+    condition_domain_keys = ("batch_id", "table", "column_A", "column_B", "row_condition",
+                             "condition_parser", "ignore_row_if")
+    condition_value_keys = ("subject_ref", "cookie_ref")
+
+    @column_pair_condition_partial(engine=PandasExecutionEngine)
+    @_safe
+    def _pandas(cls, column_A: pd.Series, column_B: pd.Series, subject_ref: str,
+                cookie_ref: str, **kwargs: Any) -> pd.Series:
+        subjects, cookies = _arrow(column_A), _arrow(column_B)
+        owned = pc.fill_null(detect.per_distinct(
+            subjects, lambda distinct: pc.is_in(distinct, value_set=_lookup(subject_ref))), False)
+        followed = pc.and_(subjects.is_null(), pc.fill_null(detect.per_distinct(
+            cookies, lambda distinct: pc.is_in(distinct, value_set=_lookup(cookie_ref))), False))
+        return _series(pc.or_(owned, followed), column_A)
+
+
+class ExpectRowsToBelongToRegisteredOwners(ColumnPairMapExpectation):
+    """Expect every row to be a registered subject's, or a logged-out row of a registered cookie.
+
+    ``column_A`` is the subject column, ``column_B`` the cookie column; a row with neither is
+    unexpected (``ignore_row_if="neither"``).
+    """
+
+    subject_ref: str
+    cookie_ref: str
+    ignore_row_if: str = "neither"
+    # as GX's own pair expectations declare it: without ignore_row_if in the domain, the
+    # engine receives None and rejects it
+    domain_keys = ("batch_id", "column_A", "column_B", "row_condition",  # type: ignore[assignment]
+                   "condition_parser", "ignore_row_if")
+    map_metric = "column_pair_values.owned_by_registered_sets"
+    success_keys = ("subject_ref", "cookie_ref", "mostly")
 
 
 class ColumnValuesFreeOfKnownValues(ColumnMapMetricProvider):

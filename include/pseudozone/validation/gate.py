@@ -79,7 +79,9 @@ def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), p
           forbidden: Sequence[str] | pa.Array = (), restricted_subjects: Sequence[str] | pa.Array = (),
           erased: Sequence[str] | pa.Array = (), known: Known | None = None,
           changed: Collection[str] | None = None, regions: Sequence[str] = DEFAULT_REGIONS,
-          evidence: Mapping[str, Mapping[str, Evidence]] | None = None) -> list[Report]:
+          evidence: Mapping[str, Mapping[str, Evidence]] | None = None,
+          forbidden_cookies: Sequence[str] | pa.Array = (),
+          restricted_cookies: Sequence[str] | pa.Array = ()) -> list[Report]:
     """Validate a unit of work's outputs; raise ``ValidationFailed`` if any expectation fails.
 
     ``forbidden``: subjects that must not appear in the event zone (erased, restricted);
@@ -87,6 +89,9 @@ def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), p
     ``erased``: subjects that must not appear in the PII zone;
     ``known``: the tenant's known values (and the input's raw values), which must appear nowhere;
     ``regions``: the regions whose national phone formats are read (as the scrubber read them).
+    ``forbidden_cookies``: cookies none of whose rows may be in the event zone (erased or
+    restricted with their subjects); ``restricted_cookies``: cookies whose logged-out rows
+    the restricted zone admits (ADR 0008).
     ``evidence``: per zone (``events``, ``restricted``) and column, the scrubber's scan evidence
     of the text it was given (``pseudozone.pii.scan.Evidence``): the PII and known-value checks
     reuse its verdicts for the rows whose value is still the one scanned, and check every other
@@ -102,6 +107,10 @@ def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), p
         forbidden_ref = stack.enter_context(registered(_strings(forbidden), ref="gate:forbidden"))
         allowed_ref = stack.enter_context(registered(_strings(restricted_subjects), ref="gate:restricted"))
         erased_ref = stack.enter_context(registered(_strings(erased), ref="gate:erased"))
+        no_cookies_ref = stack.enter_context(registered(_strings(forbidden_cookies),
+                                                        ref="gate:forbidden-cookies"))
+        cookies_ref = stack.enter_context(registered(_strings(restricted_cookies),
+                                                     ref="gate:restricted-cookies"))
         known_ref = stack.enter_context(registered(known, ref="gate:known")) if known is not None else None
         shared = {zone: stack.enter_context(registered(dict((evidence or {}).get(zone, {})),
                                                        ref=f"gate:evidence:{zone}"))
@@ -111,13 +120,16 @@ def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), p
         suites: dict[str, tuple[Tables, Callable[[], list[Any]], Callable[[], list[Any]]]] = {
             "events": (events,
                        partial(event_suite, contract, forbidden_ref=forbidden_ref, known_ref=known_ref,
-                               regions=tuple(regions), evidence_ref=shared["events"]),
-                       partial(subjects_suite, columns, set_ref=forbidden_ref, absent=True, not_null=False)),
+                               regions=tuple(regions), evidence_ref=shared["events"],
+                               forbidden_cookies_ref=no_cookies_ref),
+                       partial(subjects_suite, columns, set_ref=forbidden_ref, absent=True, not_null=False,
+                               cookies_ref=no_cookies_ref)),
             "restricted": (restricted,
                            partial(restricted_suite, contract, allowed_ref=allowed_ref, known_ref=known_ref,
-                                   regions=tuple(regions), evidence_ref=shared["restricted"]),
+                                   regions=tuple(regions), evidence_ref=shared["restricted"],
+                                   cookies_ref=cookies_ref),
                            partial(subjects_suite, columns, set_ref=allowed_ref, absent=False,
-                                   not_null=True)),
+                                   not_null=True, cookies_ref=cookies_ref)),
             "pii": (pii, partial(pii_suite, contract, erased_ref=erased_ref),
                     partial(subjects_suite, pii_columns(contract), set_ref=erased_ref, absent=True,
                             not_null=True)),

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pseudozone.contracts import SUBJECT_COLUMN, Contract
+from pseudozone.contracts import COOKIE_COLUMN, SUBJECT_COLUMN, Contract
 from pseudozone.validation import detect
 from pseudozone.validation.expectations import (
     ERROR_PREFIX,
@@ -44,6 +44,7 @@ from pseudozone.validation.expectations import (
     ExpectColumnValuesToBeFreeOfPii,
     ExpectColumnValuesToBeInRegisteredSet,
     ExpectColumnValuesToMatchPattern,
+    ExpectRowsToBelongToRegisteredOwners,
     context,
 )
 
@@ -123,10 +124,34 @@ def _text_checks(contract: Contract, known_ref: str | None, regions: tuple[str, 
     return expected
 
 
+def _has_cookie(columns: Sequence[str]) -> bool:
+    return COOKIE_COLUMN in columns
+
+
+def _absent(forbidden_ref: str, columns: Sequence[str], forbidden_cookies_ref: str | None) -> list[Any]:
+    """No forbidden subject, and no row (logged-out or not) of a forbidden cookie."""
+    expected: list[Any] = [ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=forbidden_ref,
+                                                                 absent=True)]
+    if forbidden_cookies_ref is not None and _has_cookie(columns):
+        expected.append(ExpectColumnValuesToBeInRegisteredSet(column=COOKIE_COLUMN,
+                                                              set_ref=forbidden_cookies_ref, absent=True))
+    return expected
+
+
+def _owned(allowed_ref: str, columns: Sequence[str], cookies_ref: str | None) -> list[Any]:
+    """Every row a restricted subject's, or (with a cookie column) a logged-out row of a
+    restricted cookie (docs/adr/0008-identity-links.md)."""
+    if cookies_ref is not None and _has_cookie(columns):
+        return [ExpectRowsToBelongToRegisteredOwners(column_A=SUBJECT_COLUMN, column_B=COOKIE_COLUMN,
+                                                     subject_ref=allowed_ref, cookie_ref=cookies_ref)]
+    return [gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN),
+            ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=allowed_ref)]
+
+
 def event_suite(contract: Contract, *, forbidden_ref: str | None = None, known_ref: str | None = None,
                 regions: tuple[str, ...] = detect.DEFAULT_REGIONS,
-                evidence_ref: str | None = None) -> list[Any]:
-    """Event zone: allow-list, formats, no PII forms, no forbidden subject, no known raw value.
+                evidence_ref: str | None = None, forbidden_cookies_ref: str | None = None) -> list[Any]:
+    """Event zone: allow-list, formats, no PII forms, no forbidden subject or cookie, no known raw value.
 
     ``evidence_ref`` names the registered scan evidence (per column) the text checks may reuse.
     """
@@ -134,18 +159,16 @@ def event_suite(contract: Contract, *, forbidden_ref: str | None = None, known_r
                                                             exact_match=True)]
     expected += _text_checks(contract, known_ref, regions, evidence_ref)
     if forbidden_ref is not None:
-        expected.append(ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=forbidden_ref,
-                                                              absent=True))
+        expected += _absent(forbidden_ref, contract.event_columns, forbidden_cookies_ref)
     return expected
 
 
 def restricted_suite(contract: Contract, *, allowed_ref: str, known_ref: str | None = None,
                      regions: tuple[str, ...] = detect.DEFAULT_REGIONS,
-                     evidence_ref: str | None = None) -> list[Any]:
-    """Restricted zone: as the event zone, and only restricted subjects."""
+                     evidence_ref: str | None = None, cookies_ref: str | None = None) -> list[Any]:
+    """Restricted zone: as the event zone, and only restricted subjects (and their cookies)."""
     return [*event_suite(contract, known_ref=known_ref, regions=regions, evidence_ref=evidence_ref),
-            gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN),
-            ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=allowed_ref)]
+            *_owned(allowed_ref, contract.event_columns, cookies_ref)]
 
 
 def pii_columns(contract: Contract) -> list[str]:
@@ -167,13 +190,22 @@ def pii_suite(contract: Contract, *, live_ref: str | None = None, erased_ref: st
     return expected
 
 
-def subjects_suite(columns: list[str], *, set_ref: str, absent: bool, not_null: bool) -> list[Any]:
-    """Only the columns and which subjects: for rows a rewrite kept as they were published."""
-    expected: list[Any] = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
-                           ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=set_ref,
-                                                                 absent=absent)]
-    if not_null:
-        expected.append(gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN))
+def subjects_suite(columns: list[str], *, set_ref: str, absent: bool, not_null: bool,
+                   cookies_ref: str | None = None) -> list[Any]:
+    """Only the columns and which subjects: for rows a rewrite kept as they were published.
+
+    ``cookies_ref``: with ``absent``, cookies none of whose rows may appear; otherwise the
+    cookies whose logged-out rows may appear (without a subject) beside the allowed subjects.
+    """
+    expected: list[Any] = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True)]
+    if absent:
+        expected += _absent(set_ref, columns, cookies_ref)
+        if not_null:
+            expected.append(gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN))
+    elif not_null:
+        expected += _owned(set_ref, columns, cookies_ref)
+    else:
+        expected.append(ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=set_ref))
     return expected
 
 
