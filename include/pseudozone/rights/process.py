@@ -143,7 +143,8 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
         return groups.setdefault((tenant, dataset, batch), {
             "tenant_id": tenant, "dataset": dataset, "batch_id": batch, "files": set(),
             "erase": set(), "restrict": set(), "unrestrict": set(), "rectify": {}, "erase_cookies": {},
-            "restrict_cookies": {}, "unrestrict_cookies": {}, "release_cookies": release.get(tenant, [])})
+            "restrict_cookies": {}, "unrestrict_cookies": {},
+            "release_cookies": sorted({c for cs in release.get(tenant, {}).values() for c in cs})})
 
     # the subjects of the run that the index lists anywhere: a request for any other one
     # finds no data (a mistyped user id must not look like success)
@@ -151,8 +152,8 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
     # per erased subject: its linked cookies erased with it, and those shared with another
     # subject (kept: one subject's request alone does not erase them; ADR 0008)
     cookies: dict[str, dict[str, dict[str, int]]] = {}
-    # per tenant: frozen cookies its unrestrictions release (ADR 0008)
-    release: dict[str, list[str]] = {}
+    # per tenant and unrestricted subject: the frozen cookies its unrestriction releases (ADR 0008)
+    release: dict[str, dict[str, list[str]]] = {}
     for tenant, w in sorted(work.items()):
         w.restrict -= w.erase
         w.unrestrict -= w.erase
@@ -224,24 +225,25 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
 
 
 def _cookie_moves(settings: Settings, tenant: str, w: _Work) -> tuple[
-        dict[str, list[str]], dict[str, list[str]], list[str]]:
+        dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
     """(cookies whose logged-out rows move to the restricted zone, cookies whose rows move back,
-    frozen cookies the run releases), the first two with their subjects (ADR 0008).
+    per unrestricted subject the frozen cookies its unrestriction releases), the first two
+    with their subjects (ADR 0008).
 
-    A frozen cookie of a subject being restricted follows it in; a frozen cookie of a subject
-    being unrestricted is released once no subject it was seen with is still restricted (or
-    erased), and its rows move back.  Cookies every subject of which is erased are the
-    erasure's (never moved).
+    A frozen cookie of a subject being restricted follows it in.  A cookie of a subject being
+    unrestricted is free once no subject it was seen with is still restricted (or erased): its
+    rows move back (frozen or not, so that a run that failed half-way heals) and it is released.
+    Cookies every subject of which is erased are the erasure's (never moved).
     """
     frozen = frozen_cookies(settings, tenant)
     base = SubjectSets.load(settings, tenant)
     linked = links(settings, tenant, base.erased | base.restricted | w.subjects())
     still = (base.restricted | w.restrict) - w.unrestrict
     gone = linked.covered(base.erased | w.erase)
-    released = {c for s in w.unrestrict for c in linked.of(s) if c in frozen} - linked.covered(
-        still | base.erased | w.erase)
+    free = {c for s in w.unrestrict for c in linked.of(s)} - linked.covered(still | base.erased | w.erase)
     into = ({c for s in w.restrict for c in linked.of(s)} & frozen) - gone
-    return linked.owners(into), linked.owners(released - gone), sorted(released)
+    released = {s: sorted(linked.of(s) & free & frozen) for s in sorted(w.unrestrict)}
+    return linked.owners(into), linked.owners(free - gone), released
 
 
 # -- rewriting one batch's files -------------------------------------------------------------
@@ -702,7 +704,7 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
             if s in plan.get("restricted_after", {}).get(tenant, []):
                 outcome["superseded_by_a_later_restrict"] = True
             else:
-                released = plan.get("release_cookies", {}).get(tenant, [])
+                released = plan.get("release_cookies", {}).get(tenant, {}).get(s, [])
                 with store.transaction(settings) as tconn:
                     tconn.execute(delete(store.restrictions).where(
                         store.restrictions.c.tenant_id == tenant, store.restrictions.c.subject_id == s))
