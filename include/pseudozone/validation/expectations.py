@@ -35,13 +35,20 @@ from great_expectations.expectations.expectation import (  # noqa: E402
     ColumnMapExpectation,
     ColumnPairMapExpectation,
 )
-from great_expectations.expectations.metrics import (  # noqa: E402
-    ColumnMapMetricProvider,
+
+# from the defining modules: a function and its module share a name there, and importing
+# through the package makes type checkers take one for the other
+from great_expectations.expectations.metrics.map_metric_provider.column_condition_partial import (  # noqa: E402
     column_condition_partial,
 )
-from great_expectations.expectations.metrics.map_metric_provider import (  # noqa: E402
-    ColumnPairMapMetricProvider,
+from great_expectations.expectations.metrics.map_metric_provider.column_map_metric_provider import (  # noqa: E402
+    ColumnMapMetricProvider,
+)
+from great_expectations.expectations.metrics.map_metric_provider.column_pair_condition_partial import (  # noqa: E402
     column_pair_condition_partial,
+)
+from great_expectations.expectations.metrics.map_metric_provider.column_pair_map_metric_provider import (  # noqa: E402
+    ColumnPairMapMetricProvider,
 )
 
 from pseudozone.pii import scan  # noqa: E402
