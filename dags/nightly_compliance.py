@@ -6,7 +6,10 @@ compliance report under `reports/compliance/` in the data root.
 
 1. `retention`: event-zone date partitions older than their dataset's
    `retention_days` (contract; override with the `retention_days` param) are
-   deleted, except under a legal hold; each deletion is audited.
+   deleted, except under a legal hold; so are landing files ingested more than
+   `PSEUDOZONE_LANDING_RETENTION_DAYS` ago (default 7) and quarantined files older than
+   `PSEUDOZONE_QUARANTINE_RETENTION_DAYS` (default 30; docs/adr/0011-landing-retention.md);
+   each deletion is audited.
 2. `validate_zones`: every file of the event, restricted, PII and export zones
    against its Great Expectations suite (Data Docs are written beside the report).
 3. `verify_erasures` (from the same reads) and `k_anonymity` (flagged under the

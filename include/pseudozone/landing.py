@@ -6,6 +6,9 @@ Reading never lets a library error message through (pyarrow quotes the value
 it failed to parse); it raises ``ContractViolation`` naming columns instead.
 Columns whose contract gives a ``format`` are checked after casting: a value that
 does not fit rejects the batch (``format_mismatch``, with counts and row positions).
+Landing files are kept for ``PSEUDOZONE_LANDING_RETENTION_DAYS`` after ingestion and
+quarantined ones for ``PSEUDOZONE_QUARANTINE_RETENTION_DAYS`` (the nightly run deletes
+them; docs/adr/0011-landing-retention.md).
 """
 
 from __future__ import annotations
@@ -187,6 +190,67 @@ def settle_seconds() -> float:
     if not value >= 0:  # also NaN
         raise ConfigError(f"{SETTLE_ENV} must be a number of seconds, 0 or more")
     return value
+
+
+LANDING_RETENTION_ENV = "PSEUDOZONE_LANDING_RETENTION_DAYS"
+DEFAULT_LANDING_RETENTION_DAYS = 7
+QUARANTINE_RETENTION_ENV = "PSEUDOZONE_QUARANTINE_RETENTION_DAYS"
+DEFAULT_QUARANTINE_RETENTION_DAYS = 30
+
+
+def _days(env: str, default: int) -> int:
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ConfigError(f"{env} must be a whole number of days, 0 or more")
+    return int(raw)
+
+
+def landing_retention_days() -> int:
+    """``PSEUDOZONE_LANDING_RETENTION_DAYS`` (default 7): how long a landing file stays after its
+    batch was ingested (0: it goes at the next nightly run)."""
+    return _days(LANDING_RETENTION_ENV, DEFAULT_LANDING_RETENTION_DAYS)
+
+
+def quarantine_retention_days() -> int:
+    """``PSEUDOZONE_QUARANTINE_RETENTION_DAYS`` (default 30): how long a quarantined landing file
+    (or inbox request) is kept after it was quarantined (0: it goes at the next nightly run)."""
+    return _days(QUARANTINE_RETENTION_ENV, DEFAULT_QUARANTINE_RETENTION_DAYS)
+
+
+def landing_file(settings: Settings, path: Path) -> bool:
+    """Whether ``path`` is a landing file pseudozone may read or delete: a regular file (a link is
+    not followed), not an in-flight upload, in a folder that resolves inside the landing zone."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    return (stat.S_ISREG(st.st_mode) and path.name[:1] not in "._"
+            and _real_inside(settings.landing, path.parent))
+
+
+def landed_files(settings: Settings, tenant: str) -> list[tuple[str, Path]]:
+    """(dataset, path) of every landing file of ``tenant`` (``<dataset>/tenant=<tenant>/``), pending
+    or ingested, sorted; in-flight uploads, links and folders that are links are left out."""
+    if not settings.landing.is_dir() or not TENANT_RE.match(tenant):
+        return []
+    out: list[tuple[str, Path]] = []
+    for dataset_dir in sorted(settings.landing.iterdir()):
+        tenant_dir = dataset_dir / f"tenant={tenant}"
+        if dataset_dir.name[:1] in "._" or not tenant_dir.is_dir():
+            continue
+        out += [(dataset_dir.name, f) for f in sorted(tenant_dir.iterdir()) if landing_file(settings, f)]
+    return out
+
+
+def delete_landed(settings: Settings, path: Path) -> bool:
+    """Delete a landing file (never through a link, never outside the landing zone); whether it was."""
+    if not landing_file(settings, path):
+        return False
+    path.unlink()
+    zones.fsync_dirs({path.parent})
+    return True
 
 
 def _marker_time(folder: Path) -> int | None:
@@ -449,7 +513,7 @@ def quarantine(settings: Settings, ref: BatchRef, reason: dict[str, Any]) -> Pat
         target = target_dir / f"{src.stem}.{n}{src.suffix}"
         n += 1
     zones.write_json({"batch_id": ref.batch_id, "dataset": ref.dataset, "tenant_id": ref.tenant_id,
-                      "source": ref.path, **reason}, target.with_name(target.name + ".reason.json"))
+                      "source": ref.path, **reason}, layout.reason_file(target))
     # a link is moved as a link (never followed); a file under a folder that resolves
     # elsewhere is not ours to move
     if os.path.lexists(src) and _real_inside(settings.landing, src.parent):

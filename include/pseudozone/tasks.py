@@ -152,7 +152,10 @@ def close_rights_run(plan: dict[str, Any], results: list[dict[str, Any]], export
 def _step_counts(step: str, section: dict[str, Any]) -> dict[str, Any]:
     """What a nightly step hands to XCom: counts only (the section itself is on disk)."""
     if step == "retention":
-        return {"deleted": len(section["deleted"]), "kept_for_hold": len(section["kept_for_hold"])}
+        landing = section.get("landing") or {}
+        return {"deleted": len(section["deleted"]), "kept_for_hold": len(section["kept_for_hold"]),
+                "landing_deleted": len(landing.get("deleted", [])),
+                "quarantine_purged": len(landing.get("quarantine_purged", []))}
     if step == "validation":
         return {"files": section["files"], "rows": section["rows"], "failed_files": section["failed_files"],
                 "success": section["success"]}

@@ -343,6 +343,25 @@ def _retention(report: Mapping[str, Any]) -> str:
     out.append("<h3>Partitions deleted in this run</h3>"
                + _table(["Dataset", "Tenant", "Partition date", "Files", "Rows"], deleted,
                         empty="No partition was past its retention period."))
+    landing = _dict(r.get("landing"))
+    if landing:
+        files = [[d.get("dataset"), d.get("tenant_id"), d.get("batch_id"), _day(d.get("ingested_at")),
+                  _num(d.get("bytes"))] for d in _dicts(landing.get("deleted"))]
+        out.append(f"<h3>Landing files deleted in this run (ingested over "
+                   f"{_fmt(landing.get('landing_retention_days'))} days ago)</h3>"
+                   + _table(["Dataset", "Tenant", "Batch", "Ingested", "Bytes"], files,
+                            empty="No ingested landing file was past its retention period."))
+        changed = _dicts(landing.get("kept_changed"))
+        if changed:
+            out.append("<p>Kept, changed since they were ingested (a new delivery): "
+                       + ", ".join(_e(d.get("batch_id")) for d in changed) + ".</p>")
+        purged = [[d.get("dataset") or "(inbox request)", d.get("tenant_id") or "",
+                   d.get("reason_code") or "?", _day(d.get("quarantined_at"))]
+                  for d in _dicts(landing.get("quarantine_purged"))]
+        out.append(f"<h3>Quarantined files purged in this run (quarantined over "
+                   f"{_fmt(landing.get('quarantine_retention_days'))} days ago)</h3>"
+                   + _table(["Dataset", "Tenant", "Reason code", "Quarantined"], purged,
+                            empty="No quarantined file was past its retention period."))
     return "".join(out) + "</section>"
 
 

@@ -5,7 +5,8 @@ paths; never a data value):
 
 - ``enforce_retention``: delete event-zone date partitions older than their
   dataset's ``retention_days`` (kept under a legal hold), audited, index updated; and
-  export archives past their download expiry (``rights.export.purge_expired``);
+  export archives past their download expiry (``rights.export.purge_expired``); and
+  ingested landing files and old quarantined files (``enforce_landing_retention``);
 - ``validate_zones``: every file of every zone against its Great Expectations suite,
   several files per run (up to ``rows_per_run`` rows), so memory is bounded by that,
   never by the zone; and, in the same read, every subject of a completed erasure;
@@ -144,7 +145,96 @@ def enforce_retention(settings: Settings, *, now: dt.datetime | None = None,
 
     exports_expired = purge_expired(settings, now=_now(now))
     return {"policies": policies, "deleted": deleted, "kept_for_hold": kept_for_hold,
-            "exports_expired": exports_expired, "today": today.isoformat()}
+            "exports_expired": exports_expired, "today": today.isoformat(),
+            "landing": enforce_landing_retention(settings, now=now)}
+
+
+def _finished_at(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
+    except ValueError:
+        return None
+
+
+def enforce_landing_retention(settings: Settings, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Delete ingested landing files and old quarantined files; audit each deletion (ADR 0011).
+
+    A landing file goes once its batch has been ``done`` in the ledger for
+    ``PSEUDOZONE_LANDING_RETENTION_DAYS`` (default 7; 0: at the next run) and its bytes are
+    still those ingested (same SHA-256; other bytes are a new delivery and stay).  A file of a
+    batch that is not done, a link, or a file whose folder resolves outside the landing zone is
+    never touched.  The ledger keeps the batch's id and digest, so the same file landing again
+    is skipped.  A quarantined landing file (or unreadable inbox request) goes with its reason
+    ``PSEUDOZONE_QUARANTINE_RETENTION_DAYS`` (default 30) after it was quarantined (its reason
+    file's mtime).
+    """
+    from pseudozone import landing, ledger, state
+    from pseudozone.rights.landing import delete_quarantined, reason_code
+
+    current = _now(now)
+    landing_days, quarantine_days = landing.landing_retention_days(), landing.quarantine_retention_days()
+    cutoff = current - dt.timedelta(days=landing_days)
+    deleted: list[dict[str, Any]] = []
+    kept_changed: list[dict[str, Any]] = []
+    done: list[tuple[Any, ...]] = []
+    if settings.state_db.exists():
+        with state.connect(settings) as conn:
+            done = conn.execute("SELECT batch_id, dataset, tenant_id, source, finished_at FROM batches"
+                                " WHERE status = 'done' ORDER BY batch_id").fetchall()
+    for batch_id, dataset, tenant, source, finished in done:
+        ingested = _finished_at(finished)
+        if ingested is None or ingested > cutoff:
+            continue
+        path = settings.landing / source
+        if not landing.landing_file(settings, path):
+            continue  # gone already, a link, or not where the ledger says
+        before = path.lstat()
+        with state.connect(settings) as conn:
+            entry = ledger.get(conn, batch_id)
+        if (entry is None or entry.status != "done" or entry.sha256 is None
+                or landing.sha256_of(path) != entry.sha256):
+            kept_changed.append({"dataset": dataset, "tenant_id": tenant, "batch_id": batch_id})
+            continue
+        after = path.lstat()
+        if (before.st_ino, before.st_size, before.st_mtime_ns) != (after.st_ino, after.st_size,
+                                                                   after.st_mtime_ns):
+            kept_changed.append({"dataset": dataset, "tenant_id": tenant, "batch_id": batch_id})
+            continue
+        item = {"dataset": dataset, "tenant_id": tenant, "batch_id": batch_id, "bytes": after.st_size,
+                "ingested_at": ingested.isoformat(timespec="seconds"), "retention_days": landing_days}
+        with store.transaction(settings) as tconn:  # audited first, as partitions are
+            audit.append(tconn, "landing.deleted", actor="nightly_compliance", tenant_id=tenant,
+                         details={**item, "reason": "retention"})
+        if landing.delete_landed(settings, path):
+            deleted.append(item)
+    log.info("landing retention: %d ingested file(s) deleted, %d changed since ingestion kept",
+             len(deleted), len(kept_changed))
+    purged: list[dict[str, Any]] = []
+    qcutoff = (current - dt.timedelta(days=quarantine_days)).timestamp()
+    quarantined: list[tuple[str | None, str | None, Path]] = list(layout.quarantined_files(settings))
+    quarantined += [(None, None, p) for p in layout.quarantined_requests(settings)]
+    for dataset, tenant, path in quarantined:
+        reason = layout.reason_file(path)
+        try:
+            st = reason.lstat() if reason.exists() else path.lstat()
+        except FileNotFoundError:
+            continue
+        since = st.st_mtime if reason.exists() else max(st.st_mtime, st.st_ctime)
+        if since > qcutoff:
+            continue
+        item = {"dataset": dataset, "tenant_id": tenant, "file": path.name, "reason_code": reason_code(path),
+                "quarantined_at": dt.datetime.fromtimestamp(since, dt.UTC).isoformat(timespec="seconds"),
+                "retention_days": quarantine_days}
+        with store.transaction(settings) as tconn:
+            audit.append(tconn, "quarantine.purged", actor="nightly_compliance", tenant_id=tenant,
+                         details={**item, "reason": "retention"})
+        if delete_quarantined(settings, path):
+            purged.append(item)
+    log.info("quarantine retention: %d file(s) purged", len(purged))
+    return {"landing_retention_days": landing_days, "quarantine_retention_days": quarantine_days,
+            "deleted": deleted, "kept_changed": kept_changed, "quarantine_purged": purged}
 
 
 def _holds_any(path: Path, subjects: pa.Array) -> bool:

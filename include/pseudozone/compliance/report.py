@@ -94,6 +94,7 @@ def assemble(settings: Settings, run_id: str, *, now: dt.datetime | None = None)
     audit_section = sections["audit"] or {}
     retention = sections["retention"] or {}
     kanon = sections["k_anonymity"] or {}
+    landing = retention.get("landing") or {}
     failed_sections = [z for z in validation.get("zones", []) if not z.get("success")]
     if failed_sections:
         problems.append(f"{validation.get('failed_files', 0)} file(s) failed validation in "
@@ -133,7 +134,9 @@ def assemble(settings: Settings, run_id: str, *, now: dt.datetime | None = None)
                f" {len(reqs.get('holds', []))} hold(s), {sum(reqs.get('restrictions', {}).values())}"
                f" restriction(s);"
                f" audit chain {'ok' if audit_section.get('ok') else 'BROKEN'};"
-               f" retention deleted {len(retention.get('deleted', []))} partition(s);"
+               f" retention deleted {len(retention.get('deleted', []))} partition(s),"
+               f" {len(landing.get('deleted', []))} landing file(s),"
+               f" {len(landing.get('quarantine_purged', []))} quarantined file(s);"
                f" k-anonymity {len(flagged)} flagged")
     generated = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).isoformat(timespec="seconds")
     entry = {"generated_at": generated, "run_id": run_id, "status": status,

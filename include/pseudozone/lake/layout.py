@@ -8,6 +8,7 @@ Under the zones root (``Settings.zones``)::
     quarantine/<dataset>/tenant_id=<t>/<landing file>                 rejected batches
     quarantine/rights/tenant_id=<t>/<group>.reason.json               rejected rewrites
     quarantine/requests/<request>.json                                unreadable inbox requests
+    (each quarantined file has its reason beside it: <file>.reason.json)
     exports/<tenant>/<request>.zip.enc                                export archives (encrypted)
 
 and under the state directory ``subject_index/<dataset>/tenant_id=<t>/<batch>.parquet``.
@@ -252,6 +253,36 @@ def index_files(settings: Settings, tenant: str) -> Iterator[tuple[str, str, Pat
 def quarantine_dir(settings: Settings, dataset: str, tenant: str) -> Path:
     """Where a rejected landing batch of ``dataset`` and ``tenant`` is moved."""
     return tenant_dir(settings.quarantine, dataset, tenant)
+
+
+REASON_SUFFIX = ".reason.json"
+
+
+def reason_file(quarantined: Path) -> Path:
+    """The ``.reason.json`` beside a quarantined file."""
+    return quarantined.with_name(quarantined.name + REASON_SUFFIX)
+
+
+def quarantined_files(settings: Settings, tenant: str | None = None) -> Iterator[tuple[str, str, Path]]:
+    """(dataset, tenant, path) of every quarantined landing file (of ``tenant`` only, when given),
+    sorted; reason files are not listed (``reason_file`` names them), nor links."""
+    for dataset, owner, tdir in tenant_dirs(settings.quarantine):
+        if tenant is not None and owner != tenant:
+            continue
+        for f in sorted(tdir.iterdir()):
+            if f.name.endswith(REASON_SUFFIX) or f.name.startswith(".") or not f.is_file() or f.is_symlink():
+                continue
+            yield dataset, owner, f
+
+
+def quarantined_requests(settings: Settings) -> Iterator[Path]:
+    """Every unreadable inbox request kept in the quarantine (not their reason files), sorted."""
+    folder = settings.quarantine / "requests"
+    if not folder.is_dir():
+        return
+    for f in sorted(folder.iterdir()):
+        if not (f.name.endswith(REASON_SUFFIX) or f.name.startswith(".") or f.is_symlink()) and f.is_file():
+            yield f
 
 
 def rights_quarantine_file(settings: Settings, tenant: str, group_id: str) -> Path:

@@ -6,9 +6,10 @@ groups the work by landing batch: every file of one batch (its event-zone date
 partitions, their restricted-zone mirrors and its PII-zone file) is rewritten
 once, by one task, for all requests of the run.  ``rewrite_group`` applies
 erase / restrict / unrestrict / rectify to those files under the storage
-protocol; ``close_run`` verifies, crypto-shreds erased subjects' keys and
-completes the requests.  Every step is idempotent: a run killed anywhere and
-run again converges on the same zones.
+protocol; ``close_run`` verifies, deletes or rewrites the landing and quarantined
+files that still hold an erased subject (``rights.landing``), crypto-shreds erased
+subjects' keys and completes the requests.  Every step is idempotent: a run killed
+anywhere and run again converges on the same zones.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from pseudozone.lake.subjects import (
 from pseudozone.landing import ARROW_TYPES
 from pseudozone.rights import audit, requests, store
 from pseudozone.rights.export import delete_archive, expires_at, export_request
+from pseudozone.rights.landing import erase_subject as erase_from_landing
 from pseudozone.validation import gate
 from pseudozone.validation.known import KnownValues
 
@@ -666,6 +668,12 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                 _finish(settings, row, "failed", {"code": "erase_incomplete", "files": unexpected},
                         keyring=keyring)
                 continue
+            # the raw files the subject came from (landing, quarantine): before the key goes, so
+            # that a run that dies here is simply run again (docs/adr/0011-landing-retention.md)
+            payload = requests.open_payload(keyring, tenant, row.request_id, row.payload_enc)
+            raw_files = erase_from_landing(settings, tenant=tenant, user_id=str(payload["user_id"]),
+                                           request_id=row.request_id, subject_id=s, keyring=keyring)
+            del payload
             pii_held = holds.keeps("profiles", s)
             destroyed = False
             if not pii_held:
@@ -684,7 +692,7 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
             outcome.update({"rows_removed": dict(per_subject.get(s, {})), "verified_clean": True,
                             "linked_cookies_erased": linked["erased"],
                             "shared_cookies_kept": linked["shared_kept"],
-                            "export_archives_deleted": exports_deleted,
+                            "export_archives_deleted": exports_deleted, **raw_files,
                             "files_scanned": len(affected.get((tenant, s), ())),
                             "key_destroyed": not pii_held,
                             "retained": [{"dataset": h.dataset or "*", "hold_id": h.hold_id,
