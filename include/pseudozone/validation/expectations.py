@@ -105,6 +105,11 @@ def _arrow(column: pd.Series) -> pa.Array:
     return arr
 
 
+def _typed(arr: pa.Array) -> pa.Array:
+    """A column of nulls only (no type of its own, as pandas hands it over) as strings."""
+    return arr.cast(pa.string()) if pa.types.is_null(arr.type) else arr
+
+
 def _safe(fn: Callable[..., pd.Series]) -> Callable[..., pd.Series]:
     """Re-raise a metric's error by type only: GX stores the message in its results, and a
     library's message may quote a value."""
@@ -170,7 +175,7 @@ class ColumnValuesInRegisteredSet(ColumnMapMetricProvider):
     @column_condition_partial(engine=PandasExecutionEngine)
     @_safe
     def _pandas(cls, column: pd.Series, set_ref: str, absent: bool, **kwargs: Any) -> pd.Series:
-        arr = _arrow(column)
+        arr = _typed(_arrow(column))
         value_set = _lookup(set_ref)
         member = detect.per_distinct(arr, lambda distinct: pc.is_in(distinct, value_set=value_set))
         ok = pc.invert(member) if absent else member
@@ -199,7 +204,7 @@ class ColumnPairOwnedByRegisteredSets(ColumnPairMapMetricProvider):
     @_safe
     def _pandas(cls, column_A: pd.Series, column_B: pd.Series, subject_ref: str,
                 cookie_ref: str, **kwargs: Any) -> pd.Series:
-        subjects, cookies = _arrow(column_A), _arrow(column_B)
+        subjects, cookies = _typed(_arrow(column_A)), _typed(_arrow(column_B))
         owned = pc.fill_null(detect.per_distinct(
             subjects, lambda distinct: pc.is_in(distinct, value_set=_lookup(subject_ref))), False)
         followed = pc.and_(subjects.is_null(), pc.fill_null(detect.per_distinct(
