@@ -130,7 +130,7 @@ def build_event_table(table: pa.Table, contract: Contract, keyring: KeyRing, ten
         clean, found = scrub.scrub_with_evidence(col, regions=regions, known=known)
         # then the platform's ids in it (docs/adr/0010-linkage.md); the evidence stays that of
         # the scrubber's input, so the gate checks every row this changed in full
-        return (linkage.replace_ids(clean, tokens) if spec.tokenize_ids else clean), found
+        return (linkage.replace_ids(clean, tokens, evidence=found) if spec.tokenize_ids else clean), found
 
     out: dict[str, Any] = {}
     # free-text columns are scrubbed side by side: their Arrow kernels run outside the GIL

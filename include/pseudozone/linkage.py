@@ -15,6 +15,11 @@ a dashed uuid; a ULID (26 Crockford base-32 characters with a digit); 16 or more
 digits; 7 or more decimal digits (order numbers, epoch seconds and milliseconds, long
 amounts in cents).  Shorter numbers (quantities, prices, years, versions) stay as they
 are: alone they do not single out a row (docs/adr/0010-linkage.md).
+
+The tokenizer never hides PII from the publish gate: where the scrubber's scan found PII
+in a row's input (``Evidence``), the confirming detectors read the scrubbed row again,
+and an id-shaped run that they confirm as PII (a card or phone number the scrubber was
+told not to replace, or missed) stays as it is, so that the gate quarantines the batch.
 """
 
 from __future__ import annotations
@@ -52,24 +57,42 @@ def token_of(digest_hex: str) -> str:
     return "[id:" + "".join(chars) + "]"
 
 
-def replace_ids(values: pa.Array, pseudonymize: Tokenize) -> pa.Array:
+def replace_ids(values: pa.Array, pseudonymize: Tokenize, *,
+                evidence: scan.Evidence | None = None) -> pa.Array:
     """``values`` (strings) with every id-shaped token replaced by its keyed token.
 
     ``pseudonymize`` maps distinct ids to keyed pseudonyms (``vN:<hex>``); JSON stays JSON
     (a number replaced becomes a quoted string), rows without an id are untouched.
+    ``evidence`` is the scrubber's scan of the rows before it replaced anything: in a row
+    where it found PII, an id the detectors confirm as PII in ``values`` is left for the gate.
     """
     arr = values.cast(values.type.value_type) if pa.types.is_dictionary(values.type) else values
     if len(arr) == 0 or arr.null_count == len(arr):
         return arr
-    if pa.types.is_dictionary(values.type):
-        # a repetitive column: each distinct value once
-        return pa.DictionaryArray.from_arrays(values.indices, replace_ids(values.dictionary, pseudonymize))
+    suspect = None
+    if evidence is not None:
+        suspect = evidence.pii if evidence.known_hit is None else evidence.pii | evidence.known_hit
+    if not pa.types.is_dictionary(values.type):
+        return _replace_plain(arr, pseudonymize, suspect, evidence)
+    # a repetitive column: each distinct value once (suspect when any of its rows is)
+    per_value = None
+    if suspect is not None and suspect.any():
+        per_value = np.zeros(len(values.dictionary), bool)
+        per_value[values.indices.filter(pa.array(suspect)).drop_null().to_numpy(zero_copy_only=False)] = True
+    return pa.DictionaryArray.from_arrays(
+        values.indices, _replace_plain(values.dictionary, pseudonymize, per_value, evidence))
+
+
+def _replace_plain(arr: pa.Array, pseudonymize: Tokenize, suspect: np.ndarray | None,
+                   evidence: scan.Evidence | None) -> pa.Array:
     candidate = pc.fill_null(pc.match_substring_regex(arr, _PREFILTER), False)
     rows = pc.indices_nonzero(candidate)
     if len(rows) == 0:
         return arr
     texts = arr.take(rows).to_pylist()
     spans = [[(m.start(), m.end()) for m in ID_RE.finditer(t)] for t in texts]
+    if suspect is not None and evidence is not None and suspect.any():
+        spans = _spare_pii(texts, spans, suspect[rows.to_numpy()], evidence)
     distinct = sorted({t[s:e] for t, found in zip(texts, spans, strict=True) for s, e in found})
     if not distinct:
         return arr
@@ -80,6 +103,21 @@ def replace_ids(values: pa.Array, pseudonymize: Tokenize) -> pa.Array:
     mask = np.zeros(len(arr), dtype=bool)
     mask[rows.to_numpy()] = True
     return pc.replace_with_mask(arr, pa.array(mask), pa.array(out, pa.string()))
+
+
+def _spare_pii(texts: list[str], spans: list[list[tuple[int, int]]], suspect: np.ndarray,
+               evidence: scan.Evidence) -> list[list[tuple[int, int]]]:
+    """``spans`` without the ids that overlap PII the detectors confirm in a suspect row."""
+    at = np.flatnonzero(suspect & np.array([bool(s) for s in spans], bool))
+    if len(at) == 0:
+        return spans
+    found = scan.find(pa.array([texts[i] for i in at], pa.string()), kinds=evidence.kinds,
+                      regions=evidence.regions, known=evidence.known)
+    out = list(spans)
+    for k, i in enumerate(at.tolist()):
+        pii = found.spans.get(k, [])
+        out[i] = [(s, e) for s, e in spans[i] if not any(s < pe and ps < e for _, ps, pe in pii)]
+    return out
 
 
 def _same(label: str) -> str:

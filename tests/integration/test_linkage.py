@@ -23,6 +23,7 @@ from pseudozone.config import Settings
 from pseudozone.errors import ContractError
 from pseudozone.keys import KeyRing
 from pseudozone.landing import read_batch
+from pseudozone.pii import scan
 from pseudozone.rights import export, process, requests
 from pseudozone.validation import detect
 from pseudozone.validation.suites import Validator
@@ -127,6 +128,23 @@ def test_an_id_in_free_text_gets_one_keyed_token_in_every_dataset_of_a_tenant(se
     assert not re.search(r"[0-9aeiou]", token.removeprefix("[id:").removesuffix("]"))
     # the token itself is no PII to the gate's independent checks
     assert detect.matches(pa.array(acme), "phone", ("DE",)).to_pylist() == [False] * 4
+
+
+@pytest.mark.parametrize("encode", [False, True])
+def test_the_tokenizer_leaves_pii_the_scrubber_left_for_the_gate(encode: bool) -> None:
+    card, order = "4539148803436467", "48219374651"
+    # the scrubber was told to replace nothing: its scan still found the card (and no PII in row 1)
+    text = pa.array([f'{{"payment": "{card}", "order": {order}}}', f'{{"order": {order}}}'])
+    found = scan.find_with_evidence(text)[1]
+    values = pc.dictionary_encode(text) if encode else text
+    out = linkage.replace_ids(values, lambda vs: KR.pseudonymize("acme", linkage.TEXT_PURPOSE, vs),
+                              evidence=found)
+    rows = (out.cast(pa.string()) if encode else out).to_pylist()
+    assert card in rows[0] and order not in rows[0] and order not in rows[1]
+    assert detect.matches(pa.array(rows), "card").to_pylist() == [True, False]
+    # without the evidence the card would be tokenized out of the gate's sight
+    plain = linkage.replace_ids(text, lambda vs: KR.pseudonymize("acme", linkage.TEXT_PURPOSE, vs))
+    assert card not in plain.to_pylist()[0]
 
 
 def _clean_events() -> pa.Table:

@@ -123,12 +123,12 @@ def test_a_form_disabled_in_the_scrubber_only_is_found_by_the_nightly_run(
         settings: Settings, master_key_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     # a scrubber regression that also got past the gate (say, data published before the gate
     # existed): the nightly validation finds it in the zone on its own
-    monkeypatch.setattr(scrub, "SCRUB_KINDS", tuple(k for k in scrub.SCRUB_KINDS if k != "phone"))
-    monkeypatch.setattr(ingest.gate, "check", lambda *a, **k: [])
-    _land_phone_batch(settings)
-    [result] = ingest.ingest_pending(settings)
+    with monkeypatch.context() as patched:  # (the master key stays set)
+        patched.setattr(scrub, "SCRUB_KINDS", tuple(k for k in scrub.SCRUB_KINDS if k != "phone"))
+        patched.setattr(ingest.gate, "check", lambda *a, **k: [])
+        _land_phone_batch(settings)
+        [result] = ingest.ingest_pending(settings)
     assert result.status == "done"
-    monkeypatch.undo()
 
     report = nightly.validate_zones(settings)
     assert not report["success"]
