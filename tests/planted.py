@@ -68,13 +68,15 @@ FREE_TEXT_FORMS = {
 }
 
 
-def events() -> pa.Table:
+def events(ids: str = "evt_planted") -> pa.Table:
+    """The planted events; ``ids`` names another delivery of them (a row whose event id the
+    zone holds is a re-delivery, dropped at ingest)."""
     n = len(FREE_TEXT_FORMS)
     texts = list(FREE_TEXT_FORMS.values())
     return pa.table({
         "tenant_id": [TENANT] * n, "user_id": [USER] * n,
         "anonymous_id": ["anon-planted-1"] * n,
-        "event_id": [f"evt_planted_{i}" for i in range(n)], "event_name": ["page_view"] * n,
+        "event_id": [f"{ids}_{i}" for i in range(n)], "event_name": ["page_view"] * n,
         "event_ts": pa.array([TS] * n, pa.timestamp("us", tz="UTC")), "session_id": ["s_planted"] * n,
         "ip": [IPV4, IPV6] * (n // 2),
         "user_agent": [f"Mozilla/5.0 PlantedBrowser contact {EMAIL}"] * n,

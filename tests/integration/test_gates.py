@@ -38,11 +38,7 @@ def _land(settings: Settings, dataset: str, table: pa.Table, name: str = "gate-0
 
 
 def _clean_events(n: int = 8) -> pa.Table:
-    table = planted.events().slice(0, n)
-    # ids of their own: the planted batch's are published already, and a row whose event_id
-    # the zone holds is a re-delivery, dropped at ingest (docs/adr/0010-linkage.md)
-    table = table.set_column(table.column_names.index("event_id"), "event_id",
-                             pa.array([f"evt_gate_{i}" for i in range(n)]))
+    table = planted.events("evt_gate").slice(0, n)  # not the published planted ids
     for column, value in (("user_agent", "curl/8.5.0"), ("page_url", "/home"), ("properties_json", "{}")):
         table = table.set_column(table.column_names.index(column), column, pa.array([value] * n))
     return table

@@ -75,7 +75,10 @@ def test_every_tenant_and_dataset_of_an_ingested_lake_has_a_result(lake: Setting
         assert res.flagged == (res.min_group_size < 5)
         assert 0 <= res.groups_below_k <= res.groups and res.rows_below_k <= res.rows
     assert all(r.quasi_identifiers == PROFILES for r in results if r.dataset == "profiles")
-    assert all(r.quasi_identifiers == ["ip_prefix"] for r in results if r.dataset != "profiles")
+    assert all(r.quasi_identifiers == ["ip_prefix"] for r in results if r.dataset == "events")
+    # a log line's byte count, rounded, is a quasi-identifier too (docs/adr/0010-linkage.md)
+    assert all(r.quasi_identifiers == ["ip_prefix", "bytes_sent"] for r in results
+               if r.dataset == "server_logs")
 
 
 def test_small_classes_are_counted_exactly_across_files_and_dates(handmade: Settings) -> None:

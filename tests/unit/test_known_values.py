@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from pseudozone import scrub
-from pseudozone.validation.known import KnownValues, _phone_variants
+from pseudozone.validation.known import KnownValues, _phone_variants, _split_spaced_digits
 
 
 def _found(known: KnownValues, texts: list[str]) -> list[bool]:
@@ -180,3 +181,14 @@ def test_trunk_prefixes_give_no_form_shorter_than_the_number(phone: str, regions
                                                              shortest: int) -> None:
     forms = _phone_variants(phone, regions)
     assert min(len(f) for f in forms) == shortest
+
+
+@pytest.mark.parametrize("next_byte", [b"\xe4", b"\xc3", b"x"])
+def test_digit_runs_ending_in_a_space_split_whatever_byte_follows_them_in_memory(next_byte: bytes) -> None:
+    # pyarrow 26's utf8_split_whitespace read one byte past a value ending in a space: when that
+    # byte started a UTF-8 character, '220481 ' came out as a 7-digit run and the search failed
+    spaced = b" 93691 4 220481 "
+    data = pa.py_buffer(spaced + next_byte * 8).slice(0, len(spaced))
+    offsets = pa.py_buffer(np.array([0, len(spaced)], np.int32).tobytes())
+    values = pa.StringArray.from_buffers(1, offsets, data)
+    assert [w for w in _split_spaced_digits(values).to_pylist()[0] if w] == ["93691", "4", "220481"]

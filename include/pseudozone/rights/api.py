@@ -55,8 +55,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pseudozone.config import Settings
 from pseudozone.errors import ConfigError, PseudozoneError
 from pseudozone.lake import layout
-from pseudozone.rights import export, store
 from pseudozone.rights import requests as rights
+from pseudozone.rights import store
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,10 @@ def get_request(request_id: str, tenant: Tenant, settings: SettingsDep) -> dict[
         raise _error(404, "no such request") from None
     out = found.public_dict()
     if found.type == "export" and found.state == "completed" and out["outcome"] is not None:
-        # the archive's key, the first time only (the answer is not logged anywhere)
+        # the archive's key, the first time only (the answer is not logged anywhere); the
+        # export module (Arrow) loads here, not when the plugin loads in every Airflow process
+        from pseudozone.rights import export
+
         out["outcome"].update(export.hand_out_key(settings, request_id, tenant))
     return out
 
@@ -311,6 +314,8 @@ def download_export(request_id: str, tenant: Tenant, settings: SettingsDep) -> F
         raise _error(404, "no such export")
     if found.state != "completed":
         raise _error(409, "the export is not ready yet")
+    from pseudozone.rights import export
+
     completed = None if found.completed_at is None else dt.datetime.fromisoformat(found.completed_at)
     expiry = export.expiry_of(found.outcome, completed)
     if expiry is not None and expiry <= store.utcnow():

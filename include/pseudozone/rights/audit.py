@@ -32,7 +32,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from pseudozone import zones
 from pseudozone.config import Settings
 from pseudozone.errors import PseudozoneError
 from pseudozone.keys import KeyRing
@@ -186,6 +185,9 @@ def _read_checkpoint(settings: Settings, key: bytes) -> Checkpoint | None:
 
 def _write_checkpoint(settings: Settings, key: bytes, entries: int, head: str) -> None:
     """Atomically (temp file, fsync, rename, directory fsync), owner-only (0600)."""
+    # zones loads Arrow: not at import, the REST plugin imports this in every Airflow process
+    from pseudozone import zones
+
     fields = {"format": _CHECKPOINT_FORMAT, "entries": entries, "hash": head,
               "written_at": store.utcnow().isoformat(timespec="seconds")}
     data = (json.dumps({**fields, "mac": _mac(key, fields)}, indent=2, sort_keys=True) + "\n").encode()

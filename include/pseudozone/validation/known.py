@@ -549,12 +549,22 @@ class _Words:
         return _Words.of(self.values, keep_accents=True)
 
 
+def _split_spaced_digits(spaced: pa.Array) -> pa.Array:
+    """Runs of digits separated by spaces, split (a list per value).
+
+    The ASCII split: pyarrow 26's ``utf8_split_whitespace`` reads one byte past a value that
+    ends in a space, and keeps that space in the last word when the byte there starts a UTF-8
+    character (the next value's, or whatever memory follows the buffer).
+    """
+    return pc.ascii_split_whitespace(spaced)
+
+
 def _digit_runs(values: pa.Array) -> tuple[pa.Array, np.ndarray] | None:
     """Every run of digits (joined across phone separators) and its row; None when there is none."""
     joined = _plain_strings(values)
     for _ in range(2):
         joined = pc.replace_substring_regex(joined, _DIGIT_JOIN, r"\1\2")
-    runs = pc.utf8_split_whitespace(pc.replace_substring_regex(joined, r"\D+", " "))
+    runs = _split_spaced_digits(pc.replace_substring_regex(joined, r"\D+", " "))
     words, rows = pc.list_flatten(runs), pc.list_parent_indices(runs)
     size = pc.utf8_length(words)
     fits = pc.and_(pc.greater_equal(size, MIN_PHONE_DIGITS), pc.less_equal(size, MAX_PHONE_DIGITS))
