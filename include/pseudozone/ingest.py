@@ -43,7 +43,7 @@ from pseudozone.contracts import SUBJECT_COLUMN, ColumnSpec, Contract
 from pseudozone.errors import ContractViolation, PseudozoneError, machine_failure
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
-from pseudozone.lake import index, layout, published
+from pseudozone.lake import index, layout, published, rectifications
 from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, link_pairs, record_links
 from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sha256_of
 from pseudozone.pii.detectors import DEFAULT_REGIONS
@@ -74,6 +74,10 @@ class BatchResult:
     rows_dropped_erased: int = 0
     # rows whose unique key this tenant's zones already held (or an earlier row of the batch)
     rows_dropped_duplicate: int = 0
+    # superseded values of rectified subjects put back to their rectified value, and
+    # rectifications retired by an update newer than them (pseudozone.lake.rectifications)
+    values_rectified: int = 0
+    rectifications_retired: int = 0
     subjects: int = 0
     files: list[str] = field(default_factory=list)
     reason: dict[str, Any] | None = None
@@ -255,6 +259,8 @@ class _Plan:
     links: pa.Table | None = None
     # the unique keys of the rows it publishes (contracts with a unique_key)
     keys: pa.Array | None = None
+    # rectifications a newer delivered value retires once the batch is published
+    corrected: rectifications.Corrected | None = None
 
 
 def subject_buckets(subjects: pa.Array, n: int) -> pa.Array:
@@ -318,6 +324,12 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
                 keyring: KeyRing, result: BatchResult, tenant_cache: TenantCache | None = None,
                 settle: Settle | None = None) -> _Plan:
     tenant = ref.tenant_id
+    corrected = None
+    if contract.has_pii:
+        # a rectified subject's old values, delivered again, are put back to the rectified ones
+        with state.connect(settings) as conn:
+            table, corrected = rectifications.correct(conn, keyring, contract, tenant, table)
+        result.values_rectified = corrected.values
     known, regions = _tenant_known(settings, keyring, tenant, table, contract, tenant_cache)
     # the scrubber's scan evidence: the gate reuses it for the rows the scrubber left as they were
     evidence: dict[str, Evidence] = {}
@@ -404,7 +416,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     key_column = None if key_spec is None else key_spec.event_name
     keys = event[key_column].combine_chunks() if key_column is not None else None
     return _Plan(ref, contract, result, outputs, index.from_placements(subjects, placements), check, links,
-                 keys)
+                 keys, corrected)
 
 
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
@@ -567,6 +579,8 @@ def _commit(settings: Settings, plan: _Plan) -> BatchResult:
         if plan.links is not None:
             # keyed pseudonyms only; in the transaction that marks the batch done
             record_links(conn, result.tenant_id, plan.links)
+        if plan.corrected is not None and plan.corrected.retire:
+            result.rectifications_retired = plan.corrected.retire_in(conn, result.tenant_id, result.dataset)
         ledger.finish(conn, result.batch_id, status="done", counts=result.counts)
     result.status = "done"
     log.info("batch %s done: %d rows in, %d event rows, %d restricted rows, %d PII rows,"

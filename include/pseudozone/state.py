@@ -1,6 +1,6 @@
-"""The state database: batch ledger, key vault, key checks and identity links (SQLite under the data root).
+"""The state database: batch ledger, key vault, key checks, identity links, rectifications.
 
-One small SQLite file in WAL mode, opened per unit of work.  Parallel mapped
+One small SQLite file under the data root, in WAL mode, opened per unit of work.  Parallel mapped
 tasks write to it concurrently, so every connection waits on locks instead of
 failing (``busy_timeout``), and every multi-row change is one transaction.
 """
@@ -61,6 +61,19 @@ CREATE TABLE IF NOT EXISTS identity_links (
     PRIMARY KEY (tenant_id, subject_id, anonymous_pid)
 );
 CREATE INDEX IF NOT EXISTS identity_links_cookie ON identity_links (tenant_id, anonymous_pid);
+-- rectified values that later deliveries of the old ones must not undo: the value under the
+-- subject's data key, keyed fingerprints of the values it replaced (pseudozone.lake.rectifications)
+CREATE TABLE IF NOT EXISTS rectifications (
+    tenant_id    TEXT NOT NULL,
+    dataset      TEXT NOT NULL,
+    subject_id   TEXT NOT NULL,
+    field        TEXT NOT NULL,
+    value_enc    BLOB NOT NULL,
+    superseded   TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    rectified_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (tenant_id, dataset, subject_id, field)
+);
 """
 
 

@@ -34,8 +34,8 @@ from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.errors import PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.ingest import WRITE_THREADS
-from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
-from pseudozone.lake import index, layout
+from pseudozone.keys import KeyRing, Vault, decrypt_value, encrypt_value, pii_associated_data
+from pseudozone.lake import index, layout, rectifications
 from pseudozone.lake.index import lookup as index_lookup
 from pseudozone.lake.subjects import (
     COOKIE_COLUMN,
@@ -311,8 +311,12 @@ def _move(src: pa.Table | None, dst: pa.Table | None, subjects: set[str],
 
 
 def _regeneralize(table: pa.Table | None, contract: contracts.Contract,
-                  corrections: dict[str, dict[str, str]]) -> tuple[pa.Table | None, int]:
-    """Recompute the event-zone columns generalized from rectified quasi-identifiers."""
+                  corrections: dict[str, dict[str, str]],
+                  replaced: Replaced | None = None) -> tuple[pa.Table | None, int]:
+    """Recompute the event-zone columns generalized from rectified quasi-identifiers.
+
+    ``replaced`` gathers the generalized values they held, per subject and column.
+    """
     if table is None or not corrections:
         return table, 0
     changed = 0
@@ -330,6 +334,10 @@ def _regeneralize(table: pa.Table | None, contract: contracts.Contract,
             fresh = fresh.cast(fresh.type.value_type)
         hit = pc.is_valid(raw)
         col = table[name].combine_chunks()
+        if replaced is not None:
+            for s, old in zip(subj, col.cast(pa.string()).to_pylist(), strict=True):
+                if s in updates and old is not None:
+                    replaced.setdefault((s, spec.name), set()).add(old)
         merged = pc.if_else(hit, fresh.cast(col.type), col)
         table = table.set_column(table.column_names.index(name), name, merged)
         changed += int(pc.sum(hit).as_py() or 0)
@@ -337,7 +345,9 @@ def _regeneralize(table: pa.Table | None, contract: contracts.Contract,
 
 
 def _rectify_pii(table: pa.Table | None, tenant: str, corrections: dict[str, dict[str, str]],
-                 deks: dict[str, bytes], pii_columns: set[str]) -> tuple[pa.Table | None, int]:
+                 deks: dict[str, bytes], pii_columns: set[str],
+                 replaced: Replaced | None = None) -> tuple[pa.Table | None, int]:
+    """Rectified PII values encrypted in place; ``replaced`` gathers the values they overwrote."""
     if table is None or not corrections:
         return table, 0
     subjects = table[SUBJECT_COLUMN].to_pylist()
@@ -349,10 +359,37 @@ def _rectify_pii(table: pa.Table | None, tenant: str, corrections: dict[str, dic
         for i, s in enumerate(subjects):
             fields = corrections.get(s)
             if fields and name in fields and s in deks:
-                values[i] = encrypt_value(AESGCM(deks[s]), fields[name], pii_associated_data(tenant, s, name))
+                aead, ad = AESGCM(deks[s]), pii_associated_data(tenant, s, name)
+                if replaced is not None and values[i] is not None:
+                    replaced.setdefault((s, name), set()).add(decrypt_value(aead, values[i], ad))
+                values[i] = encrypt_value(aead, fields[name], ad)
                 changed += 1
         table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.binary()))
     return table, changed
+
+
+Replaced = dict[tuple[str, str], set[str]]
+
+
+def _register_rectifications(settings: Settings, keyring: KeyRing, contract: contracts.Contract, tenant: str,
+                             rectify: dict[str, list[str]], corrections: dict[str, dict[str, str]],
+                             replaced: Replaced) -> None:
+    columns = rectifications.rectifiable(contract)
+    with state.connect(settings) as conn:
+        deks = Vault(keyring, conn).data_keys(tenant, sorted(corrections), create=False)
+        for subject, fields in sorted(corrections.items()):
+            if subject not in deks:
+                continue  # no data was ever kept for it: nothing to correct later
+            for name, value in sorted(fields.items()):
+                spec = columns.get(name)
+                if spec is None:
+                    continue
+                olds = replaced.get((subject, name), set())
+                # a PII value as the zones compare it; a quasi-identifier's is generalized already
+                forms = rectifications.comparable(spec, pa.array(sorted(olds))) if spec.cls == "pii" \
+                    else [rectifications.normal(v) for v in olds]
+                rectifications.record(conn, tenant, contract.dataset, subject, spec, value, forms,
+                                      rectify[subject][-1], deks[subject])
 
 
 def _corrections(settings: Settings, keyring: KeyRing, tenant: str,
@@ -394,6 +431,7 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
     # a cookie's logged-out rows go with its subjects, and stay where a hold keeps one of them
     erase_cookies = {c for c, subjects in cookie_owners.items() if not set(subjects) & held}
     corrections = _corrections(settings, keyring, tenant, group["rectify"])
+    replaced: Replaced = {}  # (subject, column) -> the values a rectification overwrote
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     outputs: dict[str, pa.Table | None] = {}
@@ -414,8 +452,8 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
         for s, n in _count_cookies(rs, erase_cookies, cookie_owners).items():
             counts[s]["restricted_cookie_rows_erased"] += n
         ev, rs = _drop_subjects(ev, erase, erase_cookies), _drop_subjects(rs, erase, erase_cookies)
-        ev, n_ev = _regeneralize(ev, contract, corrections)
-        rs, n_rs = _regeneralize(rs, contract, corrections)
+        ev, n_ev = _regeneralize(ev, contract, corrections, replaced)
+        rs, n_rs = _regeneralize(rs, contract, corrections, replaced)
         counts["*"]["event_values_rectified"] += n_ev + n_rs
         outgoing_ev = _take_subjects(ev, restrict, restrict_cookies)
         outgoing_rs = _take_subjects(rs, unrestrict, unrestrict_cookies)
@@ -445,11 +483,15 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
             with state.connect(settings) as conn:
                 deks = Vault(keyring, conn).data_keys(tenant, sorted(corrections), create=False)
             pii_cols = {c.name for c in contract.of_class("pii")}
-            pii, n = _rectify_pii(pii, tenant, corrections, deks, pii_cols)
+            pii, n = _rectify_pii(pii, tenant, corrections, deks, pii_cols, replaced)
             counts["*"]["pii_values_rectified"] += n
         outputs[pii_rel] = pii
 
     _gate(settings, contract, group, outputs, corrections, keyring=keyring)
+    if corrections:
+        # before the rewrite is published (the old values are gone after it): registered so
+        # that a later delivery of them is corrected at ingest (pseudozone.lake.rectifications)
+        _register_rectifications(settings, keyring, contract, tenant, group["rectify"], corrections, replaced)
     _publish(settings, dataset, tenant, batch_id, outputs, interim)
     with store.transaction(settings) as conn:
         audit.append(conn, "files.rewritten", tenant_id=tenant, details={
@@ -681,9 +723,12 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                     destroyed = Vault(keyring, sconn).destroy(tenant, s)
                     if not destroyed:
                         Vault(keyring, sconn).tombstone(tenant, s)
+                    # its rectified values and their fingerprints go with its key
+                    forgotten = rectifications.forget(sconn, tenant, s)
                 with store.transaction(settings) as tconn:
                     audit.append(tconn, "key.destroyed", request_id=row.request_id, tenant_id=tenant,
-                                 subject_id=s, details={"had_key": destroyed}, keyring=keyring)
+                                 subject_id=s, keyring=keyring,
+                                 details={"had_key": destroyed, "rectifications_deleted": forgotten})
             # archives hold the decrypted profile: kept only where the profile is kept
             exports_deleted = [] if pii_held else _delete_exports(settings, row, keyring=keyring)
             if no_data and not destroyed:
