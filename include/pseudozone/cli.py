@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from pseudozone.config import HOME_ENV, Settings
+from pseudozone.contracts import PURPOSES
 from pseudozone.errors import PseudozoneError, describe_os_error
 
 DEMO_QUERY = """
@@ -170,6 +171,18 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_share(args: argparse.Namespace) -> int:
+    from pseudozone import query
+
+    settings = _settings(args)
+    try:
+        rows = query.share(settings, args.purpose, args.dataset, args.out, tenant=args.tenant)
+    except ValueError as exc:
+        raise PseudozoneError(str(exc)) from None
+    print(f"{rows} row(s) of {args.dataset} for {args.purpose} written to {args.out}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from pseudozone import report
 
@@ -219,6 +232,8 @@ def cmd_request(args: argparse.Namespace) -> int:
                 raise PseudozoneError(f"--set expects FIELD=VALUE; --set number {position} has no '='")
             fields[name.strip()] = value
         raw["fields"] = fields
+    if args.kind in ("object", "unobject"):
+        raw["purpose"] = args.purpose
     status = requests.submit(settings, raw, source="cli")
     _print_status(status.to_dict())
     return 0 if status.state == "accepted" else 1
@@ -522,19 +537,31 @@ def build_parser() -> argparse.ArgumentParser:
     json_option(qry, "the rows (one object per row)")
     qry.set_defaults(func=cmd_query, needs_root=True)
 
+    shr = add(sub, "share", "write a dataset as one purpose may use it (consent and objections applied)")
+    shr.add_argument("--purpose", required=True, choices=sorted(PURPOSES), help="what the data is shared for")
+    shr.add_argument("--dataset", required=True, help="an event-zone dataset, e.g. events")
+    shr.add_argument("--tenant", help="only this tenant's rows")
+    shr.add_argument("--out", required=True, type=Path, help="the Parquet file to write")
+    shr.set_defaults(func=cmd_share, needs_root=True)
+
     sts = add(sub, "status", "rows per zone and the batch ledger")
     json_option(sts, "the zones and the batch ledger")
     sts.set_defaults(func=cmd_status, needs_root=True)
 
     req = add(sub, "request", "file a data-subject rights request, or show one")
     req_sub = req.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for kind in ("erase", "rectify", "restrict", "unrestrict", "export"):
-        p = add(req_sub, kind, f"file a{'n' if kind[0] in 'aeiou' else ''} {kind} request")
+    helps = {"object": "file an objection to a purpose (GDPR art. 21; leaves the purpose's views)",
+             "unobject": "withdraw an objection to a purpose"}
+    for kind in ("erase", "rectify", "restrict", "unrestrict", "export", "object", "unobject"):
+        p = add(req_sub, kind, helps.get(kind, f"file a{'n' if kind[0] in 'aeiou' else ''} {kind} request"))
         p.add_argument("--tenant", required=True, help="the tenant the subject belongs to")
         p.add_argument("--user", required=True, help="the subject's user id in that tenant")
         if kind == "rectify":
             p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                            help="a corrected profile value (repeatable)")
+        if kind in ("object", "unobject"):
+            p.add_argument("--purpose", required=True, choices=sorted(PURPOSES),
+                           help="the purpose objected to")
         p.set_defaults(func=cmd_request)
     st = add(req_sub, "status", "show one request")
     st.add_argument("request_id", help="the id printed when the request was filed")

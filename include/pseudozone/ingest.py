@@ -37,13 +37,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pseudozone import ledger, linkage, scrub, state, zones
+from pseudozone import ledger, linkage, rectifications, scrub, state, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN, ColumnSpec, Contract
 from pseudozone.errors import ContractViolation, PseudozoneError, machine_failure
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
-from pseudozone.lake import index, layout, published, rectifications
+from pseudozone.lake import consent, index, layout, published
 from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, link_pairs, record_links
 from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sha256_of
 from pseudozone.pii.detectors import DEFAULT_REGIONS
@@ -75,7 +75,7 @@ class BatchResult:
     # rows whose unique key this tenant's zones already held (or an earlier row of the batch)
     rows_dropped_duplicate: int = 0
     # superseded values of rectified subjects put back to their rectified value, and
-    # rectifications retired by an update newer than them (pseudozone.lake.rectifications)
+    # rectifications retired by an update newer than them (pseudozone.rectifications)
     values_rectified: int = 0
     rectifications_retired: int = 0
     subjects: int = 0
@@ -261,6 +261,8 @@ class _Plan:
     keys: pa.Array | None = None
     # rectifications a newer delivered value retires once the batch is published
     corrected: rectifications.Corrected | None = None
+    # each subject's consent per purpose as the batch delivers it (contract consent columns)
+    consents: list[tuple[str, str, bool]] = field(default_factory=list)
 
 
 def subject_buckets(subjects: pa.Array, n: int) -> pa.Array:
@@ -368,6 +370,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
         input_rows = input_rows[kept]
     wanted = _distinct_subjects(subjects)
     result.subjects = len(wanted)
+    consents = consent.delivered(contract, table, subjects)
     # a restricted subject's rows go to the restricted zone, out of analysts' reach
     restricted = as_array(sets.restricted)
     in_restricted = pc.fill_null(pc.is_in(subjects, value_set=restricted), False)
@@ -416,7 +419,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     key_column = None if key_spec is None else key_spec.event_name
     keys = event[key_column].combine_chunks() if key_column is not None else None
     return _Plan(ref, contract, result, outputs, index.from_placements(subjects, placements), check, links,
-                 keys, corrected)
+                 keys, corrected, consents)
 
 
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
@@ -579,6 +582,8 @@ def _commit(settings: Settings, plan: _Plan) -> BatchResult:
         if plan.links is not None:
             # keyed pseudonyms only; in the transaction that marks the batch done
             record_links(conn, result.tenant_id, plan.links)
+        if plan.consents:
+            consent.record(conn, result.tenant_id, result.batch_id, plan.consents)
         if plan.corrected is not None and plan.corrected.retire:
             result.rectifications_retired = plan.corrected.retire_in(conn, result.tenant_id, result.dataset)
         ledger.finish(conn, result.batch_id, status="done", counts=result.counts)

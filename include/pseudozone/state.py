@@ -1,4 +1,4 @@
-"""The state database: batch ledger, key vault, key checks, identity links, rectifications.
+"""The state database: ledger, key vault, key checks, identity links, rectifications, consent.
 
 One small SQLite file under the data root, in WAL mode, opened per unit of work.  Parallel mapped
 tasks write to it concurrently, so every connection waits on locks instead of
@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS identity_links (
 );
 CREATE INDEX IF NOT EXISTS identity_links_cookie ON identity_links (tenant_id, anonymous_pid);
 -- rectified values that later deliveries of the old ones must not undo: the value under the
--- subject's data key, keyed fingerprints of the values it replaced (pseudozone.lake.rectifications)
+-- subject's data key, keyed fingerprints of the values it replaced (pseudozone.rectifications)
 CREATE TABLE IF NOT EXISTS rectifications (
     tenant_id    TEXT NOT NULL,
     dataset      TEXT NOT NULL,
@@ -73,6 +73,17 @@ CREATE TABLE IF NOT EXISTS rectifications (
     request_id   TEXT NOT NULL,
     rectified_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     PRIMARY KEY (tenant_id, dataset, subject_id, field)
+);
+-- each subject's latest delivered consent per purpose, from a contract's consent column
+-- (the batch that delivered it last wins; pseudozone.lake.consent)
+CREATE TABLE IF NOT EXISTS consent (
+    tenant_id    TEXT NOT NULL,
+    subject_id   TEXT NOT NULL,
+    purpose      TEXT NOT NULL,
+    granted      INTEGER NOT NULL CHECK (granted IN (0, 1)),
+    batch_id     TEXT NOT NULL,
+    updated_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (tenant_id, subject_id, purpose)
 );
 """
 

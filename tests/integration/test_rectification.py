@@ -15,10 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pseudozone import ingest, state
+from pseudozone import ingest, rectifications, state
 from pseudozone.config import Settings
 from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data
-from pseudozone.lake import rectifications
 from pseudozone.rights import process, requests
 from tests import planted
 from tests.conftest import TEST_MASTER_KEY

@@ -119,6 +119,17 @@ def test_given_valid_rectify_then_accepted_and_values_not_echoed(api: Api, setti
     assert get_status(settings, response.json()["request_id"]).type == "rectify"
 
 
+def test_given_an_objection_with_its_purpose_then_accepted_and_without_one_rejected(
+        api: Api, settings: Settings) -> None:
+    response = api.call("POST", "/requests", api.token_a,
+                        json={"type": "object", "user_id": PLANTED_USER, "purpose": "third_party"})
+    assert response.status_code == 202 and response.json()["state"] == "accepted"
+    assert get_status(settings, response.json()["request_id"]).type == "object"
+
+    missing = api.call("POST", "/requests", api.token_a, json={"type": "object", "user_id": PLANTED_USER})
+    assert missing.status_code == 422 and missing.json()["reason"]["code"] == "malformed_purpose"
+
+
 def test_given_body_naming_other_tenant_then_403_and_nothing_recorded(api: Api, settings: Settings) -> None:
     response = api.call("POST", "/requests", api.token_a, json={**_erase(), "tenant_id": "globex"})
 

@@ -47,6 +47,10 @@ TYPES = ("string", "int64", "float64", "bool", "timestamp", "date")
 GENERALIZERS = ("ip_prefix", "year", "prefix", "significant")
 TENANT_COLUMN = "tenant_id"
 SUBJECT_COLUMN = "subject_id"
+# the purposes data is used for, and what each rests on (docs/adr/0013-consent-and-objection.md):
+# 'consent': only subjects whose latest delivered consent column says yes, and who did not object;
+# 'objection': every subject but those who objected (GDPR art. 21; an opt-out)
+PURPOSES = {"marketing": "consent", "analytics": "objection", "third_party": "objection"}
 COOKIE_COLUMN = "anonymous_pid"  # the event-zone column of the cookie pseudonym (docs/adr/0008)
 DATE_PARTITION = "date"
 FORMAT_CLASSES = ("keep", "identifier")
@@ -145,6 +149,8 @@ class ColumnSpec:
     precision: str | None = None
     # free_text columns: id-shaped tokens replaced by keyed tokens (pseudozone.linkage)
     tokenize_ids: bool = True
+    # bool keep columns: the subject's consent to this purpose (pseudozone.lake.consent)
+    consent: str | None = None
 
     @property
     def pseudonymized(self) -> bool:
@@ -311,7 +317,7 @@ def _column(source: str, name: str, raw: Any) -> ColumnSpec:
     if not isinstance(raw, dict):
         raise _fail(source, f"column {name!r} must be a mapping")
     known = {"class", "type", "nullable", "required", "subject", "output", "generalize", "format",
-             "linkable", "precision", "tokenize_ids"}
+             "linkable", "precision", "tokenize_ids", "consent"}
     cls = raw.get("class")
     typ = raw.get("type")
     if cls not in CLASSES:
@@ -355,12 +361,19 @@ def _column(source: str, name: str, raw: Any) -> ColumnSpec:
         precision = DEFAULT_PRECISION if precision is None else precision
         if precision not in PRECISIONS:
             raise _fail(source, f"column {name!r} has precision {precision!r}; expected one of {PRECISIONS}")
+    consent = raw.get("consent")
+    if consent is not None:
+        if cls != "keep" or typ != "bool":
+            raise _fail(source, f"column {name!r}: consent is only for keep columns of type bool")
+        if PURPOSES.get(consent) != "consent":
+            raise _fail(source, f"column {name!r}: consent names a purpose that rests on consent; expected"
+                                f" one of {sorted(p for p, basis in PURPOSES.items() if basis == 'consent')}")
     return ColumnSpec(
         name=name, cls=cls, type=typ,
         nullable=bool(raw.get("nullable", True)), required=bool(raw.get("required", True)),
         subject=bool(raw.get("subject", False)), output=raw.get("output"),
         generalize=gen, params=params, format=fmt, linkable=linkable, precision=precision,
-        tokenize_ids=tokenize_ids,
+        tokenize_ids=tokenize_ids, consent=consent,
     )
 
 

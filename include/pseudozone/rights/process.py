@@ -28,14 +28,14 @@ import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import delete, insert, select, update
 
-from pseudozone import contracts, state, zones
+from pseudozone import contracts, rectifications, state, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.errors import PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.ingest import WRITE_THREADS
 from pseudozone.keys import KeyRing, Vault, decrypt_value, encrypt_value, pii_associated_data
-from pseudozone.lake import index, layout, rectifications
+from pseudozone.lake import consent, index, layout
 from pseudozone.lake.index import lookup as index_lookup
 from pseudozone.lake.subjects import (
     COOKIE_COLUMN,
@@ -68,9 +68,12 @@ class _Work:
     restrict: set[str] = field(default_factory=set)
     unrestrict: set[str] = field(default_factory=set)
     rectify: dict[str, list[str]] = field(default_factory=dict)  # subject -> request ids, in order
+    # objections filed or withdrawn: no file changes (the purpose views filter), but the
+    # index lookup says whether the subject has data (ADR 0013)
+    objections: set[str] = field(default_factory=set)
 
     def subjects(self) -> set[str]:
-        return self.erase | self.restrict | self.unrestrict | set(self.rectify)
+        return self.erase | self.restrict | self.unrestrict | set(self.rectify) | self.objections
 
 
 def _freeze_cookies(settings: Settings, conn: Any, row: Any, now: Any, keyring: KeyRing | None) -> None:
@@ -139,6 +142,8 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
             w.rectify.setdefault(s, []).append(row.request_id)
         elif row.type == "export":
             exports.append(row.request_id)
+        elif row.type in requests.OBJECTION_TYPES:
+            w.objections.add(s)
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def group(tenant: str, dataset: str, batch: str) -> dict[str, Any]:
@@ -490,7 +495,7 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
     _gate(settings, contract, group, outputs, corrections, keyring=keyring)
     if corrections:
         # before the rewrite is published (the old values are gone after it): registered so
-        # that a later delivery of them is corrected at ingest (pseudozone.lake.rectifications)
+        # that a later delivery of them is corrected at ingest (pseudozone.rectifications)
         _register_rectifications(settings, keyring, contract, tenant, group["rectify"], corrections, replaced)
     _publish(settings, dataset, tenant, batch_id, outputs, interim)
     with store.transaction(settings) as conn:
@@ -677,6 +682,8 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
         rows = conn.execute(select(store.requests).where(
             store.requests.c.request_id.in_(plan["requests"]),
             store.requests.c.state == "in_progress")).all()
+    # in the order received: an objection and its withdrawal in one run end as the latest says
+    rows = sorted(rows, key=lambda r: (store.as_utc(r.received_at), r.request_id))
     # the proof: read the subject column of every file the run touched for the subject
     # (and their restricted mirrors), independently of the rewritten index
     # (and the logged-out rows of the cookies erased with the subject, in the same files)
@@ -723,9 +730,12 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
                     destroyed = Vault(keyring, sconn).destroy(tenant, s)
                     if not destroyed:
                         Vault(keyring, sconn).tombstone(tenant, s)
-                    # its rectified values and their fingerprints go with its key
+                    # its rectified values and their fingerprints go with its key, and its consent
                     forgotten = rectifications.forget(sconn, tenant, s)
+                    consent.forget(sconn, tenant, s)
                 with store.transaction(settings) as tconn:
+                    tconn.execute(delete(store.objections).where(store.objections.c.tenant_id == tenant,
+                                                                 store.objections.c.subject_id == s))
                     audit.append(tconn, "key.destroyed", request_id=row.request_id, tenant_id=tenant,
                                  subject_id=s, keyring=keyring,
                                  details={"had_key": destroyed, "rectifications_deleted": forgotten})
@@ -772,6 +782,10 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
             outcome["fields"] = sorted(payload.get("fields") or {})
             if no_data:
                 outcome["result"] = NO_DATA_FOUND
+        elif row.type in requests.OBJECTION_TYPES:
+            outcome.update(_apply_objection(settings, row, keyring))
+            if no_data:
+                outcome["result"] = NO_DATA_FOUND  # recorded all the same: it holds for later data
         elif row.type == "export":
             exp = export_by_request.get(row.request_id)
             if exp is None:
@@ -789,6 +803,28 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
     if failures:
         raise PseudozoneError(f"{len(failures)} request(s) failed verification: {', '.join(failures)}")
     return {"run_id": plan["run_id"], "completed": dict(summary), "groups": len(results)}
+
+
+def _apply_objection(settings: Settings, row: Any, keyring: KeyRing) -> dict[str, Any]:
+    """Record an objection to a purpose, or withdraw one (audited; the purpose only, no value)."""
+    payload = requests.open_payload(keyring, row.tenant_id, row.request_id, row.payload_enc)
+    purpose = str((payload.get("fields") or {}).get("purpose"))
+    key = (store.objections.c.tenant_id == row.tenant_id, store.objections.c.subject_id == row.subject_id,
+           store.objections.c.purpose == purpose)
+    with store.transaction(settings) as conn:
+        if row.type == "object":
+            if conn.execute(select(store.objections.c.request_id).where(*key)).first() is None:
+                conn.execute(insert(store.objections).values(
+                    tenant_id=row.tenant_id, subject_id=row.subject_id, purpose=purpose,
+                    request_id=row.request_id, since=store.utcnow()))
+            audit.append(conn, "objection.recorded", request_id=row.request_id, tenant_id=row.tenant_id,
+                         subject_id=row.subject_id, details={"purpose": purpose}, keyring=keyring)
+            return {"purpose": purpose, "objection": "recorded"}
+        withdrawn = conn.execute(delete(store.objections).where(*key)).rowcount
+        audit.append(conn, "objection.withdrawn", request_id=row.request_id, tenant_id=row.tenant_id,
+                     subject_id=row.subject_id, details={"purpose": purpose, "was_recorded": bool(withdrawn)},
+                     keyring=keyring)
+        return {"purpose": purpose, "objection": "withdrawn" if withdrawn else "none_recorded"}
 
 
 def _delete_exports(settings: Settings, row: Any, *, keyring: KeyRing | None = None) -> list[str]:

@@ -36,11 +36,13 @@ from pseudozone.rights import audit, store
 
 log = logging.getLogger(__name__)
 
-TYPES = ("erase", "rectify", "restrict", "unrestrict", "export")
+TYPES = ("erase", "rectify", "restrict", "unrestrict", "export", "object", "unobject")
+# an objection to a purpose (GDPR art. 21) and its withdrawal (docs/adr/0013-consent-and-objection.md)
+OBJECTION_TYPES = ("object", "unobject")
 SOURCES = ("cli", "inbox", "rest", "test")
 DUE_DAYS = 30
 MAX_USER_ID = 256
-ALLOWED_KEYS = {"type", "tenant_id", "user_id", "fields"}
+ALLOWED_KEYS = {"type", "tenant_id", "user_id", "fields", "purpose"}
 # where a tenant downloads an export's archive, relative to the REST door's mount point
 EXPORT_DOWNLOAD_PATH = "/requests/{request_id}/export"
 
@@ -194,6 +196,13 @@ def _validate(raw: Any, tenants: set[str]) -> tuple[str, str, str, dict[str, str
     if len(user.strip()) > MAX_USER_ID:
         raise RequestRejected("malformed_fields", f"user_id is longer than {MAX_USER_ID} characters")
     fields = raw.get("fields")
+    purpose = raw.get("purpose")
+    if kind in OBJECTION_TYPES:
+        if not isinstance(purpose, str) or purpose not in contracts.PURPOSES:
+            raise RequestRejected("malformed_purpose", f"{kind} needs a 'purpose': one of "
+                                                       f"{', '.join(sorted(contracts.PURPOSES))}")
+    elif purpose is not None:
+        raise RequestRejected("malformed_purpose", f"'purpose' is only for object and unobject, not {kind}")
     if kind == "rectify":
         if not isinstance(fields, Mapping) or not fields:
             raise RequestRejected("malformed_fields", "rectify needs a non-empty 'fields' object")
@@ -216,7 +225,8 @@ def _validate(raw: Any, tenants: set[str]) -> tuple[str, str, str, dict[str, str
     elif fields not in (None, {}):
         raise RequestRejected("malformed_fields", f"'fields' is only for rectify, not {kind}")
     else:
-        clean = {}
+        # an objection's purpose is no personal data: kept beside the request, in its outcome
+        clean = {"purpose": str(purpose)} if kind in OBJECTION_TYPES else {}
     return kind, tenant, user.strip(), clean
 
 

@@ -103,6 +103,17 @@ restricted_cookies = Table(
     Column("since", DateTime(timezone=True), nullable=False),
 )
 
+# objections to a purpose (GDPR art. 21), from an 'object' request until an 'unobject' one;
+# the purpose-scoped views leave the subject out (docs/adr/0013-consent-and-objection.md)
+objections = Table(
+    "objections", metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("subject_id", String(80), primary_key=True),
+    Column("purpose", String(32), primary_key=True),
+    Column("request_id", String(36), nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+)
+
 audit_log = Table(
     "audit_log", metadata,
     Column("seq", Integer, primary_key=True, autoincrement=False),
