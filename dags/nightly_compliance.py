@@ -6,7 +6,8 @@ compliance report under `reports/compliance/` in the data root.
 
 1. `retention`: event-zone date partitions older than their dataset's
    `retention_days` (contract; override with the `retention_days` param) are
-   deleted, except under a legal hold; so are landing files ingested more than
+   deleted, except under a tenant- or dataset-wide legal hold (a subject's hold keeps
+   only the held subjects' rows, docs/adr/0005); so are landing files ingested more than
    `PSEUDOZONE_LANDING_RETENTION_DAYS` ago (default 7) and quarantined files older than
    `PSEUDOZONE_QUARANTINE_RETENTION_DAYS` (default 30; docs/adr/0011-landing-retention.md);
    each deletion is audited.

@@ -154,6 +154,7 @@ def _step_counts(step: str, section: dict[str, Any]) -> dict[str, Any]:
     if step == "retention":
         landing = section.get("landing") or {}
         return {"deleted": len(section["deleted"]), "kept_for_hold": len(section["kept_for_hold"]),
+                "trimmed_for_hold": len(section.get("trimmed_for_hold", [])),
                 "landing_deleted": len(landing.get("deleted", [])),
                 "quarantine_purged": len(landing.get("quarantine_purged", []))}
     if step == "validation":

@@ -343,6 +343,12 @@ def _retention(report: Mapping[str, Any]) -> str:
     out.append("<h3>Partitions deleted in this run</h3>"
                + _table(["Dataset", "Tenant", "Partition date", "Files", "Rows"], deleted,
                         empty="No partition was past its retention period."))
+    trimmed = [[d.get("zone"), d.get("dataset"), d.get("tenant_id"), d.get("date"), _num(d.get("rows_kept")),
+                _num(d.get("rows_deleted"))] for d in _dicts(r.get("trimmed_for_hold"))]
+    if trimmed:
+        out.append("<h3>Partitions trimmed to the rows a subject's legal hold keeps</h3>"
+                   + _table(["Zone", "Dataset", "Tenant", "Partition date", "Rows kept", "Rows deleted"],
+                            trimmed))
     landing = _dict(r.get("landing"))
     if landing:
         files = [[d.get("dataset"), d.get("tenant_id"), d.get("batch_id"), _day(d.get("ingested_at")),

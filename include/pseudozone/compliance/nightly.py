@@ -4,7 +4,8 @@ Every step returns a JSON-safe section of the report (counts, ids, pseudonyms,
 paths; never a data value):
 
 - ``enforce_retention``: delete event-zone date partitions older than their
-  dataset's ``retention_days`` (kept under a legal hold), audited, index updated; and
+  dataset's ``retention_days`` (kept under a tenant- or dataset-wide legal hold; trimmed
+  to the held subjects' rows under a subject's hold), audited, index updated; and
   export archives past their download expiry (``rights.export.purge_expired``); and
   ingested landing files and old quarantined files (``enforce_landing_retention``);
 - ``validate_zones``: every file of every zone against its Great Expectations suite,
@@ -48,7 +49,7 @@ from pseudozone import contracts, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.errors import PseudozoneError
-from pseudozone.lake import index, layout
+from pseudozone.lake import compact, index, layout
 from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, keys, legal_holds, links
 from pseudozone.rights import audit, store
 
@@ -92,16 +93,25 @@ def enforce_retention(settings: Settings, *, now: dt.datetime | None = None,
     """Delete expired date partitions of the event and restricted zones; audit each deletion.
 
     A partition is expired when its date is before ``today - retention_days``.  A
-    tenant-wide or dataset-wide legal hold keeps all of a tenant's partitions; a
-    subject's hold keeps each partition holding that subject.  Files are deleted
-    first and the subject index follows, so the index never misses a file that
-    exists (a crash in between leaves entries for files that are gone, which rights
-    processing skips and the next run removes).
+    tenant-wide or dataset-wide legal hold keeps all of a tenant's partitions.  A
+    subject's hold keeps that subject's rows only: an expired partition holding rows a
+    subject hold keeps is trimmed to them (``_retain_held``), one holding none is deleted.
+    Files are deleted first and the subject index follows, so the index never misses a
+    file that exists (a crash in between leaves entries for files that are gone, which
+    rights processing skips and the next run removes).  The PII zone has no date
+    partitions and is not aged out: its rows go with an erasure (ADR 0005).
+
+    Besides the lists, the result counts the trims (``partitions_trimmed_for_hold``,
+    ``rows_kept_for_hold``, ``rows_deleted_by_trim``) and the trims of a killed run it
+    finished or undid first (``trims_recovered``).
     """
     policies = retention_policies(overrides)
     today = _now(now).date()
+    # a trim a killed run left: finished when exchanged, else undone and redone below
+    recovered = compact.recover(settings, prefix=compact.TRIM_PREFIX)
     deleted: list[dict[str, Any]] = []
     kept_for_hold: list[dict[str, Any]] = []
+    trimmed: list[dict[str, Any]] = []
     for zone_name in layout.PARTITIONED:
         for dataset, tenant, tenant_dir in layout.tenant_dirs(layout.zone_root(settings, zone_name)):
             days = policies.get(dataset)
@@ -117,18 +127,19 @@ def enforce_retention(settings: Settings, *, now: dt.datetime | None = None,
                                    "date": p.day, "reason": "tenant-wide hold"}
                                   for p in expired]
                 continue
-            held_subjects = as_array(holds.subjects(dataset))
+            keep = _held_rows(settings, tenant, holds.subjects(dataset))
             for day, _, part in expired:
+                where = {"zone": zone_name, "dataset": dataset, "tenant_id": tenant, "date": day}
                 files = zones.parquet_files(part)
-                if len(held_subjects) and any(_holds_any(f, held_subjects) for f in files):
-                    kept_for_hold.append({"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
-                                          "date": day, "reason": "subject hold"})
-                    continue
                 rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+                if keep is not None:
+                    outcome = _retain_held(settings, compact.Unit(zone_name, dataset, tenant, day), files,
+                                           rows, keep, days)
+                    if outcome is not None:
+                        (trimmed if "rows_deleted" in outcome else kept_for_hold).append({**where, **outcome})
+                        continue
                 rels = [str(f.relative_to(settings.zones)) for f in files]
-                entry = {"zone": zone_name, "dataset": dataset, "tenant_id": tenant,
-                         "date": day, "files": len(files), "rows": rows,
-                         "retention_days": days}
+                entry = {**where, "files": len(files), "rows": rows, "retention_days": days}
                 # audited first: a crash after this leaves the partition for the next run,
                 # never a deletion without its audit entry
                 with store.transaction(settings) as conn:
@@ -145,8 +156,69 @@ def enforce_retention(settings: Settings, *, now: dt.datetime | None = None,
 
     exports_expired = purge_expired(settings, now=_now(now))
     return {"policies": policies, "deleted": deleted, "kept_for_hold": kept_for_hold,
+            "trimmed_for_hold": trimmed, "partitions_trimmed_for_hold": len(trimmed),
+            "rows_kept_for_hold": sum(t["rows_kept"] for t in trimmed),
+            "rows_deleted_by_trim": sum(t["rows_deleted"] for t in trimmed), "trims_recovered": recovered,
             "exports_expired": exports_expired, "today": today.isoformat(),
             "landing": enforce_landing_retention(settings, now=now)}
+
+
+def _held_rows(settings: Settings, tenant: str, held: frozenset[str]) -> compact.Keep | None:
+    """The rows a subject's legal hold keeps past retention, as a filter of a file's rows
+    (None without a subject hold): the held subjects' rows, and the logged-out rows of every
+    cookie linked to one of them (shared cookies too), as an erasure under a hold keeps them
+    (``rights.process.rewrite_group``, ADR 0008)."""
+    if not held:
+        return None
+    from pseudozone.rights.process import _take_subjects
+
+    linked = links(settings, tenant, held)
+    cookies = {c for s in held for c in linked.of(s)}
+    return partial(_take_subjects, subjects=set(held), cookies=cookies)
+
+
+def _retain_held(settings: Settings, unit: compact.Unit, files: list[Path], rows: int,
+                 keep: compact.Keep, days: int) -> dict[str, Any] | None:
+    """An expired partition under a subject's hold: None when it holds no row the hold keeps
+    (deleted then); else kept whole when every row is held, or trimmed to the held rows by a
+    crash-safe partition rewrite (``lake.compact.trim``), audited before, with counts only.
+
+    A trim waits for the next run while an ingest or a rights run of the tenant is under way
+    (one that read a file before the rewrite and writes it after would bring its rows back
+    beside the kept copies), or when a writer changed the partition during it (rolled back).
+    """
+    columns = [SUBJECT_COLUMN, COOKIE_COLUMN]
+    kept = [keep(pq.read_table(f, columns=[c for c in columns if c in pq.read_schema(f).names]))
+            for f in files]
+    rows_kept = sum(t.num_rows for t in kept)
+    if rows_kept == 0:
+        return None
+    if rows_kept == rows:
+        return {"reason": "subject hold"}
+    if compact.writers_active(settings, unit.tenant):
+        log.warning("retention: trim of %s/%s/%s/%s deferred, an ingest or a rights run is in progress",
+                    unit.zone, unit.dataset, unit.tenant, unit.day)
+        return {"reason": "subject hold, trim deferred (a writer is active)"}
+    subjects = pa.concat_arrays([t[SUBJECT_COLUMN].combine_chunks().cast(pa.string()) for t in kept])
+    entry = {"files": len(files), "rows": rows, "rows_kept": rows_kept, "rows_deleted": rows - rows_kept,
+             "subjects_held": len(pc.unique(pc.drop_null(subjects))),
+             "cookie_rows_kept": subjects.null_count, "retention_days": days}
+    where = {"zone": unit.zone, "dataset": unit.dataset, "tenant_id": unit.tenant, "date": unit.day}
+    # audited first, as a deletion: a crash after this leaves the trim to the next run
+    with store.transaction(settings) as conn:
+        audit.append(conn, "retention.trimmed", actor="nightly_compliance", tenant_id=unit.tenant,
+                     details={**where, **entry})
+    try:
+        done = compact.trim(settings, unit, keep)
+    except compact.CompactionConflict as exc:
+        log.warning("retention: %s", exc)
+        with store.transaction(settings) as conn:
+            audit.append(conn, "retention.trim_rolled_back", actor="nightly_compliance",
+                         tenant_id=unit.tenant, details=where)
+        return {"reason": "subject hold, trim rolled back (the partition changed meanwhile)"}
+    log.info("retention: trimmed %s/%s/%s/%s to the rows a subject hold keeps (%d of %d rows kept)",
+             unit.zone, unit.dataset, unit.tenant, unit.day, rows_kept, rows)
+    return {**entry, "files_out": done["files_out"]}
 
 
 def _finished_at(text: str | None) -> dt.datetime | None:
@@ -235,11 +307,6 @@ def enforce_landing_retention(settings: Settings, *, now: dt.datetime | None = N
     log.info("quarantine retention: %d file(s) purged", len(purged))
     return {"landing_retention_days": landing_days, "quarantine_retention_days": quarantine_days,
             "deleted": deleted, "kept_changed": kept_changed, "quarantine_purged": purged}
-
-
-def _holds_any(path: Path, subjects: pa.Array) -> bool:
-    col = pq.read_table(path, columns=[SUBJECT_COLUMN])[SUBJECT_COLUMN]
-    return bool(pc.any(pc.fill_null(pc.is_in(col, value_set=subjects), False)).as_py())
 
 
 # -- zone validation ------------------------------------------------------------------------

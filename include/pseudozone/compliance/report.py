@@ -135,6 +135,8 @@ def assemble(settings: Settings, run_id: str, *, now: dt.datetime | None = None)
                f" restriction(s);"
                f" audit chain {'ok' if audit_section.get('ok') else 'BROKEN'};"
                f" retention deleted {len(retention.get('deleted', []))} partition(s),"
+               f" {retention.get('rows_deleted_by_trim', 0)} row(s) of"
+               f" {retention.get('partitions_trimmed_for_hold', 0)} partition(s) trimmed to held subjects,"
                f" {len(landing.get('deleted', []))} landing file(s),"
                f" {len(landing.get('quarantine_purged', []))} quarantined file(s);"
                f" k-anonymity {len(flagged)} flagged")

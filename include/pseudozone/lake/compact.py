@@ -30,6 +30,14 @@ A run finds the manifests a killed run left (``recover``, first thing in ``compa
 a unit whose outputs are all in the partition is rolled forward (steps 4-6), any other
 is rolled back (output index entries removed, work directory deleted) and redone from
 scratch by the same run, under the same names.
+
+``trim`` is the same unit with a filter: the nightly retention step rewrites a partition
+past retention that a subject's legal hold keeps with only the held rows (``keep``), each
+bucket's kept rows in one ``compact-<H>`` file (``H`` also says "trim", so never the name a
+compaction of the same inputs gives), a bucket with none kept in no file.  Its work
+directories are ``trim-<H>``: ``recover(prefix=TRIM_PREFIX)`` (the retention step's first
+thing) finishes or undoes them, and compaction's recovery never touches them (nor
+retention's a compaction's), so neither rolls back a unit the other is running.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TARGET_ROWS = 5_000_000  # one file per partition-day and bucket up to this many rows
 ROW_GROUP_ROWS = 64 * 1024  # small enough that a subject's lookups skip most of a day
 PREFIX = "compact-"
+TRIM_PREFIX = "trim-"  # work directories of retention's trims (their outputs are compact-<H> files)
 WORK_DIR = ".compact"  # under the zones root: not a zone, not swept as a staged batch
 STEPS = ("manifest", "indexed", "staged", "exchanged", "checked", "unindexed", "removed")
 
@@ -135,16 +144,24 @@ def _sort_keys(table: pa.Table, time_column: str) -> list[tuple[str, str]]:
     return keys
 
 
-def _plan_outputs(unit: Unit, files: list[Path], target_rows: int, digest: str) -> dict[str, pa.Table]:
+Keep = Callable[[pa.Table], pa.Table]  # a file's rows -> those a trim keeps
+
+
+def _plan_outputs(unit: Unit, files: list[Path], target_rows: int, digest: str,
+                  keep: Keep | None = None) -> dict[str, pa.Table]:
     """Output file name -> its rows: the inputs of each bucket merged (in input-name order),
-    sorted by subject then time (stable), cut into parts of at most ``target_rows``."""
+    sorted by subject then time (stable), cut into parts of at most ``target_rows``; with
+    ``keep``, only the rows it keeps of each input, and no file for a bucket left empty."""
     contract = contracts.load(unit.dataset)
     by_bucket: dict[int | None, list[pa.Table]] = defaultdict(list)
     for f in files:
-        by_bucket[layout.parse(_rel(unit, f.name)).bucket].append(pq.read_table(f))
+        table = pq.read_table(f)
+        by_bucket[layout.parse(_rel(unit, f.name)).bucket].append(table if keep is None else keep(table))
     out: dict[str, pa.Table] = {}
     for bucket, tables in sorted(by_bucket.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
         merged = pa.concat_tables(tables, promote_options="default").combine_chunks()
+        if keep is not None and merged.num_rows == 0:
+            continue
         keys = _sort_keys(merged, contract.partition_date_from)
         if keys:
             merged = merged.take(pc.sort_indices(merged, sort_keys=keys))  # stable; nulls last
@@ -157,8 +174,9 @@ def _plan_outputs(unit: Unit, files: list[Path], target_rows: int, digest: str) 
     return out
 
 
-def _digest(unit: Unit, names: list[str], target_rows: int) -> str:
-    text = "\n".join([*(_rel(unit, n) for n in sorted(names)), f"target_rows={target_rows}"])
+def _digest(unit: Unit, names: list[str], target_rows: int, *, trim: bool = False) -> str:
+    text = "\n".join([*(_rel(unit, n) for n in sorted(names)), f"target_rows={target_rows}",
+                      *(["trim"] if trim else [])])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -220,12 +238,17 @@ def _finish_swap(staged: Path, partition: Path, spare: Path) -> None:
 # -- one unit ---------------------------------------------------------------------------------
 
 
-def _compact_unit(settings: Settings, unit: Unit, files: list[Path], target_rows: int) -> dict[str, Any]:
+def _compact_unit(settings: Settings, unit: Unit, files: list[Path], target_rows: int,
+                  keep: Keep | None = None) -> dict[str, Any]:
     part = unit.partition(settings)
     names = [f.name for f in files]
-    digest = _digest(unit, names, target_rows)
-    work = _work_root(settings) / (PREFIX + digest)
-    outputs = _plan_outputs(unit, files, target_rows, digest)
+    digest = _digest(unit, names, target_rows, trim=keep is not None)
+    work = _work_root(settings) / ((PREFIX if keep is None else TRIM_PREFIX) + digest)
+    outputs = _plan_outputs(unit, files, target_rows, digest, keep)
+    if not outputs:
+        # recovery takes a unit whose outputs are all in place for exchanged: never plan none
+        raise PseudozoneError(f"{unit.zone} zone {unit.dataset} partition {unit.day} of tenant "
+                              f"{unit.tenant}: no row to write (delete the partition instead)")
     manifest = {"zone": unit.zone, "dataset": unit.dataset, "tenant": unit.tenant, "day": unit.day,
                 "target_rows": target_rows, "inputs": {f.name: _stat(f) for f in files},
                 "outputs": sorted(outputs)}
@@ -295,15 +318,17 @@ def _roll_back(settings: Settings, unit: Unit, work: Path, manifest: dict[str, A
     shutil.rmtree(work)
 
 
-def recover(settings: Settings) -> dict[str, int]:
-    """Finish (exchanged) or undo (not exchanged) the units a killed run left."""
+def recover(settings: Settings, *, prefix: str = PREFIX) -> dict[str, int]:
+    """Finish (exchanged) or undo (not exchanged) the units a killed run left: compaction's,
+    or with ``prefix=TRIM_PREFIX`` retention's trims."""
     done = {"rolled_forward": 0, "rolled_back": 0}
+    what = "compaction" if prefix == PREFIX else "trim"
     root = _work_root(settings)
     if not root.is_dir():
         return done
     for work in sorted(root.iterdir()):
         manifest_file = work / "manifest.json"
-        if not work.is_dir() or not work.name.startswith(PREFIX):
+        if not work.is_dir() or not work.name.startswith(prefix):
             continue
         if not manifest_file.exists():  # killed before the manifest was written: nothing else was
             shutil.rmtree(work)
@@ -313,16 +338,16 @@ def recover(settings: Settings) -> dict[str, int]:
         part = unit.partition(settings)
         _finish_swap(work / "part", part, work / "swap")
         if part.is_dir() and all((part / n).is_file() for n in manifest["outputs"]):
-            log.info("compaction of %s/%s/%s/%s: finishing a killed run", *manifest_parts(manifest))
+            log.info("%s of %s/%s/%s/%s: finishing a killed run", what, *manifest_parts(manifest))
             try:
-                _roll_forward(settings, unit, work, manifest, work.name[len(PREFIX):])
+                _roll_forward(settings, unit, work, manifest, work.name[len(prefix):])
             except CompactionConflict as exc:
                 log.warning("%s", exc)
                 done["rolled_back"] += 1
                 continue
             done["rolled_forward"] += 1
         else:
-            log.info("compaction of %s/%s/%s/%s: undoing a killed run", *manifest_parts(manifest))
+            log.info("%s of %s/%s/%s/%s: undoing a killed run", what, *manifest_parts(manifest))
             _roll_back(settings, unit, work, manifest)
             done["rolled_back"] += 1
     return done
@@ -330,6 +355,17 @@ def recover(settings: Settings) -> dict[str, int]:
 
 def manifest_parts(manifest: dict[str, Any]) -> tuple[str, str, str, str]:
     return manifest["zone"], manifest["dataset"], manifest["tenant"], manifest["day"]
+
+
+def trim(settings: Settings, unit: Unit, keep: Keep, *,
+         target_rows: int = DEFAULT_TARGET_ROWS) -> dict[str, Any]:
+    """Rewrite one partition with only the rows ``keep`` returns of each of its files, under the
+    commit order above (staged, indexed first, one exchange, inputs unindexed once invisible).
+
+    ``keep`` must keep some row (a partition with none to keep is deleted, not trimmed).
+    Raises ``CompactionConflict`` (rolled back) when a writer changed an input meanwhile.
+    """
+    return _compact_unit(settings, unit, _files(unit.partition(settings)), target_rows, keep)
 
 
 # -- the whole lake ---------------------------------------------------------------------------
