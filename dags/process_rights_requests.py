@@ -2,7 +2,7 @@
 ### process_rights_requests
 
 Applies queued data-subject rights requests (erase, rectify, restrict, unrestrict,
-export) to the zones, in batches.
+export, object, unobject) to the zones, in batches.
 
 1. `intake_inbox`: JSON request files dropped in `requests/inbox/` join the queue
    (the CLI and the REST endpoint of the `pseudozone_rights` plugin write to it directly).

@@ -7,13 +7,14 @@ XCom (the metadata database).  The DAG files call these and nothing else.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pseudozone.config import Settings
 from pseudozone.errors import PseudozoneError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: the heavy modules load inside the tasks
     from pseudozone.keys import KeyRing
+    from pseudozone.rights.actions import GroupPlan, RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def open_rights_run(run_id: str, home: str | None = None) -> dict[str, Any]:
     plan = open_run(settings, run_id, keyring=_keyring(settings))
     log.info("run %s: %d request(s), %d file group(s), %d export(s)", run_id, len(plan["requests"]),
              len(plan["groups"]), len(plan["exports"]))
-    return plan
+    return cast("dict[str, Any]", plan)  # JSON for XCom
 
 
 def rewrite_file_group(group: dict[str, Any], home: str | None = None) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def rewrite_file_group(group: dict[str, Any], home: str | None = None) -> dict[s
     from pseudozone.validation.gate import ValidationFailed
 
     try:
-        result = rewrite_group(Settings.from_env(home), group)
+        result = rewrite_group(Settings.from_env(home), cast("GroupPlan", group))  # as open_run made it
     except ValidationFailed as exc:
         fail_without_retry(f"group {group['group_id']}: {exc.detail}; nothing of it was published,"
                            " its requests stay in progress (see zones/quarantine/rights)")
@@ -141,7 +142,7 @@ def close_rights_run(plan: dict[str, Any], results: list[dict[str, Any]], export
                      home: str | None = None) -> dict[str, Any]:
     from pseudozone.rights.process import close_run
 
-    summary = close_run(Settings.from_env(home), plan, list(results), list(exports))
+    summary = close_run(Settings.from_env(home), cast("RunPlan", plan), list(results), list(exports))
     log.info("run %s closed: %s", plan["run_id"], summary)
     return summary
 

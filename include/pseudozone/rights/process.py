@@ -18,7 +18,6 @@ import json
 import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import insert, select, update
 
 from pseudozone import contracts, rectifications, state, zones
 from pseudozone.config import Settings
@@ -35,7 +34,7 @@ from pseudozone.errors import PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.ingest import WRITE_THREADS
 from pseudozone.keys import KeyRing, Vault, decrypt_value, encrypt_value, pii_associated_data
-from pseudozone.lake import consent, index, layout
+from pseudozone.lake import index, layout
 from pseudozone.lake.index import lookup as index_lookup
 from pseudozone.lake.subjects import (
     COOKIE_COLUMN,
@@ -49,8 +48,8 @@ from pseudozone.lake.subjects import (
 )
 from pseudozone.landing import ARROW_TYPES
 from pseudozone.rights import audit, requests, store
-from pseudozone.rights.export import delete_archive, expires_at, export_request
-from pseudozone.rights.landing import erase_subject as erase_from_landing
+from pseudozone.rights.actions import ACTIONS, NO_DATA_FOUND, Closing, GroupPlan, RunPlan, Work
+from pseudozone.rights.export import export_request
 from pseudozone.validation import gate
 from pseudozone.validation.known import KnownValues
 
@@ -60,20 +59,6 @@ ZONES = layout.ZONES
 
 
 # -- planning --------------------------------------------------------------------------------
-
-
-@dataclass
-class _Work:
-    erase: set[str] = field(default_factory=set)
-    restrict: set[str] = field(default_factory=set)
-    unrestrict: set[str] = field(default_factory=set)
-    rectify: dict[str, list[str]] = field(default_factory=dict)  # subject -> request ids, in order
-    # objections filed or withdrawn: no file changes (the purpose views filter), but the
-    # index lookup says whether the subject has data (ADR 0013)
-    objections: set[str] = field(default_factory=set)
-
-    def subjects(self) -> set[str]:
-        return self.erase | self.restrict | self.unrestrict | set(self.rectify) | self.objections
 
 
 def _freeze_cookies(settings: Settings, conn: Any, row: Any, now: Any, keyring: KeyRing | None) -> None:
@@ -95,7 +80,7 @@ def _freeze_cookies(settings: Settings, conn: Any, row: Any, now: Any, keyring: 
                      subject_id=row.subject_id, details={"cookies": len(new)}, keyring=keyring)
 
 
-def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None) -> dict[str, Any]:
+def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None) -> RunPlan:
     """Start work on every open request; return the plan (ids, pseudonyms and paths only)."""
     keyring = keyring or KeyRing.load(settings)
     settings.ensure()  # zone modes; the first call of a process sweeps a killed writer's temp files
@@ -124,26 +109,12 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
                                  tenant_id=row.tenant_id, subject_id=row.subject_id, keyring=keyring)
                 _freeze_cookies(settings, conn, row, now, keyring)
 
-    # the latest request per subject decides between restrict and unrestrict; erase wins over all
-    work: dict[str, _Work] = defaultdict(_Work)
-    exports: list[str] = []
+    # each request's action says what it adds to its tenant's work, in the order received
+    # (the latest request per subject decides between restrict and unrestrict; erase wins over all)
+    work: dict[str, Work] = defaultdict(Work)
     for row in rows:
-        w = work[row.tenant_id]
-        s = row.subject_id
-        if row.type == "erase":
-            w.erase.add(s)
-        elif row.type == "restrict":
-            w.restrict.add(s)
-            w.unrestrict.discard(s)
-        elif row.type == "unrestrict":
-            w.unrestrict.add(s)
-            w.restrict.discard(s)
-        elif row.type == "rectify":
-            w.rectify.setdefault(s, []).append(row.request_id)
-        elif row.type == "export":
-            exports.append(row.request_id)
-        elif row.type in requests.OBJECTION_TYPES:
-            w.objections.add(s)
+        ACTIONS[row.type].plan(work[row.tenant_id], row)
+    exports = [request_id for _, w in sorted(work.items()) for request_id in w.exports]
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def group(tenant: str, dataset: str, batch: str) -> dict[str, Any]:
@@ -219,19 +190,21 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
                     g = group(tenant, dataset, batch)
                     g["files"].add(path)
                     g["unrestrict_cookies"][cookie] = back[cookie]
-    plan_groups = [{**g, "files": sorted(g["files"]), "erase": sorted(g["erase"]),
-                    "restrict": sorted(g["restrict"]), "unrestrict": sorted(g["unrestrict"])}
-                   for _, g in sorted(groups.items())]
-    for g in plan_groups:
-        g["group_id"] = f"{g['dataset']}.{g['batch_id']}"
+    plan_groups = [GroupPlan(
+        group_id=f"{g['dataset']}.{g['batch_id']}", tenant_id=g["tenant_id"], dataset=g["dataset"],
+        batch_id=g["batch_id"], files=sorted(g["files"]), erase=sorted(g["erase"]),
+        restrict=sorted(g["restrict"]), unrestrict=sorted(g["unrestrict"]), rectify=g["rectify"],
+        erase_cookies=g["erase_cookies"], restrict_cookies=g["restrict_cookies"],
+        unrestrict_cookies=g["unrestrict_cookies"], release_cookies=g["release_cookies"])
+        for _, g in sorted(groups.items())]
     # subjects that end the run restricted: a lifted restriction must not outlive a later restrict
     restricted_after = {tenant: sorted(w.restrict) for tenant, w in sorted(work.items()) if w.restrict}
-    return {"run_id": run_id, "requests": [r.request_id for r in rows], "groups": plan_groups,
-            "exports": exports, "restricted_after": restricted_after, "indexed": indexed, "cookies": cookies,
-            "release_cookies": release}
+    return RunPlan(run_id=run_id, requests=[r.request_id for r in rows], groups=plan_groups,
+                   exports=exports, restricted_after=restricted_after, indexed=indexed, cookies=cookies,
+                   release_cookies=release)
 
 
-def _cookie_moves(settings: Settings, tenant: str, w: _Work) -> tuple[
+def _cookie_moves(settings: Settings, tenant: str, w: Work) -> tuple[
         dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
     """(cookies whose logged-out rows move to the restricted zone, cookies whose rows move back,
     per unrestricted subject the frozen cookies its unrestriction releases), the first two
@@ -418,7 +391,7 @@ def _corrections(settings: Settings, keyring: KeyRing, tenant: str,
     return out
 
 
-def rewrite_group(settings: Settings, group: dict[str, Any], *,
+def rewrite_group(settings: Settings, group: GroupPlan, *,
                   keyring: KeyRing | None = None) -> dict[str, Any]:
     """Apply one run's requests to every file of one batch; returns counts per subject."""
     keyring = keyring or KeyRing.load(settings)
@@ -509,7 +482,7 @@ def rewrite_group(settings: Settings, group: dict[str, Any], *,
             "counts": {s: dict(c) for s, c in counts.items()}}
 
 
-def _gate(settings: Settings, contract: contracts.Contract, group: dict[str, Any],
+def _gate(settings: Settings, contract: contracts.Contract, group: GroupPlan,
           outputs: dict[str, pa.Table | None], corrections: dict[str, dict[str, str]], *,
           keyring: KeyRing | None = None) -> None:
     """Validate a group's rewritten files before any replaces a published one.
@@ -661,10 +634,9 @@ def _with_mirrors(files: list[str]) -> set[str]:
 # a request's outcome "result": the request was carried out ("done"), or the subject had no data
 # anywhere in the lake when the run was planned ("no_data_found": a legitimate answer to the data
 # subject, and the sign of a mistyped user id)
-NO_DATA_FOUND = "no_data_found"
 
 
-def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, Any]],
+def close_run(settings: Settings, plan: RunPlan, results: list[dict[str, Any]],
               exports: list[dict[str, Any]], *, keyring: KeyRing | None = None) -> dict[str, Any]:
     """Verify what was done, destroy erased subjects' keys, complete the requests."""
     keyring = keyring or KeyRing.load(settings)
@@ -701,147 +673,26 @@ def close_run(settings: Settings, plan: dict[str, Any], results: list[dict[str, 
     holds_of: dict[str, Holds] = {}
     indexed = {tenant: set(found) for tenant, found in plan.get("indexed", {}).items()}
     for row in rows:
-        outcome: dict[str, Any] = {"type": row.type, "run_id": plan["run_id"]}
         s, tenant = row.subject_id, row.tenant_id
         if tenant not in holds_of:
             holds_of[tenant] = legal_holds(settings, tenant)
-        holds = holds_of[tenant]
-        # no file of any zone held the subject when the run was planned
-        no_data = "indexed" in plan and s not in indexed.get(tenant, set())
-        if row.type == "erase":
-            remaining = remaining_files.get((tenant, s), [])
-            unexpected = [p for p in remaining if not holds.keeps(layout.parse(p).dataset, s)]
-            if unexpected:
-                failures.append(row.request_id)
-                index.reindex(settings, unexpected)  # so that a retry finds what is left
-                _finish(settings, row, "failed", {"code": "erase_incomplete", "files": unexpected},
-                        keyring=keyring)
-                continue
-            # the raw files the subject came from (landing, quarantine): before the key goes, so
-            # that a run that dies here is simply run again (docs/adr/0011-landing-retention.md)
-            payload = requests.open_payload(keyring, tenant, row.request_id, row.payload_enc)
-            raw_files = erase_from_landing(settings, tenant=tenant, user_id=str(payload["user_id"]),
-                                           request_id=row.request_id, subject_id=s, keyring=keyring)
-            del payload
-            pii_held = holds.keeps("profiles", s)
-            destroyed = False
-            if not pii_held:
-                with state.connect(settings) as sconn:
-                    destroyed = Vault(keyring, sconn).destroy(tenant, s)
-                    if not destroyed:
-                        Vault(keyring, sconn).tombstone(tenant, s)
-                    # its rectified values and their fingerprints go with its key, and its consent
-                    forgotten = rectifications.forget(sconn, tenant, s)
-                    consent.forget(sconn, tenant, s)
-                with store.transaction(settings) as tconn:
-                    tconn.execute(delete(store.objections).where(store.objections.c.tenant_id == tenant,
-                                                                 store.objections.c.subject_id == s))
-                    audit.append(tconn, "key.destroyed", request_id=row.request_id, tenant_id=tenant,
-                                 subject_id=s, keyring=keyring,
-                                 details={"had_key": destroyed, "rectifications_deleted": forgotten})
-            # archives hold the decrypted profile: kept only where the profile is kept
-            exports_deleted = [] if pii_held else _delete_exports(settings, row, keyring=keyring)
-            if no_data and not destroyed:
-                outcome["result"] = NO_DATA_FOUND
-            linked = plan.get("cookies", {}).get(tenant, {}).get(s, {"erased": 0, "shared_kept": 0})
-            outcome.update({"rows_removed": dict(per_subject.get(s, {})), "verified_clean": True,
-                            "linked_cookies_erased": linked["erased"],
-                            "shared_cookies_kept": linked["shared_kept"],
-                            "export_archives_deleted": exports_deleted, **raw_files,
-                            "files_scanned": len(affected.get((tenant, s), ())),
-                            "key_destroyed": not pii_held,
-                            "retained": [{"dataset": h.dataset or "*", "hold_id": h.hold_id,
-                                          "reason_code": h.reason_code} for h in holds.of_subject(s)],
-                            "retained_files": remaining})
-        elif row.type == "restrict":
-            outcome["rows_moved_to_restricted"] = per_subject.get(s, {}).get("rows_restricted", 0)
-            leaked = [p for p in remaining_files.get((tenant, s), []) if layout.zone_of(p) == layout.EVENTS]
-            if leaked:
-                failures.append(row.request_id)
-                index.reindex(settings, leaked)
-                _finish(settings, row, "failed", {"code": "restrict_incomplete", "files": leaked},
-                        keyring=keyring)
-                continue
-        elif row.type == "unrestrict":
-            outcome["rows_moved_back"] = per_subject.get(s, {}).get("rows_unrestricted", 0)
-            if s in plan.get("restricted_after", {}).get(tenant, []):
-                outcome["superseded_by_a_later_restrict"] = True
-            else:
-                released = plan.get("release_cookies", {}).get(tenant, {}).get(s, [])
-                with store.transaction(settings) as tconn:
-                    tconn.execute(delete(store.restrictions).where(
-                        store.restrictions.c.tenant_id == tenant, store.restrictions.c.subject_id == s))
-                    if released:
-                        tconn.execute(delete(store.restricted_cookies).where(
-                            store.restricted_cookies.c.tenant_id == tenant,
-                            store.restricted_cookies.c.anonymous_pid.in_(released)))
-                    audit.append(tconn, "restriction.lifted", request_id=row.request_id, tenant_id=tenant,
-                                 subject_id=s, details={"cookies_released": len(released)}, keyring=keyring)
-        elif row.type == "rectify":
-            payload = requests.open_payload(keyring, tenant, row.request_id, row.payload_enc)
-            outcome["fields"] = sorted(payload.get("fields") or {})
-            if no_data:
-                outcome["result"] = NO_DATA_FOUND
-        elif row.type in requests.OBJECTION_TYPES:
-            outcome.update(_apply_objection(settings, row, keyring))
-            if no_data:
-                outcome["result"] = NO_DATA_FOUND  # recorded all the same: it holds for later data
-        elif row.type == "export":
-            exp = export_by_request.get(row.request_id)
-            if exp is None:
-                failures.append(row.request_id)
-                _finish(settings, row, "failed", {"code": "export_missing"}, keyring=keyring)
-                continue
-            # the tenant downloads the archive until it expires (the nightly run then deletes it)
-            outcome.update({"archive": exp["archive"], "sha256": exp["sha256"], "files": exp["files"],
-                            "expires_at": expires_at(store.utcnow()).isoformat()})
-            if no_data and not exp.get("profile_rows"):
-                outcome["result"] = NO_DATA_FOUND
+        closed = ACTIONS[row.type].close(Closing(
+            settings=settings, keyring=keyring, plan=plan, row=row, holds=holds_of[tenant],
+            # no file of any zone held the subject when the run was planned
+            no_data="indexed" in plan and s not in indexed.get(tenant, set()),
+            counts=dict(per_subject.get(s, {})), remaining=remaining_files.get((tenant, s), []),
+            files_scanned=len(affected.get((tenant, s), ())), export=export_by_request.get(row.request_id)))
+        if closed.failure is not None:
+            failures.append(row.request_id)
+            _finish(settings, row, "failed", closed.failure, keyring=keyring)
+            continue
+        outcome: dict[str, Any] = {"type": row.type, "run_id": plan["run_id"], **closed.outcome}
         outcome.setdefault("result", "done")
         _finish(settings, row, "completed", outcome, keyring=keyring)
         summary[row.type if outcome["result"] == "done" else f"{row.type}:{NO_DATA_FOUND}"] += 1
     if failures:
         raise PseudozoneError(f"{len(failures)} request(s) failed verification: {', '.join(failures)}")
     return {"run_id": plan["run_id"], "completed": dict(summary), "groups": len(results)}
-
-
-def _apply_objection(settings: Settings, row: Any, keyring: KeyRing) -> dict[str, Any]:
-    """Record an objection to a purpose, or withdraw one (audited; the purpose only, no value)."""
-    payload = requests.open_payload(keyring, row.tenant_id, row.request_id, row.payload_enc)
-    purpose = str((payload.get("fields") or {}).get("purpose"))
-    key = (store.objections.c.tenant_id == row.tenant_id, store.objections.c.subject_id == row.subject_id,
-           store.objections.c.purpose == purpose)
-    with store.transaction(settings) as conn:
-        if row.type == "object":
-            if conn.execute(select(store.objections.c.request_id).where(*key)).first() is None:
-                conn.execute(insert(store.objections).values(
-                    tenant_id=row.tenant_id, subject_id=row.subject_id, purpose=purpose,
-                    request_id=row.request_id, since=store.utcnow()))
-            audit.append(conn, "objection.recorded", request_id=row.request_id, tenant_id=row.tenant_id,
-                         subject_id=row.subject_id, details={"purpose": purpose}, keyring=keyring)
-            return {"purpose": purpose, "objection": "recorded"}
-        withdrawn = conn.execute(delete(store.objections).where(*key)).rowcount
-        audit.append(conn, "objection.withdrawn", request_id=row.request_id, tenant_id=row.tenant_id,
-                     subject_id=row.subject_id, details={"purpose": purpose, "was_recorded": bool(withdrawn)},
-                     keyring=keyring)
-        return {"purpose": purpose, "objection": "withdrawn" if withdrawn else "none_recorded"}
-
-
-def _delete_exports(settings: Settings, row: Any, *, keyring: KeyRing | None = None) -> list[str]:
-    """Delete the export archives made earlier for an erased subject (they hold its data)."""
-    with store.engine_for(settings).connect() as conn:
-        earlier = [r.request_id for r in conn.execute(select(store.requests.c.request_id).where(
-            store.requests.c.tenant_id == row.tenant_id, store.requests.c.subject_id == row.subject_id,
-            store.requests.c.type == "export"))]
-    deleted = []
-    for request_id in sorted(earlier):
-        if delete_archive(settings, row.tenant_id, request_id):  # and its wrapped key
-            deleted.append(request_id)
-            with store.transaction(settings) as conn:
-                audit.append(conn, "export.deleted", request_id=row.request_id, tenant_id=row.tenant_id,
-                             subject_id=row.subject_id, details={"export_request_id": request_id,
-                                                                 "reason": "subject erased"}, keyring=keyring)
-    return deleted
 
 
 def _finish(settings: Settings, row: Any, state_name: str, details: dict[str, Any], *,
