@@ -22,7 +22,10 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 
+from pseudozone.airflow_ops import POOL, ZONE_ASSETS, PseudozoneNotifier
+
 DEFAULT_ARGS = {
+    "on_failure_callback": PseudozoneNotifier(),
     "owner": "lake",
     "retries": 2,
     "retry_delay": timedelta(minutes=10),
@@ -47,7 +50,7 @@ DEFAULT_ARGS = {
     },
 )
 def compact_lake() -> None:
-    @task(task_id="compact")
+    @task(task_id="compact", pool=POOL, outlets=ZONE_ASSETS)
     def run(params: dict[str, Any] | None = None) -> dict[str, Any]:
         from pseudozone import tasks
 

@@ -32,7 +32,11 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 
+from pseudozone.airflow_ops import POOL, PseudozoneNotifier, nightly_deadline
+
 DEFAULT_ARGS = {
+    # a failed step, and the verdict of a run that found a problem, alert (pseudozone.alerts)
+    "on_failure_callback": PseudozoneNotifier(),
     "owner": "compliance",
     "retries": 2,
     "retry_delay": timedelta(minutes=5),
@@ -46,6 +50,8 @@ DEFAULT_ARGS = {
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    # and a run still going PSEUDOZONE_NIGHTLY_DEADLINE_MINUTES after it was queued
+    deadline=nightly_deadline(),
     tags=["pseudozone", "compliance", "privacy"],
     doc_md=__doc__,
     params={
@@ -60,7 +66,8 @@ def nightly_compliance() -> None:
                 "requests": "request_deadlines", "audit": "audit_chain", "k_anonymity": "k_anonymity"}
 
     def step(name: str) -> Any:
-        @task(task_id=task_ids[name])
+        # the steps that read every zone file share the pool of pseudozone's heavy tasks
+        @task(task_id=task_ids[name], pool=POOL if name in ("validation", "k_anonymity") else None)
         def run(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
             from pseudozone import tasks
 

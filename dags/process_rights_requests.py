@@ -24,7 +24,10 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
+from pseudozone.airflow_ops import POOL, ZONE_ASSETS, PseudozoneNotifier
+
 DEFAULT_ARGS = {
+    "on_failure_callback": PseudozoneNotifier(),
     "owner": "compliance",
     "retries": 2,
     "retry_delay": timedelta(minutes=1),
@@ -63,20 +66,20 @@ def process_rights_requests() -> None:
     def exports_of(plan: dict[str, Any]) -> list[str]:
         return list(plan["exports"])
 
-    @task(map_index_template="{{ group['group_id'] }}", max_active_tis_per_dagrun=2)
+    @task(map_index_template="{{ group['group_id'] }}", max_active_tis_per_dagrun=2, pool=POOL)
     def rewrite_group(group: dict[str, Any]) -> dict[str, Any]:
         from pseudozone import tasks
 
         return tasks.rewrite_file_group(group)
 
     # exports run after the rewrites, so they show the state the run leaves behind
-    @task(map_index_template="{{ request_id }}", trigger_rule="none_failed")
+    @task(map_index_template="{{ request_id }}", trigger_rule="none_failed", pool=POOL)
     def export(request_id: str) -> dict[str, Any]:
         from pseudozone import tasks
 
         return tasks.export_subject(request_id)
 
-    @task(trigger_rule="none_failed")
+    @task(trigger_rule="none_failed", outlets=ZONE_ASSETS)
     def close_run(plan: dict[str, Any], results: list[dict[str, Any]],
                   exports: list[dict[str, Any]]) -> dict[str, Any]:
         from pseudozone import tasks

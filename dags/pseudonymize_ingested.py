@@ -22,7 +22,10 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
+from pseudozone.airflow_ops import POOL, ZONE_ASSETS, PseudozoneNotifier
+
 DEFAULT_ARGS = {
+    "on_failure_callback": PseudozoneNotifier(),
     "owner": "data-platform",
     "retries": 2,
     "retry_delay": timedelta(minutes=2),
@@ -47,13 +50,14 @@ def pseudonymize_ingested() -> None:
 
         return tasks.discover_batches(stage=stage)
 
-    @task(map_index_template="{{ batch['batch_id'] }}", max_active_tis_per_dagrun=2)
+    @task(map_index_template="{{ batch['batch_id'] }}", max_active_tis_per_dagrun=2, pool=POOL)
     def pseudonymize_batch(batch: dict[str, str]) -> dict[str, Any]:
         from pseudozone import tasks
 
         return tasks.pseudonymize_batch(batch)
 
-    @task
+    # the zones changed: one Asset event per dataset zone
+    @task(outlets=ZONE_ASSETS)
     def summarize(pii_results: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
         from pseudozone import tasks
 

@@ -56,6 +56,12 @@ def nightly_run(airflow_db: Path) -> Iterator[tuple[Settings, Any, str, dict[str
 
 def test_the_report_is_written_and_the_verdict_fails_visibly(nightly_run) -> None:  # type: ignore[no-untyped-def]
     settings, run, logs, facts = nightly_run
+    # the failed verdict alerted through the DAGs' notifier: one line, no value (pseudozone.alerts)
+    alert_lines = (settings.root / "reports" / "alerts.log").read_text().splitlines()
+    assert [line for line in alert_lines if "dag=nightly_compliance task=verdict" in line]
+    assert all("error=" in line for line in alert_lines)
+    assert (settings.root / "reports" / "alerts.log").stat().st_mode & 0o777 == 0o600
+    assert not planted.find_needles("\n".join(alert_lines))
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states.pop("verdict") == "failed" and run.state == "failed"
     assert set(states.values()) == {"success"}, states

@@ -74,3 +74,16 @@ def test_second_run_finds_nothing_to_do(ingest_run) -> None:  # type: ignore[no-
     dag_run = dag.test()
     assert dag_run.state == "success"
     assert sorted(p.name for p in settings.zones.rglob("*.parquet")) == before
+
+
+def test_the_run_updates_one_asset_per_dataset_zone(ingest_run) -> None:  # type: ignore[no-untyped-def]
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    _, dag_run, _ = ingest_run
+    with create_session() as session:
+        events = session.query(AssetModel.uri, AssetEvent.source_task_id).join(
+            AssetEvent, AssetEvent.asset_id == AssetModel.id).filter(
+            AssetEvent.source_run_id == dag_run.run_id).all()
+    assert sorted(events) == [(f"pseudozone://zones/events/{d}", "summarize")
+                              for d in ("events", "profiles", "server_logs")]
