@@ -17,6 +17,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,22 @@ def _print_json(value: object) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
+def _date_arg(text: str) -> datetime:
+    try:
+        return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from pseudozone.sample import generate
 
     settings = _settings(args)
     started = time.perf_counter()
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = getattr(args, "start", None) or today - timedelta(days=args.days)
     counts = generate(settings, events=args.events, tenants=args.tenants, seed=args.seed,
-                      batch_rows=args.batch_rows, fmt=args.format, days=args.days)
+                      batch_rows=args.batch_rows, fmt=args.format, days=args.days, start=start)
     took = time.perf_counter() - started
     print(f"generated under {settings.landing} in {took:.1f}s: "
           + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
@@ -524,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--format", choices=["parquet", "csv", "jsonl"], default="parquet",
                      help="landing file format")
     gen.add_argument("--days", type=int, default=7, help="days of activity to spread events over")
+    gen.add_argument("--start", type=_date_arg, default=None, metavar="YYYY-MM-DD",
+                     help="first day of activity (default: DAYS days before today, UTC, so that the"
+                          " data ends yesterday and no retention period has passed)")
     gen.set_defaults(func=cmd_generate)
 
     ing = add(sub, "ingest", "pseudonymize every pending landing batch (no Airflow)")

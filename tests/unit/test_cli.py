@@ -352,3 +352,26 @@ def test_ingest_shows_progress_on_a_terminal_only(tmp_path: Path, capsys: pytest
     assert main(["--home", other, "ingest"]) == 0
     captured = capsys.readouterr()
     assert "3 batch(es): 3 done" in captured.out and captured.err == ""
+
+
+def test_generated_data_ends_yesterday_unless_a_start_pins_it(tmp_path: Path) -> None:
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    def days_of(home: Path) -> tuple[dt.date, dt.date]:
+        table = pa.concat_tables([pq.read_table(p, columns=["event_ts"])
+                                  for p in sorted((home / "landing" / "events").rglob("*.parquet"))])
+        bounds = pc.min_max(pc.cast(table["event_ts"], pa.date32())).as_py()
+        return bounds["min"], bounds["max"]
+
+    today = dt.datetime.now(dt.UTC).date()
+    assert main(["--home", str(tmp_path / "now"), "generate", "--events", "300", "--tenants", "1"]) == 0
+    first, last = days_of(tmp_path / "now")
+    assert first >= today - dt.timedelta(days=7) and last < today
+    assert main(["--home", str(tmp_path / "pinned"), "generate", "--events", "300", "--tenants", "1",
+                 "--start", "2026-11-01", "--days", "2"]) == 0
+    assert days_of(tmp_path / "pinned") >= (dt.date(2026, 11, 1), dt.date(2026, 11, 1))
+    assert days_of(tmp_path / "pinned")[1] <= dt.date(2026, 11, 2)
