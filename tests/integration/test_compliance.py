@@ -63,6 +63,9 @@ def test_a_clean_lake_passes_and_the_report_is_written_as_json_html_and_data_doc
     assert page.count("<svg") >= 2 and "PASS" in page  # no requests yet: no request charts
     assert (run / "data_docs" / "index.html").exists()
     assert any((run / "data_docs" / "validations").rglob("*.html"))
+    # no suite is named with a '#': every link to it would break
+    assert not [p for p in (run / "data_docs").rglob("*") if "#" in p.name]
+    assert "%23" not in (run / "data_docs" / "index.html").read_text()
 
     report.run_nightly(published, "nightly-2", now=NOW + dt.timedelta(days=1))
     assert [h["run_id"] for h in report.latest(published)["history"]] == ["nightly-1", "nightly-2"]  # type: ignore[index]

@@ -23,6 +23,7 @@ PII form, unexpected count, and which file and rows, never a value.
 from __future__ import annotations
 
 import itertools
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -234,12 +235,13 @@ class Validator:
     def _definition(self, key: str, make: Callable[[], list[Any]]) -> Any:
         found = self._definitions.get(key)
         if found is None:
-            n = next(self._names)
-            asset = self._source.add_dataframe_asset(name=f"{key}#{n}")
-            batch = asset.add_batch_definition_whole_dataframe(f"batch#{n}")
-            suite = self.context.suites.add(gx.ExpectationSuite(name=f"{key}#{n}", expectations=make()))
+            # a name that is safe in a URL: Data Docs link every suite by it ('#' broke each link)
+            name = f"{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.{next(self._names)}"
+            asset = self._source.add_dataframe_asset(name=name)
+            batch = asset.add_batch_definition_whole_dataframe(f"batch.{name}")
+            suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=make()))
             found = self.context.validation_definitions.add(
-                gx.ValidationDefinition(name=f"{key}#{n}", data=batch, suite=suite))
+                gx.ValidationDefinition(name=name, data=batch, suite=suite))
             self._definitions[key] = found
         return found
 
