@@ -628,7 +628,7 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
         if outcome.get("key_destroyed", True) and subject not in dead[tenant]:
             problems.append("the subject's data key is not destroyed")
         left = [a for a in exports.get((tenant, subject), []) if a.exists()]
-        if left and not retained & {"*", "profiles"}:
+        if left and not retained & {"*", *contracts.pii_datasets()}:
             problems.append(f"{len(left)} export archive(s) of the subject are still stored")
         if problems:
             incomplete.append({"request_id": row.request_id, "tenant_id": tenant, "subject": subject,

@@ -458,6 +458,12 @@ def available() -> dict[str, Path]:
     return found
 
 
+def pii_datasets() -> list[str]:
+    """The datasets with PII columns: the subject's profile, kept encrypted in the PII zone, and
+    what a rectification corrects and an erasure's key destruction covers."""
+    return sorted(d for d in available() if load(d).has_pii)
+
+
 def load(dataset: str) -> Contract:
     path = available().get(dataset)
     if path is None:

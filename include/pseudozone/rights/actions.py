@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypedDict
 
 from sqlalchemy import delete, insert, select
 
-from pseudozone import rectifications, state
+from pseudozone import contracts, rectifications, state
 from pseudozone.config import Settings
 from pseudozone.keys import KeyRing, Vault
 from pseudozone.lake import consent, index, layout
@@ -134,7 +134,7 @@ class Erase(Action):
         raw_files = erase_from_landing(c.settings, tenant=tenant, user_id=str(payload["user_id"]),
                                        request_id=row.request_id, subject_id=s, keyring=c.keyring)
         del payload
-        pii_held = c.holds.keeps("profiles", s)
+        pii_held = any(c.holds.keeps(d, s) for d in contracts.pii_datasets())
         destroyed = False
         if not pii_held:
             with state.connect(c.settings) as sconn:

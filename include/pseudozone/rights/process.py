@@ -132,6 +132,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
     cookies: dict[str, dict[str, dict[str, int]]] = {}
     # per tenant and unrestricted subject: the frozen cookies its unrestriction releases (ADR 0008)
     release: dict[str, dict[str, list[str]]] = {}
+    with_pii = set(contracts.pii_datasets())  # what a rectification rewrites
     for tenant, w in sorted(work.items()):
         w.restrict -= w.erase
         w.unrestrict -= w.erase
@@ -151,7 +152,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
             wanted = ((subject in w.erase)
                       or (subject in w.restrict and zone == layout.EVENTS)
                       or (subject in w.unrestrict and zone == layout.RESTRICTED)
-                      or (subject in w.rectify and dataset == "profiles"))
+                      or (subject in w.rectify and dataset in with_pii))
             if not wanted:
                 continue
             g = group(tenant, dataset, batch)

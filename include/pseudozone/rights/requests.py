@@ -87,9 +87,10 @@ class RequestStatus:
 
 
 def rectifiable_fields() -> dict[str, str]:
-    """Profile columns a rectification may set, with their contract type."""
-    profiles = contracts.load("profiles")
-    return {c.name: c.type for c in profiles.columns if c.cls in ("pii", "quasi")}
+    """Columns a rectification may set (PII and quasi-identifiers of the datasets with PII: the
+    profile), with their contract type."""
+    return {c.name: c.type for d in contracts.pii_datasets() for c in contracts.load(d).columns
+            if c.cls in ("pii", "quasi")}
 
 
 # -- tenants -----------------------------------------------------------------------------
