@@ -6,24 +6,38 @@ One invocation:
    it with ``pseudozone.ingest.ingest_pending`` into ``<workdir>/pristine`` under a
    throw-away master key (``<workdir>/bench-master-key.b64``); both untimed, in child
    processes, and skipped when ``--keep`` left a lake of the same size behind;
-2. runs, ``--repeat`` times, four phases, each in its own child process on a fresh
+2. runs, ``--repeat`` times, five phases, each in its own child process on a fresh
    working copy of that lake (``<workdir>/run``: ``*.parquet`` hard-linked, the
-   SQLite files copied; restored untimed before every phase):
+   SQLite files and the key directory beside the lake, ``pristine.keys`` with the KEK
+   seeds, copied; restored untimed before every phase):
 
    * ``rewrite``  - the baseline: read every Parquet file under ``zones/events/`` and
      write it back under the same name with ``pseudozone.zones.write_parquet``;
    * ``erase1``   - one erase request (tenant ``acme``, ``usr_0000005``), then
      ``process_all`` (intake, plan, rewrite, verification scan, key destruction, close);
+   * ``erase1c``  - the same for a subject with exactly 3 linked cookies (identity links,
+     docs/adr/0008), none shared with another subject, each with logged-out rows in the
+     event zone, so the erase also finds (bucket-0 scan) and removes those rows; the
+     subject is picked untimed from the pristine lake (``pick``, below);
    * ``erase100`` - 100 erase requests filed together (every k-th user id over the
      three tenants), then one ``process_all``;
    * ``export``   - one export request, then ``process_all`` (which builds the ZIP);
 
-   after ``erase1`` a separate child checks that the erased subject's pseudonym is in
-   no Parquet file of the zones nor in the subject index, and that its key is gone;
+   after ``erase1`` and ``erase1c`` a separate child checks that the erased subject's
+   pseudonym is in no Parquet file of the zones nor in the subject index, and that its key
+   is gone; after ``erase1c`` also that none of its cookies has a row left in any zone;
 3. prints wall time, peak RSS and files written per phase, the time split inside
    ``process_all``, and the ratios against the full rewrite with their targets
-   (erase-1 <= 0.15x, erase-100 <= 1.2x, export <= 0.10x); writes them as JSON to
-   ``<workdir>/results-rights.json``.
+   (erase-1 and erase-1 with 3 cookies <= 0.15x, erase-100 <= 1.2x, export <= 0.10x);
+   writes them as JSON to ``<workdir>/results-rights.json``.
+
+``pick`` (once per invocation, untimed, on a fresh copy of the pristine lake): the raw user
+ids of the first tenant are pseudonymized with the lake's ``KeyRing``, 200 at a time in
+user-id order; their cookies are read from ``identity_links`` and each cookie's subjects
+counted; the event zone is scanned for logged-out rows (``subject_id`` null) of those
+cookies.  The first user with exactly 3 cookies, all unshared and all with logged-out
+rows, is chosen; if the first ``PICK_MAX_USERS`` users hold none, the closest one (most
+unshared cookies with logged-out rows, fewest shared) is taken and reported as inexact.
 
 The requests are submitted before the timer starts.  ``process_all`` is called as
 the CLI calls it; its steps (``open_run``, ``rewrite_group``, ``export_request``,
@@ -65,11 +79,16 @@ RESULTS = "results-rights.json"
 ERASE_TENANT, ERASE_USER = "acme", "usr_0000005"
 EXPORT_TENANT, EXPORT_USER = "acme", "usr_0000005"
 N_ERASE_MANY = 100
-TARGETS = {"erase1": 0.15, "erase100": 1.2, "export": 0.10}
-PHASE_ORDER = ("rewrite", "erase1", "erase100", "export")
+COOKIES_WANTED = 3  # erase1c: a subject with this many linked cookies, none shared
+PICK_CHUNK, PICK_MAX_USERS = 200, 2000
+TARGETS = {"erase1": 0.15, "erase1c": 0.15, "erase100": 1.2, "export": 0.10}
+PHASE_ORDER = ("rewrite", "erase1", "erase1c", "erase100", "export")
+ERASE_PHASES = ("erase1", "erase1c")  # followed by the erase check
 LABELS = {"rewrite": "full rewrite (base)", "erase1": "erase 1 subject",
-          "erase100": "erase 100 subjects", "export": "export 1 subject"}
+          "erase1c": "erase 1 + 3 cookies", "erase100": "erase 100 subjects",
+          "export": "export 1 subject"}
 KEY_ENV = "PSEUDOZONE_MASTER_KEY"
+KEY_DIR_ENV = "PSEUDOZONE_KEY_DIR"  # pseudozone.config.KEY_DIR_ENV
 _CHUNK = 1 << 20
 
 Json = dict[str, Any]
@@ -243,6 +262,7 @@ def _install_probe(settings: Any) -> Probe:
     import pyarrow.parquet as pq
 
     from pseudozone import keys, zones
+    from pseudozone.lake import index
     from pseudozone.rights import export, process, requests
 
     index_root = str(settings.subject_index)
@@ -267,10 +287,13 @@ def _install_probe(settings: Any) -> Probe:
     probe.wrap(requests, ("intake_inbox",), "intake_inbox", required=True)
     probe.wrap(process, ("open_run",), "open_run", keep=True, required=True)
     probe.wrap(process, ("rewrite_group",), "rewrite_group", keep=True, required=True)
-    probe.wrap(export, ("export_request",), "export_request", keep=True, required=True)
+    # process_all calls the name process imported (or, before that import, export's attribute)
+    probe.wrap(process if hasattr(process, "export_request") else export, ("export_request",),
+               "export_request", keep=True, required=True)
     probe.wrap(process, ("close_run",), "close_run", keep=True, required=True)
     # ... and some of their helpers (optional: skipped, and listed, when renamed)
     probe.wrap(process, ("index_lookup", "_index_rows"), "index_lookup")
+    probe.wrap(index, ("lookup_cookies",), "cookie_lookup")
     probe.wrap(process, ("_read",), "read")
     probe.wrap(process, ("_publish",), "publish")
     probe.wrap(export, ("_subject_rows",), "subject_rows")
@@ -278,6 +301,12 @@ def _install_probe(settings: Any) -> Probe:
     probe.wrap(process, ("_scan_affected",), "scan")
     probe.wrap(keys.Vault, ("destroy",), "key_destroy")
     probe.wrap(process, ("_finish",), "finish")
+    try:
+        actions: Any = importlib.import_module("pseudozone.rights.actions")
+    except ImportError:
+        probe.missing.append("pseudozone.rights.actions")
+    else:
+        probe.wrap(actions, ("erase_from_landing",), "landing")
     probe.wrap(zones, ("write_parquet",), "write_parquet", split=write_split, required=True)
     probe.wrap(pq, ("read_table",), "read_table", split=read_split, required=True)
     return probe
@@ -340,7 +369,8 @@ def _rights_phase(args: argparse.Namespace, kind: str, targets: list[tuple[str, 
     if kind == "erase" and len(states) == 1:
         outcome = states[0].outcome or {}
         out["outcome"] = {k: outcome.get(k) for k in ("rows_removed", "files_scanned", "key_destroyed",
-                                                      "verified_clean")}
+                                                      "verified_clean", "linked_cookies_erased",
+                                                      "shared_cookies_kept")}
     if kind == "export":
         exports = probe.results["export_request"]
         archive = settings.root / exports[0]["archive"] if exports else None
@@ -354,6 +384,12 @@ def phase_erase1(args: argparse.Namespace) -> Json:
     return _rights_phase(args, "erase", [(ERASE_TENANT, ERASE_USER)])
 
 
+def phase_erase1c(args: argparse.Namespace) -> Json:
+    if not (args.tenant and args.user):
+        raise SystemExit("erase1c needs --tenant and --user (the parent passes pick's choice)")
+    return _rights_phase(args, "erase", [(args.tenant, args.user)])
+
+
 def phase_erase100(args: argparse.Namespace) -> Json:
     return _rights_phase(args, "erase", spread_users(args.events, N_ERASE_MANY))
 
@@ -362,20 +398,125 @@ def phase_export(args: argparse.Namespace) -> Json:
     return _rights_phase(args, "export", [(EXPORT_TENANT, EXPORT_USER)])
 
 
+def _links_of(settings: Any, tenant: str, subjects: list[str]) -> dict[str, dict[str, int]]:
+    """From ``identity_links``: subject -> {cookie: how many subjects that cookie was seen with}."""
+    from pseudozone import state
+
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    with state.connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT l.subject_id, l.anonymous_pid, (SELECT COUNT(DISTINCT o.subject_id)"
+            "  FROM identity_links o WHERE o.tenant_id = l.tenant_id AND o.anonymous_pid = l.anonymous_pid)"
+            " FROM identity_links l WHERE l.tenant_id = ?"
+            " AND l.subject_id IN (SELECT value FROM json_each(?))",
+            (tenant, json.dumps(subjects))).fetchall()
+    for subject, cookie, owners in rows:
+        out[str(subject)][str(cookie)] = int(owners)
+    return out
+
+
+def _logged_out_rows(settings: Any, tenant: str, cookies: list[str]) -> tuple[dict[str, int], int]:
+    """Logged-out rows (``subject_id`` null) per cookie in every event-zone file of ``tenant``
+    that has a cookie column (all buckets, not only the ones the library scans); files read."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pseudozone import zones
+    from pseudozone.contracts import COOKIE_COLUMN, SUBJECT_COLUMN
+    from pseudozone.lake import layout
+
+    counts = dict.fromkeys(cookies, 0)
+    if not cookies:
+        return counts, 0
+    wanted = pa.array(sorted(cookies), pa.string())
+    flt = pc.field(SUBJECT_COLUMN).is_null() & pc.field(COOKIE_COLUMN).isin(wanted)
+    files = 0
+    for _dataset, owner, tenant_dir in layout.tenant_dirs(settings.event_zone):
+        if owner != tenant:
+            continue
+        for path in zones.parquet_files(tenant_dir):
+            if COOKIE_COLUMN not in pq.read_schema(path).names:
+                continue
+            files += 1
+            hit = pq.read_table(path, columns=[COOKIE_COLUMN], filters=flt)[COOKIE_COLUMN].combine_chunks()
+            if len(hit):
+                found = pc.value_counts(hit)
+                for cookie, n in zip(found.field("values").to_pylist(), found.field("counts").to_pylist(),
+                                     strict=True):
+                    counts[str(cookie)] += int(n)
+    return counts, files
+
+
+def phase_pick(args: argparse.Namespace) -> Json:
+    """Untimed: the subject for erase1c (see the module docstring), chosen on a pristine copy."""
+    from pseudozone.config import Settings
+    from pseudozone.keys import KeyRing
+
+    settings = Settings.from_env(args.root)
+    keyring = KeyRing.load(settings)
+    t0 = time.perf_counter()
+    tenant, first, count = users_per_tenant(args.events)[0]
+    stop = first + min(count, PICK_MAX_USERS)
+    # closest first: unshared cookies with logged-out rows, shared cookies, cookie count, user order
+    best: tuple[tuple[int, int, int, int], Json] | None = None
+    erase1_subject: Json | None = None
+    examined = files_read = 0
+    for chunk in range(first, stop, PICK_CHUNK):
+        users = [f"usr_{n:07d}" for n in range(chunk, min(chunk + PICK_CHUNK, stop))]
+        subject_of = {u: keyring.subject_id(tenant, u) for u in users}
+        links = _links_of(settings, tenant, list(subject_of.values()))
+        all_cookies = sorted({c for cs in links.values() for c in cs})
+        logged_out, files = _logged_out_rows(settings, tenant, all_cookies)
+        files_read += files
+        for order, user in enumerate(users, start=examined):
+            cookies = links.get(subject_of[user], {})
+            unshared = sorted(c for c, owners in cookies.items() if owners == 1)
+            with_rows = [c for c in unshared if logged_out[c]]
+            report: Json = {
+                "tenant": tenant, "user": user, "subject": subject_of[user],
+                "cookies": len(cookies), "shared_cookies": len(cookies) - len(unshared),
+                "unshared_cookies": unshared,
+                "logged_out_rows": [logged_out[c] for c in unshared],
+                "unshared_with_logged_out_rows": len(with_rows)}
+            if (tenant, user) == (ERASE_TENANT, ERASE_USER):
+                erase1_subject = {k: report[k]
+                                  for k in ("user", "cookies", "shared_cookies", "logged_out_rows")}
+            key = (abs(COOKIES_WANTED - len(with_rows)), len(cookies) - len(unshared),
+                   abs(COOKIES_WANTED - len(cookies)), order)
+            if best is None or key < best[0]:
+                best = (key, report)
+        examined += len(users)
+        if best is not None and best[0][:3] == (0, 0, 0):
+            break
+    if best is None:
+        raise SystemExit(f"pick: no user of tenant {tenant} examined")
+    chosen = best[1]
+    return {**chosen, "exact": chosen["cookies"] == COOKIES_WANTED
+            and chosen["unshared_with_logged_out_rows"] == COOKIES_WANTED,
+            "users_examined": examined, "event_files_scanned": files_read,
+            "erase1_subject": erase1_subject, "wall_s": time.perf_counter() - t0}
+
+
 def phase_verify(args: argparse.Namespace) -> Json:
-    """After erase1: the subject's pseudonym is in no zone file nor index file; its key is gone."""
+    """After an erase: the subject's pseudonym is in no zone file nor index file, its key is
+    gone, and (``--cookies``) none of the given cookies has a row in any zone file."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from pseudozone import state, zones
     from pseudozone.config import Settings
-    from pseudozone.contracts import SUBJECT_COLUMN
+    from pseudozone.contracts import COOKIE_COLUMN, SUBJECT_COLUMN
     from pseudozone.keys import KeyRing
 
+    tenant, user = args.tenant or ERASE_TENANT, args.user or ERASE_USER
+    cookies = pa.array(sorted(c for c in (args.cookies or "").split(",") if c), pa.string())
     settings = Settings.from_env(args.root)
-    subject = KeyRing.load(settings).subject_id(ERASE_TENANT, ERASE_USER)
+    subject = KeyRing.load(settings).subject_id(tenant, user)
     t0 = time.perf_counter()
-    files = zones.parquet_files(settings.zones) + zones.parquet_files(settings.subject_index)
+    zone_files = zones.parquet_files(settings.zones)
+    files = zone_files + zones.parquet_files(settings.subject_index)
     hits, without_column = [], 0
     for path in files:
         if SUBJECT_COLUMN not in pq.read_schema(path).names:
@@ -384,25 +525,39 @@ def phase_verify(args: argparse.Namespace) -> Json:
         col = pq.read_table(path, columns=[SUBJECT_COLUMN])[SUBJECT_COLUMN]
         if pc.any(pc.fill_null(pc.equal(col, subject), False)).as_py():
             hits.append(str(path.relative_to(settings.root)))
+    cookie_files, cookie_rows, with_cookie_column = [], 0, 0
+    if len(cookies):
+        for path in zone_files:
+            if COOKIE_COLUMN not in pq.read_schema(path).names:
+                continue
+            with_cookie_column += 1
+            col = pq.read_table(path, columns=[COOKIE_COLUMN])[COOKIE_COLUMN]
+            n = int(pc.sum(pc.is_in(col, value_set=cookies)).as_py() or 0)
+            if n:
+                cookie_rows += n
+                cookie_files.append(str(path.relative_to(settings.root)))
     with state.connect(settings) as conn:
         key_row = conn.execute("SELECT wrapped_dek IS NULL FROM subject_keys WHERE tenant_id = ?"
-                               " AND subject_id = ?", (ERASE_TENANT, subject)).fetchone()
-    return {"wall_s": time.perf_counter() - t0, "files_checked": len(files),
-            "files_without_subject_column": without_column, "files_with_subject": hits,
-            "key_destroyed": bool(key_row and key_row[0])}
+                               " AND subject_id = ?", (tenant, subject)).fetchone()
+    return {"wall_s": time.perf_counter() - t0, "tenant": tenant, "user": user,
+            "files_checked": len(files), "files_without_subject_column": without_column,
+            "files_with_subject": hits, "key_destroyed": bool(key_row and key_row[0]),
+            "cookies_checked": len(cookies), "files_with_cookie_column": with_cookie_column,
+            "files_with_cookie_rows": cookie_files, "cookie_rows_left": cookie_rows}
 
 
 PHASES: dict[str, Callable[[argparse.Namespace], Json]] = {
     "generate": phase_generate, "ingest": phase_ingest, "rewrite": phase_rewrite,
-    "erase1": phase_erase1, "erase100": phase_erase100, "export": phase_export, "verify": phase_verify}
+    "erase1": phase_erase1, "erase1c": phase_erase1c, "erase100": phase_erase100, "export": phase_export,
+    "pick": phase_pick, "verify": phase_verify}
 
 
 # -- parent -----------------------------------------------------------------------------------
 
 
-def run_child(phase: str, root: Path, events: int) -> Json:
+def run_child(phase: str, root: Path, events: int, *extra: str) -> Json:
     """One phase of this script in a fresh interpreter (``bench_ingest.run_child``)."""
-    return bi.run_child(phase, "--root", str(root), "--events", str(events), script=Path(__file__))
+    return bi.run_child(phase, "--root", str(root), "--events", str(events), *extra, script=Path(__file__))
 
 
 def master_key(workdir: Path, fresh: bool) -> str:
@@ -430,6 +585,7 @@ def ensure_lake(workdir: Path, events: int) -> Json:
             os.environ[KEY_ENV] = master_key(workdir, fresh=False)
             return {**previous, "skipped": True}
     shutil.rmtree(pristine, ignore_errors=True)
+    shutil.rmtree(key_dir(pristine), ignore_errors=True)
     pristine.mkdir(parents=True)
     # set before any child loads keys; the children inherit it
     os.environ[KEY_ENV] = master_key(workdir, fresh=True)
@@ -440,10 +596,20 @@ def ensure_lake(workdir: Path, events: int) -> Json:
     return {**lake, "skipped": False}
 
 
+def key_dir(root: Path) -> Path:
+    """The key directory beside a data root (``Settings.key_dir`` without $PSEUDOZONE_KEY_DIR):
+    the tenants' KEK seeds live there, outside the root (docs/adr/0009)."""
+    return root.with_name(root.name + ".keys")
+
+
 def restore(pristine: Path, run: Path) -> None:
     """A working copy: Parquet files hard-linked (only ever replaced, never modified in
-    place), everything else (SQLite databases with -wal/-shm, key files) copied."""
+    place), everything else (SQLite databases with -wal/-shm, key files) copied, and the
+    pristine key directory (KEK seeds) copied beside it."""
     shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(key_dir(run), ignore_errors=True)
+    if key_dir(pristine).is_dir():
+        shutil.copytree(key_dir(pristine), key_dir(run))
     for dirpath, _dirnames, filenames in os.walk(pristine):
         src_dir = Path(dirpath)
         dst_dir = run / src_dir.relative_to(pristine)
@@ -488,6 +654,12 @@ def summarize(runs: list[Json]) -> Json:
     verdicts = {phase: {"ratio": float(best[phase]["wall_s"]) / base, "max_ratio": target,
                         "pass": float(best[phase]["wall_s"]) / base <= target}
                 for phase, target in TARGETS.items()}
+    for phase in ERASE_PHASES:
+        # informational: the erase of the raw landing files (docs/adr/0011) apart, since the
+        # lake keeps every landing file (as within the landing retention period)
+        landing = float(best[phase]["steps"].get("close_run/landing", {}).get("s", 0.0))
+        verdicts[phase]["landing_s"] = landing
+        verdicts[phase]["ratio_without_landing"] = (float(best[phase]["wall_s"]) - landing) / base
     return {"best": best, "verdicts": verdicts}
 
 
@@ -513,6 +685,11 @@ def breakdown(report: Json) -> list[tuple[str, float, str]]:
         files, mib = io("open_run", "read_table[index")
         rows.append(("  subject index lookup", s("open_run/index_lookup"),
                      f"{files} index files, {mib:.1f} MiB"))
+    if n("open_run/cookie_lookup"):
+        files, mib = io("open_run/cookie_lookup", "read_table[zone")
+        rows.append(("  linked-cookie scan (bucket 0)", s("open_run/cookie_lookup"),
+                     f"{n('open_run/cookie_lookup')} scan(s), {files} two-column reads, "
+                     f"{mib:.1f} MiB of files"))
     if n("rewrite_group"):
         rows.append((f"rewrite (rewrite_group x{n('rewrite_group')})", s("rewrite_group"), ""))
         files, mib = io("rewrite_group/read", "read_table[zone")
@@ -541,9 +718,12 @@ def breakdown(report: Json) -> list[tuple[str, float, str]]:
         rows.append(("  verification scan", s("close_run/scan"),
                      f"{n('close_run/scan')} scan(s), {files} column reads, {mib:.1f} MiB of files"))
         rows.append(("  key destruction", s("close_run/key_destroy"), ""))
+    if n("close_run/landing"):
+        rows.append(("  landing files (rights.landing)", s("close_run/landing"),
+                     f"{n('close_run/landing')} call(s)"))
     rows.append(("  ledger + audit (_finish)", s("close_run/finish"), f"{n('close_run/finish')} request(s)"))
     rows.append(("  other", s("close_run") - s("close_run/scan") - s("close_run/key_destroy")
-                 - s("close_run/finish"), ""))
+                 - s("close_run/landing") - s("close_run/finish"), ""))
     accounted = s("intake_inbox") + s("open_run") + s("rewrite_group") + s("export_request") + s("close_run")
     rows.append(("rest of process_all", float(report["wall_s"]) - accounted, ""))
     return rows
@@ -577,7 +757,12 @@ def print_table(lake: Json, summary: Json, runs: list[Json], events: int) -> Non
     for phase, v in summary["verdicts"].items():
         print(f"{LABELS[phase] + ' / full rewrite':<36}{v['ratio']:6.2f}x   target <= {v['max_ratio']:.2f}x"
               f"   {_verdict(v['pass'])}")
-    for phase in ("erase1", "erase100", "export"):
+    for phase in ERASE_PHASES:
+        v = summary["verdicts"][phase]
+        if v["landing_s"]:
+            print(f"  ({LABELS[phase]}: {v['landing_s']:.2f} s of it erase landing files; the rest is "
+                  f"{v['ratio_without_landing']:.2f}x the full rewrite)")
+    for phase in PHASE_ORDER[1:]:
         print()
         print(f"where {LABELS[phase]} spends its {best[phase]['wall_s']:.2f} s (inside process_all):")
         for name, seconds, note in breakdown(best[phase]):
@@ -585,10 +770,46 @@ def print_table(lake: Json, summary: Json, runs: list[Json], events: int) -> Non
             print(f"  {name:<36}{seconds:>8.3f} s{share:>6.0f} %   {note}".rstrip())
 
 
+def pick_line(pick: Json) -> str:
+    rows = pick["logged_out_rows"]
+    exact = "" if pick["exact"] else (f" -- NOT the {COOKIES_WANTED} unshared cookies with logged-out rows "
+                                      "wanted: the closest found")
+    return (f"erase1c subject: {pick['tenant']}/{pick['user']} ({pick['users_examined']} users examined, "
+            f"{pick['event_files_scanned']} event files scanned): {pick['cookies']} linked cookies, "
+            f"{pick['shared_cookies']} shared; logged-out event rows per unshared cookie "
+            f"{' + '.join(map(str, rows))} = {sum(rows)}{exact}")
+
+
+def check_erase(phase: str, report: Json, check: Json, pick: Json | None) -> None:
+    """Stop with ERASE VERIFICATION FAILED when the erase left the subject or its cookies behind."""
+    removed = report["rows_removed"]
+    problems = []
+    if check["files_with_subject"]:
+        problems.append(f"pseudonym still in {len(check['files_with_subject'])} file(s): "
+                        + ", ".join(check["files_with_subject"][:10]))
+    if not check["key_destroyed"]:
+        problems.append("the subject's data key was not destroyed")
+    if not removed.get("events_rows_erased"):
+        problems.append("no event rows were erased: the subject was not in the lake")
+    if pick is not None:
+        if check["files_with_cookie_rows"]:
+            problems.append(f"{check['cookie_rows_left']} row(s) of its cookies still in "
+                            f"{len(check['files_with_cookie_rows'])} file(s): "
+                            + ", ".join(check["files_with_cookie_rows"][:10]))
+        expected = sum(pick["logged_out_rows"])
+        erased = removed.get("events_cookie_rows_erased", 0) + removed.get("restricted_cookie_rows_erased", 0)
+        if erased != expected:
+            problems.append(f"{erased} logged-out cookie rows erased, {expected} found before the erase")
+    if problems:
+        raise SystemExit(f"ERASE VERIFICATION FAILED ({phase}): " + "; ".join(problems))
+
+
 def main_parent(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     pristine, run_dir = workdir / "pristine", workdir / "run"
+    # every root's key directory is the one beside it (key_dir), as restore() lays them out
+    os.environ.pop(KEY_DIR_ENV, None)
 
     load_start = os.getloadavg()
     if load_start[0] > 0.5 * (os.cpu_count() or 1):
@@ -597,6 +818,12 @@ def main_parent(args: argparse.Namespace) -> int:
     lake = ensure_lake(workdir, args.events)
     print(f"lake {'reused' if lake['skipped'] else 'built'}: generate {lake['generate']['wall_s']:.2f} s, "
           f"ingest {lake['ingest']['wall_s']:.2f} s", flush=True)
+    # erase1c's subject, chosen untimed on a pristine copy (identity links, logged-out rows)
+    restore(pristine, run_dir)
+    pick = run_child("pick", run_dir, args.events)
+    print(pick_line(pick), flush=True)
+    subject_args = {"erase1": ("--tenant", ERASE_TENANT, "--user", ERASE_USER),
+                    "erase1c": ("--tenant", pick["tenant"], "--user", pick["user"])}
     warm_page_cache(pristine / "zones")
     warm_page_cache(pristine / "state")
 
@@ -607,21 +834,12 @@ def main_parent(args: argparse.Namespace) -> int:
         for phase in PHASE_ORDER:
             restore(pristine, run_dir)
             os.sync()  # no dirty pages of the restore get flushed inside a timed region
-            run[phase] = run_child(phase, run_dir, args.events)
-            if phase == "erase1":
-                check = run_child("verify", run_dir, args.events)
-                verifications.append(check)
-                removed = run[phase]["rows_removed"]
-                problems = []
-                if check["files_with_subject"]:
-                    problems.append(f"pseudonym still in {len(check['files_with_subject'])} file(s): "
-                                    + ", ".join(check["files_with_subject"][:10]))
-                if not check["key_destroyed"]:
-                    problems.append("the subject's data key was not destroyed")
-                if not removed.get("events_rows_erased"):
-                    problems.append("no event rows were erased: the subject was not in the lake")
-                if problems:
-                    raise SystemExit("ERASE VERIFICATION FAILED: " + "; ".join(problems))
+            run[phase] = run_child(phase, run_dir, args.events, *subject_args.get(phase, ()))
+            if phase in ERASE_PHASES:
+                cookies = ("--cookies", ",".join(pick["unshared_cookies"])) if phase == "erase1c" else ()
+                check = run_child("verify", run_dir, args.events, *subject_args[phase], *cookies)
+                verifications.append({"phase": phase, "run": i + 1, **check})
+                check_erase(phase, run[phase], check, pick if phase == "erase1c" else None)
         runs.append(run)
         print(f"run {i + 1}/{args.repeat}: " + ", ".join(
             f"{phase} {run[phase]['wall_s']:.2f}s ({_mib(run[phase]['peak_rss_kib']):.0f} MiB)"
@@ -629,13 +847,29 @@ def main_parent(args: argparse.Namespace) -> int:
 
     summary = summarize(runs)
     print_table(lake, summary, runs, args.events)
-    v = verifications[-1]
-    print(f"\nerase check: {v['files_checked']} zone and index files scanned "
-          f"({v['files_without_subject_column']} without a subject column), pseudonym found in "
-          f"{len(v['files_with_subject'])}, data key destroyed: {v['key_destroyed']}")
+    print()
+    print(pick_line(pick))
+    for phase in ERASE_PHASES:
+        v = next(c for c in reversed(verifications) if c["phase"] == phase)
+        line = (f"erase check ({phase}, {v['tenant']}/{v['user']}): {v['files_checked']} zone and index "
+                f"files scanned ({v['files_without_subject_column']} without a subject column), "
+                f"pseudonym found in {len(v['files_with_subject'])}, "
+                f"data key destroyed: {v['key_destroyed']}")
+        if v["cookies_checked"]:
+            outcome = summary["best"][phase].get("outcome") or {}
+            removed = summary["best"][phase]["rows_removed"]
+            line += (f"; {v['cookies_checked']} cookies: rows left in {len(v['files_with_cookie_rows'])} of "
+                     f"{v['files_with_cookie_column']} zone files with a cookie column "
+                     f"({v['cookie_rows_left']} rows); erased "
+                     f"{removed.get('events_rows_erased', 0)} logged-in + "
+                     f"{removed.get('events_cookie_rows_erased', 0)} logged-out event rows, "
+                     f"linked_cookies_erased {outcome.get('linked_cookies_erased')}, "
+                     f"shared_cookies_kept {outcome.get('shared_cookies_kept')}")
+        print(line)
     results = {
         "config": {"events": args.events, "batch_rows": BATCH_ROWS, "tenants": TENANTS, "seed": SEED,
                    "repeat": args.repeat, "erase1": [ERASE_TENANT, ERASE_USER],
+                   "erase1c": pick,
                    "erase100": spread_users(args.events, N_ERASE_MANY),
                    "export": [EXPORT_TENANT, EXPORT_USER], "targets": TARGETS},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -646,8 +880,9 @@ def main_parent(args: argparse.Namespace) -> int:
         "lake": lake,
         "runs": runs,
         "verification": verifications,
-        "erase1_breakdown": [{"step": name.strip(), "s": sec, "note": note}
-                             for name, sec, note in breakdown(summary["best"]["erase1"])],
+        **{f"{phase}_breakdown": [{"step": name.strip(), "s": sec, "note": note}
+                                  for name, sec, note in breakdown(summary["best"][phase])]
+           for phase in ERASE_PHASES},
         **summary,
     }
     out = workdir / RESULTS
@@ -655,8 +890,10 @@ def main_parent(args: argparse.Namespace) -> int:
     print(f"\nresults: {out}")
 
     shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(key_dir(run_dir), ignore_errors=True)
     if not args.keep:
         shutil.rmtree(pristine, ignore_errors=True)
+        shutil.rmtree(key_dir(pristine), ignore_errors=True)
         (workdir / KEY_FILE).unlink(missing_ok=True)
     return 0
 
@@ -666,10 +903,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         __doc__, workdir=DEFAULT_WORKDIR,
         workdir_help="lake, working copy and results directory (default bench/out/rights)",
         keep_help="keep the ingested lake (a re-run with the same --events reuses it)",
-        repeat_help="rounds of the four phases; best wall wins")
+        repeat_help="rounds of the five phases; best wall wins")
     # internal: which phase a child process runs, and on which data root
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
+    # internal: the subject of erase1c and of the erase check (and the cookies it checks)
+    parser.add_argument("--tenant", help=argparse.SUPPRESS)
+    parser.add_argument("--user", help=argparse.SUPPRESS)
+    parser.add_argument("--cookies", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.events < 1 or args.repeat < 1:
         parser.error("--events and --repeat must be positive")
