@@ -261,3 +261,28 @@ def test_an_erasure_leaves_nothing_of_the_subject_under_the_data_root(ingested: 
     # and the planted batches landing again are skipped: the ledger says done
     planted.plant(s.landing)
     assert {r.status for r in ingest.ingest_pending(s)} == {"skipped"}
+
+
+def test_an_ingested_file_with_the_subjects_own_rows_is_deleted_from_its_subject_column_alone(
+        ingested: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pseudozone.rights import landing as rights_landing
+
+    parsed: list[str] = []
+    real = rights_landing._parse
+
+    def spy(path: Path, dataset: str, needles: Any) -> Any:
+        parsed.append(f"{dataset}/{path.name}")
+        return real(path, dataset, needles)
+
+    monkeypatch.setattr(rights_landing, "_parse", spy)
+    status = requests.submit(ingested, {"type": "erase", "tenant_id": "acme", "user_id": planted.USER},
+                             source="test", keyring=KR)
+    process.process_all(ingested, "run-1", keyring=KR)
+    outcome = requests.get_status(ingested, status.request_id).outcome
+    assert outcome is not None and outcome["landing_files_deleted"] == 3
+    planted_files = [p for p in ingested.landing.rglob("planted-0000.parquet")]
+    assert planted_files == []
+    # deleted from their user_id column alone (and the subject's values read from their value
+    # columns alone); only the files without its own rows were searched in full
+    assert [p for p in parsed if p.endswith("planted-0000.parquet")] == [], parsed
+    assert _scan(ingested.landing, SUBJECT_NEEDLES) == []

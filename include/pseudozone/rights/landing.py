@@ -166,6 +166,59 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _subject_matches(col: pa.Array, user_id: str) -> tuple[pa.Array, pa.Array] | None:
+    """(rows whose subject is ``user_id``, rows without a subject) of a subject column; None
+    when it holds no text."""
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return None
+    trimmed = pc.utf8_trim_whitespace(col.cast(pa.string()))
+    return pc.fill_null(pc.equal(trimmed, user_id), False), pc.fill_null(pc.equal(trimmed, ""), True)
+
+
+def _has_own_rows(path: Path, dataset: str, needles: Needles) -> bool:
+    """Whether a Parquet file has a row whose subject column is the user id, read from that
+    column alone: enough to delete an ingested file without searching its text.  False when
+    that cannot tell (another format, no such column, unreadable): the full search decides."""
+    if FORMATS.get(path.suffix.lower()) != "parquet":
+        return False
+    subject, _ = _subject_column(dataset)
+    try:
+        with _open_landed(path) as fh:
+            parquet = pq.ParquetFile(fh)
+            if subject not in parquet.schema_arrow.names:
+                return False
+            found = _subject_matches(parquet.read(columns=[subject])[subject].combine_chunks(),
+                                     needles.user_id)
+    except (ContractViolation, pa.ArrowException, OSError):
+        return False
+    return found is not None and bool(pc.any(found[0]).as_py())
+
+
+def _own_values(path: Path, dataset: str, needles: Needles) -> set[str]:
+    """The searchable values of the subject's own rows; a Parquet file reads just the subject
+    and value columns, other formats are parsed whole.  ``_Unparseable`` when unreadable."""
+    subject, columns = _subject_column(dataset)
+    if FORMATS.get(path.suffix.lower()) != "parquet":
+        return _parse(path, dataset, needles).values
+    try:
+        with _open_landed(path) as fh:
+            parquet = pq.ParquetFile(fh)
+            names = set(parquet.schema_arrow.names)
+            if subject not in names:
+                return set()
+            table = parquet.read(columns=[subject, *(c for c in columns if c in names)])
+    except (ContractViolation, pa.ArrowException, OSError):
+        raise _Unparseable from None
+    found = _subject_matches(table[subject].combine_chunks(), needles.user_id)
+    if found is None:
+        return set()
+    own_rows = table.filter(found[0])
+    return {v for name in columns if name in own_rows.column_names
+            for v in own_rows[name].to_pylist() if isinstance(v, str)}
+
+
 def _parse_parquet(path: Path, needles: Needles, subject: str, columns: list[str]) -> _Parsed:
     try:
         with _open_landed(path) as fh:
@@ -178,13 +231,9 @@ def _parse_parquet(path: Path, needles: Needles, subject: str, columns: list[str
     own = pa.array([False] * n, pa.bool_())
     no_subject = pa.array([True] * n, pa.bool_())
     if subject in table.column_names:
-        col = table[subject].combine_chunks()
-        if pa.types.is_dictionary(col.type):
-            col = col.dictionary_decode()
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            trimmed = pc.utf8_trim_whitespace(col.cast(pa.string()))
-            own = pc.fill_null(pc.equal(trimmed, needles.user_id), False)
-            no_subject = pc.fill_null(pc.equal(trimmed, ""), True)
+        found = _subject_matches(table[subject].combine_chunks(), needles.user_id)
+        if found is not None:
+            own, no_subject = found
     cells = _text_cells(table)
     mask = own
     for weak, pattern in ((False, needles.re2(False)), (True, needles.re2(True))):
@@ -368,10 +417,10 @@ def erase_subject(settings: Settings, *, tenant: str, user_id: str, request_id: 
         if not _subject_column(dataset)[1]:
             continue
         try:
-            found = _parse(path, dataset, needles)
+            values = _own_values(path, dataset, needles)
         except _Unparseable:
             continue
-        for value in found.values:
+        for value in values:
             needles.add(value)
     pattern, overlap = needles.bytes_pattern(), needles.longest
     counts = {"landing_files_deleted": 0, "landing_files_rewritten": 0, "landing_rows_removed": 0,
@@ -383,13 +432,20 @@ def erase_subject(settings: Settings, *, tenant: str, user_id: str, request_id: 
                          details=details, keyring=keyring)
 
     for dataset, path in landed:
+        batch_id = batch_id_for(dataset, tenant, path.name)
+        details: dict[str, Any] = {"dataset": dataset, "batch_id": batch_id, "where": "landing"}
+        ingested = _ingested(settings, dataset, tenant, path)
+        if ingested and _has_own_rows(path, dataset, needles):
+            # deleted whole: its subject column says enough, its text need not be searched
+            entry("landing.erased", {**details, "action": "deleted", "batch": "ingested"})
+            if delete_landed(settings, path):
+                counts["landing_files_deleted"] += 1
+            continue
         try:
             rows: _Parsed | None = _parse(path, dataset, needles)
         except _Unparseable:
             rows = None
-        batch_id = batch_id_for(dataset, tenant, path.name)
-        details: dict[str, Any] = {"dataset": dataset, "batch_id": batch_id, "where": "landing"}
-        if _ingested(settings, dataset, tenant, path):
+        if ingested:
             if (rows is not None and rows.hits) or _mentions(path, pattern, overlap):
                 entry("landing.erased", {**details, "action": "deleted", "batch": "ingested"})
                 if delete_landed(settings, path):
