@@ -500,6 +500,9 @@ def _prepare(settings: Settings, ref: BatchRef, keyring: KeyRing | None,
              tenant_cache: TenantCache | None = None, settle: Settle | None = None) -> _Plan | BatchResult:
     """Ledger check, read, conform and transform; a finished result when there is nothing to write."""
     settings.ensure()
+    # the key first: a key that is not the root's is refused before the ledger records anything
+    # (recording the batch first made a fresh root's first batch look like data without a key check)
+    keyring = keyring or KeyRing.load(settings)
     result = BatchResult(ref.batch_id, ref.dataset, ref.tenant_id, "skipped")
     source = settings.landing / ref.path
     with state.connect(settings) as conn:
@@ -529,7 +532,7 @@ def _prepare(settings: Settings, ref: BatchRef, keyring: KeyRing | None,
         table, contract = read_batch(settings, ref)
         result.rows_in = table.num_rows
         step = "transform"
-        return _plan_batch(settings, ref, contract, table, keyring or KeyRing.load(settings), result,
+        return _plan_batch(settings, ref, contract, table, keyring, result,
                            tenant_cache, settle)
     except ContractViolation as violation:
         return _reject(settings, ref, result, violation)

@@ -355,3 +355,15 @@ def test_a_key_ring_cannot_be_pickled(keyring: KeyRing) -> None:
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(keyring)
     assert repr(keyring) == "KeyRing(pseudonym_version=1)"
+
+
+def test_one_batch_of_a_fresh_root_is_ingested_without_a_key_ring_passed_in(
+        tmp_path: Path, master_key_env: None) -> None:
+    # process_batch loads the root's key itself: before the ledger records the batch, so that a
+    # fresh root records its key check first (it used to refuse: a batch, but no key check)
+    settings = Settings.from_env(tmp_path / "fresh")
+    target = settings.landing / "events" / f"tenant={planted.TENANT}" / "first-0001.parquet"
+    target.parent.mkdir(parents=True)
+    pq.write_table(planted.events("evt_first"), target)
+    [ref] = ingest.pending(settings)
+    assert ingest.process_batch(settings, ref).status == "done"
