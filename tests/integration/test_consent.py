@@ -180,3 +180,20 @@ def test_an_erasure_deletes_the_subjects_consent_and_objections(clake: Settings)
         assert sconn.execute("SELECT count(*) FROM consent").fetchone()[0] > 0  # others' stay
     everything = _count(clake, "SELECT count(*) FROM events")
     assert _count(clake, "SELECT count(*) FROM analytics.events") == everything
+
+
+def test_an_analysts_query_reads_the_register_without_writing_anything(
+        clake: Settings, tmp_path: Path) -> None:
+    import shutil
+
+    # an event zone alone (what an analyst is granted): no consent known, no objection known
+    alone = Settings.from_env(tmp_path / "analyst")
+    shutil.copytree(clake.event_zone, alone.event_zone)
+    everything = _count(alone, "SELECT count(*) FROM events")
+    assert _count(alone, "SELECT count(*) FROM marketing.events") == 0
+    assert _count(alone, "SELECT count(*) FROM analytics.events") == everything
+    assert not alone.state.exists()
+    # on the full root the register is read, not written: the state files keep their bytes
+    before = {p: p.read_bytes() for p in clake.state.glob("*.db")}
+    assert _count(clake, "SELECT count(*) FROM marketing.events") > 0
+    assert {p: p.read_bytes() for p in clake.state.glob("*.db")} == before

@@ -20,6 +20,7 @@ an objection purpose leaves them out when any of them objected.  Keyed pseudonym
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 
@@ -27,7 +28,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import select
 
-from pseudozone import state
 from pseudozone.config import Settings
 from pseudozone.contracts import PURPOSES, SUBJECT_COLUMN, Contract
 from pseudozone.lake.subjects import COOKIE_COLUMN
@@ -97,15 +97,28 @@ def _key(tenants: pa.Array, values: pa.Array) -> pa.Array:
 def scope(settings: Settings, purpose: str) -> Scope:
     """The subjects and cookies ``purpose`` may (consent) or may not (objection) use, now."""
     basis = PURPOSES[check_purpose(purpose)]
-    with store.engine_for(settings).connect() as conn:
-        objected = {(r.tenant_id, r.subject_id) for r in conn.execute(
-            select(store.objections.c.tenant_id, store.objections.c.subject_id)
-            .where(store.objections.c.purpose == purpose))}
-    with state.connect(settings) as sconn:
-        granted = set() if basis != "consent" else {
-            (t, s) for t, s in sconn.execute(
-                "SELECT tenant_id, subject_id FROM consent WHERE purpose = ? AND granted = 1", (purpose,))}
-        links = sconn.execute("SELECT tenant_id, subject_id, anonymous_pid FROM identity_links").fetchall()
+    objected: set[tuple[str, str]] = set()
+    if os.environ.get(store.DB_URL_ENV) or (settings.state / "requests.db").exists():
+        with store.engine_for(settings).connect() as conn:
+            objected = {(r.tenant_id, r.subject_id) for r in conn.execute(
+                select(store.objections.c.tenant_id, store.objections.c.subject_id)
+                .where(store.objections.c.purpose == purpose))}
+    granted: set[tuple[str, str]] = set()
+    links: list[tuple[str, str, str]] = []
+    if settings.state_db.exists():
+        # read only: an analyst's query takes no lock and creates nothing
+        sconn = sqlite3.connect(f"file:{settings.state_db}?mode=ro", uri=True, timeout=60)
+        try:
+            tables = {r[0] for r in sconn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if basis == "consent" and "consent" in tables:
+                granted = {(t, s) for t, s in sconn.execute(
+                    "SELECT tenant_id, subject_id FROM consent WHERE purpose = ? AND granted = 1",
+                    (purpose,))}
+            if "identity_links" in tables:
+                links = sconn.execute(
+                    "SELECT tenant_id, subject_id, anonymous_pid FROM identity_links").fetchall()
+        finally:
+            sconn.close()
     chosen = sorted(granted - objected) if basis == "consent" else sorted(objected)
     subjects = _pairs(chosen, SUBJECTS_SCHEMA)
     if not links:
