@@ -50,7 +50,7 @@ DEFAULT_ARGS = {
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    # and a run still going PSEUDOZONE_NIGHTLY_DEADLINE_MINUTES after it was queued
+    # and, when PSEUDOZONE_NIGHTLY_DEADLINE_MINUTES is set, a run still going that long after it was queued
     deadline=nightly_deadline(),
     tags=["pseudozone", "compliance", "privacy"],
     doc_md=__doc__,

@@ -121,8 +121,15 @@ def test_every_dag_alerts_on_failure_and_heavy_tasks_share_the_pool(dagbag) -> N
                 assert {a.uri for a in task.outlets} == {a.uri for a in ZONE_ASSETS}
 
 
-def test_the_nightly_run_has_a_deadline_alert(dagbag) -> None:  # type: ignore[no-untyped-def]
-    deadline = dagbag.get_dag("nightly_compliance").deadline
-    alerts = deadline if isinstance(deadline, list) else [deadline]
-    assert len(alerts) == 1 and alerts[0].interval.total_seconds() == 180 * 60
-    assert "pseudozone.alerts.deadline_missed" in str(alerts[0].callback.path)
+def test_the_nightly_deadline_alert_is_built_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pseudozone import airflow_ops
+
+    monkeypatch.delenv(airflow_ops.DEADLINE_ENV, raising=False)
+    assert airflow_ops.nightly_deadline() is None  # opt-in (docs/adr/0014-operations.md)
+    monkeypatch.setenv(airflow_ops.DEADLINE_ENV, "180")
+    alert = airflow_ops.nightly_deadline()
+    assert alert is not None and alert.interval.total_seconds() == 180 * 60
+    assert "pseudozone.alerts.deadline_missed" in str(alert.callback.path)
+    monkeypatch.setenv(airflow_ops.DEADLINE_ENV, "soon")
+    with pytest.raises(Exception, match="whole number of minutes"):
+        airflow_ops.nightly_deadline()
