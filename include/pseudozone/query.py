@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 
 from pseudozone.config import Settings
-from pseudozone.contracts import PURPOSES, SUBJECT_COLUMN
+from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.lake import consent
 from pseudozone.lake.subjects import COOKIE_COLUMN
 
@@ -51,8 +51,8 @@ def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
         conn.execute(
             f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_quote(glob)}, "  # noqa: S608
             "hive_partitioning = true, union_by_name = true)")
-    for purpose in PURPOSES:
-        _purpose_views(conn, consent.scope(settings, purpose), names)
+    for scope in consent.scopes(settings):
+        _purpose_views(conn, scope, names)
     conn.execute(f"SET allowed_directories = [{_quote(str(settings.event_zone) + '/')}]")
     conn.execute("SET enable_external_access = false")
     conn.execute("SET lock_configuration = true")

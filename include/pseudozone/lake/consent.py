@@ -94,45 +94,52 @@ def _key(tenants: pa.Array, values: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(tenants, values, "\x1f")
 
 
-def scope(settings: Settings, purpose: str) -> Scope:
-    """The subjects and cookies ``purpose`` may (consent) or may not (objection) use, now."""
-    basis = PURPOSES[check_purpose(purpose)]
-    objected: set[tuple[str, str]] = set()
+def scopes(settings: Settings) -> list[Scope]:
+    """What each purpose may (consent) or may not (objection) use, now: the register and the
+    identity links are read once for all purposes."""
+    objected: dict[str, set[tuple[str, str]]] = {p: set() for p in PURPOSES}
     if os.environ.get(store.DB_URL_ENV) or (settings.state / "requests.db").exists():
         with store.engine_for(settings).connect() as conn:
-            objected = {(r.tenant_id, r.subject_id) for r in conn.execute(
-                select(store.objections.c.tenant_id, store.objections.c.subject_id)
-                .where(store.objections.c.purpose == purpose))}
-    granted: set[tuple[str, str]] = set()
+            for r in conn.execute(select(store.objections.c.tenant_id, store.objections.c.subject_id,
+                                         store.objections.c.purpose)):
+                objected.setdefault(r.purpose, set()).add((r.tenant_id, r.subject_id))
+    granted: dict[str, set[tuple[str, str]]] = {p: set() for p in PURPOSES}
     links: list[tuple[str, str, str]] = []
     if settings.state_db.exists():
         # read only: an analyst's query takes no lock and creates nothing
         sconn = sqlite3.connect(f"file:{settings.state_db}?mode=ro", uri=True, timeout=60)
         try:
             tables = {r[0] for r in sconn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if basis == "consent" and "consent" in tables:
-                granted = {(t, s) for t, s in sconn.execute(
-                    "SELECT tenant_id, subject_id FROM consent WHERE purpose = ? AND granted = 1",
-                    (purpose,))}
+            if "consent" in tables:
+                for t, s, p in sconn.execute(
+                        "SELECT tenant_id, subject_id, purpose FROM consent WHERE granted = 1"):
+                    granted.setdefault(p, set()).add((t, s))
             if "identity_links" in tables:
                 links = sconn.execute(
                     "SELECT tenant_id, subject_id, anonymous_pid FROM identity_links").fetchall()
         finally:
             sconn.close()
-    chosen = sorted(granted - objected) if basis == "consent" else sorted(objected)
-    subjects = _pairs(chosen, SUBJECTS_SCHEMA)
-    if not links:
-        return Scope(purpose, basis, subjects, _pairs([], COOKIES_SCHEMA))
     linked = pa.table({"tenant_id": pa.array([r[0] for r in links], pa.string()),
                        "subject": pa.array([r[1] for r in links], pa.string()),
                        COOKIE_COLUMN: pa.array([r[2] for r in links], pa.string())})
+    out = []
+    for purpose, basis in PURPOSES.items():
+        chosen = (sorted(granted[purpose] - objected[purpose]) if basis == "consent"
+                  else sorted(objected[purpose]))
+        out.append(_scope(purpose, basis, _pairs(chosen, SUBJECTS_SCHEMA), linked))
+    return out
+
+
+def _scope(purpose: str, basis: str, subjects: pa.Table, linked: pa.Table) -> Scope:
+    if linked.num_rows == 0:
+        return Scope(purpose, basis, subjects, _pairs([], COOKIES_SCHEMA))
     member = pc.is_in(_key(linked["tenant_id"], linked["subject"]),
                       value_set=_key(subjects["tenant_id"], subjects[SUBJECT_COLUMN]))
     # consent: a cookie whose every subject may be used; objection: one with any who objected
-    linked = linked.append_column("hit", pc.cast(member, pa.int8()))
-    per_cookie = linked.group_by(["tenant_id", COOKIE_COLUMN]).aggregate([("hit", "min" if basis == "consent"
-                                                                           else "max")])
-    cookies = per_cookie.filter(pc.equal(per_cookie[f"hit_{'min' if basis == 'consent' else 'max'}"], 1))
+    how = "min" if basis == "consent" else "max"
+    hits = linked.append_column("hit", pc.cast(member, pa.int8()))
+    per_cookie = hits.group_by(["tenant_id", COOKIE_COLUMN]).aggregate([("hit", how)])
+    cookies = per_cookie.filter(pc.equal(per_cookie[f"hit_{how}"], 1))
     return Scope(purpose, basis, subjects,
                  cookies.select(["tenant_id", COOKIE_COLUMN]).cast(COOKIES_SCHEMA).sort_by(
                      [("tenant_id", "ascending"), (COOKIE_COLUMN, "ascending")]))
