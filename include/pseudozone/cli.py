@@ -618,8 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     key = add(sub, "keys", "the master key of this data root")
     key_sub = key.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
-    add(key_sub, "init", "make a new master key (a 0600 key file, unless $PSEUDOZONE_MASTER_KEY or an"
-        " Airflow connection gives it) and record its check value; empty data root only"
+    add(key_sub, "init", "make a new master key (a 0600 key file, unless $PSEUDOZONE_MASTER_KEY, an"
+        " Airflow connection or $PSEUDOZONE_MASTER_KEY_FILE gives it) and record its check value;"
+        " empty data root only"
         ).set_defaults(func=cmd_keys)
     add(key_sub, "check", "exit 0 if the configured master key is this data root's, else 2"
         ).set_defaults(func=cmd_keys, needs_root=True)

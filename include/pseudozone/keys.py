@@ -1,6 +1,6 @@
 """Key hierarchy (DESIGN.md "Keys"; docs/adr/0002-key-hierarchy.md).
 
-    master key (env var, Airflow connection, or a generated 0600 key file)
+    master key (env var, Airflow connection, a given 0600 key file, or a generated 0600 key file)
       ├─ HKDF → tenant pseudonym key, per tenant, version and purpose  (HMAC-SHA256)
       └─ HKDF → tenant key-encryption key (KEK)
                  └─ wraps one random data key (DEK) per subject, kept in the vault
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 MASTER_KEY_ENV = "PSEUDOZONE_MASTER_KEY"
 MASTER_KEY_CONN_ENV = "PSEUDOZONE_MASTER_KEY_CONN_ID"
+# a key file kept elsewhere (a Docker or Kubernetes secret mounted read-only): read, never made
+MASTER_KEY_FILE_ENV = "PSEUDOZONE_MASTER_KEY_FILE"
 PSEUDONYM_VERSION_ENV = "PSEUDOZONE_PSEUDONYM_VERSION"
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -104,7 +106,8 @@ def _key_from_file(settings: Settings) -> tuple[bytes, str]:
                 f"no master key: the key file {path} is missing, but this data root already "
                 f"holds {held}. A new key would give every subject new pseudonyms and leave the PII "
                 f"zone unreadable, so none is made: restore the key file from its backup (or set "
-                f"${KEY_DIR_ENV} to its directory), or set ${MASTER_KEY_ENV} or ${MASTER_KEY_CONN_ENV}")
+                f"${KEY_DIR_ENV} to its directory), or set ${MASTER_KEY_ENV}, ${MASTER_KEY_CONN_ENV} or "
+                f"${MASTER_KEY_FILE_ENV}")
         _private_dir(path.parent)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -121,6 +124,28 @@ def _key_from_file(settings: Settings) -> tuple[bytes, str]:
     return _decode_key(path.read_text(), f"key file {path.name}"), f"key file {path}"
 
 
+def _key_from_given_file(name: str) -> tuple[bytes, str]:
+    """``$PSEUDOZONE_MASTER_KEY_FILE``: a key file the deployment provides.  Never created (a
+    missing file is an error, not an empty root's new key); refused unless only its owner may
+    read it, as the key directory's file."""
+    path = Path(name).expanduser()
+    origin = f"key file {path} (${MASTER_KEY_FILE_ENV})"
+    try:
+        _check_private(path)
+        text = path.read_text()
+    except FileNotFoundError:
+        raise KeyMaterialError(f"${MASTER_KEY_FILE_ENV} names {path}, which does not exist") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise KeyMaterialError(f"${MASTER_KEY_FILE_ENV} names {path}, which cannot be read as a key file"
+                               f" ({type(exc).__name__})") from None
+    return _decode_key(text, origin), origin
+
+
+def _external_key_configured() -> bool:
+    """A master key given by the environment (env var, connection or key file), not the key dir's."""
+    return any(os.environ.get(name) for name in (MASTER_KEY_ENV, MASTER_KEY_CONN_ENV, MASTER_KEY_FILE_ENV))
+
+
 def _private_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
@@ -134,11 +159,15 @@ def _master_key(settings: Settings) -> tuple[bytes, str]:
     conn_id = os.environ.get(MASTER_KEY_CONN_ENV)
     if conn_id:
         return _key_from_airflow(conn_id), f"Airflow connection {conn_id!r}"
+    given = os.environ.get(MASTER_KEY_FILE_ENV)
+    if given:
+        return _key_from_given_file(given)
     return _key_from_file(settings)
 
 
 def load_master_key(settings: Settings) -> bytes:
-    """Env var first, then an Airflow connection, then the embedded key file.
+    """Env var first, then an Airflow connection, then ``$PSEUDOZONE_MASTER_KEY_FILE``, then the
+    embedded key file.
 
     The key file is generated only on a data root that holds no data yet. The key is
     not checked against the root here; ``KeyRing.load`` does that.
@@ -258,15 +287,15 @@ def verify_master_key(settings: Settings, keyring: KeyRing, origin: str) -> None
 
 
 def require_configured_key(settings: Settings) -> None:
-    """Raise unless a master key is configured (env var, Airflow connection or an existing key file):
-    for commands that must never make one (``keys check``, ``keys adopt``)."""
-    if os.environ.get(MASTER_KEY_ENV) or os.environ.get(MASTER_KEY_CONN_ENV):
+    """Raise unless a master key is configured (env var, Airflow connection, given key file or an
+    existing key file): for commands that must never make one (``keys check``, ``keys adopt``)."""
+    if _external_key_configured():
         return
     if settings.master_key_file.exists() or settings.legacy_master_key_file.exists():
         return
-    raise KeyMaterialError(f"no master key is configured for {settings.root}: set ${MASTER_KEY_ENV} or"
-                           f" ${MASTER_KEY_CONN_ENV}, or restore the key file ({settings.master_key_file});"
-                           " none is made here")
+    raise KeyMaterialError(f"no master key is configured for {settings.root}: set ${MASTER_KEY_ENV},"
+                           f" ${MASTER_KEY_CONN_ENV} or ${MASTER_KEY_FILE_ENV}, or restore the key file"
+                           f" ({settings.master_key_file}); none is made here")
 
 
 def adopt_master_key(settings: Settings) -> str:
@@ -306,8 +335,7 @@ def init_master_key(settings: Settings) -> str:
     held = root_holds_data(settings)
     if held:
         raise KeyMaterialError(f"this data root already holds {held}; it keeps the master key it has")
-    external = os.environ.get(MASTER_KEY_ENV) or os.environ.get(MASTER_KEY_CONN_ENV)
-    if not external:
+    if not _external_key_configured():
         for existing in (settings.legacy_master_key_file, settings.master_key_file):
             if existing.exists():
                 raise KeyMaterialError(f"a key file {existing} exists already; it is kept as it is")
