@@ -1,10 +1,15 @@
-# pseudozone: every target the README names.  Only Python 3.11+ and make are needed;
-# uv is installed with pip when it is missing.
+# pseudozone: every target the README names.  Only Python 3.11+ (with its venv module) and
+# make are needed: when uv is not on PATH it is installed, pinned, into a venv of its own
+# (.venv-bootstrap/), never with the system's pip (Debian refuses that: PEP 668).
 SHELL := /bin/bash
 PYTHON ?= python3
+UV_VERSION := 0.13.9
+BOOTSTRAP := $(CURDIR)/.venv-bootstrap
 UV := $(shell command -v uv 2>/dev/null)
+UV_DEP :=
 ifeq ($(UV),)
-UV := $(PYTHON) -m uv
+UV := $(BOOTSTRAP)/bin/uv
+UV_DEP := $(UV)
 endif
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -22,8 +27,11 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow \
 
 .PHONY: install demo test lint unit bench clean
 
-$(VENV)/.installed: pyproject.toml uv.lock
-	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+$(BOOTSTRAP)/bin/uv:
+	$(PYTHON) -m venv $(BOOTSTRAP)
+	$(BOOTSTRAP)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock $(UV_DEP)
 	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
