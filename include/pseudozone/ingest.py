@@ -44,6 +44,7 @@ from pseudozone.errors import ContractViolation, PseudozoneError, machine_failur
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
 from pseudozone.lake import consent, index, layout, published
+from pseudozone.lake.layout import subject_buckets
 from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, link_pairs, record_links
 from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sha256_of
 from pseudozone.pii.detectors import DEFAULT_REGIONS
@@ -108,6 +109,18 @@ def pseudonymize_column(keyring: KeyRing, tenant: str, purpose: str,
     return pa.DictionaryArray.from_arrays(encoded.indices, pseudonyms)
 
 
+def text_pseudonyms(keyring: KeyRing, tenant: str, ids: list[str]) -> list[str]:
+    """The keyed pseudonyms behind the ``[id:…]`` tokens of ids in free text, at the tenant's
+    version: version 1 of the id, then each later version a step of the previous version's
+    token (``linkage.token_of``), so that a rotation can step a token it finds in published
+    text (docs/adr/0015-pseudonym-rotation.md)."""
+    out = keyring.pseudonymize(tenant, linkage.TEXT_PURPOSE, ids, version=1)
+    for version in range(2, keyring.version_of(tenant) + 1):
+        out = keyring.step(tenant, linkage.TEXT_PURPOSE, version,
+                           [linkage.token_of(p.rpartition(":")[2]) for p in out])
+    return out
+
+
 def _own_values(table: pa.Table, contract: Contract) -> list[list[str | None]] | None:
     """Each row's values of the PII columns that are not searched tenant-wide (its city)."""
     cols = [table[c.name].to_pylist() for c in contract.columns if c.cls == "pii" and not searchable(c)]
@@ -126,7 +139,7 @@ def build_event_table(table: pa.Table, contract: Contract, keyring: KeyRing, ten
     own = _own_values(table, contract)
 
     def tokens(values: list[str]) -> list[str]:
-        return keyring.pseudonymize(tenant, linkage.TEXT_PURPOSE, values)
+        return text_pseudonyms(keyring, tenant, values)
 
     def scrubbed(spec: ColumnSpec, col: pa.ChunkedArray) -> tuple[pa.Array, Evidence]:
         if own is not None:
@@ -263,22 +276,6 @@ class _Plan:
     corrected: rectifications.Corrected | None = None
     # each subject's consent per purpose as the batch delivers it (contract consent columns)
     consents: list[tuple[str, str, bool]] = field(default_factory=list)
-
-
-def subject_buckets(subjects: pa.Array, n: int) -> pa.Array:
-    """Bucket of each row: a stable function of its pseudonym (rows without one: bucket 0).
-
-    Splitting a date partition by subject bucket means a rights request rewrites
-    about 1/n of the files that hold a subject's days instead of all of them.
-    """
-    if pa.types.is_dictionary(subjects.type):
-        distinct, indices = subjects.dictionary, subjects.indices
-    else:
-        encoded = pc.dictionary_encode(subjects)
-        distinct, indices = encoded.dictionary, encoded.indices
-    per_value = pa.array([int(v.rpartition(":")[2][:8], 16) % n for v in distinct.to_pylist()],
-                         pa.int32())
-    return pc.fill_null(pc.take(per_value, indices), 0)
 
 
 TenantCache = dict[str, TenantValues]
@@ -506,6 +503,10 @@ def _prepare(settings: Settings, ref: BatchRef, keyring: KeyRing | None,
     result = BatchResult(ref.batch_id, ref.dataset, ref.tenant_id, "skipped")
     source = settings.landing / ref.path
     with state.connect(settings) as conn:
+        # the tenant's pseudonym version, read where the batch is recorded: a rotation of the
+        # tenant that has begun makes its batches wait (docs/adr/0015-pseudonym-rotation.md)
+        version = state.version_in(conn, ref.tenant_id, keyring.pseudonym_version)
+        keyring.use_versions({**keyring.tenant_versions(), ref.tenant_id: version})
         previous = ledger.get(conn, ref.batch_id)
         if previous is not None and previous.status == "done":
             if not source.exists() or fingerprint(source) == previous.fingerprint:

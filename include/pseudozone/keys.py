@@ -365,6 +365,8 @@ class KeyRing:
         if pseudonym_version < 1:
             raise KeyMaterialError("pseudonym version must be >= 1")
         self.pseudonym_version = pseudonym_version
+        # per tenant: the version its pseudonyms are at, once rotated (``use_versions``)
+        self._tenant_versions: dict[str, int] = {}
         self._cache: dict[str, bytes] = {}
 
     def __reduce__(self) -> Any:
@@ -384,7 +386,9 @@ class KeyRing:
         master, origin = _master_key(settings)
         ring = cls(master)
         verify_master_key(settings, ring, origin)
-        return ring
+        from pseudozone.state import pseudonym_versions  # the tenants' rotated versions
+
+        return ring.use_versions(pseudonym_versions(settings))
 
     def _derive(self, info: str) -> bytes:
         key = self._cache.get(info)
@@ -392,8 +396,20 @@ class KeyRing:
             key = self._cache[info] = _hkdf(self._master, info)
         return key
 
+    def version_of(self, tenant: str) -> int:
+        """The pseudonym version of ``tenant``'s data: its rotated version, else the default."""
+        return self._tenant_versions.get(tenant, self.pseudonym_version)
+
+    def tenant_versions(self) -> dict[str, int]:
+        return dict(self._tenant_versions)
+
+    def use_versions(self, versions: dict[str, int]) -> KeyRing:
+        """Take the tenants' rotated pseudonym versions (``state.pseudonym_versions``)."""
+        self._tenant_versions = dict(versions)
+        return self
+
     def pseudonym_key(self, tenant: str, purpose: str, version: int | None = None) -> bytes:
-        v = self.pseudonym_version if version is None else version
+        v = self.version_of(tenant) if version is None else version
         return self._derive(f"pseudozone/pseudonym/{tenant}/{purpose}/v{v}")
 
     def kek(self, tenant: str) -> bytes:
@@ -434,15 +450,33 @@ class KeyRing:
 
     def pseudonymize(self, tenant: str, purpose: str, values: Iterable[str],
                      version: int | None = None) -> list[str]:
-        """``vN:`` + hex HMAC-SHA256 of each value under the tenant's key for ``purpose``."""
-        v = self.pseudonym_version if version is None else version
+        """``vN:`` + hex of each value's keyed pseudonym for ``purpose`` (N: the tenant's version).
+
+        Version 1 is HMAC-SHA256 of the value under the tenant's v1 key; version N > 1 is
+        ``step`` N of version N-1's pseudonym (a chain), so that a rotation maps every
+        pseudonym from the previous one alone (docs/adr/0015-pseudonym-rotation.md).
+        """
+        v = self.version_of(tenant) if version is None else version
+        out = self._hmac_hex(self.pseudonym_key(tenant, purpose, 1), "v1:", values)
+        for k in range(2, v + 1):
+            out = self.step(tenant, purpose, k, out)
+        return out
+
+    def step(self, tenant: str, purpose: str, version: int, previous: Iterable[str]) -> list[str]:
+        """Version ``version`` of pseudonyms (or tokens) of the version before it: ``vN:`` + hex
+        HMAC-SHA256 of the previous form under the tenant's version-N key for ``purpose``."""
+        if version < 2:
+            raise KeyMaterialError("a rotation step goes to version 2 or later")
+        return self._hmac_hex(self.pseudonym_key(tenant, purpose, version), f"v{version}:", previous)
+
+    @staticmethod
+    def _hmac_hex(key: bytes, prefix: str, values: Iterable[str]) -> list[str]:
         # HMAC (RFC 2104) spelled out over hashlib: the keyed inner and outer states are
         # made once and copied per value, which costs a third of hmac.digest per value.
         # tests/unit/test_keys.py checks the result against hmac.digest.
-        padded = self.pseudonym_key(tenant, purpose, v).ljust(_SHA256_BLOCK, b"\0")
+        padded = key.ljust(_SHA256_BLOCK, b"\0")
         inner_copy = hashlib.sha256(bytes(b ^ 0x36 for b in padded)).copy
         outer_copy = hashlib.sha256(bytes(b ^ 0x5C for b in padded)).copy
-        prefix = f"v{v}:"
         out: list[str] = []
         append = out.append
         for value in values:
@@ -464,6 +498,18 @@ class KeyRing:
 
     def unwrap_dek(self, tenant: str, subject_id: str, wrapped: bytes) -> bytes:
         return _unwrap(self.kek(tenant), tenant, subject_id, wrapped)
+
+
+def advance_pseudonym(keyring: KeyRing, tenant: str, purpose: str, value: str, to: int) -> str:
+    """A stored pseudonym (``vK:<hex>``) stepped up to version ``to`` (unchanged at ``to``)."""
+    head, sep, _ = value.partition(":")
+    k = int(head[1:]) if sep and head[:1] == "v" and head[1:].isdigit() else None
+    if k is None or k > to:
+        raise KeyMaterialError(f"tenant {tenant}: a stored {purpose} pseudonym is not of version {to}"
+                               " or earlier")
+    for step in range(k + 1, to + 1):
+        value = keyring.step(tenant, purpose, step, [value])[0]
+    return value
 
 
 def _wrap(kek: bytes, tenant: str, subject_id: str, dek: bytes) -> bytes:
@@ -698,6 +744,27 @@ class Vault:
             stored.update(self._fetch(tenant, missing))
         return {s: _unwrap(self.kek(tenant, v), tenant, s, w) for s, (w, v) in stored.items()
                 if w is not None}
+
+    def live_keys(self, tenant: str) -> dict[str, bytes]:
+        """Every live (not destroyed) data key of ``tenant``, unwrapped, by subject id."""
+        rows = self.conn.execute("SELECT subject_id, wrapped_dek, kek_version FROM subject_keys"
+                                 " WHERE tenant_id = ? AND wrapped_dek IS NOT NULL", (tenant,)).fetchall()
+        return {s: _unwrap(self.kek(tenant, int(v)), tenant, s, w) for s, w, v in rows}
+
+    def rename(self, tenant: str, renames: dict[str, str]) -> dict[str, bytes]:
+        """Move data keys (and tombstones) to new subject ids (a pseudonym rotation): each live key
+        is re-wrapped under associated data that names its new subject, under the same KEK
+        version; the key itself is unchanged.  Returns the live keys by new subject id."""
+        moved: dict[str, bytes] = {}
+        for old, (wrapped, version) in sorted(self._fetch(tenant, sorted(renames)).items()):
+            new = renames[old]
+            if wrapped is not None:
+                kek = self.kek(tenant, version)
+                moved[new] = dek = _unwrap(kek, tenant, old, wrapped)
+                wrapped = _wrap(kek, tenant, new, dek)
+            self.conn.execute("UPDATE subject_keys SET subject_id = ?, wrapped_dek = ? WHERE tenant_id = ?"
+                              " AND subject_id = ?", (new, wrapped, tenant, old))
+        return moved
 
     def destroyed(self, tenant: str, subjects: Iterable[str]) -> set[str]:
         stored = self._fetch(tenant, sorted(set(subjects)))

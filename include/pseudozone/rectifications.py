@@ -67,7 +67,7 @@ def fingerprint(dek: bytes, column: str, value: str) -> str:
     return hmac.new(dek, message, hashlib.sha256).hexdigest()[:32]
 
 
-def _associated_data(tenant: str, subject: str, column: str) -> bytes:
+def associated_data(tenant: str, subject: str, column: str) -> bytes:
     return pii_associated_data(tenant, subject, f"rectification:{column}")
 
 
@@ -85,7 +85,7 @@ def record(conn: sqlite3.Connection, tenant: str, dataset: str, subject: str, sp
     if row is not None:
         found |= set(json.loads(row[0]))
     found.discard(new)
-    blob = encrypt_value(AESGCM(dek), value, _associated_data(tenant, subject, spec.name))
+    blob = encrypt_value(AESGCM(dek), value, associated_data(tenant, subject, spec.name))
     conn.execute(
         "INSERT INTO rectifications (tenant_id, dataset, subject_id, field, value_enc, superseded,"
         " request_id) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, dataset, subject_id, field)"
@@ -166,7 +166,7 @@ def correct(conn: sqlite3.Connection, keyring: KeyRing, contract: Contract, tena
         replace: dict[int, str] = {}
         for subject, blob, superseded, request_id in items:
             dek = deks[subject]
-            value = decrypt_value(AESGCM(dek), blob, _associated_data(tenant, subject, column))
+            value = decrypt_value(AESGCM(dek), blob, associated_data(tenant, subject, column))
             current = fingerprint(dek, column, comparable(spec, pa.array([value]).cast(values.type))[0] or "")
             newer = False
             for i in rows_of[subject]:

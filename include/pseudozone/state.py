@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pseudozone.config import Settings
+from pseudozone.errors import PseudozoneError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -85,6 +86,15 @@ CREATE TABLE IF NOT EXISTS consent (
     updated_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     PRIMARY KEY (tenant_id, subject_id, purpose)
 );
+-- each rotated tenant's pseudonym version; target is set while a rotation to it has not
+-- finished (pseudozone.rotation, docs/adr/0015-pseudonym-rotation.md)
+CREATE TABLE IF NOT EXISTS pseudonym_versions (
+    tenant_id    TEXT PRIMARY KEY,
+    version      INTEGER NOT NULL,
+    target       INTEGER,
+    started_at   TEXT,
+    finished_at  TEXT
+);
 """
 
 
@@ -107,3 +117,47 @@ def connect(settings: Settings) -> Iterator[sqlite3.Connection]:
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+# -- pseudonym versions (docs/adr/0015-pseudonym-rotation.md) -----------------------------------
+
+
+class TenantRotating(PseudozoneError):
+    """A writer met a tenant whose pseudonyms are being rotated: its work waits until the end."""
+
+
+def pseudonym_versions(settings: Settings) -> dict[str, int]:
+    """Each rotated tenant's pseudonym version; read only, nothing when the state is new."""
+    if not settings.state_db.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{settings.state_db}?mode=ro", uri=True, timeout=60)
+    try:
+        conn.execute("PRAGMA busy_timeout=60000")
+        rows = conn.execute("SELECT tenant_id, version FROM pseudonym_versions").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+    finally:
+        conn.close()
+    return {str(t): int(v) for t, v in rows}
+
+
+def rotating(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """(version, target) of each tenant whose pseudonym rotation has not finished."""
+    rows = conn.execute("SELECT tenant_id, version, target FROM pseudonym_versions WHERE target IS NOT NULL")
+    return {str(t): (int(v), int(g)) for t, v, g in rows.fetchall()}
+
+
+def version_in(conn: sqlite3.Connection, tenant: str, default: int) -> int:
+    """The tenant's pseudonym version, inside a state transaction; raises ``TenantRotating``
+    while a rotation of the tenant has not finished."""
+    row = conn.execute("SELECT version, target FROM pseudonym_versions WHERE tenant_id = ?",
+                       (tenant,)).fetchone()
+    if row is None:
+        return default
+    if row[1] is not None:
+        raise TenantRotating(f"tenant {tenant}: its pseudonyms are being rotated to version {row[1]};"
+                             " its batches and requests wait until `pseudozone keys rotate-pseudonyms`"
+                             " has finished (a killed rotation is resumed by running it again)")
+    return int(row[0])

@@ -141,18 +141,27 @@ def fsync_dirs(directories: set[Path]) -> None:
         _fsync_dir(directory)
 
 
-def write_parquet(table: pa.Table, path: Path, *, sync_dir: bool = True, **options: Any) -> Path:
+def write_parquet(table: pa.Table, path: Path, *, sync_dir: bool = True,
+                  footer: dict[str, str] | None = None, **options: Any) -> Path:
     """Write ``table`` to ``path`` atomically (temp file, fsync, rename).
 
     ``options`` override ``PARQUET_OPTIONS`` (pyarrow.parquet.write_table keywords).
-    ``sync_dir=False`` leaves the directory fsync to the caller (``fsync_dirs``), for
-    writes that are staged and renamed again.
+    ``footer`` is key-value metadata for the file's footer (``store_schema=False`` drops the
+    table's schema metadata).  ``sync_dir=False`` leaves the directory fsync to the caller
+    (``fsync_dirs``), for writes that are staged and renamed again.
     """
     make_dirs(path.parent)
     tmp = temp_path(path)
     try:
         _create_private(tmp)  # a killed writer's temp file is readable by nobody else
-        pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **options})
+        if footer:
+            opts = {**PARQUET_OPTIONS, **options}
+            row_group_size = opts.pop("row_group_size", None)
+            with pq.ParquetWriter(tmp, table.schema, **opts) as writer:
+                writer.write_table(table, row_group_size=row_group_size)
+                writer.add_key_value_metadata(footer)
+        else:
+            pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **options})
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
             os.fchmod(fh.fileno(), file_mode(path.parent))

@@ -38,6 +38,11 @@ compaction of the same inputs gives), a bucket with none kept in no file.  Its w
 directories are ``trim-<H>``: ``recover(prefix=TRIM_PREFIX)`` (the retention step's first
 thing) finishes or undoes them, and compaction's recovery never touches them (nor
 retention's a compaction's), so neither rolls back a unit the other is running.
+
+``rewrite`` is the same unit with a transform that may move rows between subject buckets:
+a pseudonym rotation (``pseudozone.rotation``) maps every pseudonym of a partition, so a row's
+bucket (a function of its subject pseudonym) is computed again from the mapped rows.  Its
+outputs carry the rewrite's Parquet metadata, its work directories are ``rotate-<H>``.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ DEFAULT_TARGET_ROWS = 5_000_000  # one file per partition-day and bucket up to t
 ROW_GROUP_ROWS = 64 * 1024  # small enough that a subject's lookups skip most of a day
 PREFIX = "compact-"
 TRIM_PREFIX = "trim-"  # work directories of retention's trims (their outputs are compact-<H> files)
+ROTATE_PREFIX = "rotate-"  # work directories of pseudonym rotations (outputs: compact-<H> files)
 WORK_DIR = ".compact"  # under the zones root: not a zone, not swept as a staged batch
 STEPS = ("manifest", "indexed", "staged", "exchanged", "checked", "unindexed", "removed")
 
@@ -147,14 +153,42 @@ def _sort_keys(table: pa.Table, time_column: str) -> list[tuple[str, str]]:
 Keep = Callable[[pa.Table], pa.Table]  # a file's rows -> those a trim keeps
 
 
+@dataclass(frozen=True)
+class Rewrite:
+    """A transform of every row of a partition (a pseudonym rotation): ``rows`` maps one input
+    file's rows, ``buckets`` gives each mapped row's subject bucket (None: the dataset has
+    none), ``metadata`` goes into every output's Parquet footer, ``tag`` into the outputs' hash."""
+
+    tag: str
+    rows: Callable[[pa.Table], pa.Table]
+    buckets: Callable[[pa.Table], pa.Array | None]
+    metadata: dict[str, str]
+
+
+def _by_rewritten_bucket(files: list[Path], rewrite: Rewrite) -> dict[int | None, list[pa.Table]]:
+    """The inputs' rows mapped by ``rewrite``, grouped by the bucket of each mapped row."""
+    mapped = pa.concat_tables([rewrite.rows(pq.read_table(f)) for f in files],
+                              promote_options="default").combine_chunks()
+    buckets = rewrite.buckets(mapped)
+    if buckets is None:
+        return {None: [mapped]}
+    out: dict[int | None, list[pa.Table]] = {}
+    for b in sorted(pc.unique(buckets).to_pylist()):
+        out[int(b)] = [mapped.filter(pc.equal(buckets, b))]
+    return out
+
+
 def _plan_outputs(unit: Unit, files: list[Path], target_rows: int, digest: str,
-                  keep: Keep | None = None) -> dict[str, pa.Table]:
+                  keep: Keep | None = None, rewrite: Rewrite | None = None) -> dict[str, pa.Table]:
     """Output file name -> its rows: the inputs of each bucket merged (in input-name order),
     sorted by subject then time (stable), cut into parts of at most ``target_rows``; with
-    ``keep``, only the rows it keeps of each input, and no file for a bucket left empty."""
+    ``keep``, only the rows it keeps of each input, and no file for a bucket left empty; with
+    ``rewrite``, every row mapped and put in the bucket of its mapped subject."""
     contract = contracts.load(unit.dataset)
     by_bucket: dict[int | None, list[pa.Table]] = defaultdict(list)
-    for f in files:
+    if rewrite is not None:
+        by_bucket.update(_by_rewritten_bucket(files, rewrite))
+    for f in files if rewrite is None else []:
         table = pq.read_table(f)
         by_bucket[layout.parse(_rel(unit, f.name)).bucket].append(table if keep is None else keep(table))
     out: dict[str, pa.Table] = {}
@@ -174,9 +208,9 @@ def _plan_outputs(unit: Unit, files: list[Path], target_rows: int, digest: str,
     return out
 
 
-def _digest(unit: Unit, names: list[str], target_rows: int, *, trim: bool = False) -> str:
+def _digest(unit: Unit, names: list[str], target_rows: int, *, trim: bool = False, tag: str = "") -> str:
     text = "\n".join([*(_rel(unit, n) for n in sorted(names)), f"target_rows={target_rows}",
-                      *(["trim"] if trim else [])])
+                      *(["trim"] if trim else []), *([tag] if tag else [])])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -239,12 +273,13 @@ def _finish_swap(staged: Path, partition: Path, spare: Path) -> None:
 
 
 def _compact_unit(settings: Settings, unit: Unit, files: list[Path], target_rows: int,
-                  keep: Keep | None = None) -> dict[str, Any]:
+                  keep: Keep | None = None, rewrite: Rewrite | None = None) -> dict[str, Any]:
     part = unit.partition(settings)
     names = [f.name for f in files]
-    digest = _digest(unit, names, target_rows, trim=keep is not None)
-    work = _work_root(settings) / ((PREFIX if keep is None else TRIM_PREFIX) + digest)
-    outputs = _plan_outputs(unit, files, target_rows, digest, keep)
+    digest = _digest(unit, names, target_rows, trim=keep is not None, tag=rewrite.tag if rewrite else "")
+    prefix = TRIM_PREFIX if keep is not None else ROTATE_PREFIX if rewrite is not None else PREFIX
+    work = _work_root(settings) / (prefix + digest)
+    outputs = _plan_outputs(unit, files, target_rows, digest, keep, rewrite)
     if not outputs:
         # recovery takes a unit whose outputs are all in place for exchanged: never plan none
         raise PseudozoneError(f"{unit.zone} zone {unit.dataset} partition {unit.day} of tenant "
@@ -272,7 +307,8 @@ def _compact_unit(settings: Settings, unit: Unit, files: list[Path], target_rows
         os.chown(staged, -1, st.st_gid)
     os.chmod(staged, st.st_mode & 0o7777)
     for name, table in sorted(outputs.items()):
-        zones.write_parquet(table, staged / name, sync_dir=False, row_group_size=ROW_GROUP_ROWS)
+        zones.write_parquet(table, staged / name, sync_dir=False, row_group_size=ROW_GROUP_ROWS,
+                            footer=rewrite.metadata if rewrite is not None else None)
     zones.fsync_dirs({staged, work})
     _after("staged", digest)
     # 3. the commit point
@@ -320,9 +356,9 @@ def _roll_back(settings: Settings, unit: Unit, work: Path, manifest: dict[str, A
 
 def recover(settings: Settings, *, prefix: str = PREFIX) -> dict[str, int]:
     """Finish (exchanged) or undo (not exchanged) the units a killed run left: compaction's,
-    or with ``prefix=TRIM_PREFIX`` retention's trims."""
+    with ``prefix=TRIM_PREFIX`` retention's trims, with ``ROTATE_PREFIX`` a rotation's."""
     done = {"rolled_forward": 0, "rolled_back": 0}
-    what = "compaction" if prefix == PREFIX else "trim"
+    what = {PREFIX: "compaction", TRIM_PREFIX: "trim"}.get(prefix, "rotation")
     root = _work_root(settings)
     if not root.is_dir():
         return done
@@ -366,6 +402,19 @@ def trim(settings: Settings, unit: Unit, keep: Keep, *,
     Raises ``CompactionConflict`` (rolled back) when a writer changed an input meanwhile.
     """
     return _compact_unit(settings, unit, _files(unit.partition(settings)), target_rows, keep)
+
+
+def files(settings: Settings, unit: Unit) -> list[Path]:
+    """The published Parquet files of a unit's partition."""
+    return _files(unit.partition(settings))
+
+
+def rewrite_partition(settings: Settings, unit: Unit, rewrite: Rewrite, *,
+                      target_rows: int = DEFAULT_TARGET_ROWS) -> dict[str, Any]:
+    """Rewrite one partition with every row mapped by ``rewrite`` (re-bucketed), under the
+    commit order above.  Raises ``CompactionConflict`` (rolled back) when a writer changed an
+    input meanwhile."""
+    return _compact_unit(settings, unit, _files(unit.partition(settings)), target_rows, rewrite=rewrite)
 
 
 # -- the whole lake ---------------------------------------------------------------------------

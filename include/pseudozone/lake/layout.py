@@ -24,10 +24,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePath, PurePosixPath
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from pseudozone.config import Settings
 from pseudozone.errors import PseudozoneError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 EVENTS = "events"
 RESTRICTED = "restricted"
@@ -320,3 +323,25 @@ def export_archives(settings: Settings, *, legacy: bool = False) -> Iterator[tup
         if suffix is None or archive.name.startswith(".") or len(archive.name) == len(suffix):
             continue
         yield archive.parent.name, archive.name[: -len(suffix)], archive
+
+
+# -- subject buckets ---------------------------------------------------------------------------
+
+
+def subject_buckets(subjects: pa.Array, n: int) -> pa.Array:
+    """Bucket of each row: a stable function of its pseudonym (rows without one: bucket 0).
+
+    Splitting a date partition by subject bucket means a rights request rewrites
+    about 1/n of the files that hold a subject's days instead of all of them.
+    """
+    import pyarrow as pa  # here: the layout's other functions need no Arrow
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(subjects.type):
+        distinct, indices = subjects.dictionary, subjects.indices
+    else:
+        encoded = pc.dictionary_encode(subjects)
+        distinct, indices = encoded.dictionary, encoded.indices
+    per_value = pa.array([int(v.rpartition(":")[2][:8], 16) % n for v in distinct.to_pylist()],
+                         pa.int32())
+    return pc.fill_null(pc.take(per_value, indices), 0)

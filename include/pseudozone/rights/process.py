@@ -33,7 +33,14 @@ from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.errors import PseudozoneError
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.ingest import WRITE_THREADS
-from pseudozone.keys import KeyRing, Vault, decrypt_value, encrypt_value, pii_associated_data
+from pseudozone.keys import (
+    KeyRing,
+    Vault,
+    advance_pseudonym,
+    decrypt_value,
+    encrypt_value,
+    pii_associated_data,
+)
 from pseudozone.lake import index, layout
 from pseudozone.lake.index import lookup as index_lookup
 from pseudozone.lake.subjects import (
@@ -80,15 +87,61 @@ def _freeze_cookies(settings: Settings, conn: Any, row: Any, now: Any, keyring: 
                      subject_id=row.subject_id, details={"cookies": len(new)}, keyring=keyring)
 
 
+def _rotating(settings: Settings, keyring: KeyRing) -> set[str]:
+    """Tenants whose pseudonym rotation has not finished; ``keyring`` takes the root's versions."""
+    keyring.use_versions(state.pseudonym_versions(settings))
+    if not settings.state_db.exists():
+        return set()
+    with state.connect(settings) as conn:
+        return set(state.rotating(conn))
+
+
+def _advance_subjects(conn: Any, keyring: KeyRing, waiting: set[str]) -> None:
+    """Open requests filed under an earlier pseudonym version (before a rotation of their
+    tenant finished) name their subject at the tenant's version from now on."""
+    r = store.requests.c
+    rows = conn.execute(select(r.request_id, r.tenant_id, r.subject_id).where(
+        r.state.in_(("accepted", "in_progress")), r.subject_id.is_not(None))).all()
+    for request_id, tenant, subject in rows:
+        if tenant in waiting:
+            continue
+        current = keyring.version_of(tenant)
+        if not subject.startswith(f"v{current}:"):
+            conn.execute(update(store.requests).where(store.requests.c.request_id == request_id).values(
+                subject_id=advance_pseudonym(keyring, tenant, "subject", subject, current)))
+
+
+def _defer(settings: Settings, rows: list[Any], tenants: set[str], run_id: str,
+           keyring: KeyRing) -> list[Any]:
+    """Put this run's requests of ``tenants`` back to accepted (a rotation of them has begun)."""
+    kept = []
+    with store.transaction(settings) as conn:
+        for row in rows:
+            if row.tenant_id not in tenants:
+                kept.append(row)
+                continue
+            if row.state == "accepted":  # moved to in_progress by this run
+                conn.execute(update(store.requests).where(store.requests.c.request_id == row.request_id)
+                             .values(state="accepted", started_at=None, run_id=None))
+                audit.append(conn, "request.deferred", request_id=row.request_id, tenant_id=row.tenant_id,
+                             subject_id=row.subject_id, details={"run_id": run_id, "reason": "rotation"},
+                             keyring=keyring)
+    return kept
+
+
 def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None) -> RunPlan:
     """Start work on every open request; return the plan (ids, pseudonyms and paths only)."""
     keyring = keyring or KeyRing.load(settings)
     settings.ensure()  # zone modes; the first call of a process sweeps a killed writer's temp files
     now = store.utcnow()
+    # a tenant whose pseudonyms are being rotated: its requests wait (docs/adr/0015)
+    waiting = _rotating(settings, keyring)
     with store.transaction(settings) as conn:
-        rows = conn.execute(select(store.requests).where(
+        _advance_subjects(conn, keyring, waiting)
+        rows = [r for r in conn.execute(select(store.requests).where(
             store.requests.c.state.in_(("accepted", "in_progress")))
             .order_by(store.requests.c.received_at, store.requests.c.request_id)).all()
+            if r.tenant_id not in waiting]
         for row in rows:
             if row.state == "accepted":
                 conn.execute(update(store.requests).where(store.requests.c.request_id == row.request_id)
@@ -109,6 +162,10 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
                                  tenant_id=row.tenant_id, subject_id=row.subject_id, keyring=keyring)
                 _freeze_cookies(settings, conn, row, now, keyring)
 
+    # a rotation that began meanwhile saw no request in progress yet: these wait for it
+    late = _rotating(settings, keyring) - waiting
+    if late:
+        rows = _defer(settings, rows, late, run_id, keyring)
     # each request's action says what it adds to its tenant's work, in the order received
     # (the latest request per subject decides between restrict and unrestrict; erase wins over all)
     work: dict[str, Work] = defaultdict(Work)

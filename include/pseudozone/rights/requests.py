@@ -288,7 +288,7 @@ def submit(settings: Settings, raw: Any, *, source: str, keyring: KeyRing | None
             audit.append(conn, "request.rejected", actor=actor or source, request_id=request_id,
                          tenant_id=shown_tenant, details=reason, keyring=keyring)
         return get_status(settings, request_id)
-    keyring = keyring or KeyRing.load(settings)
+    keyring = (keyring or KeyRing.load(settings)).use_versions(state.pseudonym_versions(settings))
     subject_id = keyring.subject_id(tenant, user)
     sealed = _seal(keyring, tenant, request_id, {"user_id": user, "fields": fields})
     with store.transaction(settings) as conn:
@@ -412,7 +412,7 @@ def add_legal_hold(settings: Settings, *, tenant_id: str, reason: str, reason_co
         raise PseudozoneError("a hold needs a reason: say why the data is kept (it is stored encrypted)")
     if dataset is not None:
         contracts.load(dataset)  # raises for an unknown dataset
-    keyring = keyring or KeyRing.load(settings)
+    keyring = (keyring or KeyRing.load(settings)).use_versions(state.pseudonym_versions(settings))
     subject = None if user_id is None else keyring.subject_id(tenant_id, user_id)
     nonce = os.urandom(NONCE_BYTES)
     sealed = nonce + AESGCM(keyring.hold_key(tenant_id)).encrypt(

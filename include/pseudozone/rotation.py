@@ -1,0 +1,408 @@
+"""Pseudonym rotation: a tenant's pseudonyms move from version N to N+1 (docs/adr/0015-pseudonym-rotation.md).
+
+Version N+1 of a keyed pseudonym is one step of version N's (``KeyRing.step``): HMAC-SHA256 of
+the version-N form under the tenant's version-(N+1) key for the same purpose.  A rotation
+therefore maps what the zones and the state hold without any raw identifier (also for the
+subjects the PII zone never saw), and whoever holds version-N pseudonyms (an old extract, a
+leaked version-N key) cannot join them to the new ones without the new key.  The ``[id:…]``
+tokens of free text step the same way, from the token itself (``ingest.text_pseudonyms``).
+
+``rotate`` runs these steps; each is idempotent, and a rerun resumes a killed rotation:
+
+0. ``pseudonym_versions`` records (version N, target N+1) in the state database; only then
+   is it checked that no writer of the tenant is running, so an ingest or rights run that
+   starts meanwhile sees the record and waits (ingest refuses the tenant's batches, a rights
+   run leaves its requests accepted) until the rotation has finished;
+1. every event- and restricted-zone date partition is rewritten under compaction's commit
+   order (one directory exchange per partition; a row moves to the bucket of its new subject);
+   the outputs carry ``pseudozone.pseudonym_version`` in their Parquet footer, so a rerun
+   skips them;
+2. every PII-zone file is replaced whole: subject ids stepped and every value re-encrypted
+   under the associated data that names its new subject, the index entries written first
+   as a superset of old and new;
+3. the state database, in one transaction: data keys re-wrapped under their new subject's
+   associated data (the key itself is unchanged), identity links, rectifications
+   (re-encrypted), consent;
+4. the request ledger, in one transaction: requests, legal holds, restrictions, frozen
+   cookies, objections, and the audit entry ``pseudonyms.rotated`` (counts only);
+5. the tenant's version becomes N+1 and the record is closed.
+
+Every mapping steps only values of version N and keeps those of N+1; any other version in a
+tenant's data is an error (fail closed: nothing of it is rewritten).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from pseudozone import contracts, linkage, rectifications, state, zones
+from pseudozone.config import Settings
+from pseudozone.contracts import SUBJECT_COLUMN, Contract
+from pseudozone.errors import PseudozoneError
+from pseudozone.keys import KeyRing, Vault, decrypt_value, encrypt_value, pii_associated_data
+from pseudozone.lake import compact, index, layout
+from pseudozone.lake.layout import subject_buckets
+
+log = logging.getLogger(__name__)
+
+VERSION_KEY = "pseudozone.pseudonym_version"  # Parquet footer key of a rotated file
+SUBJECT_PURPOSE = "subject"
+_TOKEN = re.compile(r"\[id:[a-z]{15}\]")  # a linkage token (its consonants are a-z)
+_VERSIONED = re.compile(r"^v([0-9]{1,6}):")
+
+class RotationError(PseudozoneError):
+    """A rotation cannot start or go on (names the tenant and the reason, never a value)."""
+
+
+def refresh(settings: Settings, keyring: KeyRing) -> KeyRing:
+    """``keyring`` with the root's rotated versions (``KeyRing.version_of``)."""
+    return keyring.use_versions(state.pseudonym_versions(settings))
+
+
+# -- mapping one table ---------------------------------------------------------------------------
+
+
+def _purposes(contract: Contract) -> dict[str, str]:
+    """Event-zone column -> the purpose of the keyed pseudonym it holds."""
+    out = {}
+    for spec in contract.columns:
+        if spec.event_name is None:
+            continue
+        if spec.cls == "identifier":
+            out[spec.event_name] = SUBJECT_PURPOSE if spec.subject else spec.name
+        elif spec.linkable:
+            out[spec.event_name] = spec.link_purpose
+    return out
+
+
+def _text_columns(contract: Contract) -> list[str]:
+    return [s.event_name for s in contract.columns
+            if s.event_name is not None and s.cls == "free_text" and s.tokenize_ids]
+
+
+@dataclass
+class Mapper:
+    """Version ``source`` pseudonyms and tokens of one tenant, stepped to ``target``."""
+
+    keyring: KeyRing
+    tenant: str
+    source: int
+    target: int
+
+    def values(self, purpose: str, distinct: list[str]) -> list[str]:
+        """Each distinct pseudonym at the target version (version-``source`` ones stepped)."""
+        todo = [v for v in distinct if v.startswith(f"v{self.source}:")]
+        stray = [v for v in distinct if not v.startswith((f"v{self.source}:", f"v{self.target}:"))]
+        if stray:
+            raise RotationError(f"tenant {self.tenant}: {len(stray)} {purpose} pseudonym(s) of neither"
+                                f" version {self.source} nor {self.target}; nothing of them is rewritten")
+        stepped = dict(zip(todo, self.keyring.step(self.tenant, purpose, self.target, todo), strict=True))
+        return [stepped.get(v, v) for v in distinct]
+
+    def column(self, purpose: str, values: pa.Array | pa.ChunkedArray) -> pa.Array:
+        arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.cast(arr.type.value_type)
+        encoded = pc.dictionary_encode(arr)
+        mapped = pa.array(self.values(purpose, encoded.dictionary.to_pylist()), pa.string())
+        return pc.take(mapped, encoded.indices)
+
+    def tokens(self, distinct: list[str]) -> dict[str, str]:
+        digests = self.keyring.step(self.tenant, linkage.TEXT_PURPOSE, self.target, distinct)
+        return {t: linkage.token_of(d.rpartition(":")[2]) for t, d in zip(distinct, digests, strict=True)}
+
+    def text(self, values: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """Free text with every ``[id:…]`` token stepped (a whole file is at one version)."""
+        arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.cast(arr.type.value_type)
+        hit = pc.fill_null(pc.match_substring(arr, "[id:"), False)
+        rows = pc.indices_nonzero(hit)
+        if len(rows) == 0:
+            return arr
+        texts = arr.take(rows).to_pylist()
+        table = self.tokens(sorted({t for text in texts for t in _TOKEN.findall(text)}))
+        out = [_TOKEN.sub(lambda m: table[m.group(0)], text) for text in texts]
+        mask = pc.fill_null(hit, False)
+        return pc.replace_with_mask(arr, mask, pa.array(out, arr.type))
+
+    def table(self, contract: Contract, table: pa.Table) -> pa.Table:
+        """An event- or restricted-zone table with every pseudonym and token at the target."""
+        purposes, texts = _purposes(contract), set(_text_columns(contract))
+        columns = []
+        for name in table.column_names:
+            col = table[name]
+            if name in purposes:
+                col = self.column(purposes[name], col)
+            elif name in texts:
+                col = self.text(col)
+            columns.append(col)
+        return pa.table(columns, names=table.column_names)
+
+
+# -- the zones -----------------------------------------------------------------------------------
+
+
+def _file_version(path: Path) -> int | None:
+    meta = pq.read_metadata(path).metadata or {}
+    raw = meta.get(VERSION_KEY.encode())
+    return int(raw) if raw is not None else None
+
+
+def _rotate_partitions(settings: Settings, mapper: Mapper,
+                       on_partition: Callable[[str], None] | None) -> dict[str, int]:
+    done = {"partitions": 0, "files_in": 0, "files_out": 0, "rows": 0}
+    for zone in layout.PARTITIONED:
+        for dataset, tenant, tdir in layout.tenant_dirs(layout.zone_root(settings, zone)):
+            if tenant != mapper.tenant:
+                continue
+            contract = contracts.load(dataset)
+            n = contract.subject_buckets
+
+            def buckets(table: pa.Table, n: int = n) -> pa.Array | None:
+                if n <= 1:
+                    return None
+                return subject_buckets(table[SUBJECT_COLUMN].combine_chunks(), n)
+
+            def rows(table: pa.Table, contract: Contract = contract) -> pa.Table:
+                return mapper.table(contract, table)
+
+            rewrite = compact.Rewrite(tag=f"rotate:v{mapper.target}", rows=rows, buckets=buckets,
+                                      metadata={VERSION_KEY: str(mapper.target)})
+            for partition in layout.date_partitions(tdir):
+                unit = compact.Unit(zone, dataset, tenant, partition.day)
+                files = compact.files(settings, unit)
+                if not files or all(_file_version(f) == mapper.target for f in files):
+                    continue
+                result = compact.rewrite_partition(settings, unit, rewrite)
+                done["partitions"] += 1
+                for key in ("files_in", "files_out", "rows"):
+                    done[key] += result[key]
+                if on_partition:
+                    on_partition(f"{zone}/{dataset}/{partition.day}")
+    return done
+
+
+def _rotate_pii_file(settings: Settings, mapper: Mapper, path: Path, deks: dict[str, bytes]) -> int:
+    """Replace one PII-zone file with its subjects stepped and its values re-encrypted."""
+    table = pq.read_table(path)
+    old = table[SUBJECT_COLUMN].to_pylist()
+    if all(s is None or s.startswith(f"v{mapper.target}:") for s in old):
+        return 0
+    distinct = sorted({s for s in old if s is not None})
+    new_of = dict(zip(distinct, mapper.values(SUBJECT_PURPOSE, distinct), strict=True))
+    new = [None if s is None else new_of[s] for s in old]
+    columns: dict[str, pa.Array] = {SUBJECT_COLUMN: pa.array(new, pa.string())}
+    tenant = mapper.tenant
+    aeads = {s: AESGCM(k) for s, k in deks.items()}
+    for name in table.column_names:
+        if name == SUBJECT_COLUMN:
+            continue
+        blobs = table[name].to_pylist()
+        out: list[bytes | None] = []
+        for s_old, s_new, blob in zip(old, new, blobs, strict=True):
+            if blob is None or s_old is None or s_old == s_new or s_old not in aeads:
+                out.append(blob)  # nothing to read, or a destroyed key: the blob stays unreadable
+                continue
+            value = decrypt_value(aeads[s_old], blob, pii_associated_data(tenant, s_old, name))
+            assert s_new is not None
+            out.append(encrypt_value(aeads[s_old], value, pii_associated_data(tenant, s_new, name)))
+        columns[name] = pa.array(out, table.schema.field(name).type)
+    rotated = pa.table(columns)
+    rel = layout.parse(path, settings.zones)
+    # the new subjects' index entries before they are visible, the old ones' after
+    batch_index = index.read(settings, rel.dataset, tenant, rel.batch)
+    index.write(settings, rel.dataset, tenant, rel.batch,
+                pa.concat_tables([batch_index, *index.entries({rel.rel: rotated})]))
+    zones.write_parquet(rotated, path)
+    index.reindex(settings, [rel.rel])
+    return rotated.num_rows
+
+
+def _rotate_pii(settings: Settings, mapper: Mapper) -> int:
+    rows = 0
+    deks: dict[str, bytes] | None = None
+    root = layout.zone_root(settings, layout.PII)
+    for dataset in contracts.pii_datasets():
+        for path in zones.parquet_files(layout.tenant_dir(root, dataset, mapper.tenant)):
+            if deks is None:
+                with state.connect(settings) as conn:
+                    deks = Vault(mapper.keyring, conn).live_keys(mapper.tenant)
+            rows += _rotate_pii_file(settings, mapper, path, deks)
+    return rows
+
+
+# -- the state database and the request ledger ------------------------------------------------
+
+
+def _map_key(conn: sqlite3.Connection, table: str, column: str, tenant: str, fn: Callable[[str], str]) -> int:
+    """Rewrite ``column`` of a state table's rows of ``tenant`` through ``fn`` (changed rows only)."""
+    rows = conn.execute(f"SELECT rowid, {column} FROM {table} WHERE tenant_id = ?",  # noqa: S608 - names only
+                        (tenant,)).fetchall()
+    changes = [(fn(v), rowid) for rowid, v in rows if v is not None and fn(v) != v]
+    conn.executemany(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", changes)  # noqa: S608
+    return len(changes)
+
+
+def _rotate_state(settings: Settings, mapper: Mapper) -> dict[str, int]:
+    tenant, keyring = mapper.tenant, mapper.keyring
+    counts: dict[str, int] = {}
+    with state.connect(settings) as conn:
+        def step(purpose: str) -> Callable[[str], str]:
+            cache: dict[str, str] = {}
+
+            def fn(value: str) -> str:
+                if value not in cache:
+                    cache[value] = mapper.values(purpose, [value])[0]
+                return cache[value]
+            return fn
+
+        subject, cookie = step(SUBJECT_PURPOSE), step(_cookie_purpose())
+        vault = Vault(keyring, conn)
+        stored = [s for (s,) in conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?",
+                                             (tenant,))]
+        renames = {s: subject(s) for s in stored if subject(s) != s}
+        deks = vault.rename(tenant, renames)
+        counts["data_keys_moved"] = len(renames)
+        counts["identity_links"] = max(_map_key(conn, "identity_links", "subject_id", tenant, subject),
+                                       _map_key(conn, "identity_links", "anonymous_pid", tenant, cookie))
+        counts["consent"] = _map_key(conn, "consent", "subject_id", tenant, subject)
+        # rectified values are encrypted under associated data naming the subject
+        rows = conn.execute("SELECT rowid, subject_id, field, value_enc FROM rectifications"
+                            " WHERE tenant_id = ?", (tenant,)).fetchall()
+        changed = 0
+        for rowid, s, field, blob in rows:
+            new = subject(s)
+            if new == s:
+                continue
+            dek = deks.get(new)
+            if dek is not None:
+                aead = AESGCM(dek)
+                value = decrypt_value(aead, blob, rectifications.associated_data(tenant, s, field))
+                blob = encrypt_value(aead, value, rectifications.associated_data(tenant, new, field))
+            conn.execute("UPDATE rectifications SET subject_id = ?, value_enc = ? WHERE rowid = ?",
+                         (new, blob, rowid))
+            changed += 1
+        counts["rectifications"] = changed
+    return counts
+
+
+def _cookie_purpose() -> str:
+    """The purpose of the cookie pseudonym (the identifier column the event zone names
+    ``anonymous_pid``)."""
+    found = {spec.name for dataset in contracts.available() for spec in contracts.load(dataset).columns
+             if spec.cls == "identifier" and spec.event_name == contracts.COOKIE_COLUMN}
+    if len(found) != 1:
+        raise RotationError(f"the contracts name {len(found)} cookie identifier column(s); expected one")
+    return found.pop()
+
+
+def _rotate_ledger(settings: Settings, mapper: Mapper, counts: dict[str, Any]) -> dict[str, int]:
+    from sqlalchemy import select, update
+
+    from pseudozone.rights import audit, store
+
+    tenant = mapper.tenant
+    out: dict[str, int] = {}
+    subject, cookie = SUBJECT_PURPOSE, _cookie_purpose()
+    tables = ((store.requests, "subject_id", subject), (store.legal_holds, "subject_id", subject),
+              (store.restrictions, "subject_id", subject), (store.objections, "subject_id", subject),
+              (store.restricted_cookies, "anonymous_pid", cookie))
+    with store.transaction(settings) as conn:
+        for table, column, purpose in tables:
+            col = table.c[column]
+            values = sorted({v for (v,) in conn.execute(
+                select(col).where(table.c.tenant_id == tenant, col.is_not(None))).all()})
+            mapped = dict(zip(values, mapper.values(purpose, values), strict=True))
+            changed = 0
+            for old, new in mapped.items():
+                if old != new:
+                    changed += conn.execute(update(table).where(table.c.tenant_id == tenant, col == old)
+                                            .values({column: new})).rowcount
+            out[table.name] = changed
+        audit.append(conn, "pseudonyms.rotated", tenant_id=tenant,
+                     details={"from_version": mapper.source, "to_version": mapper.target, **counts, **out},
+                     keyring=mapper.keyring)
+    return out
+
+
+# -- the whole rotation ---------------------------------------------------------------------------
+
+
+def _begin(settings: Settings, keyring: KeyRing, tenant: str) -> tuple[int, int, bool]:
+    """(version, target, resumed): the tenant's open rotation, or a new one recorded."""
+    with state.connect(settings) as conn:
+        row = conn.execute("SELECT version, target FROM pseudonym_versions WHERE tenant_id = ?",
+                           (tenant,)).fetchone()
+        if row is not None and row[1] is not None:
+            return int(row[0]), int(row[1]), True
+        source = int(row[0]) if row is not None else keyring.pseudonym_version
+        conn.execute("INSERT INTO pseudonym_versions (tenant_id, version, target, started_at)"
+                     " VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+                     " ON CONFLICT (tenant_id) DO UPDATE SET target = excluded.target,"
+                     " started_at = excluded.started_at, finished_at = NULL",
+                     (tenant, source, source + 1))
+    if compact.writers_active(settings, tenant):
+        with state.connect(settings) as conn:  # not started after all: writers go on
+            if row is None:
+                conn.execute("DELETE FROM pseudonym_versions WHERE tenant_id = ?", (tenant,))
+            else:
+                conn.execute("UPDATE pseudonym_versions SET target = NULL WHERE tenant_id = ?", (tenant,))
+        raise RotationError(f"tenant {tenant}: an ingest or a rights run is in progress (or was killed"
+                            " and not redone); rotate its pseudonyms once it has finished")
+    return source, source + 1, False
+
+
+def _has_data(settings: Settings, tenant: str) -> bool:
+    for zone in layout.ZONES:
+        for _dataset, t, _dir in layout.tenant_dirs(layout.zone_root(settings, zone)):
+            if t == tenant:
+                return True
+    return False
+
+
+def rotate(settings: Settings, tenant: str, *, keyring: KeyRing | None = None,
+           on_partition: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Rotate ``tenant``'s pseudonyms from its version N to N+1 (or finish a killed rotation)."""
+    from pseudozone.rights import audit, store
+
+    keyring = refresh(settings, keyring or KeyRing.load(settings))
+    settings.ensure()
+    if not _has_data(settings, tenant):
+        raise RotationError(f"tenant {tenant} has no data under this root (check the tenant id and --home)")
+    source, target, resumed = _begin(settings, keyring, tenant)
+    if not resumed:
+        with store.transaction(settings) as conn:
+            audit.append(conn, "pseudonyms.rotation_started", tenant_id=tenant,
+                         details={"from_version": source, "to_version": target}, keyring=keyring)
+    log.info("pseudonym rotation of tenant %s: version %d -> %d%s", tenant, source, target,
+             " (resumed)" if resumed else "")
+    mapper = Mapper(keyring, tenant, source, target)
+    recovered = compact.recover(settings, prefix=compact.ROTATE_PREFIX)
+    zones_done = _rotate_partitions(settings, mapper, on_partition)
+    pii_rows = _rotate_pii(settings, mapper)
+    state_counts = _rotate_state(settings, mapper)
+    counts: dict[str, Any] = {"partitions": zones_done["partitions"], "files_in": zones_done["files_in"],
+                              "files_out": zones_done["files_out"], "rows": zones_done["rows"],
+                              "pii_rows": pii_rows, **state_counts}
+    ledger = _rotate_ledger(settings, mapper, counts)
+    with state.connect(settings) as conn:
+        conn.execute("UPDATE pseudonym_versions SET version = ?, target = NULL,"
+                     " finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE tenant_id = ?",
+                     (target, tenant))
+    refresh(settings, keyring)
+    result = {"tenant_id": tenant, "from_version": source, "to_version": target, "resumed": resumed,
+              **counts, "ledger": ledger, "recovered": recovered}
+    log.info("pseudonym rotation of tenant %s done: %s", tenant, result)
+    return result
