@@ -11,6 +11,10 @@ Results are always requested with ``SAFE_RESULT_FORMAT``: counts and row positio
 results (its default echoes them, a known leak of PII into validation stores and Data
 Docs).  ``include_unexpected_rows`` is never used: that flag does not honour the
 exclusion.
+
+Every custom expectation says in words what it checks (``_Worded``: GX's legacy
+prescriptive renderer, which Data Docs use, and the atomic summary, from one sentence),
+naming columns, PII forms, patterns and the meaning of a registered set, never a value.
 """
 
 from __future__ import annotations
@@ -49,6 +53,12 @@ from great_expectations.expectations.metrics.map_metric_provider.column_pair_con
 )
 from great_expectations.expectations.metrics.map_metric_provider.column_pair_map_metric_provider import (  # noqa: E402
     ColumnPairMapMetricProvider,
+)
+from great_expectations.render import LegacyRendererType, RenderedStringTemplateContent  # noqa: E402
+from great_expectations.render.renderer.renderer import renderer  # noqa: E402
+from great_expectations.render.renderer_configuration import (  # noqa: E402
+    RendererConfiguration,
+    RendererValueType,
 )
 
 from pseudozone.pii import scan  # noqa: E402
@@ -129,6 +139,70 @@ def _series(mask: pa.Array | np.ndarray, column: pd.Series) -> pd.Series:
     return pd.Series(values, index=column.index)
 
 
+# -- words for Data Docs ------------------------------------------------------------------------
+
+KIND_NAMES = {"email": "email address", "phone": "phone number", "ip": "IP address",
+              "card": "card number", "iban": "IBAN"}
+
+
+def _listed(items: Any) -> str:
+    names = [str(i) for i in (items or [])]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
+class _Worded:
+    """A custom expectation's sentence in Data Docs (what it checks, in words).
+
+    ``_words`` gives a template (``$name`` placeholders) and its params, all strings: the
+    legacy prescriptive renderer (Data Docs' suite and validation pages) and the atomic
+    summary (``_prescriptive_template``, used by GX's own summary renderer) share it.  A
+    validation page lists the expectations under their column, so the column is left out of
+    the sentence there (``include_column_name`` false).
+    """
+
+    @classmethod
+    def _words(cls, kwargs: dict[str, Any], column: bool) -> tuple[str, dict[str, str]]:
+        raise NotImplementedError
+
+    @classmethod
+    def _sentence(cls, kwargs: dict[str, Any], column: bool) -> tuple[str, dict[str, str]]:
+        template, params = cls._words(kwargs, column)
+        params = {k: v for k, v in params.items() if f"${k}" in template}
+        mostly = kwargs.get("mostly")
+        if isinstance(mostly, int | float) and not isinstance(mostly, bool) and mostly < 1:
+            template += " (for at least $mostly_pct % of the rows)"
+            params["mostly_pct"] = f"{mostly * 100:g}"
+        return template, params
+
+    @classmethod
+    def _prescriptive_template(cls, renderer_configuration: RendererConfiguration) -> RendererConfiguration:
+        template, params = cls._sentence(dict(renderer_configuration.kwargs or {}),
+                                         renderer_configuration.include_column_name)
+        for name, value in params.items():
+            renderer_configuration.add_param(name=name, param_type=RendererValueType.STRING, value=value)
+        renderer_configuration.template_str = template
+        return renderer_configuration
+
+    @classmethod
+    @renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)
+    def _prescriptive_renderer(cls, configuration: Any = None, result: Any = None,
+                               runtime_configuration: dict[str, Any] | None = None,
+                               **kwargs: Any) -> list[RenderedStringTemplateContent]:
+        # GX calls this with a configuration, a result, or neither (its docstring): narrow here
+        config = configuration if configuration is not None else getattr(result, "expectation_config", None)
+        runtime = runtime_configuration or {}
+        template, params = cls._sentence(dict(getattr(config, "kwargs", None) or {}),
+                                         runtime.get("include_column_name") is not False)
+        return [RenderedStringTemplateContent(
+            content_block_type="string_template",
+            string_template={"template": template, "params": params, "styling": runtime.get("styling")})]
+
+
+def _column(kwargs: dict[str, Any], column: bool, key: str = "column") -> tuple[str, dict[str, str]]:
+    """' of column $column' (or nothing, under the column's own heading) and its param."""
+    return (f" of column ${key}", {key: str(kwargs.get(key))}) if column else ("", {})
+
+
 class ColumnValuesFreeOfPii(ColumnMapMetricProvider):
     """Row is True when the value holds no PII of the given forms (confirming detectors on decoded text)."""
 
@@ -149,7 +223,7 @@ class ColumnValuesFreeOfPii(ColumnMapMetricProvider):
         return _series(clean, column)
 
 
-class ExpectColumnValuesToBeFreeOfPii(ColumnMapExpectation):
+class ExpectColumnValuesToBeFreeOfPii(_Worded, ColumnMapExpectation):
     """Expect no value to hold an email, phone, IP address, card number or IBAN (or the given forms).
 
     Each form is confirmed by its own rules (libphonenumber under ``regions``, mod-97,
@@ -163,6 +237,18 @@ class ExpectColumnValuesToBeFreeOfPii(ColumnMapExpectation):
     evidence_ref: str | None = None  # registered scan evidence (per column) to reuse, if any
     map_metric = "column_values.free_of_pii"
     success_keys = ("kinds", "regions", "skip_pattern", "scan_pattern", "evidence_ref", "mostly")
+
+    @classmethod
+    def _words(cls, kwargs: dict[str, Any], column: bool) -> tuple[str, dict[str, str]]:
+        of, params = _column(kwargs, column)
+        kinds = kwargs.get("kinds") or detect.KINDS
+        template = (f"No value{of} matches any PII form ($kinds), each confirmed by its own rules on the"
+                    " text as a reader sees it (URL, JSON and HTML decoded, NFKC); phone numbers as dialled"
+                    " in $regions.")
+        if kwargs.get("skip_pattern"):
+            template += " Pure ids (UUID, hex, ULID) are not scanned unless they could be an IBAN."
+        return template, {**params, "kinds": _listed(KIND_NAMES.get(k, k) for k in kinds),
+                          "regions": ", ".join(kwargs.get("regions") or detect.DEFAULT_REGIONS)}
 
 
 class ColumnValuesInRegisteredSet(ColumnMapMetricProvider):
@@ -182,13 +268,24 @@ class ColumnValuesInRegisteredSet(ColumnMapMetricProvider):
         return _series(pc.or_(ok, arr.is_null()), column)
 
 
-class ExpectColumnValuesToBeInRegisteredSet(ColumnMapExpectation):
+class ExpectColumnValuesToBeInRegisteredSet(_Worded, ColumnMapExpectation):
     """Expect every value to be in a value set registered in this process (by reference)."""
 
     set_ref: str
     absent: bool = False
+    set_name: str | None = None  # what the set is, in words (Data Docs); never its members
     map_metric = "column_values.in_registered_set"
     success_keys = ("set_ref", "absent", "mostly")
+
+    @classmethod
+    def _words(cls, kwargs: dict[str, Any], column: bool) -> tuple[str, dict[str, str]]:
+        of, params = _column(kwargs, column)
+        params |= {"set_name": str(kwargs.get("set_name") or "values of a registered set"),
+                   "set_ref": str(kwargs.get("set_ref"))}
+        where = " (a set registered for this run as $set_ref; its members are not shown)"
+        if kwargs.get("absent"):
+            return f"No value{of} is one of the $set_name{where}.", params
+        return f"Every value{of} is one of the $set_name{where}; nulls pass.", params
 
 
 class ColumnPairOwnedByRegisteredSets(ColumnPairMapMetricProvider):
@@ -212,7 +309,7 @@ class ColumnPairOwnedByRegisteredSets(ColumnPairMapMetricProvider):
         return _series(pc.or_(owned, followed), column_A)
 
 
-class ExpectRowsToBelongToRegisteredOwners(ColumnPairMapExpectation):
+class ExpectRowsToBelongToRegisteredOwners(_Worded, ColumnPairMapExpectation):
     """Expect every row to be a registered subject's, or a logged-out row of a registered cookie.
 
     ``column_A`` is the subject column, ``column_B`` the cookie column; a row with neither is
@@ -221,6 +318,8 @@ class ExpectRowsToBelongToRegisteredOwners(ColumnPairMapExpectation):
 
     subject_ref: str
     cookie_ref: str
+    subject_set_name: str | None = None  # what the sets are, in words (Data Docs)
+    cookie_set_name: str | None = None
     ignore_row_if: str = "neither"
     # as GX's own pair expectations declare it: without ignore_row_if in the domain, the
     # engine receives None and rejects it
@@ -228,6 +327,16 @@ class ExpectRowsToBelongToRegisteredOwners(ColumnPairMapExpectation):
                    "condition_parser", "ignore_row_if")
     map_metric = "column_pair_values.owned_by_registered_sets"
     success_keys = ("subject_ref", "cookie_ref", "mostly")
+
+    @classmethod
+    def _words(cls, kwargs: dict[str, Any], column: bool) -> tuple[str, dict[str, str]]:
+        return ("Every row is of one of the $subject_set_name (column $column_A), or is a logged-out row"
+                " (no $column_A) of one of the $cookie_set_name (column $column_B); both sets are registered"
+                " for this run as $subject_ref and $cookie_ref, their members are not shown."), {
+            "column_A": str(kwargs.get("column_A")), "column_B": str(kwargs.get("column_B")),
+            "subject_set_name": str(kwargs.get("subject_set_name") or "registered subjects"),
+            "cookie_set_name": str(kwargs.get("cookie_set_name") or "registered cookies"),
+            "subject_ref": str(kwargs.get("subject_ref")), "cookie_ref": str(kwargs.get("cookie_ref"))}
 
 
 class ColumnValuesFreeOfKnownValues(ColumnMapMetricProvider):
@@ -249,7 +358,7 @@ class ColumnValuesFreeOfKnownValues(ColumnMapMetricProvider):
         return _series(_clean(_arrow(column), skip_pattern, known.found_in, shared, scan_pattern), column)
 
 
-class ExpectColumnValuesToBeFreeOfKnownValues(ColumnMapExpectation):
+class ExpectColumnValuesToBeFreeOfKnownValues(_Worded, ColumnMapExpectation):
     """Expect no text to contain a known value of the tenant's subjects (keyed-hash comparison)."""
 
     known_ref: str
@@ -258,6 +367,16 @@ class ExpectColumnValuesToBeFreeOfKnownValues(ColumnMapExpectation):
     evidence_ref: str | None = None  # registered scan evidence (per column) to reuse, if any
     map_metric = "column_values.free_of_known_values"
     success_keys = ("known_ref", "skip_pattern", "scan_pattern", "evidence_ref", "mostly")
+
+    @classmethod
+    def _words(cls, kwargs: dict[str, Any], column: bool) -> tuple[str, dict[str, str]]:
+        of, params = _column(kwargs, column)
+        template = (f"No text{of} contains a known value of the tenant's subjects (their identifiers and PII,"
+                    " compared as keyed hashes of word sequences under a one-off key; registered for this run"
+                    " as $known_ref, no value is kept).")
+        if kwargs.get("skip_pattern"):
+            template += " Pure ids (UUID, hex, ULID) are not searched unless they could be an IBAN."
+        return template, {**params, "known_ref": str(kwargs.get("known_ref"))}
 
 
 def _evidence(ref: str | None, column: pd.Series) -> scan.Evidence | None:
@@ -314,11 +433,17 @@ class ColumnValuesCiphertext(ColumnMapMetricProvider):
         return _series(detect.ciphertext_like(_arrow(column)), column)
 
 
-class ExpectColumnValuesToBeCiphertext(ColumnMapExpectation):
+class ExpectColumnValuesToBeCiphertext(_Worded, ColumnMapExpectation):
     """Expect every value of a PII-zone column to be AES-GCM ciphertext, never plaintext."""
 
     map_metric = "column_values.ciphertext"
     success_keys = ("mostly",)
+
+    @classmethod
+    def _words(cls, kwargs: dict[str, Any], column: bool) -> tuple[str, dict[str, str]]:
+        of, params = _column(kwargs, column)
+        return (f"Every value{of} is AES-GCM ciphertext: binary, long enough for nonce and tag, and not"
+                " readable as text; nulls pass."), params
 
 
 class ColumnValuesMatchPattern(ColumnMapMetricProvider):
@@ -339,12 +464,22 @@ class ColumnValuesMatchPattern(ColumnMapMetricProvider):
         return _series(pc.or_(matched, arr.is_null()), column)
 
 
-class ExpectColumnValuesToMatchPattern(ColumnMapExpectation):
+class ExpectColumnValuesToMatchPattern(_Worded, ColumnMapExpectation):
     """Expect every value to match an RE2 pattern; a non-string column fails every non-null row."""
 
     pattern: str
+    pattern_name: str | None = None  # what the pattern admits, in words (Data Docs)
     map_metric = "column_values.match_pattern"
     success_keys = ("pattern", "mostly")
+
+    @classmethod
+    def _words(cls, kwargs: dict[str, Any], column: bool) -> tuple[str, dict[str, str]]:
+        of, params = _column(kwargs, column)
+        params["pattern"] = str(kwargs.get("pattern"))
+        if kwargs.get("pattern_name"):
+            return (f"Every value{of} is $pattern_name, by the RE2 pattern $pattern; nulls pass.",
+                    {**params, "pattern_name": str(kwargs["pattern_name"])})
+        return f"Every value{of} matches the RE2 pattern $pattern; nulls pass.", params
 
 
 def context() -> Any:

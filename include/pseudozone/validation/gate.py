@@ -132,7 +132,7 @@ def check(contract: Contract, *, events: Tables = (), restricted: Tables = (), p
                                    not_null=True, cookies_ref=cookies_ref)),
             "pii": (pii, partial(pii_suite, contract, erased_ref=erased_ref),
                     partial(subjects_suite, pii_columns(contract), set_ref=erased_ref, absent=True,
-                            not_null=True)),
+                            not_null=True, set_name="erased subjects")),
         }
         reports = []
         for zone, (tables, full, subjects_only) in suites.items():

@@ -22,11 +22,13 @@ PII form, unexpected count, and which file and rows, never a value.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import great_expectations as gx
@@ -34,6 +36,11 @@ import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from great_expectations.core.run_identifier import RunIdentifier
+from great_expectations.data_context.types.resource_identifiers import (
+    ExpectationSuiteIdentifier,
+    ValidationResultIdentifier,
+)
 
 from pseudozone.contracts import COOKIE_COLUMN, SUBJECT_COLUMN, Contract
 from pseudozone.validation import detect
@@ -58,6 +65,12 @@ PURE_ID_RE = (r"^(?:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-
 NOT_PURE_RE = r"(?i)^(?:AD|AE|BA|BE|DE)[0-9]{2}[0-9A-F]+$"
 PSEUDONYM_RE = r"^v[0-9]+:[0-9a-f]{64}$"
 NETWORK_RE = r"^(?:[0-9]{1,3}\.){3}0/24$|^[0-9a-f:]+/48$"
+PSEUDONYM_NAME = "a pseudonym (v<version>:<64 hex digits>)"
+# what the registered sets are, in words (Data Docs)
+FORBIDDEN_SUBJECTS = "erased or restricted subjects"
+FORBIDDEN_COOKIES = "cookies of erased or restricted subjects"
+RESTRICTED_SUBJECTS = "restricted subjects"
+RESTRICTED_COOKIES = "cookies frozen with a restriction"
 MAX_ROWS_REPORTED = 20
 ZONES = ("events", "restricted", "pii", "exports")
 FREE_OF_PII = "expect_column_values_to_be_free_of_pii"
@@ -104,13 +117,16 @@ def _text_checks(contract: Contract, known_ref: str | None, regions: tuple[str, 
         if name is None or spec.type != "string":
             continue
         if spec.pseudonymized:
-            expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=PSEUDONYM_RE))
+            expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=PSEUDONYM_RE,
+                                                             pattern_name=PSEUDONYM_NAME))
         elif spec.cls == "quasi" and spec.generalize == "ip_prefix":
-            expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=NETWORK_RE))
+            expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=NETWORK_RE,
+                                                             pattern_name="a network (IPv4 /24 or IPv6 /48)"))
         elif spec.cls == "keep" and spec.format_regex is not None:
             # an allow-list proves the column; values it admits that are not pure ids (prefixed
             # ids, names of events) are still scanned and searched, pure ids (uuid, hex, ULID) not
-            expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=spec.format_regex))
+            expected.append(ExpectColumnValuesToMatchPattern(column=name, pattern=spec.format_regex,
+                                                             pattern_name="in the contract's format"))
             expected.append(ExpectColumnValuesToBeFreeOfPii(
                 column=name, regions=list(regions), skip_pattern=PURE_ID_RE, scan_pattern=NOT_PURE_RE))
             if known_ref is not None:
@@ -129,13 +145,15 @@ def _has_cookie(columns: Sequence[str]) -> bool:
     return COOKIE_COLUMN in columns
 
 
-def _absent(forbidden_ref: str, columns: Sequence[str], forbidden_cookies_ref: str | None) -> list[Any]:
+def _absent(forbidden_ref: str, columns: Sequence[str], forbidden_cookies_ref: str | None,
+            forbidden_name: str = FORBIDDEN_SUBJECTS) -> list[Any]:
     """No forbidden subject, and no row (logged-out or not) of a forbidden cookie."""
     expected: list[Any] = [ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=forbidden_ref,
-                                                                 absent=True)]
+                                                                 absent=True, set_name=forbidden_name)]
     if forbidden_cookies_ref is not None and _has_cookie(columns):
         expected.append(ExpectColumnValuesToBeInRegisteredSet(column=COOKIE_COLUMN,
-                                                              set_ref=forbidden_cookies_ref, absent=True))
+                                                              set_ref=forbidden_cookies_ref, absent=True,
+                                                              set_name=FORBIDDEN_COOKIES))
     return expected
 
 
@@ -144,9 +162,12 @@ def _owned(allowed_ref: str, columns: Sequence[str], cookies_ref: str | None) ->
     restricted cookie (docs/adr/0008-identity-links.md)."""
     if cookies_ref is not None and _has_cookie(columns):
         return [ExpectRowsToBelongToRegisteredOwners(column_A=SUBJECT_COLUMN, column_B=COOKIE_COLUMN,
-                                                     subject_ref=allowed_ref, cookie_ref=cookies_ref)]
+                                                     subject_ref=allowed_ref, cookie_ref=cookies_ref,
+                                                     subject_set_name=RESTRICTED_SUBJECTS,
+                                                     cookie_set_name=RESTRICTED_COOKIES)]
     return [gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN),
-            ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=allowed_ref)]
+            ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=allowed_ref,
+                                                  set_name=RESTRICTED_SUBJECTS)]
 
 
 def event_suite(contract: Contract, *, forbidden_ref: str | None = None, known_ref: str | None = None,
@@ -181,32 +202,36 @@ def pii_suite(contract: Contract, *, live_ref: str | None = None, erased_ref: st
     columns = pii_columns(contract)
     expected: list[Any] = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
                            gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN),
-                           ExpectColumnValuesToMatchPattern(column=SUBJECT_COLUMN, pattern=PSEUDONYM_RE)]
+                           ExpectColumnValuesToMatchPattern(column=SUBJECT_COLUMN, pattern=PSEUDONYM_RE,
+                                                            pattern_name=PSEUDONYM_NAME)]
     expected += [ExpectColumnValuesToBeCiphertext(column=c) for c in columns[1:]]
     if live_ref is not None:
-        expected.append(ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=live_ref))
+        expected.append(ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=live_ref,
+                                                              set_name="subjects with a live data key"))
     if erased_ref is not None:
         expected.append(ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=erased_ref,
-                                                              absent=True))
+                                                              absent=True, set_name="erased subjects"))
     return expected
 
 
 def subjects_suite(columns: list[str], *, set_ref: str, absent: bool, not_null: bool,
-                   cookies_ref: str | None = None) -> list[Any]:
+                   cookies_ref: str | None = None, set_name: str | None = None) -> list[Any]:
     """Only the columns and which subjects: for rows a rewrite kept as they were published.
 
     ``cookies_ref``: with ``absent``, cookies none of whose rows may appear; otherwise the
     cookies whose logged-out rows may appear (without a subject) beside the allowed subjects.
+    ``set_name`` says what an absent set is, in words (default: erased or restricted subjects).
     """
     expected: list[Any] = [gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True)]
     if absent:
-        expected += _absent(set_ref, columns, cookies_ref)
+        expected += _absent(set_ref, columns, cookies_ref, set_name or FORBIDDEN_SUBJECTS)
         if not_null:
             expected.append(gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN))
     elif not_null:
         expected += _owned(set_ref, columns, cookies_ref)
     else:
-        expected.append(ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=set_ref))
+        expected.append(ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=set_ref,
+                                                              set_name=RESTRICTED_SUBJECTS))
     return expected
 
 
@@ -214,7 +239,8 @@ def export_suite(*, subject_ref: str) -> list[Any]:
     """Export archive: every row is the requesting subject's."""
     return [gxe.ExpectColumnToExist(column=SUBJECT_COLUMN),
             gxe.ExpectColumnValuesToNotBeNull(column=SUBJECT_COLUMN),
-            ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=subject_ref)]
+            ExpectColumnValuesToBeInRegisteredSet(column=SUBJECT_COLUMN, set_ref=subject_ref,
+                                                  set_name="the request's subject (one pseudonym)")]
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -261,11 +287,21 @@ class Validator:
         for group in by_schema.values():
             combined = pa.concat_tables([t for _, t in group]) if len(group) > 1 else group[0][1]
             frame = combined.to_pandas(types_mapper=pd.ArrowDtype).reset_index(drop=True)
-            result = definition.run(batch_parameters={"dataframe": frame}, result_format=SAFE_RESULT_FORMAT)
+            run_id = RunIdentifier(run_time=dt.datetime.now(dt.UTC))
+            result = definition.run(batch_parameters={"dataframe": frame}, result_format=SAFE_RESULT_FORMAT,
+                                    run_id=run_id)
+            store = self.context.validation_results_store
             if not self.keep_results:
-                store = self.context.validation_results_store
                 for stored in store.list_keys():
                     store.remove_key(stored)
+            else:
+                # Data Docs' "Data asset" (page header, title and index) is the batch spec's
+                # data_asset_name, which a dataframe asset leaves out: what this run read, in words
+                result.meta.setdefault("batch_spec", {})["data_asset_name"] = data_asset_label(
+                    zone, dataset, [name for name, _ in group])
+                store.update(ValidationResultIdentifier(
+                    batch_identifier=result.batch_id, run_id=run_id,
+                    expectation_suite_identifier=ExpectationSuiteIdentifier(name=result.suite_name)), result)
             evaluated = max(evaluated, len(result.results))
             success = success and bool(result.success)
             offsets = np.cumsum([0] + [t.num_rows for _, t in group])
@@ -275,6 +311,29 @@ class Validator:
         failures.sort(key=lambda f: (f.file or "", f.expectation, f.column or "", f.kind or ""))
         return Report(zone=zone, dataset=dataset, files=len(tables), rows=sum(t.num_rows for _, t in tables),
                       success=success, evaluated=evaluated, failures=failures)
+
+
+def data_asset_label(zone: str, dataset: str, names: Sequence[str]) -> str:
+    """What one run validated, for Data Docs: zone, dataset, tenant(s) and the partitions of
+    its files (``names``, paths relative to the zones root), never a value.  For example
+    ``events zone, dataset events, tenant acme: 12 file(s) in
+    events/events/tenant_id=acme/date=2026-11-01 to date=2026-11-28``."""
+    dirs: dict[str, set[str]] = defaultdict(set)  # partition path without its date -> dates
+    tenants: set[str] = set()
+    for name in names:
+        parts = PurePosixPath(name).parent.parts
+        tenants.update(p.removeprefix("tenant_id=") for p in parts if p.startswith("tenant_id="))
+        dirs["/".join(p for p in parts if not p.startswith("date="))].update(
+            p for p in parts if p.startswith("date="))
+    where = []
+    for path, dates in sorted(dirs.items()):
+        days = sorted(dates)
+        span = "" if not days else f"/{days[0]}" if len(days) == 1 else f"/{days[0]} to {days[-1]}"
+        where.append(f"{path or '.'}{span}")
+    label = f"{zone} zone, dataset {'every dataset' if dataset == '*' else dataset}"
+    if tenants:
+        label += f", tenant{'s' if len(tenants) > 1 else ''} {', '.join(sorted(tenants))}"
+    return f"{label}: {len(names)} file(s) in {'; '.join(where)}" if names else label
 
 
 def _error(result: Any) -> str | None:
