@@ -55,9 +55,9 @@ def _broken_links(root: Path) -> list[str]:
     for page in root.rglob("*.html"):
         for a in ATTRS.finditer(page.read_text(encoding="utf-8")):
             value = (a.group(2) or a.group(3) or a.group(4) or "").split("#")[0].split("?")[0]
-            if value and not EXTERNAL.match(value) and not value.startswith(("javascript:", "mailto:")):
-                if not (page.parent / unquote(value)).exists():
-                    broken.append(f"{page.relative_to(root)} -> {value}")
+            local = value and not EXTERNAL.match(value) and not value.startswith(("javascript:", "mailto:"))
+            if local and not (page.parent / unquote(value)).exists():
+                broken.append(f"{page.relative_to(root)} -> {value}")
     return broken
 
 
@@ -83,7 +83,8 @@ def test_the_nightly_data_docs_load_nothing_from_the_network_and_say_what_was_ch
     assert index.count('<a href="validations/') == len(validations) > 4
     index_text = _text(index)
     assert "events zone, dataset events, tenant acme:" in index_text
-    assert "pii zone, dataset profiles, tenant globex: 1 file(s) in pii/profiles/tenant_id=globex" in index_text
+    assert ("pii zone, dataset profiles, tenant globex: 1 file(s) in pii/profiles/tenant_id=globex"
+            in index_text)
     assert "\u2714 passed" in index_text
 
     texts = {p: _text(p.read_text(encoding="utf-8")) for p in validations}
@@ -126,7 +127,7 @@ def test_every_custom_expectation_is_worded_on_a_real_validation_page(tmp_path: 
     with gxp.registered(pa.array(["v1:" + "a" * 64]), ref="test:subjects") as subjects, \
             gxp.registered(pa.array(["v1:" + "d" * 64]), ref="test:cookies") as cookies, \
             gxp.registered(pa.array(["v1:" + "e" * 64]), ref="test:gone") as gone:
-        validation = validator.validate([(name, table)], zone="restricted", dataset="events", key="test", expectations=lambda: [
+        suite = [
             gxp.ExpectColumnValuesToBeFreeOfPii(column="note"),
             gxp.ExpectColumnValuesToBeInRegisteredSet(column="subject_id", set_ref=gone, absent=True,
                                                       set_name="erased subjects"),
@@ -135,8 +136,10 @@ def test_every_custom_expectation_is_worded_on_a_real_validation_page(tmp_path: 
                                                      subject_set_name="restricted subjects",
                                                      cookie_set_name="cookies frozen with a restriction"),
             gxp.ExpectColumnValuesToBeCiphertext(column="secret"),
-            gxp.ExpectColumnValuesToMatchPattern(column="subject_id", pattern=r"^v[0-9]+:[0-9a-f]{64}$")])
-    assert not validation.success  # the phone number in 'note', the third row's owner
+            gxp.ExpectColumnValuesToMatchPattern(column="subject_id", pattern=r"^v[0-9]+:[0-9a-f]{64}$")]
+        validation = validator.validate([(name, table)], zone="restricted", dataset="events", key="test",
+                                        expectations=lambda: suite)
+    assert not validation.success  # the email in 'note', the third row's owner
     # the known-value check needs a tenant's values; its words are checked without a run
     known, _ = gxp.ExpectColumnValuesToBeFreeOfKnownValues._sentence(
         {"column": "note", "known_ref": "ref-9"}, True)
@@ -151,9 +154,11 @@ def test_every_custom_expectation_is_worded_on_a_real_validation_page(tmp_path: 
             " restricted/events/tenant_id=t1/date=2026-11-01") in text
     assert "Status: \u2718 failed Failed" in text
     assert "\u2718 failed No value matches any PII form" in text
-    assert "\u2714 passed No value is one of the erased subjects (a set registered for this run as test:gone" in text
-    assert ("\u2718 failed Every row is of one of the restricted subjects (column subject_id), or is a logged-out"
-            " row (no subject_id) of one of the cookies frozen with a restriction (column anonymous_pid)") in text
+    assert ("\u2714 passed No value is one of the erased subjects (a set registered for this run as"
+            " test:gone") in text
+    assert ("\u2718 failed Every row is of one of the restricted subjects (column subject_id), or is a"
+            " logged-out row (no subject_id) of one of the cookies frozen with a restriction (column"
+            " anonymous_pid)") in text
     assert "\u2714 passed Every value is AES-GCM ciphertext" in text
     assert "\u2714 passed Every value matches the RE2 pattern ^v[0-9]+:[0-9a-f]{64}$" in text
     assert planted.find_needles(page.read_text(encoding="utf-8")) == []
@@ -166,11 +171,13 @@ def test_offline_pages_drop_every_external_resource_and_keep_their_content() -> 
     page = ('<html><head><link rel="stylesheet" href="https://example.invalid/a.css">'
             '<link rel="shortcut icon" href="./static/images/favicon.ico"/>'
             "<script src='//example.invalid/x.js'></script><script>$('.x').modal();</script>"
-            '<style>.b{background:url("https://example.invalid/i.png") 0 0}@import url(https://e.invalid/c.css);'
+            '<style>.b{background:url("https://example.invalid/i.png") 0 0}'
+            "@import url(https://e.invalid/c.css);"
             ".f{src:url('../fonts/f.otf')}</style></head><body>"
             '<img src="https://example.invalid/logo.png" alt="Great Expectations">'
             '<a href="https://example.invalid/news">news</a><a href="validations/r.html">run</a>'
-            '<table><tr><td><i class="fas fa-times text-danger"></i></td><td>No value matches</td></tr></table>'
+            '<table><tr><td><i class="fas fa-times text-danger"></i></td>'
+            "<td>No value matches</td></tr></table>"
             "</body></html>")
     done = datadocs.offline_html(page)
     assert "example.invalid" not in done and "e.invalid" not in done

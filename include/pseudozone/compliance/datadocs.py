@@ -143,7 +143,7 @@ def make_offline(target: Path) -> int:
             done = offline_css(text)
         else:
             up = Path(os.path.relpath(target, path.parent)).as_posix()
-            done = _STATIC.sub(lambda m, up=up: f"{m.group(1)}{up}/static/", offline_html(text))
+            done = _STATIC.sub(lambda m: f"{m.group(1)}{up}/static/", offline_html(text))  # noqa: B023
         if done != text:
             path.write_text(done, encoding="utf-8")
             changed += 1
