@@ -8,6 +8,12 @@ Layout under the data root::
     reports/compliance/runs/<run>/data_docs/      Great Expectations Data Docs of the run
     reports/compliance/latest.json                the latest report
     reports/compliance/history.jsonl              one line per run (validation over time)
+    reports/compliance/audit_anchors.jsonl        the audit head of each pruned run
+
+A run's directory is pruned ``PSEUDOZONE_REPORT_RETENTION_DAYS`` (default 90) after the
+run (``prune_runs``, after each report): its audit chain head, an anchor of the chain
+(ADR 0004) found nowhere else, is first kept in ``audit_anchors.jsonl``; ``history.jsonl``,
+``latest.json`` and the latest run are never pruned.
 
 The DAG runs each step as a task that writes its section here and hands Airflow
 only counts; ``write_report`` assembles the sections.  ``run_nightly`` does the
@@ -18,7 +24,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,10 +35,15 @@ from typing import Any
 from pseudozone import zones
 from pseudozone.compliance import html, nightly
 from pseudozone.config import Settings
-from pseudozone.errors import PseudozoneError
+from pseudozone.errors import ConfigError, PseudozoneError
+
+log = logging.getLogger(__name__)
 
 STEPS = ("retention", "validation", "erasures", "requests", "audit", "k_anonymity")
 HISTORY_KEPT = 30
+REPORT_RETENTION_ENV = "PSEUDOZONE_REPORT_RETENTION_DAYS"
+DEFAULT_REPORT_RETENTION_DAYS = 90
+ANCHORS = "audit_anchors.jsonl"
 
 
 def run_dir(settings: Settings, run_id: str) -> Path:
@@ -164,7 +178,8 @@ def _history(settings: Settings) -> list[dict[str, Any]]:
 
 
 def write_report(settings: Settings, run_id: str, *, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Assemble and write report.json, report.html, latest.json and the history line."""
+    """Assemble and write report.json, report.html, latest.json and the history line; then
+    prune earlier runs past the report retention (``prune_runs``)."""
     report = assemble(settings, run_id, now=now)
     target = run_dir(settings, run_id)
     zones.write_json(report, target / "report.json")
@@ -174,9 +189,105 @@ def write_report(settings: Settings, run_id: str, *, now: dt.datetime | None = N
     lines = [h for h in _history(settings) if h.get("run_id") != run_id] + [report["history"][-1]]
     zones.write_bytes("".join(json.dumps(h, sort_keys=True) + "\n" for h in lines).encode(),
                       settings.reports / "history.jsonl")
-    return {"status": report["status"], "summary": report["summary"],
+    pruned = prune_runs(settings, keep=run_id, now=now)
+    return {"status": report["status"], "summary": report["summary"], "runs_pruned": len(pruned),
             "json": str((target / "report.json").relative_to(settings.root)),
             "html": str((target / "report.html").relative_to(settings.root))}
+
+
+def report_retention_days() -> int:
+    """``PSEUDOZONE_REPORT_RETENTION_DAYS`` (default 90): how long a nightly run's directory
+    (report, sections, Data Docs) is kept after the run; 0 keeps the latest run only."""
+    raw = os.environ.get(REPORT_RETENTION_ENV, "").strip()
+    if not raw:
+        return DEFAULT_REPORT_RETENTION_DAYS
+    if not raw.isdigit():
+        raise ConfigError(f"{REPORT_RETENTION_ENV} must be a whole number of days, 0 or more")
+    return int(raw)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _run_time(run: Path, report: dict[str, Any] | None) -> dt.datetime:
+    """When a run was: its report's ``generated_at``, else the newest mtime of its files (a run
+    that never reached its report)."""
+    if report is not None and isinstance(report.get("generated_at"), str):
+        try:
+            return dt.datetime.fromisoformat(report["generated_at"]).astimezone(dt.UTC)
+        except ValueError:
+            pass
+    newest = run.lstat().st_mtime
+    for dirpath, dirs, files in os.walk(run):
+        for name in (*dirs, *files):
+            try:
+                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+            except FileNotFoundError:
+                continue
+    return dt.datetime.fromtimestamp(newest, dt.UTC)
+
+
+def _anchors(settings: Settings) -> list[dict[str, Any]]:
+    path = settings.reports / ANCHORS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def prune_runs(settings: Settings, *, keep: str | None = None, now: dt.datetime | None = None,
+               days: int | None = None) -> list[str]:
+    """Delete run directories (report, sections, Data Docs) older than the report retention;
+    returns the pruned runs' directory names.
+
+    Never pruned: the run ``keep`` (the one reporting now), the run ``latest.json`` names,
+    ``history.jsonl`` (one line per run) and ``latest.json``.  A run's audit section holds the
+    audit chain's head at that run, an anchor of the chain kept nowhere else (ADR 0004: a
+    truncation after the last checkpoint shows only against an earlier report's head), so it
+    is appended to ``audit_anchors.jsonl`` (written and synced) before its run is deleted.
+    """
+    days = report_retention_days() if days is None else days
+    cutoff = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC) - dt.timedelta(days=days)
+    runs_root = settings.reports / "runs"
+    if not runs_root.is_dir():
+        return []
+    current = latest(settings)
+    spared = {run_dir(settings, r).name for r in (keep, (current or {}).get("run_id")) if r}
+    anchored = {a.get("run") for a in _anchors(settings)}
+    new_anchors: list[dict[str, Any]] = []
+    expired: list[Path] = []
+    for run in sorted(runs_root.iterdir()):
+        if run.is_symlink() or not run.is_dir() or run.name in spared:
+            continue
+        report = _read_json(run / "report.json")
+        when = _run_time(run, report)
+        if when >= cutoff:
+            continue
+        audit_section = (report or {}).get("audit") or _read_json(run / "audit.json")
+        if audit_section and run.name not in anchored:
+            new_anchors.append({
+                "run": run.name, "run_id": (report or {}).get("run_id", run.name),
+                "generated_at": when.isoformat(timespec="seconds"), "status": (report or {}).get("status"),
+                "audit_ok": audit_section.get("ok"), "head": audit_section.get("head"),
+                "problem": audit_section.get("problem")})
+        expired.append(run)
+    if not expired:
+        return []
+    if new_anchors:
+        # the anchors first, synced: a crash after this leaves a run to prune again, never a
+        # pruned run without its anchor
+        lines = _anchors(settings) + new_anchors
+        zones.write_bytes("".join(json.dumps(a, sort_keys=True) + "\n" for a in lines).encode(),
+                          settings.reports / ANCHORS)
+    for run in expired:
+        shutil.rmtree(run)
+    zones.fsync_dirs({runs_root})
+    log.info("report retention: %d run(s) older than %d day(s) pruned", len(expired), days)
+    return [r.name for r in expired]
 
 
 def latest(settings: Settings) -> dict[str, Any] | None:
