@@ -339,6 +339,23 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_rotate_pseudonyms(args: argparse.Namespace) -> int:
+    from pseudozone import keys, rotation
+
+    settings = _settings(args)
+    ring = keys.KeyRing.load(settings)  # a missing or different master key stops it before any write
+    progress = _Progress("keys rotate-pseudonyms", "partition")
+    result = rotation.rotate(settings, args.tenant, keyring=ring, on_partition=progress)
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"{args.tenant}: pseudonyms at version {result['to_version']} (from {result['from_version']}"
+          f"{', resumed' if result['resumed'] else ''}): {result['partitions']} partition(s),"
+          f" {result['rows']} zone row(s), {result['pii_rows']} PII row(s),"
+          f" {result['data_keys_moved']} data key(s) moved")
+    return 0
+
+
 def cmd_hold_list(args: argparse.Namespace) -> int:
     from pseudozone.rights import requests
 
@@ -634,6 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
     krot.add_argument("--after-erasures", action="store_true",
                       help="only the tenants with an erasure since their last rotation (the nightly step)")
     krot.set_defaults(func=cmd_keys_rotate, needs_root=True)
+    kps = add(key_sub, "rotate-pseudonyms", "move a tenant's pseudonyms to the next version: every"
+              " zone file, the PII zone and the state are rewritten, its batches and requests wait"
+              " meanwhile; a killed run is resumed by running it again (ADR 0015)")
+    kps.add_argument("--tenant", required=True, help="the tenant whose pseudonyms are rotated")
+    json_option(kps, "the rotation's counts")
+    kps.set_defaults(func=cmd_keys_rotate_pseudonyms, needs_root=True)
 
     hlist = add(hold_sub, "list", "open legal holds (ids, scope, reason code; never the reason)")
     hlist.add_argument("--tenant", help="only this tenant's holds")

@@ -226,3 +226,25 @@ def compact_lake(target_rows: int | None = None, home: str | None = None) -> dic
     if summary["conflicts"]:
         raise PseudozoneError(f"{summary['conflicts']} partition(s) changed while compacted; rolled back")
     return summary
+
+
+def rotate_pseudonyms(tenant: str, home: str | None = None) -> dict[str, Any]:
+    """Move one tenant's pseudonyms to the next version (resumes a killed rotation); counts only
+    to XCom.  A tenant with an ingest or a rights run under way fails the task (its retry waits)."""
+    from pseudozone.rotation import rotate
+
+    settings = Settings.from_env(home)
+    result = rotate(settings, tenant, keyring=_keyring(settings))
+    log.info("pseudonym rotation: %s", result)
+    return result
+
+
+def rotate_keks(tenant: str | None = None, home: str | None = None) -> dict[str, Any]:
+    """New KEKs for a tenant (or all): every live data key re-wrapped, the old seeds destroyed."""
+    from pseudozone.keys import rotate_keks as rotate
+
+    settings = Settings.from_env(home)
+    result = rotate(settings, _keyring(settings), tenants=[tenant] if tenant else None)
+    return {"rotated": result["rotated"],
+            "tenants": {t: {"version": d["version"], "rewrapped": d["rewrapped"]}
+                        for t, d in result["tenants"].items()}}

@@ -108,9 +108,10 @@ def test_every_dag_alerts_on_failure_and_heavy_tasks_share_the_pool(dagbag) -> N
 
     heavy = {"pseudonymize_ingested": {"pseudonymize_batch", "pseudonymize_pii_batch"},
              "process_rights_requests": {"rewrite_group", "export"},
-             "nightly_compliance": {"validate_zones", "k_anonymity"}, "compact_lake": {"compact"}}
+             "nightly_compliance": {"validate_zones", "k_anonymity"}, "compact_lake": {"compact"},
+             "rotate_keys": {"rotate_pseudonyms"}}
     writers = {"pseudonymize_ingested": "summarize", "process_rights_requests": "close_run",
-               "compact_lake": "compact"}
+               "compact_lake": "compact", "rotate_keys": "rotate_pseudonyms"}
     for dag_id, dag in dagbag.dags.items():
         for task in dag.tasks:
             callbacks = task.on_failure_callback
