@@ -89,20 +89,275 @@ def _replace_plain(arr: pa.Array, pseudonymize: Tokenize, suspect: np.ndarray | 
     rows = pc.indices_nonzero(candidate)
     if len(rows) == 0:
         return arr
-    texts = arr.take(rows).to_pylist()
-    spans = [[(m.start(), m.end()) for m in ID_RE.finditer(t)] for t in texts]
-    if suspect is not None and evidence is not None and suspect.any():
-        spans = _spare_pii(texts, spans, suspect[rows.to_numpy()], evidence)
-    distinct = sorted({t[s:e] for t, found in zip(texts, spans, strict=True) for s, e in found})
-    if not distinct:
-        return arr
-    tokens = dict(zip(distinct, (token_of(p.rpartition(":")[2]) for p in pseudonymize(distinct)),
-                      strict=True))
-    out = [scan.replace_spans(t, [(tokens[t[s:e]], s, e) for s, e in found], token=_same) if found else t
-           for t, found in zip(texts, spans, strict=True)]
+    texts = arr.take(rows)
+    # most rows in Arrow kernels (_replace_fast); the rows where the per-row definition does more
+    # than put a token in place of each id, or might, row by row (_replace_rows)
+    slow, json = _slow_rows(texts)
+    if suspect is not None and evidence is not None:
+        slow |= suspect[rows.to_numpy()]
+    out = _replace_fast(texts, slow, json, pseudonymize)
+    at = np.flatnonzero(slow)
+    if len(at):
+        sub = suspect[rows.to_numpy()[at]] if suspect is not None else None
+        done = _replace_rows(texts.take(pa.array(at)).to_pylist(), pseudonymize, sub, evidence)
+        mask = np.zeros(len(texts), dtype=bool)
+        mask[at] = True
+        out = pc.replace_with_mask(out, pa.array(mask), pa.array(done, pa.string()))
     mask = np.zeros(len(arr), dtype=bool)
     mask[rows.to_numpy()] = True
-    return pc.replace_with_mask(arr, pa.array(mask), pa.array(out, pa.string()))
+    return pc.replace_with_mask(arr, pa.array(mask), out)
+
+
+def _replace_rows(texts: list[str], pseudonymize: Tokenize, suspect: np.ndarray | None,
+                  evidence: scan.Evidence | None) -> list[str]:
+    """The definition, row by row: every ``ID_RE`` match replaced by ``scan.replace_spans`` (JSON-
+    and URL-aware), except the ids ``_spare_pii`` leaves in suspect rows."""
+    spans = [[(m.start(), m.end()) for m in ID_RE.finditer(t)] for t in texts]
+    if suspect is not None and evidence is not None and suspect.any():
+        spans = _spare_pii(texts, spans, suspect, evidence)
+    distinct = sorted({t[s:e] for t, found in zip(texts, spans, strict=True) for s, e in found})
+    if not distinct:
+        return texts
+    tokens = dict(zip(distinct, _tokens(pseudonymize, distinct).to_pylist(), strict=True))
+    return [scan.replace_spans(t, [(tokens[t[s:e]], s, e) for s, e in found], token=_same) if found else t
+            for t, found in zip(texts, spans, strict=True)]
+
+
+# -- the same over the rows' bytes at once ----------------------------------------------------------
+#
+# An ``ID_RE`` match starts where no ASCII letter or digit precedes and ends where none follows, and
+# holds letters and digits only, but for a uuid's dashes: it is a whole maximal run of ASCII letters
+# and digits (a "run") of the right shape (a ULID, 16+ hex digits, 7+ decimal digits), or five runs
+# of 8, 4, 4, 4 and 12 hex digits joined by single dashes (a uuid, which ``ID_RE`` tries first).
+# Runs are found and classified with numpy over the UTF-8 bytes of many rows together (non-ASCII
+# bytes are never letters or digits to ``ID_RE``), and the ids replaced by copying bytes.
+
+# ``scan.replace_spans`` writes an id in a URL's authority (after '://' with no '/', '?', '#' or
+# space since) as '<token>.invalid': rows where that may be (RE2's \s is narrower than Python's,
+# so this matches more)
+_AUTHORITY = rf"://[^/?#\s]*(?:{_PREFILTER})"
+# ... and a bare id (outside JSON strings) of a JSON text as a JSON string: rows where an id may
+# stand outside the strings of a JSON text (every row with an id after a '{' or '[' where quotes
+# pair up as a JSON text's do)
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+_MAYBE_BARE = rf'(?s)^[^"\[{{]*[\[{{](?:[^"]|{_JSON_STRING})*?(?:{_PREFILTER})'
+# JSON that ``json.loads`` surely reads (RFC 8259, containers nested at most 3 deep, whitespace as
+# Python's json module skips it); longer values are left to json itself (Python caps int digits)
+_WS = r"[ \t\n\r]*"
+_STRICT_STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
+_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+\-]?[0-9]+)?"
+_SCALAR = rf"(?:{_STRICT_STRING}|{_NUMBER}|true|false|null)"
+_JSON_MAX_CHARS = 4000
+
+
+def _containers(value: str) -> str:
+    member = rf"{_STRICT_STRING}{_WS}:{_WS}{value}{_WS}"
+    return (rf"\{{{_WS}(?:{member}(?:,{_WS}{member})*)?\}}"
+            rf"|\[{_WS}(?:{value}{_WS}(?:,{_WS}{value}{_WS})*)?\]")
+
+
+_VALUE2 = rf"(?:{_SCALAR}|{_containers(_SCALAR)})"
+_VALUE3 = rf"(?:{_SCALAR}|{_containers(_VALUE2)})"
+_STRICT_JSON = rf"^{_WS}(?:{_containers(_VALUE3)}){_WS}$"
+# rows are handled this many bytes at a time (numpy temporaries are a few times as large)
+_CHUNK_BYTES = 8 << 20
+
+
+def _byte_levels() -> np.ndarray:
+    # per byte: 1 a decimal digit, 2 another hex digit, 3 another Crockford base-32 letter, 4 another
+    # ASCII letter; 0 anything else (a run is all digits when its highest level is 1, ...)
+    level = np.zeros(256, np.uint8)
+    for value, chars in ((4, "ILOUilou"), (3, "GHJKMNPQRSTVWXYZghjkmnpqrstvwxyz"), (2, "ABCDEFabcdef"),
+                         (1, "0123456789")):
+        level[np.frombuffer(chars.encode(), np.uint8)] = value
+    return level
+
+
+_LEVEL = _byte_levels()
+_DIGIT, _HEX_DIGIT, _CROCKFORD = 1, 2, 3
+_OCTAL = np.zeros(256, bool)
+_OCTAL[np.frombuffer(b"01234567", np.uint8)] = True
+_DASH, _QUOTE, _BACKSLASH = ord("-"), ord('"'), ord("\\")
+
+
+def _matches(values: pa.Array, pattern: str) -> np.ndarray:
+    return np.asarray(pc.fill_null(pc.match_substring_regex(values, pattern), False)
+                      .to_numpy(zero_copy_only=False))
+
+
+def _strict_json(values: pa.Array) -> np.ndarray:
+    short = np.asarray(pc.less(pc.utf8_length(values), _JSON_MAX_CHARS).to_numpy(zero_copy_only=False))
+    return short & _matches(values, _STRICT_JSON)
+
+
+def _slow_rows(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Rows the fast path leaves to ``_replace_rows`` (an id that may be in a URL's authority, or
+    one that may stand outside the strings of a JSON text that is not surely JSON), and the rows
+    that are surely JSON (``_strict_json``) among those where an id may stand outside the strings."""
+    slow = _matches(texts, _AUTHORITY)
+    json = np.zeros(len(texts), bool)
+    bare = np.flatnonzero(~slow & _matches(texts, _MAYBE_BARE))
+    if len(bare):
+        json[bare] = _strict_json(texts.take(pa.array(bare)))
+        slow[bare[~json[bare]]] = True
+    return slow, json
+
+
+def _buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(row offsets into the bytes, the UTF-8 bytes) of a string array without nulls."""
+    offsets = np.frombuffer(values.buffers()[1], np.int32)[values.offset:values.offset + len(values) + 1]
+    return offsets, np.frombuffer(values.buffers()[2], np.uint8)
+
+
+def _id_spans(offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) byte positions of the ``ID_RE`` matches in the rows, in order."""
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    level = _LEVEL[data[lo:hi]]
+    alnum = level > 0
+    edge = np.zeros(hi - lo + 1, bool)  # a row starts (or the last one ends) here
+    edge[offsets - lo] = True
+    before = np.zeros(hi - lo, bool)
+    before[1:] = alnum[:-1]
+    after = np.zeros(hi - lo, bool)
+    after[:-1] = alnum[1:]
+    starts = np.flatnonzero(alnum & (~before | edge[:-1]))
+    ends = np.flatnonzero(alnum & (~after | edge[1:])) + 1
+    if len(starts) == 0:
+        return starts, ends
+    length = ends - starts
+    # each run's highest level (the bytes between runs are level 0)
+    top = np.maximum.reduceat(level, starts)
+    single = (((top == _DIGIT) & (length >= 7)) | ((top <= _HEX_DIGIT) & (length >= 16))
+              | ((length == 26) & _OCTAL[data[lo + starts]] & (top <= _CROCKFORD)))
+    # a uuid: runs k..k+4 of 8, 4, 4, 4, 12 hex digits, each after a single dash in the same row
+    hexes = top <= _HEX_DIGIT
+    uuid = np.zeros(len(starts), bool)
+    if len(starts) >= 5:
+        m = len(starts) - 4
+        uuid[:m] = (length[:m] == 8) & hexes[:m]
+        for k, size in enumerate((4, 4, 4, 12), start=1):
+            dash = ends[k - 1:k - 1 + m]
+            uuid[:m] &= ((starts[k:k + m] == dash + 1) & (data[lo + dash] == _DASH) & ~edge[dash + 1]
+                         & (length[k:k + m] == size) & hexes[k:k + m])
+    at = np.flatnonzero(uuid)
+    take = single | uuid
+    for k in range(1, 5):
+        take[at + k] = False  # the runs a uuid holds after its first
+    span_end = ends.copy()
+    span_end[at] = ends[at + 4]
+    return starts[take] + lo, span_end[take] + lo
+
+
+def _outside_strings(offsets: np.ndarray, data: np.ndarray, rows: np.ndarray,
+                     positions: np.ndarray) -> np.ndarray:
+    """Whether each position is outside the strings of its row (``rows``), a JSON text."""
+    quotes = np.flatnonzero(data[offsets[0]:offsets[-1]] == _QUOTE) + offsets[0]
+    # a quote after an odd run of backslashes is escaped (backslashes are in strings only, in JSON)
+    escaped = np.zeros(len(quotes), bool)
+    quote_row = np.searchsorted(offsets, quotes, side="right") - 1
+    first = offsets[quote_row]
+    back = quotes - 1
+    going = (back >= first) & (data[np.maximum(back, 0)] == _BACKSLASH)
+    while going.any():
+        escaped ^= going
+        back -= 1
+        going &= (back >= first) & (data[np.maximum(back, 0)] == _BACKSLASH)
+    plain = quotes[~escaped]
+    before = np.searchsorted(plain, positions) - np.searchsorted(plain, offsets[rows])
+    return before % 2 == 0
+
+
+def _replace_fast(texts: pa.Array, slow: np.ndarray, json: np.ndarray, pseudonymize: Tokenize) -> pa.Array:
+    """``texts`` (no nulls) with the ids of the rows not ``slow`` replaced as ``_replace_rows`` does.
+
+    Those rows are text where ``scan.replace_spans`` puts each id's token in its place, or JSON that
+    ``_strict_json`` reads (``json``): there an id outside the JSON strings becomes a JSON string
+    (``"[id:...]"``), as ``scan.replace_spans`` writes it, and a row whose result is not surely JSON
+    then (``-1234567``) goes to ``_replace_rows`` after all.
+    """
+    fast = np.flatnonzero(~slow)
+    if len(fast) == 0:
+        return texts
+    sub = texts.take(pa.array(fast))
+    is_json = json[fast]
+    offsets, _ = _buffers(sub)
+    pieces = []
+    first = 0
+    while first < len(sub):
+        last = max(int(np.searchsorted(offsets, offsets[first] + _CHUNK_BYTES, side="right")) - 1, first + 1)
+        pieces.append(_replace_chunk(sub.slice(first, last - first), is_json[first:last], pseudonymize))
+        first = last
+    out = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
+    json_rows = np.flatnonzero(is_json)
+    if len(json_rows):
+        changed = json_rows[~_strict_json(out.take(pa.array(json_rows)))]
+        slow[fast[changed]] = True  # not surely JSON after the change: the definition decides
+    mask = np.zeros(len(texts), dtype=bool)
+    mask[fast] = True
+    return pc.replace_with_mask(texts, pa.array(mask), out)
+
+
+def _replace_chunk(values: pa.Array, json_rows: np.ndarray, pseudonymize: Tokenize) -> pa.Array:
+    offsets, data = _buffers(values)
+    starts, ends = _id_spans(offsets, data)
+    if len(starts) == 0:
+        return values
+    n = len(values)
+    span_row = np.searchsorted(offsets, starts, side="right") - 1
+    # bare: outside the strings of a JSON text
+    bare = np.zeros(len(starts), bool)
+    in_json = json_rows[span_row]
+    if in_json.any():
+        bare[in_json] = _outside_strings(offsets, data, span_row[in_json], starts[in_json])
+    # every row cut into pieces at its ids' edges: text, id, text, id, ..., text
+    cuts = np.empty(n + 1 + 2 * len(starts), np.int32)
+    row_at = np.arange(n + 1) + 2 * np.searchsorted(span_row, np.arange(n + 1))
+    cuts[row_at] = offsets
+    id_at = np.arange(len(starts)) * 2 + span_row + 1
+    cuts[id_at] = starts
+    cuts[id_at + 1] = ends
+    pieces = pa.StringArray.from_buffers(len(cuts) - 1, pa.py_buffer(cuts), values.buffers()[2])
+    is_id = np.zeros(len(cuts) - 1, bool)
+    is_id[id_at] = True
+    encoded = pc.dictionary_encode(pieces.filter(pa.array(is_id)))
+    token = _tokens(pseudonymize, encoded.dictionary.to_pylist()).take(encoded.indices)
+    token = pc.if_else(pa.array(bare), pc.binary_join_element_wise('"', token, '"', ""), token)
+    pieces = pc.replace_with_mask(pieces, pa.array(is_id), token)
+    rows = pa.ListArray.from_arrays(pa.array(row_at.astype(np.int32)), pieces)
+    return pc.binary_join(rows, "")
+
+
+_ALPHABET_BYTES = np.frombuffer(_ALPHABET.encode(), np.uint8)
+_HEX_VALUE = np.zeros(256, np.uint64)
+for _i, _c in enumerate("0123456789abcdef"):
+    _HEX_VALUE[ord(_c)] = _HEX_VALUE[ord(_c.upper())] = _i
+del _i, _c
+
+
+def _tokens(pseudonymize: Tokenize, distinct: list[str]) -> pa.Array:
+    """``token_of`` each distinct id's keyed pseudonym, computed over all of them at once."""
+    pseudonyms = pa.array(pseudonymize(distinct), pa.string())
+    head = pc.utf8_slice_codeunits(pseudonyms, start=-64, stop=-48)
+    n = len(head)
+    if n == 0:
+        return pa.array([], pa.string())
+    if not pc.all(pc.match_substring_regex(pseudonyms, r":[0-9a-f]{64}$")).as_py():
+        return pa.array([token_of(p.rpartition(":")[2]) for p in pseudonyms.to_pylist()], pa.string())
+    offsets = np.frombuffer(head.buffers()[1], np.int32)[head.offset:head.offset + n + 1]
+    data = np.frombuffer(head.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].reshape(n, 16)
+    value = np.zeros(n, np.uint64)
+    for k in range(16):
+        value = (value << np.uint64(4)) | _HEX_VALUE[data[:, k]]
+    out = np.empty((n, _TOKEN_CHARS + 5), np.uint8)
+    out[:, :4] = np.frombuffer(b"[id:", np.uint8)
+    out[:, -1] = ord("]")
+    base = np.uint64(len(_ALPHABET))
+    for k in range(_TOKEN_CHARS):
+        out[:, 4 + k] = _ALPHABET_BYTES[(value % base).astype(np.intp)]
+        value //= base
+    width = _TOKEN_CHARS + 5
+    return pa.StringArray.from_buffers(n, pa.py_buffer(np.arange(0, n * width + 1, width, dtype=np.int32)),
+                                       pa.py_buffer(out.tobytes()))
 
 
 def _spare_pii(texts: list[str], spans: list[list[tuple[int, int]]], suspect: np.ndarray,
