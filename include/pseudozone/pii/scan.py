@@ -228,32 +228,49 @@ def find(values: pa.Array | pa.ChunkedArray, *, kinds: Iterable[str] = KINDS,
                    known=None if cand.known_hit is None else cand.known_hit.copy())
     if len(cand.rows) == 0:
         return out
-    texts = arr.take(pa.array(cand.rows)).to_pylist()
-    decoded_rows: list[int] = []
+    # each distinct text is read once (a planted card or IBAN repeats across a batch's rows): what
+    # a row's text holds, and its flags (decode, detect, look), depend on the text alone
+    taken = arr.take(pa.array(cand.rows))
+    encoded = pc.dictionary_encode(taken)
+    group = np.asarray(encoded.indices.fill_null(-1))
+    texts = encoded.dictionary.to_pylist()
+    first = np.full(len(texts), -1, np.int64)
+    at = np.flatnonzero(group >= 0)
+    first[group[at[::-1]]] = at[::-1]
+    pii = np.zeros(len(texts), bool)
+    spans: dict[int, list[tuple[str, int, int]]] = {}
+    decoded_groups: list[int] = []
     decoded_texts: list[str] = []
-    for row, text, decode, detect, look in zip(cand.rows.tolist(), texts, cand.decode.tolist(),
-                                               cand.detect.tolist(), cand.maybe_known.tolist(), strict=True):
-        if text is None:
+    for g, (text, k) in enumerate(zip(texts, first.tolist(), strict=True)):
+        if text is None or k < 0:
             continue
+        decode, detect, look = bool(cand.decode[k]), bool(cand.detect[k]), bool(cand.maybe_known[k])
         doc = normalize(text) if decode else identity(text)
         if decode:
-            decoded_rows.append(row)
+            decoded_groups.append(g)
             decoded_texts.append(doc.text)
         found = detectors.find_all(doc.text, kinds, regions)
         # a row no trigger marked is not one ``flags`` would confirm: its verdict stays theirs
-        out.pii[row] = detect and bool(found)
+        pii[g] = detect and bool(found)
         if look and searching:
             assert known is not None
             for start, end in known.spans(doc.text):
                 if not any(start < e and s < end for _, s, e in found):
                     found.append((KNOWN, start, end))
         if found:
-            out.spans[row] = sorted((kind, *doc.source_span(s, e)) for kind, s, e in found)
-    if decoded_rows and searching and out.known is not None:
+            spans[g] = sorted((kind, *doc.source_span(s, e)) for kind, s, e in found)
+    rows = cand.rows[at]
+    out.pii[rows] = pii[group[at]]
+    for row, g in zip(rows.tolist(), group[at].tolist(), strict=True):
+        if g in spans:
+            out.spans[row] = list(spans[g])
+    if decoded_groups and searching and out.known is not None:
         assert known is not None
         # as ``found_in(decode=True)``: an encoded text is also searched as a reader reads it
-        hit = known.found_in(pa.array(decoded_texts, pa.string()), decode=False)
-        out.known[np.asarray(decoded_rows)] |= np.asarray(hit.to_numpy(zero_copy_only=False))
+        hit = np.zeros(len(texts), bool)
+        hit[decoded_groups] = np.asarray(known.found_in(pa.array(decoded_texts, pa.string()), decode=False)
+                                         .to_numpy(zero_copy_only=False))
+        out.known[rows] |= hit[group[at]]
     return out
 
 
