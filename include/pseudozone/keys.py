@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pseudozone.config import KEY_DIR_ENV, TENANT_RE, Settings
@@ -44,6 +44,7 @@ MASTER_KEY_CONN_ENV = "PSEUDOZONE_MASTER_KEY_CONN_ID"
 # a key file kept elsewhere (a Docker or Kubernetes secret mounted read-only): read, never made
 MASTER_KEY_FILE_ENV = "PSEUDOZONE_MASTER_KEY_FILE"
 PSEUDONYM_VERSION_ENV = "PSEUDOZONE_PSEUDONYM_VERSION"
+SEALED_PREFIX = "s:"  # a sealed pseudonym (KeyRing.seal)
 KEY_BYTES = 32
 NONCE_BYTES = 12
 KEK_VERSION = 1  # the kek_version a tombstone row records (it wraps nothing)
@@ -448,6 +449,39 @@ class KeyRing:
         whole data root, never stored (docs/adr/0004-rights-processing.md)."""
         return self._derive("pseudozone/audit/v1")
 
+    def _sealer(self, tenant: str) -> AESSIV:
+        info = f"pseudozone/seal/{tenant}/v1"
+        return AESSIV(self._derive(info + "/a") + self._derive(info + "/b"))
+
+    def seal(self, tenant: str, pseudonym: str) -> str:
+        """An erased subject's (or cookie's) pseudonym as the state keeps it: ``s:`` + AES-SIV of
+        it under the tenant's seal key (deterministic, so it can be looked up; reversible only
+        with the key), so the state holds no pseudonym an analyst's data could be joined to
+        (docs/adr/0015-pseudonym-rotation.md, "Erased subjects").  A sealed value is returned as is."""
+        if pseudonym.startswith(SEALED_PREFIX):
+            return pseudonym
+        head, sep, digest = pseudonym.partition(":")
+        if (sep and head[:1] == "v" and head[1:].isdigit() and 0 < int(head[1:]) < 256
+                and len(digest) == 64 and all(ch in "0123456789abcdef" for ch in digest)):
+            plain = bytes([int(head[1:])]) + bytes.fromhex(digest)  # 33 bytes: fits the ledger's columns
+        else:
+            plain = b"\0" + pseudonym.encode()  # any other id as it is
+        sealed = self._sealer(tenant).encrypt(plain, [tenant.encode()])
+        return SEALED_PREFIX + base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+
+    def unseal(self, tenant: str, value: str) -> str:
+        """The pseudonym of a sealed value (a plain pseudonym is returned as is)."""
+        if not value.startswith(SEALED_PREFIX):
+            return value
+        body = value[len(SEALED_PREFIX):]
+        try:
+            plain = self._sealer(tenant).decrypt(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)),
+                                                 [tenant.encode()])
+        except (InvalidTag, binascii.Error, ValueError):
+            raise KeyMaterialError(f"tenant {tenant}: a sealed pseudonym does not open with this"
+                                   " key") from None
+        return plain[1:].decode() if plain[0] == 0 else f"v{plain[0]}:{plain[1:].hex()}"
+
     def pseudonymize(self, tenant: str, purpose: str, values: Iterable[str],
                      version: int | None = None) -> list[str]:
         """``vN:`` + hex of each value's keyed pseudonym for ``purpose`` (N: the tenant's version).
@@ -704,14 +738,17 @@ class Vault:
         return max(self.seeds.versions(tenant))
 
     def _fetch(self, tenant: str, subjects: list[str]) -> dict[str, tuple[bytes | None, int]]:
+        """(wrapped key or None, KEK version) of each subject with a row: a live key under its
+        pseudonym, a destroyed one (tombstone) under its sealed pseudonym (``KeyRing.seal``)."""
         found: dict[str, tuple[bytes | None, int]] = {}
-        for start in range(0, len(subjects), 500):
-            chunk = subjects[start:start + 500]
-            marks = ",".join("?" * len(chunk))
+        for start in range(0, len(subjects), 250):
+            chunk = subjects[start:start + 250]
+            sealed = {self.keyring.seal(tenant, s): s for s in chunk}
+            marks = ",".join("?" * (2 * len(chunk)))
             rows = self.conn.execute(
                 f"SELECT subject_id, wrapped_dek, kek_version FROM subject_keys "  # noqa: S608 - marks only
-                f"WHERE tenant_id = ? AND subject_id IN ({marks})", [tenant, *chunk])
-            found.update((s, (w, int(v))) for s, w, v in rows)
+                f"WHERE tenant_id = ? AND subject_id IN ({marks})", [tenant, *chunk, *sealed])
+            found.update((sealed.get(s, s), (w, int(v))) for s, w, v in rows)
         return found
 
     def data_keys(self, tenant: str, subjects: Iterable[str], *, create: bool) -> dict[str, bytes]:
@@ -758,12 +795,15 @@ class Vault:
         moved: dict[str, bytes] = {}
         for old, (wrapped, version) in sorted(self._fetch(tenant, sorted(renames)).items()):
             new = renames[old]
-            if wrapped is not None:
-                kek = self.kek(tenant, version)
-                moved[new] = dek = _unwrap(kek, tenant, old, wrapped)
-                wrapped = _wrap(kek, tenant, new, dek)
+            if wrapped is None:  # a tombstone: kept sealed
+                self.conn.execute("UPDATE subject_keys SET subject_id = ? WHERE tenant_id = ?"
+                                  " AND subject_id = ?",
+                                  (self.keyring.seal(tenant, new), tenant, self.keyring.seal(tenant, old)))
+                continue
+            kek = self.kek(tenant, version)
+            moved[new] = dek = _unwrap(kek, tenant, old, wrapped)
             self.conn.execute("UPDATE subject_keys SET subject_id = ?, wrapped_dek = ? WHERE tenant_id = ?"
-                              " AND subject_id = ?", (new, wrapped, tenant, old))
+                              " AND subject_id = ?", (new, _wrap(kek, tenant, new, dek), tenant, old))
         return moved
 
     def destroyed(self, tenant: str, subjects: Iterable[str]) -> set[str]:
@@ -775,15 +815,15 @@ class Vault:
         self.conn.execute(
             "INSERT OR IGNORE INTO subject_keys (tenant_id, subject_id, wrapped_dek, kek_version,"
             " destroyed_at) VALUES (?, ?, NULL, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-            (tenant, subject_id, KEK_VERSION))
+            (tenant, self.keyring.seal(tenant, subject_id), KEK_VERSION))
 
     def destroy(self, tenant: str, subject_id: str) -> bool:
-        """Crypto-shred: drop the wrapped key, keep a tombstone row."""
+        """Crypto-shred: drop the wrapped key, keep a tombstone row under the sealed pseudonym."""
         cur = self.conn.execute(
-            "UPDATE subject_keys SET wrapped_dek = NULL, "
+            "UPDATE subject_keys SET wrapped_dek = NULL, subject_id = ?, "
             "destroyed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
             "WHERE tenant_id = ? AND subject_id = ? AND wrapped_dek IS NOT NULL",
-            (tenant, subject_id))
+            (self.keyring.seal(tenant, subject_id), tenant, subject_id))
         return cur.rowcount > 0
 
 

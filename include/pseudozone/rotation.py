@@ -50,7 +50,7 @@ from pseudozone import contracts, linkage, rectifications, state, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN, Contract
 from pseudozone.errors import PseudozoneError
-from pseudozone.keys import KeyRing, Vault, decrypt_value, encrypt_value, pii_associated_data
+from pseudozone.keys import SEALED_PREFIX, KeyRing, Vault, decrypt_value, encrypt_value, pii_associated_data
 from pseudozone.lake import compact, index, layout
 from pseudozone.lake.layout import subject_buckets
 
@@ -101,7 +101,16 @@ class Mapper:
     target: int
 
     def values(self, purpose: str, distinct: list[str]) -> list[str]:
-        """Each distinct pseudonym at the target version (version-``source`` ones stepped)."""
+        """Each distinct pseudonym at the target version (version-``source`` ones stepped); a
+        sealed one (an erased subject's, ``KeyRing.seal``) is opened, stepped and sealed again."""
+        sealed = [v for v in distinct if v.startswith(SEALED_PREFIX)]
+        if sealed:
+            opened = [self.keyring.unseal(self.tenant, v) for v in sealed]
+            resealed = {v: self.keyring.seal(self.tenant, m)
+                        for v, m in zip(sealed, self.values(purpose, opened), strict=True)}
+            rest = dict(zip((d for d in distinct if d not in resealed),
+                            self.values(purpose, [d for d in distinct if d not in resealed]), strict=True))
+            return [resealed[v] if v in resealed else rest[v] for v in distinct]
         todo = [v for v in distinct if v.startswith(f"v{self.source}:")]
         stray = [v for v in distinct if not v.startswith((f"v{self.source}:", f"v{self.target}:"))]
         if stray:

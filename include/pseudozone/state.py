@@ -107,6 +107,8 @@ def connect(settings: Settings) -> Iterator[sqlite3.Connection]:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=60000")
         conn.execute("PRAGMA synchronous=NORMAL")
+        # what a change removes (an erased subject's key, its pseudonym) is overwritten in the file
+        conn.execute("PRAGMA secure_delete=ON")
         conn.executescript(SCHEMA)
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -161,3 +163,15 @@ def version_in(conn: sqlite3.Connection, tenant: str, default: int) -> int:
                              " its batches and requests wait until `pseudozone keys rotate-pseudonyms`"
                              " has finished (a killed rotation is resumed by running it again)")
     return int(row[0])
+
+
+def truncate_wal(settings: Settings) -> None:
+    """Checkpoint the state database's write-ahead log and empty it: no old page image (an
+    erased subject's pseudonym before it was sealed) stays in the log file."""
+    if settings.state_db.exists():
+        conn = sqlite3.connect(settings.state_db, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()

@@ -18,12 +18,14 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pseudozone import ingest, rotation, state
+from pseudozone.compliance import report
 from pseudozone.config import Settings
 from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data
 from pseudozone.lake import compact, index, layout
-from pseudozone.rights import process, requests, store
+from pseudozone.rights import audit, process, requests, store
 from tests import planted
 from tests.conftest import TEST_MASTER_KEY
+from tests.integration.test_landing_retention import _scan
 
 T = planted.TENANT
 ORDER = "83920117"  # an order number in free text: a linkage token in the event zone
@@ -206,6 +208,18 @@ def test_an_erase_after_rotation_leaves_no_row_of_either_version(
             if pa.types.is_string(table.schema.field(name).type):
                 values = set(table[name].to_pylist())
                 assert v1 not in values and v2 not in values, name
+    # the independent scan: no pseudonym of the subject or of its cookie, of any version, in any
+    # file under the data root (zones, index, state, request ledger, reports), bytes or cells
+    report.run_nightly(lake, "after-erase")
+    latest = report.latest(lake)
+    assert latest is not None and latest["status"] == "pass", latest["summary"]
+    cookie = ring.pseudonymize(T, "anonymous_id", ["anon-planted-1"])[0]
+    needles = [p.partition(":")[2] for p in (v1, v2, cookie, ring.step(T, "anonymous_id", 2, [cookie])[0])]
+    assert _scan(lake.root, needles) == []
+    # and the ledger still answers for the request, its audit trail still verifies
+    assert requests.get_status(lake, erase.request_id).state == "completed"
+    assert audit.verify(lake).ok
+    assert [e["action"] for e in audit.entries(lake, subject_id=v2, tenant_id=T)][-1] == "request.completed"
 
 
 def test_a_killed_rotation_makes_writers_wait_and_resumes(

@@ -24,7 +24,7 @@ FRAGMENTS = ("tenant_id=", "date=")
 # the lake may read the request ledger's tables (holds, restrictions) until the
 # state database is one (issue 9); nothing above it
 LAKE_MAY_IMPORT = {"pseudozone.config", "pseudozone.errors", "pseudozone.contracts", "pseudozone.zones",
-                   "pseudozone.state", "pseudozone.rights.store", "pseudozone.lake"}
+                   "pseudozone.state", "pseudozone.keys", "pseudozone.rights.store", "pseudozone.lake"}
 
 
 def _modules() -> dict[str, Path]:

@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -50,7 +51,7 @@ from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.errors import PseudozoneError
 from pseudozone.lake import compact, index, layout
-from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, keys, legal_holds, links
+from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, keys, legal_holds, links, opened
 from pseudozone.rights import audit, store
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,13 @@ def _now(now: dt.datetime | None) -> dt.datetime:
 
 
 def _completed_erasures(settings: Settings) -> list[Any]:
+    """Completed erasure requests, their subjects opened (the ledger keeps them sealed)."""
     with store.engine_for(settings).connect() as conn:
-        return list(conn.execute(select(store.requests).where(
+        rows = list(conn.execute(select(store.requests).where(
             store.requests.c.type == "erase", store.requests.c.state == "completed")
             .order_by(store.requests.c.completed_at, store.requests.c.request_id)))
+    return [SimpleNamespace(**{**row._asdict(), "subject_id": row.subject_id and opened(
+        settings, row.tenant_id, [row.subject_id])[0]}) for row in rows]
 
 
 # -- retention --------------------------------------------------------------------------------

@@ -199,6 +199,11 @@ def partition_dir(zone_root: P, dataset: str, tenant: str, day: str | None = Non
     return base if day is None else base / (_DATE + day)
 
 
+def date_dir(day: str) -> str:
+    """The name of a date partition's directory (``date=<day>``)."""
+    return _DATE + day
+
+
 def tenant_dirs(zone_root: Path) -> Iterator[tuple[str, str, Path]]:
     """(dataset, tenant, directory) of every tenant directory under a zone root, sorted."""
     if not zone_root.exists():

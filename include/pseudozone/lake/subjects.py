@@ -42,7 +42,27 @@ from sqlalchemy import select
 
 from pseudozone import contracts, state
 from pseudozone.config import Settings
+from pseudozone.keys import SEALED_PREFIX, KeyRing
 from pseudozone.rights import store
+
+_RINGS: dict[str, KeyRing] = {}
+
+
+def _ring(settings: Settings) -> KeyRing:
+    """The root's key ring, loaded once per process (it opens sealed pseudonyms)."""
+    ring = _RINGS.get(str(settings.root))
+    if ring is None:
+        ring = _RINGS[str(settings.root)] = KeyRing.load(settings)
+    return ring
+
+
+def opened(settings: Settings, tenant: str, values: Iterable[str]) -> list[str]:
+    """Stored subject or cookie pseudonyms with the sealed ones (an erased subject's) opened."""
+    values = list(values)
+    if not any(v.startswith(SEALED_PREFIX) for v in values):
+        return values
+    ring = _ring(settings)
+    return [ring.unseal(tenant, v) for v in values]
 
 
 @dataclass(frozen=True)
@@ -107,7 +127,8 @@ def keys(settings: Settings, tenant: str) -> tuple[frozenset[str], frozenset[str
     with state.connect(settings) as conn:
         rows = conn.execute("SELECT subject_id, wrapped_dek IS NULL FROM subject_keys WHERE tenant_id = ?",
                             (tenant,)).fetchall()
-    return frozenset(r[0] for r in rows if not r[1]), frozenset(r[0] for r in rows if r[1])
+    return (frozenset(r[0] for r in rows if not r[1]),
+            frozenset(opened(settings, tenant, [r[0] for r in rows if r[1]])))
 
 
 def erased(settings: Settings, tenant: str) -> frozenset[str]:
@@ -115,7 +136,7 @@ def erased(settings: Settings, tenant: str) -> frozenset[str]:
     with state.connect(settings) as conn:
         rows = conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?"
                             " AND wrapped_dek IS NULL", (tenant,)).fetchall()
-    return frozenset(r[0] for r in rows)
+    return frozenset(opened(settings, tenant, [r[0] for r in rows]))
 
 
 def restricted(settings: Settings, tenant: str) -> frozenset[str]:
@@ -168,15 +189,37 @@ def links(settings: Settings, tenant: str, subjects: Iterable[str]) -> Links:
     if not wanted:
         return Links()
     with state.connect(settings) as conn:
+        sealed = conn.execute("SELECT 1 FROM identity_links WHERE tenant_id = ? AND subject_id LIKE ?"
+                              " LIMIT 1", (tenant, SEALED_PREFIX + "%")).fetchone() is not None
+        if sealed:  # an erased subject's links are kept sealed (seal_links)
+            ring = _ring(settings)
+            wanted = sorted({*wanted, *(ring.seal(tenant, s) for s in wanted)})
         rows = conn.execute(
             "SELECT anonymous_pid, subject_id FROM identity_links WHERE tenant_id = ? AND anonymous_pid IN"
             " (SELECT anonymous_pid FROM identity_links WHERE tenant_id = ?"
             "  AND subject_id IN (SELECT value FROM json_each(?)))",
             (tenant, tenant, json.dumps(wanted))).fetchall()
     out: dict[str, set[str]] = defaultdict(set)
-    for cookie, subject in rows:
+    cookies = opened(settings, tenant, [r[0] for r in rows])
+    for cookie, subject in zip(cookies, opened(settings, tenant, [r[1] for r in rows]), strict=True):
         out[cookie].add(subject)
     return Links({c: frozenset(s) for c, s in out.items()})
+
+
+def seal_links(conn: sqlite3.Connection, keyring: KeyRing, tenant: str, subject: str, linked: Links,
+               erased_subjects: Iterable[str]) -> list[str]:
+    """Keep an erased subject's identity links sealed (``KeyRing.seal``): its own rows, and every
+    row of each of its cookies (``linked``: ``links`` of the subject, read before ``conn``'s
+    transaction) whose subjects are all erased now (a shared cookie stays as it is: it is also
+    another subject's).  Returns those cookies (erased with the subject)."""
+    gone = {*erased_subjects, subject}
+    covered = [c for c in sorted(linked.of(subject)) if linked.subjects_of[c] <= gone]
+    for cookie in covered:
+        conn.execute("UPDATE identity_links SET anonymous_pid = ? WHERE tenant_id = ?"
+                     " AND anonymous_pid = ?", (keyring.seal(tenant, cookie), tenant, cookie))
+    conn.execute("UPDATE identity_links SET subject_id = ? WHERE tenant_id = ? AND subject_id = ?",
+                 (keyring.seal(tenant, subject), tenant, subject))
+    return covered
 
 
 def record_links(conn: sqlite3.Connection, tenant: str, pairs: pa.Table) -> int:

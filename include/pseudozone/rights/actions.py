@@ -25,7 +25,7 @@ from pseudozone import contracts, rectifications, state
 from pseudozone.config import Settings
 from pseudozone.keys import KeyRing, Vault
 from pseudozone.lake import consent, index, layout
-from pseudozone.lake.subjects import Holds
+from pseudozone.lake.subjects import Holds, erased, links, seal_links
 from pseudozone.rights import audit, requests, store
 from pseudozone.rights.export import delete_archive, expires_at
 from pseudozone.rights.landing import erase_subject as erase_from_landing
@@ -137,19 +137,34 @@ class Erase(Action):
         pii_held = any(c.holds.keeps(d, s) for d in contracts.pii_datasets())
         destroyed = False
         if not pii_held:
+            erased_before, linked_now = erased(c.settings, tenant), links(c.settings, tenant, {s})
             with state.connect(c.settings) as sconn:
                 destroyed = Vault(c.keyring, sconn).destroy(tenant, s)
                 if not destroyed:
                     Vault(c.keyring, sconn).tombstone(tenant, s)
+                # what must outlive the subject (its tombstone, its links) is kept sealed
+                gone_cookies = seal_links(sconn, c.keyring, tenant, s, linked_now, erased_before)
                 # its rectified values and their fingerprints go with its key, and its consent
                 forgotten = rectifications.forget(sconn, tenant, s)
                 consent.forget(sconn, tenant, s)
             with store.transaction(c.settings) as tconn:
                 tconn.execute(delete(store.objections).where(store.objections.c.tenant_id == tenant,
                                                              store.objections.c.subject_id == s))
+                lifted = 0
+                if not c.holds.of_subject(s):
+                    # nothing of the subject is kept: its restriction and the cookies frozen with
+                    # it have nothing left to restrict (and must not keep its pseudonyms)
+                    rc = store.restrictions.c
+                    lifted = tconn.execute(delete(store.restrictions).where(
+                        rc.tenant_id == tenant, rc.subject_id == s)).rowcount
+                    if gone_cookies:
+                        tconn.execute(delete(store.restricted_cookies).where(
+                            store.restricted_cookies.c.tenant_id == tenant,
+                            store.restricted_cookies.c.anonymous_pid.in_(gone_cookies)))
                 audit.append(tconn, "key.destroyed", request_id=row.request_id, tenant_id=tenant,
                              subject_id=s, keyring=c.keyring,
-                             details={"had_key": destroyed, "rectifications_deleted": forgotten})
+                             details={"had_key": destroyed, "rectifications_deleted": forgotten,
+                                      "restriction_lifted": bool(lifted)})
         # archives hold the decrypted profile: kept only where the profile is kept
         exports_deleted = [] if pii_held else _delete_exports(c.settings, row, keyring=c.keyring)
         outcome: dict[str, Any] = {}

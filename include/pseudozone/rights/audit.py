@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 
 from pseudozone.config import Settings
 from pseudozone.errors import PseudozoneError
-from pseudozone.keys import KeyRing
+from pseudozone.keys import SEALED_PREFIX, KeyRing
 from pseudozone.rights import store
 
 GENESIS = "0" * 64
@@ -54,14 +54,14 @@ def _entry_hash(prev_hash: str, body: dict[str, Any], key: bytes | None) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def _audit_key(conn: Connection, keyring: KeyRing | None) -> bytes:
+def _ring(conn: Connection, keyring: KeyRing | None) -> KeyRing:
     if keyring is not None:
-        return keyring.audit_key()
+        return keyring
     settings = conn.info.get(store.SETTINGS_INFO)
     if not isinstance(settings, Settings):
         raise PseudozoneError("an audit entry is appended only inside store.transaction(settings), which"
                               " names the data root whose audit key keys the chain")
-    return KeyRing.load(settings).audit_key()
+    return KeyRing.load(settings)
 
 
 def _body(seq: int, at: str, actor: str, action: str, request_id: str | None, tenant_id: str | None,
@@ -78,7 +78,12 @@ def append(conn: Connection, action: str, *, actor: str = "pseudozone", request_
     The audit key comes from ``keyring``, else from the transaction's data root (``KeyRing.load``:
     a master key that is not the root's is refused before anything is written).
     """
-    key = _audit_key(conn, keyring)
+    ring = _ring(conn, keyring)
+    key = ring.audit_key()
+    # the subject is kept sealed (KeyRing.seal): the log outlives an erasure and must not hold a
+    # pseudonym that analysts' data joins to (docs/adr/0015-pseudonym-rotation.md)
+    if subject_id is not None and tenant_id is not None and _is_pseudonym(subject_id):
+        subject_id = ring.seal(tenant_id, subject_id)
     last = conn.execute(select(store.audit_log.c.seq, store.audit_log.c.hash)
                         .order_by(store.audit_log.c.seq.desc()).limit(1)).first()
     seq, prev_hash = (1, GENESIS) if last is None else (int(last.seq) + 1, str(last.hash))
@@ -99,10 +104,19 @@ def entries(settings: Settings, *, tenant_id: str | None = None, action: str | N
     first; with ``limit``, the newest ``limit`` of them."""
     log = store.audit_log
     query = select(log)
-    for column, value in ((log.c.tenant_id, tenant_id), (log.c.request_id, request_id),
-                          (log.c.subject_id, subject_id)):
+    for column, value in ((log.c.tenant_id, tenant_id), (log.c.request_id, request_id)):
         if value is not None:
             query = query.where(column == value)
+    ring: KeyRing | None = None
+    if subject_id is not None:
+        # entries keep the subject sealed under its tenant's key (older entries: as it was)
+        ring = KeyRing.load(settings)
+        with store.engine_for(settings).connect() as conn:
+            tenants = [tenant_id] if tenant_id is not None else [
+                t for (t,) in conn.execute(select(log.c.tenant_id).distinct()).all() if t is not None]
+        forms = {subject_id} | {ring.seal(t, subject_id) for t in tenants
+                                if not subject_id.startswith(SEALED_PREFIX) and _is_pseudonym(subject_id)}
+        query = query.where(log.c.subject_id.in_(sorted(forms)))
     if action is not None:
         query = query.where(log.c.action.like(action[:-1].replace("%", r"\%").replace("_", r"\_") + "%",
                                               escape="\\")
@@ -114,10 +128,24 @@ def entries(settings: Settings, *, tenant_id: str | None = None, action: str | N
         query = query.limit(limit)
     with store.engine_for(settings).connect() as conn:
         rows = conn.execute(query).all()
+    if ring is None and any(r.subject_id and r.subject_id.startswith(SEALED_PREFIX) for r in rows):
+        ring = KeyRing.load(settings)
+
+    def shown_subject(tenant: str | None, subject: str | None) -> str | None:
+        if subject is None or tenant is None or ring is None:
+            return subject
+        return ring.unseal(tenant, subject)
+
     return [{"seq": r.seq, "at": (store.as_utc(r.at) or r.at).isoformat(), "actor": r.actor,
              "action": r.action, "request_id": r.request_id, "tenant_id": r.tenant_id,
-             "subject_id": r.subject_id, "details": _shown(r.action, json.loads(r.details))}
+             "subject_id": shown_subject(r.tenant_id, r.subject_id),
+             "details": _shown(r.action, json.loads(r.details))}
             for r in reversed(rows)]
+
+
+def _is_pseudonym(value: str) -> bool:
+    head, sep, digest = value.partition(":")
+    return bool(sep) and head[:1] == "v" and head[1:].isdigit() and len(digest) == 64
 
 
 def _shown(action: str, details: dict[str, Any]) -> dict[str, Any]:

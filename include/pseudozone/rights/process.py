@@ -748,6 +748,10 @@ def close_run(settings: Settings, plan: RunPlan, results: list[dict[str, Any]],
         outcome.setdefault("result", "done")
         _finish(settings, row, "completed", outcome, keyring=keyring)
         summary[row.type if outcome["result"] == "done" else f"{row.type}:{NO_DATA_FOUND}"] += 1
+    if summary.get("erase"):
+        # the old page images of what the erasures sealed or deleted leave the logs too
+        state.truncate_wal(settings)
+        store.truncate_wal(settings)
     if failures:
         raise PseudozoneError(f"{len(failures)} request(s) failed verification: {', '.join(failures)}")
     return {"run_id": plan["run_id"], "completed": dict(summary), "groups": len(results)}
@@ -765,6 +769,15 @@ def _finish(settings: Settings, row: Any, state_name: str, details: dict[str, An
                      .values(**values))
         audit.append(conn, f"request.{state_name}", request_id=row.request_id, tenant_id=row.tenant_id,
                      subject_id=row.subject_id, details=details, keyring=keyring)
+        if row.type == "erase" and state_name == "completed" and details.get("key_destroyed") \
+                and row.subject_id:
+            # the ledger keeps the erased subject's finished requests under its sealed pseudonym
+            ring = keyring or KeyRing.load(settings)
+            r = store.requests.c
+            conn.execute(update(store.requests).where(
+                r.tenant_id == row.tenant_id, r.subject_id == row.subject_id,
+                r.state.not_in(("accepted", "in_progress"))).values(
+                subject_id=ring.seal(row.tenant_id, row.subject_id)))
 
 
 def process_all(settings: Settings, run_id: str, *, keyring: KeyRing | None = None) -> dict[str, Any]:

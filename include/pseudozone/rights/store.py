@@ -159,6 +159,8 @@ def _engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below rule
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
             dbapi_conn.execute("PRAGMA busy_timeout=60000")
+            # what a change removes (an erased subject's pseudonym) is overwritten, not left in free space
+            dbapi_conn.execute("PRAGMA secure_delete=ON")
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn: Connection) -> None:
@@ -197,3 +199,15 @@ def transaction(settings: Settings) -> Iterator[Connection]:
             yield conn
         finally:
             conn.info.pop(SETTINGS_INFO, None)  # the pooled connection outlives this transaction
+
+
+def truncate_wal(settings: Settings) -> None:
+    """Checkpoint a SQLite ledger's write-ahead log into the database and empty it, so that no
+    old page image (an erased subject's pseudonym before it was sealed) stays in the log file."""
+    engine = engine_for(settings)
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()  # outside SQLAlchemy's transaction: a checkpoint needs none open
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()

@@ -43,6 +43,7 @@ from great_expectations.data_context.types.resource_identifiers import (
 )
 
 from pseudozone.contracts import COOKIE_COLUMN, SUBJECT_COLUMN, Contract
+from pseudozone.lake import layout
 from pseudozone.validation import detect
 from pseudozone.validation.expectations import (
     ERROR_PREFIX,
@@ -315,16 +316,17 @@ class Validator:
 
 def data_asset_label(zone: str, dataset: str, names: Sequence[str]) -> str:
     """What one run validated, for Data Docs: zone, dataset, tenant(s) and the partitions of
-    its files (``names``, paths relative to the zones root), never a value.  For example
-    ``events zone, dataset events, tenant acme: 12 file(s) in
-    events/events/tenant_id=acme/date=2026-11-01 to date=2026-11-28``."""
-    dirs: dict[str, set[str]] = defaultdict(set)  # partition path without its date -> dates
+    its files (``names``, paths relative to the zones root), never a value: the zone, dataset,
+    tenants, number of files, and each tenant directory with its first and last date
+    partition (as ``lake.layout`` spells them)."""
+    dirs: dict[str, set[str]] = defaultdict(set)  # tenant directory -> its partitions' names
     tenants: set[str] = set()
     for name in names:
-        parts = PurePosixPath(name).parent.parts
-        tenants.update(p.removeprefix("tenant_id=") for p in parts if p.startswith("tenant_id="))
-        dirs["/".join(p for p in parts if not p.startswith("date="))].update(
-            p for p in parts if p.startswith("date="))
+        f = layout.parse(name)
+        tenants.add(f.tenant)
+        tenant_dir = layout.partition_dir(PurePosixPath(f.zone), f.dataset, f.tenant)
+        dirs[str(tenant_dir)].update(
+            [] if f.date is None else [layout.date_dir(f.date)])
     where = []
     for path, dates in sorted(dirs.items()):
         days = sorted(dates)
