@@ -599,9 +599,14 @@ def _commit(settings: Settings, plan: _Plan) -> BatchResult:
     return result
 
 
-def process_batch(settings: Settings, ref: BatchRef, *, keyring: KeyRing | None = None) -> BatchResult:
-    """Ingest one landing batch exactly once.  Raises ``PseudozoneError`` on failure."""
-    prepared = _prepare(settings, ref, keyring)
+def process_batch(settings: Settings, ref: BatchRef, *, keyring: KeyRing | None = None,
+                  tenant_cache: TenantCache | None = None) -> BatchResult:
+    """Ingest one landing batch exactly once.  Raises ``PseudozoneError`` on failure.
+
+    ``tenant_cache`` keeps the tenants' known values from one batch of a run to the next
+    (read from the PII zone by the first batch of a tenant that needs them).
+    """
+    prepared = _prepare(settings, ref, keyring, tenant_cache)
     return prepared if isinstance(prepared, BatchResult) else _commit(settings, prepared)
 
 
@@ -696,14 +701,18 @@ def ingest_pending(settings: Settings, *, keyring: KeyRing | None = None, worker
 
 
 _WORKER_KEYRING: dict[str, KeyRing] = {}
+# per data root: the tenants' known values, read once per worker for the batches of a run that
+# follow its PII datasets (a worker lives for one run: _ingest_parallel's pool)
+_WORKER_TENANTS: dict[str, TenantCache] = {}
 
 
-def _worker_batch(root: str, batch: dict[str, str]) -> dict[str, Any]:
+def _worker_batch(root: str, batch: dict[str, str], reuse_known: bool = False) -> dict[str, Any]:
     settings = Settings.from_env(root)
     keyring = _WORKER_KEYRING.get(root)
     if keyring is None:
         keyring = _WORKER_KEYRING[root] = KeyRing.load(settings)
-    return process_batch(settings, BatchRef.from_dict(batch), keyring=keyring).to_dict()
+    cache = _WORKER_TENANTS.setdefault(root, {}) if reuse_known else None
+    return process_batch(settings, BatchRef.from_dict(batch), keyring=keyring, tenant_cache=cache).to_dict()
 
 
 def _worker_lifeline(lifeline: Any) -> None:
@@ -742,7 +751,11 @@ def _ingest_parallel(settings: Settings, refs: list[BatchRef], workers: int,
         with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                  initializer=_worker_lifeline, initargs=(lifeline,)) as pool:
             for stage in stages:
-                futures = [pool.submit(_worker_batch, str(settings.root), ref.to_dict()) for ref in stage]
+                # once the PII datasets are done, the run changes the PII zone no more: a worker reads
+                # a tenant's known values once for all its batches, as the one-process path does
+                reuse = stage is stages[1]
+                futures = [pool.submit(_worker_batch, str(settings.root), ref.to_dict(), reuse)
+                           for ref in stage]
                 for future in futures:
                     res = BatchResult(**future.result())
                     if on_result:

@@ -20,6 +20,11 @@ The tokenizer never hides PII from the publish gate: where the scrubber's scan f
 in a row's input (``Evidence``), the confirming detectors read the scrubbed row again,
 and an id-shaped run that they confirm as PII (a card or phone number the scrubber was
 told not to replace, or missed) stays as it is, so that the gate quarantines the batch.
+
+The definition is per row (``_replace_rows``: ``ID_RE`` matches, then ``scan.replace_spans``,
+JSON- and URL-aware); it runs, per row in Python, only where it may do more than put each id's
+token in its place.  Every other row is done over the bytes of many rows at once
+(``_replace_fast``), with the same result byte for byte (tests/unit/test_linkage_fast.py).
 """
 
 from __future__ import annotations
