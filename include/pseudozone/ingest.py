@@ -339,7 +339,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
 
     # an erased subject's data is not processed again: its rows are dropped and counted
     # (a legal hold keeps rows that existed at the erasure, never new ones)
-    sets = SubjectSets.load(settings, tenant)
+    sets = SubjectSets.load(settings, tenant, keyring)
     erased = as_array(sets.gone(contract.dataset, new_batch=True))
     has_cookie = COOKIE_COLUMN in event.column_names
     # so are the logged-out rows of a cookie whose every linked subject is erased (ADR 0008)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,8 +128,11 @@ class Mapper:
         return pc.take(mapped, encoded.indices)
 
     def tokens(self, distinct: list[str]) -> dict[str, str]:
-        digests = self.keyring.step(self.tenant, linkage.TEXT_PURPOSE, self.target, distinct)
-        return {t: linkage.token_of(d.rpartition(":")[2]) for t, d in zip(distinct, digests, strict=True)}
+        """Each distinct token's successor (``linkage.token_of`` of its step, vectorized)."""
+        def step(tokens: list[str]) -> list[str]:
+            return self.keyring.step(self.tenant, linkage.TEXT_PURPOSE, self.target, tokens)
+
+        return dict(zip(distinct, linkage._tokens(step, distinct).to_pylist(), strict=True))
 
     def text(self, values: pa.Array | pa.ChunkedArray) -> pa.Array:
         """Free text with every ``[id:…]`` token stepped (a whole file is at one version)."""
@@ -255,44 +258,46 @@ def _rotate_pii(settings: Settings, mapper: Mapper) -> int:
 # -- the state database and the request ledger ------------------------------------------------
 
 
-def _map_key(conn: sqlite3.Connection, table: str, column: str, tenant: str, fn: Callable[[str], str]) -> int:
-    """Rewrite ``column`` of a state table's rows of ``tenant`` through ``fn`` (changed rows only)."""
+def _map_key(conn: sqlite3.Connection, table: str, column: str, tenant: str, mapper: Mapper,
+             purpose: str) -> int:
+    """Rewrite ``column`` (pseudonyms of ``purpose``) of a state table's rows of ``tenant`` to the
+    mapper's target version (changed rows only; the distinct values are stepped at once)."""
     rows = conn.execute(f"SELECT rowid, {column} FROM {table} WHERE tenant_id = ?",  # noqa: S608 - names only
                         (tenant,)).fetchall()
-    changes = [(fn(v), rowid) for rowid, v in rows if v is not None and fn(v) != v]
+    new = _mapping(mapper, purpose, [v for _, v in rows if v is not None])
+    changes = [(new[v], rowid) for rowid, v in rows if v is not None and new[v] != v]
     conn.executemany(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", changes)  # noqa: S608
     return len(changes)
+
+
+def _mapping(mapper: Mapper, purpose: str, values: Iterable[str]) -> dict[str, str]:
+    distinct = sorted(set(values))
+    return dict(zip(distinct, mapper.values(purpose, distinct), strict=True))
 
 
 def _rotate_state(settings: Settings, mapper: Mapper) -> dict[str, int]:
     tenant, keyring = mapper.tenant, mapper.keyring
     counts: dict[str, int] = {}
     with state.connect(settings) as conn:
-        def step(purpose: str) -> Callable[[str], str]:
-            cache: dict[str, str] = {}
-
-            def fn(value: str) -> str:
-                if value not in cache:
-                    cache[value] = mapper.values(purpose, [value])[0]
-                return cache[value]
-            return fn
-
-        subject, cookie = step(SUBJECT_PURPOSE), step(_cookie_purpose())
+        cookie = _cookie_purpose()
         vault = Vault(keyring, conn)
         stored = [s for (s,) in conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?",
                                              (tenant,))]
-        renames = {s: subject(s) for s in stored if subject(s) != s}
+        subjects = _mapping(mapper, SUBJECT_PURPOSE, stored)
+        renames = {s: n for s, n in subjects.items() if n != s}
         deks = vault.rename(tenant, renames)
         counts["data_keys_moved"] = len(renames)
-        counts["identity_links"] = max(_map_key(conn, "identity_links", "subject_id", tenant, subject),
-                                       _map_key(conn, "identity_links", "anonymous_pid", tenant, cookie))
-        counts["consent"] = _map_key(conn, "consent", "subject_id", tenant, subject)
+        counts["identity_links"] = max(
+            _map_key(conn, "identity_links", "subject_id", tenant, mapper, SUBJECT_PURPOSE),
+            _map_key(conn, "identity_links", "anonymous_pid", tenant, mapper, cookie))
+        counts["consent"] = _map_key(conn, "consent", "subject_id", tenant, mapper, SUBJECT_PURPOSE)
         # rectified values are encrypted under associated data naming the subject
         rows = conn.execute("SELECT rowid, subject_id, field, value_enc FROM rectifications"
                             " WHERE tenant_id = ?", (tenant,)).fetchall()
         changed = 0
+        rectified = _mapping(mapper, SUBJECT_PURPOSE, [r[1] for r in rows])
         for rowid, s, field, blob in rows:
-            new = subject(s)
+            new = rectified[s]
             if new == s:
                 continue
             dek = deks.get(new)

@@ -56,12 +56,14 @@ def _ring(settings: Settings) -> KeyRing:
     return ring
 
 
-def opened(settings: Settings, tenant: str, values: Iterable[str]) -> list[str]:
-    """Stored subject or cookie pseudonyms with the sealed ones (an erased subject's) opened."""
+def opened(settings: Settings, tenant: str, values: Iterable[str],
+           keyring: KeyRing | None = None) -> list[str]:
+    """Stored subject or cookie pseudonyms with the sealed ones (an erased subject's) opened
+    (with ``keyring``, else the root's key ring)."""
     values = list(values)
     if not any(v.startswith(SEALED_PREFIX) for v in values):
         return values
-    ring = _ring(settings)
+    ring = keyring or _ring(settings)
     return [ring.unseal(tenant, v) for v in values]
 
 
@@ -122,21 +124,22 @@ def legal_holds(settings: Settings, tenant: str) -> Holds:
                            for r in rows))
 
 
-def keys(settings: Settings, tenant: str) -> tuple[frozenset[str], frozenset[str]]:
+def keys(settings: Settings, tenant: str,
+         keyring: KeyRing | None = None) -> tuple[frozenset[str], frozenset[str]]:
     """(subjects with a live data key, subjects whose key is destroyed) of a tenant."""
     with state.connect(settings) as conn:
         rows = conn.execute("SELECT subject_id, wrapped_dek IS NULL FROM subject_keys WHERE tenant_id = ?",
                             (tenant,)).fetchall()
     return (frozenset(r[0] for r in rows if not r[1]),
-            frozenset(opened(settings, tenant, [r[0] for r in rows if r[1]])))
+            frozenset(opened(settings, tenant, [r[0] for r in rows if r[1]], keyring)))
 
 
-def erased(settings: Settings, tenant: str) -> frozenset[str]:
+def erased(settings: Settings, tenant: str, keyring: KeyRing | None = None) -> frozenset[str]:
     """Subjects of the tenant whose data key is destroyed."""
     with state.connect(settings) as conn:
         rows = conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?"
                             " AND wrapped_dek IS NULL", (tenant,)).fetchall()
-    return frozenset(opened(settings, tenant, [r[0] for r in rows]))
+    return frozenset(opened(settings, tenant, [r[0] for r in rows], keyring))
 
 
 def restricted(settings: Settings, tenant: str) -> frozenset[str]:
@@ -183,7 +186,7 @@ class Links:
         return {c: sorted(self.subjects_of.get(c, ())) for c in sorted(cookies)}
 
 
-def links(settings: Settings, tenant: str, subjects: Iterable[str]) -> Links:
+def links(settings: Settings, tenant: str, subjects: Iterable[str], keyring: KeyRing | None = None) -> Links:
     """The links of ``subjects``: their cookies, and for each every subject it was seen with."""
     wanted = sorted(set(subjects))
     if not wanted:
@@ -192,7 +195,7 @@ def links(settings: Settings, tenant: str, subjects: Iterable[str]) -> Links:
         sealed = conn.execute("SELECT 1 FROM identity_links WHERE tenant_id = ? AND subject_id LIKE ?"
                               " LIMIT 1", (tenant, SEALED_PREFIX + "%")).fetchone() is not None
         if sealed:  # an erased subject's links are kept sealed (seal_links)
-            ring = _ring(settings)
+            ring = keyring or _ring(settings)
             wanted = sorted({*wanted, *(ring.seal(tenant, s) for s in wanted)})
         rows = conn.execute(
             "SELECT anonymous_pid, subject_id FROM identity_links WHERE tenant_id = ? AND anonymous_pid IN"
@@ -200,8 +203,8 @@ def links(settings: Settings, tenant: str, subjects: Iterable[str]) -> Links:
             "  AND subject_id IN (SELECT value FROM json_each(?)))",
             (tenant, tenant, json.dumps(wanted))).fetchall()
     out: dict[str, set[str]] = defaultdict(set)
-    cookies = opened(settings, tenant, [r[0] for r in rows])
-    for cookie, subject in zip(cookies, opened(settings, tenant, [r[1] for r in rows]), strict=True):
+    cookies = opened(settings, tenant, [r[0] for r in rows], keyring)
+    for cookie, subject in zip(cookies, opened(settings, tenant, [r[1] for r in rows], keyring), strict=True):
         out[cookie].add(subject)
     return Links({c: frozenset(s) for c, s in out.items()})
 
@@ -261,10 +264,10 @@ class SubjectSets:
     frozen: frozenset[str] = frozenset()
 
     @classmethod
-    def load(cls, settings: Settings, tenant: str) -> SubjectSets:
-        gone, limited = erased(settings, tenant), restricted(settings, tenant)
+    def load(cls, settings: Settings, tenant: str, keyring: KeyRing | None = None) -> SubjectSets:
+        gone, limited = erased(settings, tenant, keyring), restricted(settings, tenant)
         return cls(tenant, gone, limited, legal_holds(settings, tenant),
-                   links(settings, tenant, gone | limited), frozen_cookies(settings, tenant))
+                   links(settings, tenant, gone | limited, keyring), frozen_cookies(settings, tenant))
 
     def during_run(self, *, erase: Iterable[str] = (), restrict: Iterable[str] = (),
                    unrestrict: Iterable[str] = (), release: Iterable[str] = (),

@@ -137,7 +137,8 @@ class Erase(Action):
         pii_held = any(c.holds.keeps(d, s) for d in contracts.pii_datasets())
         destroyed = False
         if not pii_held:
-            erased_before, linked_now = erased(c.settings, tenant), links(c.settings, tenant, {s})
+            erased_before = erased(c.settings, tenant, c.keyring)
+            linked_now = links(c.settings, tenant, {s}, c.keyring)
             with state.connect(c.settings) as sconn:
                 destroyed = Vault(c.keyring, sconn).destroy(tenant, s)
                 if not destroyed:

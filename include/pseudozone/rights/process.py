@@ -74,8 +74,8 @@ def _freeze_cookies(settings: Settings, conn: Any, row: Any, now: Any, keyring: 
     tenant = row.tenant_id
     restricted_now = frozenset(str(r[0]) for r in conn.execute(
         select(store.restrictions.c.subject_id).where(store.restrictions.c.tenant_id == tenant)))
-    sets = SubjectSets(tenant, erased(settings, tenant), restricted_now,
-                       links=links(settings, tenant, {row.subject_id}))
+    sets = SubjectSets(tenant, erased(settings, tenant, keyring), restricted_now,
+                       links=links(settings, tenant, {row.subject_id}, keyring))
     frozen = {str(r[0]) for r in conn.execute(select(store.restricted_cookies.c.anonymous_pid).where(
         store.restricted_cookies.c.tenant_id == tenant))}
     new = sorted(sets.to_freeze(row.subject_id) - frozen)
@@ -200,7 +200,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
         into: dict[str, list[str]] = {}
         back: dict[str, list[str]] = {}
         if w.restrict or w.unrestrict:
-            into, back, release[tenant] = _cookie_moves(settings, tenant, w)
+            into, back, release[tenant] = _cookie_moves(settings, tenant, w, keyring)
         found = index_lookup(settings, tenant, w.subjects())
         indexed[tenant] = sorted(set(found["subject_id"].to_pylist()))
         for subject, zone, path, dataset, batch in zip(
@@ -222,7 +222,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
         if w.erase:
             # the logged-out rows of the erased subjects' cookies: found by a scan, the index
             # lists subjects only
-            linked = links(settings, tenant, w.erase)
+            linked = links(settings, tenant, w.erase, keyring)
             covered = linked.covered(w.erase)
             cookies[tenant] = {s: {"erased": len(linked.of(s) & covered),
                                    "shared_kept": len(linked.of(s) - covered)}
@@ -262,7 +262,7 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
                    release_cookies=release)
 
 
-def _cookie_moves(settings: Settings, tenant: str, w: Work) -> tuple[
+def _cookie_moves(settings: Settings, tenant: str, w: Work, keyring: KeyRing | None = None) -> tuple[
         dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
     """(cookies whose logged-out rows move to the restricted zone, cookies whose rows move back,
     per unrestricted subject the frozen cookies its unrestriction releases), the first two
@@ -274,8 +274,8 @@ def _cookie_moves(settings: Settings, tenant: str, w: Work) -> tuple[
     Cookies every subject of which is erased are the erasure's (never moved).
     """
     frozen = frozen_cookies(settings, tenant)
-    base = SubjectSets.load(settings, tenant)
-    linked = links(settings, tenant, base.erased | base.restricted | w.subjects())
+    base = SubjectSets.load(settings, tenant, keyring)
+    linked = links(settings, tenant, base.erased | base.restricted | w.subjects(), keyring)
     still = (base.restricted | w.restrict) - w.unrestrict
     gone = linked.covered(base.erased | w.erase)
     free = {c for s in w.unrestrict for c in linked.of(s)} - linked.covered(still | base.erased | w.erase)
@@ -553,11 +553,12 @@ def _gate(settings: Settings, contract: contracts.Contract, group: GroupPlan,
     tenant, dataset = group["tenant_id"], group["dataset"]
     # the sets as this run leaves them; an erased subject's rows kept under a legal hold
     # on this dataset are allowed to stay (lake.subjects)
-    base = SubjectSets.load(settings, tenant)
+    base = SubjectSets.load(settings, tenant, keyring)
     run_subjects = {*group["erase"], *group["restrict"], *group["unrestrict"]}
     sets = base.during_run(erase=group["erase"], restrict=group["restrict"], unrestrict=group["unrestrict"],
                            release=group.get("release_cookies", ()),
-                           links=links(settings, tenant, base.erased | base.restricted | run_subjects))
+                           links=links(settings, tenant, base.erased | base.restricted | run_subjects,
+                                       keyring))
     new_values = [v for fields in corrections.values() for v in fields.values()]
     known = KnownValues(new_values) if new_values else None
     present = {rel: t for rel, t in sorted(outputs.items()) if t is not None and t.num_rows}
