@@ -744,10 +744,12 @@ class Vault:
         """(wrapped key or None, KEK version) of each subject with a row: a live key under its
         pseudonym, a destroyed one (tombstone) under its sealed pseudonym (``KeyRing.seal``)."""
         found: dict[str, tuple[bytes | None, int]] = {}
+        tombstones = self.conn.execute("SELECT 1 FROM subject_keys WHERE tenant_id = ?"
+                                       " AND wrapped_dek IS NULL LIMIT 1", (tenant,)).fetchone() is not None
         for start in range(0, len(subjects), 250):
             chunk = subjects[start:start + 250]
-            sealed = {self.keyring.seal(tenant, s): s for s in chunk}
-            marks = ",".join("?" * (2 * len(chunk)))
+            sealed = {self.keyring.seal(tenant, s): s for s in chunk} if tombstones else {}
+            marks = ",".join("?" * (len(chunk) + len(sealed)))
             rows = self.conn.execute(
                 f"SELECT subject_id, wrapped_dek, kek_version FROM subject_keys "  # noqa: S608 - marks only
                 f"WHERE tenant_id = ? AND subject_id IN ({marks})", [tenant, *chunk, *sealed])
