@@ -116,8 +116,13 @@ def text_pseudonyms(keyring: KeyRing, tenant: str, ids: list[str]) -> list[str]:
     text (docs/adr/0015-pseudonym-rotation.md)."""
     out = keyring.pseudonymize(tenant, linkage.TEXT_PURPOSE, ids, version=1)
     for version in range(2, keyring.version_of(tenant) + 1):
-        out = keyring.step(tenant, linkage.TEXT_PURPOSE, version,
-                           [linkage.token_of(p.rpartition(":")[2]) for p in out])
+        previous = out
+
+        def pseudonyms(_ids: list[str], previous: list[str] = previous) -> list[str]:
+            return previous
+
+        tokens = linkage._tokens(pseudonyms, ids).to_pylist()  # token_of each, vectorized
+        out = keyring.step(tenant, linkage.TEXT_PURPOSE, version, tokens)
     return out
 
 
