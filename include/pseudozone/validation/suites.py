@@ -322,6 +322,11 @@ def data_asset_label(zone: str, dataset: str, names: Sequence[str]) -> str:
     dirs: dict[str, set[str]] = defaultdict(set)  # tenant directory -> its partitions' names
     tenants: set[str] = set()
     for name in names:
+        if zone == "exports":  # an archive, exports/<tenant>/<request id>.zip.enc: no zone file path
+            tenant_dir = PurePosixPath(name).parent
+            tenants.add(tenant_dir.name)
+            dirs[str(tenant_dir)].update([])
+            continue
         f = layout.parse(name)
         tenants.add(f.tenant)
         tenant_dir = layout.partition_dir(PurePosixPath(f.zone), f.dataset, f.tenant)
