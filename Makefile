@@ -25,7 +25,7 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__LOGGING__LOGGING_LEVEL=INFO
 
-.PHONY: install demo test lint unit bench clean
+.PHONY: install demo test test-integration lint unit bench clean
 
 $(BOOTSTRAP)/bin/uv:
 	$(PYTHON) -m venv $(BOOTSTRAP)
@@ -36,6 +36,12 @@ $(VENV)/.installed: pyproject.toml uv.lock $(UV_DEP)
 	@touch $@
 
 install: $(VENV)/.installed
+
+# the integration tier adds the dependency group 'deploy' (the Celery provider, as the image has it);
+# redone after every plain install, whose exact sync removes it again
+$(VENV)/.installed-deploy: $(VENV)/.installed
+	$(UV) sync --frozen --compile-bytecode --group deploy
+	@touch $@
 
 demo: install
 	$(BIN)/pseudozone generate --events $(DEMO_EVENTS)
@@ -69,6 +75,12 @@ unit: install
 
 test: lint
 	$(BIN)/pytest -q
+
+# tests/system: PostgreSQL, Redis, Airflow's API server, scheduler and DAG processor and two Celery
+# workers as processes on loopback (README, "Integration tier"); needs Debian's postgresql and
+# redis-server, which .ci/run installs
+test-integration: $(VENV)/.installed-deploy
+	PSEUDOZONE_SYSTEM_TESTS=1 $(BIN)/pytest -q tests/system
 
 bench: install
 	$(BIN)/python bench/bench_ingest.py --events $(BENCH_EVENTS)
