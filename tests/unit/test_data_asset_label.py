@@ -22,3 +22,8 @@ def test_export_archives_are_labelled_by_tenant() -> None:
     names = ["exports/acme/f4bd73a0-0072-46e5-811e-414e2e5d05b6.zip.enc"]
     assert data_asset_label("exports", "*", names) == (
         "exports zone, dataset every dataset, tenant acme: 1 file(s) in exports/acme")
+
+
+def test_files_outside_the_zones_are_labelled_by_their_directory() -> None:
+    assert data_asset_label("events", "events", ["part.parquet"]) == (
+        "events zone, dataset events: 1 file(s) in .")

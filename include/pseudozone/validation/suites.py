@@ -327,7 +327,11 @@ def data_asset_label(zone: str, dataset: str, names: Sequence[str]) -> str:
             tenants.add(tenant_dir.name)
             dirs[str(tenant_dir)].update([])
             continue
-        f = layout.parse(name)
+        try:
+            f = layout.parse(name)
+        except layout.LayoutError:  # a file outside the zones (a caller's own): its directory
+            dirs[str(PurePosixPath(name).parent)].update([])
+            continue
         tenants.add(f.tenant)
         tenant_dir = layout.partition_dir(PurePosixPath(f.zone), f.dataset, f.tenant)
         dirs[str(tenant_dir)].update(
