@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 VERSION_KEY = "pseudozone.pseudonym_version"  # Parquet footer key of a rotated file
 SUBJECT_PURPOSE = "subject"
 _TOKEN = re.compile(r"\[id:[a-z]{15}\]")  # a linkage token (its consonants are a-z)
-_VERSIONED = re.compile(r"^v([0-9]{1,6}):")
+
 
 class RotationError(PseudozoneError):
     """A rotation cannot start or go on (names the tenant and the reason, never a value)."""
@@ -210,7 +210,9 @@ def _rotate_pii_file(settings: Settings, mapper: Mapper, path: Path, deks: dict[
     """Replace one PII-zone file with its subjects stepped and its values re-encrypted."""
     table = pq.read_table(path)
     old = table[SUBJECT_COLUMN].to_pylist()
+    rel = layout.parse(path, settings.zones)
     if all(s is None or s.startswith(f"v{mapper.target}:") for s in old):
+        index.reindex(settings, [rel.rel])  # a run killed after the replace left the superset
         return 0
     distinct = sorted({s for s in old if s is not None})
     new_of = dict(zip(distinct, mapper.values(SUBJECT_PURPOSE, distinct), strict=True))
@@ -232,7 +234,6 @@ def _rotate_pii_file(settings: Settings, mapper: Mapper, path: Path, deks: dict[
             out.append(encrypt_value(aeads[s_old], value, pii_associated_data(tenant, s_new, name)))
         columns[name] = pa.array(out, table.schema.field(name).type)
     rotated = pa.table(columns)
-    rel = layout.parse(path, settings.zones)
     # the new subjects' index entries before they are visible, the old ones' after
     batch_index = index.read(settings, rel.dataset, tenant, rel.batch)
     index.write(settings, rel.dataset, tenant, rel.batch,
