@@ -12,6 +12,13 @@ When triggered for one tenant, rotates its keys (`docs/adr/0015-pseudonym-rotati
    A killed run is resumed by the retry.
 2. `rotate_keks`: a new KEK for the tenant; every live data key is re-wrapped and the old KEK
    seeds destroyed, without touching the data.
+3. `rotate_master` (param `master`, default off): the data root's root secret is re-wrapped
+   under the new master key (`PSEUDOZONE_NEW_MASTER_KEY`, the connection named by
+   `PSEUDOZONE_NEW_MASTER_KEY_CONN_ID`, or the file named by `PSEUDOZONE_NEW_MASTER_KEY_FILE`,
+   in the workers' environment) in one transaction; nothing else changes and the old key is
+   refused from then on, so switch every worker's master key to the new one next
+   (`docs/adr/0002-key-hierarchy.md`). It runs last, after the tenant's rotations; with
+   `pseudonyms` off only the tenant's KEK rotation runs before it.
 
 XCom carries counts only. Logic: `include/pseudozone/rotation.py`, `include/pseudozone/keys.py`.
 """
@@ -47,6 +54,9 @@ DEFAULT_ARGS = {
                         description="the tenant whose keys are rotated"),
         "pseudonyms": Param(True, type="boolean",
                             description="also move the tenant's pseudonyms to the next version"),
+        "master": Param(False, type="boolean",
+                        description="then re-wrap the root secret under the new master key of the"
+                                    " workers' environment (PSEUDOZONE_NEW_MASTER_KEY...)"),
     },
 )
 def rotate_keys() -> None:
@@ -65,7 +75,15 @@ def rotate_keys() -> None:
 
         return tasks.rotate_keks(str((params or {})["tenant"]))
 
-    pseudonyms() >> keks()
+    @task(task_id="rotate_master")
+    def master(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from pseudozone import tasks
+
+        if not (params or {}).get("master", False):
+            return {"skipped": True}
+        return tasks.rotate_master_key()
+
+    pseudonyms() >> keks() >> master()
 
 
 dag_obj = rotate_keys()

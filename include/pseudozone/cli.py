@@ -356,6 +356,35 @@ def cmd_keys_rotate_pseudonyms(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_rotate_master(args: argparse.Namespace) -> int:
+    from pseudozone import keys
+
+    settings = _settings(args)
+    new_master, new_origin = keys.load_new_master_key(args.new_key_file)
+    result = keys.rotate_master_key(settings, new_master, new_origin)
+    if args.json:
+        _print_json(result)
+        return 0
+    version, previous = result["master_version"], result["from_master_version"]
+    if result["rewrapped_now"]:
+        print(f"master key rotated: the root secret is wrapped under master key version {version} (was"
+              f" {previous}); no pseudonym, KEK or data changed")
+    elif previous is None:
+        print(f"the new key is already this data root's master key (version {version}); nothing to rotate")
+        return 0
+    else:
+        print(f"master key already rotated to version {version} (from {previous}); nothing re-wrapped"
+              f"{', the audit entry written' if result['audited'] else ''}")
+    if result["key_file_replaced"]:
+        print(f"the key file {settings.master_key_file} now holds the new key; back it up in the secret"
+              " store. The old key is refused from now on")
+    else:
+        places = f"${keys.MASTER_KEY_ENV}, ${keys.MASTER_KEY_CONN_ENV} or ${keys.MASTER_KEY_FILE_ENV}"
+        print(f"the old master key is refused from now on: configure the new one where the master key is"
+              f" read from ({places}) on every host and worker")
+    return 0
+
+
 def cmd_hold_list(args: argparse.Namespace) -> int:
     from pseudozone.rights import requests
 
@@ -657,6 +686,19 @@ def build_parser() -> argparse.ArgumentParser:
     kps.add_argument("--tenant", required=True, help="the tenant whose pseudonyms are rotated")
     json_option(kps, "the rotation's counts")
     kps.set_defaults(func=cmd_keys_rotate_pseudonyms, needs_root=True)
+    kmr = add(key_sub, "rotate-master", "re-wrap the root secret under a new master key in one"
+              " transaction (no pseudonym, KEK or data changes) and record the new key's check value;"
+              " the old key is refused afterwards. The old key is the configured master key, the new"
+              " one comes from --new-key-file, else $PSEUDOZONE_NEW_MASTER_KEY, the Airflow connection"
+              " named by $PSEUDOZONE_NEW_MASTER_KEY_CONN_ID or the file named by"
+              " $PSEUDOZONE_NEW_MASTER_KEY_FILE (never the command line). A generated key file in the"
+              " key directory is replaced by the new key; a key from the environment must be switched"
+              " by you. Audited (keys.master_rotated); run it again to finish a killed rotation (ADR 0002)")
+    kmr.add_argument("--new-key-file", type=Path, metavar="PATH",
+                     help="a file holding the new master key, base64 of 32 random bytes, mode 0600"
+                          " (default: from the environment, as above)")
+    json_option(kmr, "the rotation's versions")
+    kmr.set_defaults(func=cmd_keys_rotate_master, needs_root=True)
 
     hlist = add(hold_sub, "list", "open legal holds (ids, scope, reason code; never the reason)")
     hlist.add_argument("--tenant", help="only this tenant's holds")

@@ -1,10 +1,16 @@
 """Key hierarchy (DESIGN.md "Keys"; docs/adr/0002-key-hierarchy.md).
 
     master key (env var, Airflow connection, a given 0600 key file, or a generated 0600 key file)
-      ├─ HKDF → tenant pseudonym key, per tenant, version and purpose  (HMAC-SHA256)
-      └─ HKDF → tenant key-encryption key (KEK)
-                 └─ wraps one random data key (DEK) per subject, kept in the vault
-                      └─ AES-256-GCM of that subject's PII values
+      └─ wraps (AES-256-GCM) the root secret, stored in the state database (``root_secret``)
+           ├─ HKDF → tenant pseudonym key, per tenant, version and purpose  (HMAC-SHA256)
+           ├─ HKDF → seal, hold, request, export and audit keys
+           └─ HKDF → tenant key-encryption key (KEK)
+                      └─ wraps one random data key (DEK) per subject, kept in the vault
+                           └─ AES-256-GCM of that subject's PII values
+
+The master key only wraps the root secret (and keys its own check value), so rotating it
+(``rotate_master_key``) re-wraps one row and changes no pseudonym, KEK or ciphertext.  A root
+from before the root secret adopts its master key's bytes as its root secret.
 
 No function here logs or returns key material in a message.  Destroying a
 subject's DEK (crypto-shredding) makes every copy of its ciphertext unreadable.
@@ -44,6 +50,10 @@ MASTER_KEY_CONN_ENV = "PSEUDOZONE_MASTER_KEY_CONN_ID"
 # a key file kept elsewhere (a Docker or Kubernetes secret mounted read-only): read, never made
 MASTER_KEY_FILE_ENV = "PSEUDOZONE_MASTER_KEY_FILE"
 PSEUDONYM_VERSION_ENV = "PSEUDOZONE_PSEUDONYM_VERSION"
+# where ``keys rotate-master`` (and the rotate_keys DAG's rotate_master task) reads the new key
+NEW_MASTER_KEY_ENV = "PSEUDOZONE_NEW_MASTER_KEY"
+NEW_MASTER_KEY_CONN_ENV = "PSEUDOZONE_NEW_MASTER_KEY_CONN_ID"
+NEW_MASTER_KEY_FILE_ENV = "PSEUDOZONE_NEW_MASTER_KEY_FILE"
 SEALED_PREFIX = "s:"  # a sealed pseudonym (KeyRing.seal)
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -67,12 +77,12 @@ def _decode_key(text: str, origin: str) -> bytes:
     return key
 
 
-def _key_from_airflow(conn_id: str) -> bytes:
+def _key_from_airflow(conn_id: str, env: str = MASTER_KEY_CONN_ENV) -> bytes:
     try:
         from airflow.sdk import BaseHook
     except ImportError:
         raise KeyMaterialError(
-            f"{MASTER_KEY_CONN_ENV} is set but Airflow is not importable") from None
+            f"{env} is set but Airflow is not importable") from None
     try:
         conn = BaseHook.get_connection(conn_id)
     except Exception:  # noqa: BLE001 - the hook's error text is not ours to show
@@ -125,19 +135,20 @@ def _key_from_file(settings: Settings) -> tuple[bytes, str]:
     return _decode_key(path.read_text(), f"key file {path.name}"), f"key file {path}"
 
 
-def _key_from_given_file(name: str) -> tuple[bytes, str]:
+def _key_from_given_file(name: str | os.PathLike[str], named_by: str = f"${MASTER_KEY_FILE_ENV}",
+                         ) -> tuple[bytes, str]:
     """``$PSEUDOZONE_MASTER_KEY_FILE``: a key file the deployment provides.  Never created (a
     missing file is an error, not an empty root's new key); refused unless only its owner may
-    read it, as the key directory's file."""
+    read it, as the key directory's file.  ``named_by`` says what named it (in messages)."""
     path = Path(name).expanduser()
-    origin = f"key file {path} (${MASTER_KEY_FILE_ENV})"
+    origin = f"key file {path} ({named_by})"
     try:
         _check_private(path)
         text = path.read_text()
     except FileNotFoundError:
-        raise KeyMaterialError(f"${MASTER_KEY_FILE_ENV} names {path}, which does not exist") from None
+        raise KeyMaterialError(f"{named_by} names {path}, which does not exist") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise KeyMaterialError(f"${MASTER_KEY_FILE_ENV} names {path}, which cannot be read as a key file"
+        raise KeyMaterialError(f"{named_by} names {path}, which cannot be read as a key file"
                                f" ({type(exc).__name__})") from None
     return _decode_key(text, origin), origin
 
@@ -341,7 +352,9 @@ def init_master_key(settings: Settings) -> str:
             if existing.exists():
                 raise KeyMaterialError(f"a key file {existing} exists already; it is kept as it is")
     master, origin = _master_key(settings)
-    record_key_check(settings, key_check_value(master))
+    # a root made here starts with a random root secret (docs/adr/0002-key-hierarchy.md, "Root
+    # secret"), recorded with the key's check value in one transaction
+    _store_root_secret(settings, master, os.urandom(KEY_BYTES), origin, kind=ORIGIN_RANDOM)
     return origin
 
 
@@ -355,12 +368,20 @@ def pii_associated_data(tenant: str, subject_id: str, column: str) -> bytes:
 
 
 class KeyRing:
-    """Derived keys for one master key.  Cheap to build; caches derivations."""
+    """Derived keys for one root secret.  Cheap to build; caches derivations.
 
-    def __init__(self, master: bytes, *, pseudonym_version: int | None = None) -> None:
-        if len(master) != KEY_BYTES:
-            raise KeyMaterialError(f"master key must be {KEY_BYTES} bytes")
-        self._master = master
+    ``secret`` is the data root's root secret (every key derives from it); ``master`` the master
+    key that wraps it, used only for ``check_value`` and never kept.  A root that never had its
+    master key rotated (and one from before the root secret) has the master key's bytes as its
+    root secret, so ``KeyRing(master)`` is its key ring.
+    """
+
+    def __init__(self, secret: bytes, *, master: bytes | None = None,
+                 pseudonym_version: int | None = None) -> None:
+        if len(secret) != KEY_BYTES or (master is not None and len(master) != KEY_BYTES):
+            raise KeyMaterialError(f"master key and root secret must be {KEY_BYTES} bytes")
+        self._secret = secret
+        self._check = key_check_value(master if master is not None else secret)
         if pseudonym_version is None:
             pseudonym_version = int(os.environ.get(PSEUDONYM_VERSION_ENV, "1"))
         if pseudonym_version < 1:
@@ -380,14 +401,14 @@ class KeyRing:
 
     def check_value(self) -> str:
         """The master key's check value (``key_check_value``), never the key."""
-        return key_check_value(self._master)
+        return self._check
 
     @classmethod
     def load(cls, settings: Settings) -> KeyRing:
-        """The data root's master key, refused when it is not the key the root was first used with."""
+        """The data root's key ring: its root secret, unwrapped with the configured master key once
+        that key is proved to be the root's current master key (else refused, nothing done)."""
         master, origin = _master_key(settings)
-        ring = cls(master)
-        verify_master_key(settings, ring, origin)
+        ring = cls(_open_root_secret(settings, master, origin), master=master)
         from pseudozone.state import pseudonym_versions  # the tenants' rotated versions
 
         return ring.use_versions(pseudonym_versions(settings))
@@ -395,7 +416,7 @@ class KeyRing:
     def _derive(self, info: str) -> bytes:
         key = self._cache.get(info)
         if key is None:
-            key = self._cache[info] = _hkdf(self._master, info)
+            key = self._cache[info] = _hkdf(self._secret, info)
         return key
 
     def version_of(self, tenant: str) -> int:
@@ -415,12 +436,12 @@ class KeyRing:
         return self._derive(f"pseudozone/pseudonym/{tenant}/{purpose}/v{v}")
 
     def kek(self, tenant: str) -> bytes:
-        """The tenant's legacy KEK (version 1): derived from the master key alone, so it can never
-        be destroyed while the master key lives (ADR 0009); data keys move off it on rotation."""
+        """The tenant's legacy KEK (version 1): derived from the root secret alone, so it can never
+        be destroyed while the root secret lives (ADR 0009); data keys move off it on rotation."""
         return self._derive(f"pseudozone/kek/{tenant}/v{LEGACY_KEK_VERSION}")
 
     def seeded_kek(self, tenant: str, version: int, seed: bytes) -> bytes:
-        """KEK version >= 2: HKDF of the master key salted with that version's random seed, which
+        """KEK version >= 2: HKDF of the root secret salted with that version's random seed, which
         lives only in the key directory and is deleted when the tenant's KEK is rotated."""
         if version <= LEGACY_KEK_VERSION or len(seed) != KEY_BYTES:
             raise KeyMaterialError("a seeded KEK needs a version >= 2 and a 32-byte seed")
@@ -429,7 +450,7 @@ class KeyRing:
         if key is None:
             key = self._cache[cache_key] = HKDF(
                 algorithm=hashes.SHA256(), length=KEY_BYTES, salt=seed,
-                info=f"pseudozone/kek/{tenant}/v{version}".encode()).derive(self._master)
+                info=f"pseudozone/kek/{tenant}/v{version}".encode()).derive(self._secret)
         return key
 
     def hold_key(self, tenant: str) -> bytes:
@@ -965,3 +986,235 @@ def rotate_after_erasures(settings: Settings, keyring: KeyRing | None = None) ->
     if not tenants:
         return {"tenants": {}, "rotated": 0}
     return rotate_keks(settings, keyring, tenants=tenants)
+
+
+# -- the root secret and master-key rotation (docs/adr/0002-key-hierarchy.md, "Root secret") -------
+
+ORIGIN_ADOPTED = "adopted"  # root secret: a root's first master key's bytes (roots from before it)
+ORIGIN_RANDOM = "random"  # root secret: random, made by `keys init`
+MASTER_ROTATED_ACTION = "keys.master_rotated"
+
+
+def _root_secret_ad(master_version: int) -> bytes:
+    return f"pseudozone/root-secret|master-v{master_version}".encode()
+
+
+def _wrap_root_secret(master: bytes, master_version: int, secret: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(master).encrypt(nonce, secret, _root_secret_ad(master_version))
+
+
+def _unwrap_root_secret(master: bytes, master_version: int, wrapped: bytes, origin: str) -> bytes:
+    try:
+        secret = AESGCM(master).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:],
+                                        _root_secret_ad(master_version))
+    except InvalidTag:
+        raise KeyMaterialError(
+            f"the root secret does not unwrap with the master key from {origin} (master key version "
+            f"{master_version}): the state database's root_secret row was changed or damaged; nothing "
+            f"was done") from None
+    if len(secret) != KEY_BYTES:
+        raise KeyMaterialError("the state database's root secret is damaged")
+    return secret
+
+
+def _read_root_secret(settings: Settings) -> tuple[int, bytes] | None:
+    """(master key version, wrapped root secret); None when the root has none stored yet."""
+    row = _read_state(settings, lambda c: c.execute(
+        "SELECT master_version, wrapped FROM root_secret WHERE id = 1").fetchone())
+    return None if row is None else (int(row[0]), bytes(row[1]))
+
+
+def _refuse_unless_current(recorded: dict[int, str], check: str, current: int, origin: str) -> None:
+    """Raise unless ``check`` is the recorded check value of master key version ``current``."""
+    if recorded.get(current) == check:
+        return
+    retired = sorted(v for v, c in recorded.items() if c == check)
+    if retired:
+        raise KeyMaterialError(
+            f"the master key from {origin} is not this data root's key any more: it is the root's retired"
+            f" master key version {retired[-1]}, replaced by version {current} (pseudozone keys"
+            f" rotate-master); nothing was done. Configure the current master key (or, after a killed"
+            f" rotation, run 'pseudozone keys rotate-master' again with the new key to finish it)")
+    raise KeyMaterialError(
+        f"the master key from {origin} is not this data root's key (its key check value differs from the"
+        f" one recorded for the root's current master key, version {current}); nothing was done. Use the"
+        f" key this root was created with, or the one it was last rotated to")
+
+
+def _open_root_secret(settings: Settings, master: bytes, origin: str) -> bytes:
+    """The root secret, unwrapped once ``master`` is proved to be the root's current master key.
+
+    A root without a stored root secret (one from before it, or one first used right now
+    without ``keys init``) is proved as before (``verify_master_key``) and then adopts the
+    master key's own bytes as its root secret, stored wrapped: every pseudonym, KEK and
+    sealed value it holds stays valid.
+    """
+    stored = _read_root_secret(settings)  # before the checks: a rotation in between is then benign
+    if stored is None:
+        verify_master_key(settings, KeyRing(master), origin)
+        return _store_root_secret(settings, master, master, origin, kind=ORIGIN_ADOPTED)
+    version, wrapped = stored
+    _refuse_unless_current(_recorded_checks(settings), key_check_value(master), version, origin)
+    return _unwrap_root_secret(master, version, wrapped, origin)
+
+
+def _store_root_secret(settings: Settings, master: bytes, secret: bytes, origin: str, *, kind: str) -> bytes:
+    """Store ``secret`` wrapped under ``master`` (with the key's check value, if none is recorded)
+    in one transaction, unless the root has a root secret already; returns the one that stands."""
+    from pseudozone import state
+
+    check = key_check_value(master)
+    with state.connect(settings) as conn:
+        recorded = dict(conn.execute("SELECT version, check_value FROM key_checks").fetchall())
+        if not recorded:
+            conn.execute("INSERT INTO key_checks (version, check_value) VALUES (?, ?)",
+                         (MASTER_KEY_VERSION, check))
+            recorded = {MASTER_KEY_VERSION: check}
+        version = max(recorded)
+        conn.execute("INSERT OR IGNORE INTO root_secret (id, master_version, wrapped, origin)"
+                     " VALUES (1, ?, ?, ?)", (version, _wrap_root_secret(master, version, secret), kind))
+        row = conn.execute("SELECT master_version, wrapped FROM root_secret WHERE id = 1").fetchone()
+    # another process may have recorded another key, or rotated the master key, in between
+    _refuse_unless_current(recorded, check, int(row[0]), origin)
+    return _unwrap_root_secret(master, int(row[0]), bytes(row[1]), origin)
+
+
+def load_new_master_key(new_key_file: str | os.PathLike[str] | None = None) -> tuple[bytes, str]:
+    """The new master key of a rotation and where it came from: ``new_key_file`` (``--new-key-file``),
+    else ``$PSEUDOZONE_NEW_MASTER_KEY``, else the Airflow connection named by
+    ``$PSEUDOZONE_NEW_MASTER_KEY_CONN_ID``, else the file named by ``$PSEUDOZONE_NEW_MASTER_KEY_FILE``.
+    Never from the command line (argv is visible to every user of the machine)."""
+    if new_key_file is not None:
+        return _key_from_given_file(new_key_file, "--new-key-file")
+    env = os.environ.get(NEW_MASTER_KEY_ENV)
+    if env:
+        origin = f"${NEW_MASTER_KEY_ENV}"
+        return _decode_key(env, origin), origin
+    conn_id = os.environ.get(NEW_MASTER_KEY_CONN_ENV)
+    if conn_id:
+        return _key_from_airflow(conn_id, NEW_MASTER_KEY_CONN_ENV), f"Airflow connection {conn_id!r}"
+    given = os.environ.get(NEW_MASTER_KEY_FILE_ENV)
+    if given:
+        return _key_from_given_file(given, f"${NEW_MASTER_KEY_FILE_ENV}")
+    raise KeyMaterialError(
+        f"no new master key: give --new-key-file PATH (a mode-0600 file holding the base64 of 32 random"
+        f" bytes), or set ${NEW_MASTER_KEY_ENV}, ${NEW_MASTER_KEY_CONN_ENV} or ${NEW_MASTER_KEY_FILE_ENV};"
+        f" a key is never taken from the command line")
+
+
+def rotate_master_key(settings: Settings, new_master: bytes, new_origin: str = "the new key", *,
+                      before_commit: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Re-wrap the root secret under ``new_master`` (``pseudozone keys rotate-master``).
+
+    The old key is the configured master key (``load_master_key``'s places).  One state
+    transaction re-wraps the root secret under the new key (associated data naming the new
+    master key version) and records the new key's check value; from its commit on the root
+    opens with the new key only, and the old one is refused as retired.  Nothing else
+    changes: every key derives from the root secret.  Then the rotation is audited
+    (``keys.master_rotated``, versions and counts only) and, when the configured key is the
+    key directory's generated ``master.key``, that file is replaced by the new key (written,
+    synced, renamed over it).
+
+    Crash-safe and idempotent: a kill before the commit leaves the old key the root's, one
+    after it the new one; a rerun with the new key (configured or given as the new one)
+    finishes what is left (the audit entry, the key file) and changes nothing else.
+    ``before_commit`` runs inside the transaction (tests simulate a crash there).  Returns
+    versions and counts only, never key material.
+    """
+    from pseudozone import state
+
+    require_configured_key(settings)  # never makes a key
+    if not settings.state_db.exists():
+        raise KeyMaterialError(f"data root {settings.root} has no state database: no master key to rotate"
+                               " ('pseudozone keys init' makes one)")
+    old, origin = _master_key(settings)
+    old_check, new_check = key_check_value(old), key_check_value(new_master)
+    stored = _read_root_secret(settings)
+    recorded = _recorded_checks(settings)
+    rotated = stored is not None and recorded.get(stored[0]) == new_check
+    if rotated:  # done already: a rerun after a kill, or the configured key was switched meanwhile
+        assert stored is not None
+        version = stored[0]
+        secret = _unwrap_root_secret(new_master, version, stored[1], new_origin)
+        previous = max((v for v in recorded if v < version), default=None)
+    else:
+        if hmac.compare_digest(old, new_master):
+            raise KeyMaterialError(f"the new master key ({new_origin}) is the configured master key"
+                                   f" ({origin}): nothing to rotate to")
+        secret = _open_root_secret(settings, old, origin)  # refuses an old key that is not the root's
+        with state.connect(settings) as conn:
+            row = conn.execute("SELECT master_version FROM root_secret WHERE id = 1").fetchone()
+            checks = dict(conn.execute("SELECT version, check_value FROM key_checks").fetchall())
+            if row is None or checks.get(int(row[0])) != old_check:
+                raise KeyMaterialError("the master key of this data root was rotated by another process"
+                                       " meanwhile; nothing was done")
+            if new_check in checks.values():
+                raise KeyMaterialError(
+                    f"the new master key ({new_origin}) is a retired master key of this data root; a"
+                    f" retired key is never made current again: give a newly generated key")
+            previous, version = int(row[0]), max(checks) + 1
+            conn.execute("UPDATE root_secret SET master_version = ?, wrapped = ?, rotated_at ="
+                         " strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = 1 AND master_version = ?",
+                         (version, _wrap_root_secret(new_master, version, secret), previous))
+            conn.execute("INSERT INTO key_checks (version, check_value) VALUES (?, ?)", (version, new_check))
+            if before_commit is not None:
+                before_commit()
+        # durable before the old key file is replaced, or the operator discards the old key
+        _fsync_state(settings)
+        log.info("master key rotated: the root secret is wrapped under master key version %d (was %d)",
+                 version, previous)
+    audited = False
+    if previous is not None:
+        audited = _audit_master_rotation(settings, KeyRing(secret, master=new_master), previous, version)
+    # the key directory's generated key file holds the old key (proved current above, or a retired
+    # key of this root on a rerun): it is the only place the configured key comes from, so it gets
+    # the new one; a key from the environment is the operator's to switch
+    replace_file = (not _external_key_configured() and old_check != new_check
+                    and (not rotated or old_check in recorded.values()))
+    if replace_file:
+        _install_master_key_file(settings, new_master)
+    return {"master_version": version, "from_master_version": previous, "rewrapped_now": not rotated,
+            "already_current": rotated, "audited": audited,
+            "key_file_replaced": replace_file}
+
+
+def _audit_master_rotation(settings: Settings, ring: KeyRing, previous: int, version: int) -> bool:
+    """Append ``keys.master_rotated`` for the rotation to ``version`` unless the log has it already."""
+    import json
+
+    from sqlalchemy import select
+
+    from pseudozone.rights import audit, store
+
+    with store.transaction(settings) as conn:
+        log_table = store.audit_log
+        for (details,) in conn.execute(select(log_table.c.details).where(
+                log_table.c.action == MASTER_ROTATED_ACTION)).all():
+            if json.loads(details).get("to_master_version") == version:
+                return False
+        audit.append(conn, MASTER_ROTATED_ACTION, details={
+            "from_master_version": previous, "to_master_version": version, "root_secrets_rewrapped": 1,
+            "data_rewritten": 0}, keyring=ring)
+    return True
+
+
+def _install_master_key_file(settings: Settings, master: bytes) -> Path:
+    """Replace the key directory's ``master.key`` by ``master``: written and synced aside, then renamed."""
+    path = settings.master_key_file
+    _private_dir(path.parent)
+    tmp = path.with_name(f".tmp-master-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(base64.b64encode(master).decode() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_path(path.parent)
+    if settings.legacy_master_key_file.exists():
+        log.warning("state/%s in the data root still holds the retired master key: delete it once the new"
+                    " key (now in %s) is backed up", settings.legacy_master_key_file.name, path)
+    return path

@@ -50,6 +50,18 @@ CREATE TABLE IF NOT EXISTS key_checks (
     check_value  TEXT NOT NULL,
     created_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+-- the root secret every key derives from (HKDF), wrapped (AES-256-GCM) under the current master
+-- key, whose key_checks version is master_version; one row. A root from before it adopts its
+-- master key's bytes when first opened (origin 'adopted'); `keys init` makes a random one
+-- (docs/adr/0002-key-hierarchy.md, "Root secret")
+CREATE TABLE IF NOT EXISTS root_secret (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    master_version INTEGER NOT NULL,
+    wrapped        BLOB NOT NULL,
+    origin         TEXT NOT NULL CHECK (origin IN ('adopted', 'random')),
+    created_at     TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    rotated_at     TEXT
+);
 -- which cookie pseudonym (anonymous_pid) was seen in the same row as which subject, keyed
 -- pseudonyms only (never a raw id); first/last seen are the rows' partition dates
 -- (docs/adr/0008-identity-links.md)

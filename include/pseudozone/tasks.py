@@ -248,3 +248,23 @@ def rotate_keks(tenant: str | None = None, home: str | None = None) -> dict[str,
     return {"rotated": result["rotated"],
             "tenants": {t: {"version": d["version"], "rewrapped": d["rewrapped"]}
                         for t, d in result["tenants"].items()}}
+
+
+def rotate_master_key(home: str | None = None) -> dict[str, Any]:
+    """Re-wrap the root secret under the new master key (``$PSEUDOZONE_NEW_MASTER_KEY``, the Airflow
+    connection named by ``$PSEUDOZONE_NEW_MASTER_KEY_CONN_ID`` or the file named by
+    ``$PSEUDOZONE_NEW_MASTER_KEY_FILE``); versions only to XCom.  A missing or refused key fails the
+    task at once (no retry can fix it); a rerun finishes a killed rotation."""
+    from pseudozone.errors import KeyMaterialError
+    from pseudozone.keys import load_new_master_key
+    from pseudozone.keys import rotate_master_key as rotate
+
+    settings = Settings.from_env(home)
+    try:
+        new_master, origin = load_new_master_key()
+        result = rotate(settings, new_master, origin)
+    except KeyMaterialError as exc:
+        fail_without_retry(str(exc))
+        raise
+    log.info("master key rotation: %s", result)
+    return result
