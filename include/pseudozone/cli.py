@@ -369,9 +369,6 @@ def cmd_keys_rotate_master(args: argparse.Namespace) -> int:
     if result["rewrapped_now"]:
         print(f"master key rotated: the root secret is wrapped under master key version {version} (was"
               f" {previous}); no pseudonym, KEK or data changed")
-    elif previous is None:
-        print(f"the new key is already this data root's master key (version {version}); nothing to rotate")
-        return 0
     else:
         print(f"master key already rotated to version {version} (from {previous}); nothing re-wrapped"
               f"{', the audit entry written' if result['audited'] else ''}")

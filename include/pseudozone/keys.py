@@ -1138,6 +1138,10 @@ def rotate_master_key(settings: Settings, new_master: bytes, new_origin: str = "
         version = stored[0]
         secret = _unwrap_root_secret(new_master, version, stored[1], new_origin)
         previous = max((v for v in recorded if v < version), default=None)
+        if previous is None:
+            raise KeyMaterialError(f"the new master key ({new_origin}) is this data root's master key"
+                                   f" already, and it was never rotated: nothing to rotate to; give a"
+                                   f" newly generated key")
     else:
         if hmac.compare_digest(old, new_master):
             raise KeyMaterialError(f"the new master key ({new_origin}) is the configured master key"
@@ -1164,9 +1168,7 @@ def rotate_master_key(settings: Settings, new_master: bytes, new_origin: str = "
         _fsync_state(settings)
         log.info("master key rotated: the root secret is wrapped under master key version %d (was %d)",
                  version, previous)
-    audited = False
-    if previous is not None:
-        audited = _audit_master_rotation(settings, KeyRing(secret, master=new_master), previous, version)
+    audited = _audit_master_rotation(settings, KeyRing(secret, master=new_master), previous, version)
     # the key directory's generated key file holds the old key (proved current above, or a retired
     # key of this root on a rerun): it is the only place the configured key comes from, so it gets
     # the new one; a key from the environment is the operator's to switch
