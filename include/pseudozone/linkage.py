@@ -41,6 +41,7 @@ from pseudozone.pii import scan
 TEXT_PURPOSE = "link:text"
 _ALPHABET = "bcdfghjklmnpqrstvwxz"  # 20 consonants: 20**15 > 2**64
 _TOKEN_CHARS = 15
+TOKEN_WIDTH = _TOKEN_CHARS + 5  # "[id:" + 15 consonants + "]"
 _HEX = "[0-9a-fA-F]"
 _ID = (rf"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
        r"|(?=[0-9A-Za-z]{0,25}[0-9])[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}"
@@ -123,8 +124,8 @@ def _replace_rows(texts: list[str], pseudonymize: Tokenize, suspect: np.ndarray 
     distinct = sorted({t[s:e] for t, found in zip(texts, spans, strict=True) for s, e in found})
     if not distinct:
         return texts
-    tokens = dict(zip(distinct, _tokens(pseudonymize, distinct).to_pylist(), strict=True))
-    return [scan.replace_spans(t, [(tokens[t[s:e]], s, e) for s, e in found], token=_same) if found else t
+    mapped = dict(zip(distinct, tokens(pseudonymize, distinct).to_pylist(), strict=True))
+    return [scan.replace_spans(t, [(mapped[t[s:e]], s, e) for s, e in found], token=_same) if found else t
             for t, found in zip(texts, spans, strict=True)]
 
 
@@ -325,7 +326,7 @@ def _replace_chunk(values: pa.Array, json_rows: np.ndarray, pseudonymize: Tokeni
     is_id = np.zeros(len(cuts) - 1, bool)
     is_id[id_at] = True
     encoded = pc.dictionary_encode(pieces.filter(pa.array(is_id)))
-    token = _tokens(pseudonymize, encoded.dictionary.to_pylist()).take(encoded.indices)
+    token = tokens(pseudonymize, encoded.dictionary.to_pylist()).take(encoded.indices)
     token = pc.if_else(pa.array(bare), pc.binary_join_element_wise('"', token, '"', ""), token)
     pieces = pc.replace_with_mask(pieces, pa.array(is_id), token)
     rows = pa.ListArray.from_arrays(pa.array(row_at.astype(np.int32)), pieces)
@@ -339,7 +340,7 @@ for _i, _c in enumerate("0123456789abcdef"):
 del _i, _c
 
 
-def _tokens(pseudonymize: Tokenize, distinct: list[str]) -> pa.Array:
+def tokens(pseudonymize: Tokenize, distinct: list[str]) -> pa.Array:
     """``token_of`` each distinct id's keyed pseudonym, computed over all of them at once."""
     pseudonyms = pa.array(pseudonymize(distinct), pa.string())
     head = pc.utf8_slice_codeunits(pseudonyms, start=-64, stop=-48)
@@ -353,16 +354,92 @@ def _tokens(pseudonymize: Tokenize, distinct: list[str]) -> pa.Array:
     value = np.zeros(n, np.uint64)
     for k in range(16):
         value = (value << np.uint64(4)) | _HEX_VALUE[data[:, k]]
-    out = np.empty((n, _TOKEN_CHARS + 5), np.uint8)
+    return _token_strings(value)
+
+
+_tokens = tokens  # the name ingest.text_pseudonyms uses
+
+
+def digest_tokens(digests: np.ndarray) -> pa.Array:
+    """``token_of`` the hex of each row of ``digests`` ((n, 32) uint8 keyed digests), at once."""
+    head = np.ascontiguousarray(digests[:, :8]).view(">u8").reshape(len(digests))
+    return _token_strings(head.astype(np.uint64))
+
+
+def _token_strings(value: np.ndarray) -> pa.Array:
+    """``[id:...]`` of each 64-bit value (``token_of``'s base 20, least significant digit first)."""
+    n = len(value)
+    value = value.copy()
+    out = np.empty((n, TOKEN_WIDTH), np.uint8)
     out[:, :4] = np.frombuffer(b"[id:", np.uint8)
     out[:, -1] = ord("]")
     base = np.uint64(len(_ALPHABET))
     for k in range(_TOKEN_CHARS):
         out[:, 4 + k] = _ALPHABET_BYTES[(value % base).astype(np.intp)]
         value //= base
-    width = _TOKEN_CHARS + 5
-    return pa.StringArray.from_buffers(n, pa.py_buffer(np.arange(0, n * width + 1, width, dtype=np.int32)),
-                                       pa.py_buffer(out.tobytes()))
+    return pa.StringArray.from_buffers(
+        n, pa.py_buffer(np.arange(0, n * TOKEN_WIDTH + 1, TOKEN_WIDTH, dtype=np.int32)),
+        pa.py_buffer(out.tobytes()))
+
+
+# -- the tokens already in published text (a pseudonym rotation steps them) --------------------------
+
+TOKEN_RE = re.compile(rf"\[id:[a-z]{{{_TOKEN_CHARS}}}\]")  # what a rotation takes for a token
+_TOKEN_HEAD = np.frombuffer(b"[id:", np.uint8)
+_LOWER = np.zeros(256, bool)
+_LOWER[ord("a"):ord("z") + 1] = True
+
+
+def map_tokens(values: pa.Array | pa.ChunkedArray, mapping: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """``values`` (strings) with every ``TOKEN_RE`` match replaced by its image under ``mapping``,
+    which takes the distinct matches (a string array) and returns one ``TOKEN_WIDTH``-character
+    string each, in order: what ``TOKEN_RE.sub`` does row by row, over the bytes of all rows.
+
+    A match starts with the only ``[`` it holds, so matches never overlap and each is found
+    where it starts; a token has the width of what it replaces, so only bytes change.
+    """
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_dictionary(arr.type):
+        return pa.DictionaryArray.from_arrays(arr.indices, map_tokens(arr.dictionary, mapping))
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        raise TypeError(f"tokens are mapped in strings, not {arr.type}")
+    n = len(arr)
+    if n == 0 or arr.null_count == n or arr.buffers()[2] is None:
+        return arr
+    wide = pa.types.is_large_string(arr.type)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64 if wide else np.int32)[arr.offset:arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], np.uint8)
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    if hi - lo < TOKEN_WIDTH:
+        return arr
+    # candidates: a '[' with a whole token's room after it in the data; then the shape, then the row
+    at = np.flatnonzero(data[lo:hi - TOKEN_WIDTH + 1] == _TOKEN_HEAD[0]) + lo
+    window = data[at[:, None] + np.arange(TOKEN_WIDTH)]
+    ok = (window[:, :4] == _TOKEN_HEAD).all(axis=1) & (window[:, -1] == ord("]"))
+    ok &= _LOWER[window[:, 4:-1]].all(axis=1)
+    at, window = at[ok], window[ok]
+    row = np.searchsorted(offsets, at, side="right") - 1
+    inside = at + TOKEN_WIDTH <= offsets[row + 1]
+    if arr.null_count:
+        inside &= np.asarray(arr.is_valid().to_numpy(zero_copy_only=False))[row]
+    at, window = at[inside], window[inside]
+    if len(at) == 0:
+        return arr
+    found = pa.StringArray.from_buffers(
+        len(at), pa.py_buffer(np.arange(0, (len(at) + 1) * TOKEN_WIDTH, TOKEN_WIDTH, dtype=np.int32)),
+        pa.py_buffer(np.ascontiguousarray(window)))
+    encoded = pc.dictionary_encode(found)
+    image = mapping(encoded.dictionary)
+    if len(image) != len(encoded.dictionary) or image.null_count or \
+            not pc.all(pc.equal(pc.binary_length(image), TOKEN_WIDTH)).as_py():
+        raise ValueError(f"a token mapping must give one {TOKEN_WIDTH}-byte token per token")
+    image_offsets = np.frombuffer(image.buffers()[1], np.int32)[image.offset:image.offset + len(image) + 1]
+    image_bytes = np.frombuffer(image.buffers()[2], np.uint8)[image_offsets[0]:image_offsets[-1]]
+    out = data.copy()
+    indices = encoded.indices.to_numpy()
+    out[at[:, None] + np.arange(TOKEN_WIDTH)] = image_bytes.reshape(-1, TOKEN_WIDTH)[indices]
+    return pa.Array.from_buffers(arr.type, n, [arr.buffers()[0], arr.buffers()[1], pa.py_buffer(out)],
+                                 null_count=arr.null_count, offset=arr.offset)
 
 
 def _spare_pii(texts: list[str], spans: list[list[tuple[int, int]]], suspect: np.ndarray,

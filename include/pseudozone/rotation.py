@@ -34,10 +34,9 @@ tenant's data is an error (fail closed: nothing of it is rewritten).
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from pseudozone import contracts, linkage, rectifications, state, zones
+from pseudozone import contracts, fasthmac, linkage, rectifications, state, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN, Contract
 from pseudozone.errors import PseudozoneError
@@ -58,7 +57,6 @@ log = logging.getLogger(__name__)
 
 VERSION_KEY = "pseudozone.pseudonym_version"  # Parquet footer key of a rotated file
 SUBJECT_PURPOSE = "subject"
-_TOKEN = re.compile(r"\[id:[a-z]{15}\]")  # a linkage token (its consonants are a-z)
 
 
 class RotationError(PseudozoneError):
@@ -93,61 +91,87 @@ def _text_columns(contract: Contract) -> list[str]:
 
 @dataclass
 class Mapper:
-    """Version ``source`` pseudonyms and tokens of one tenant, stepped to ``target``."""
+    """Version ``source`` pseudonyms and tokens of one tenant, stepped to ``target``.
+
+    The steps are ``KeyRing.step``'s, computed over Arrow arrays (``fasthmac``: large batches
+    shared with ``stepper``'s helper processes); the pseudonyms of the purposes in ``remember``
+    (few distinct values, met again in every partition: subjects, cookies) are stepped once per
+    rotation.
+    """
 
     keyring: KeyRing
     tenant: str
     source: int
     target: int
+    stepper: fasthmac.Stepper = field(default_factory=fasthmac.Stepper)
+    remember: frozenset[str] = frozenset({SUBJECT_PURPOSE})
+    _known: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
     def values(self, purpose: str, distinct: list[str]) -> list[str]:
         """Each distinct pseudonym at the target version (version-``source`` ones stepped); a
         sealed one (an erased subject's, ``KeyRing.seal``) is opened, stepped and sealed again."""
-        sealed = [v for v in distinct if v.startswith(SEALED_PREFIX)]
-        if sealed:
-            opened = [self.keyring.unseal(self.tenant, v) for v in sealed]
-            resealed = {v: self.keyring.seal(self.tenant, m)
-                        for v, m in zip(sealed, self.values(purpose, opened), strict=True)}
-            rest = dict(zip((d for d in distinct if d not in resealed),
-                            self.values(purpose, [d for d in distinct if d not in resealed]), strict=True))
-            return [resealed[v] if v in resealed else rest[v] for v in distinct]
-        todo = [v for v in distinct if v.startswith(f"v{self.source}:")]
-        stray = [v for v in distinct if not v.startswith((f"v{self.source}:", f"v{self.target}:"))]
+        return self.array(purpose, pa.array(distinct, pa.string())).to_pylist()
+
+    def array(self, purpose: str, distinct: pa.Array) -> pa.Array:
+        """``values`` over an Arrow string array of distinct pseudonyms (no nulls)."""
+        if len(distinct) == 0:
+            return distinct
+        if pc.any(pc.starts_with(distinct, SEALED_PREFIX)).as_py():
+            return pa.array(self._with_sealed(purpose, distinct.to_pylist()), pa.string())
+        todo = pc.starts_with(distinct, f"v{self.source}:")
+        done = pc.starts_with(distinct, f"v{self.target}:")
+        stray = len(distinct) - int(pc.sum(pc.or_(todo, done)).as_py() or 0)
         if stray:
-            raise RotationError(f"tenant {self.tenant}: {len(stray)} {purpose} pseudonym(s) of neither"
+            raise RotationError(f"tenant {self.tenant}: {stray} {purpose} pseudonym(s) of neither"
                                 f" version {self.source} nor {self.target}; nothing of them is rewritten")
-        stepped = dict(zip(todo, self.keyring.step(self.tenant, purpose, self.target, todo), strict=True))
-        return [stepped.get(v, v) for v in distinct]
+        if not pc.any(todo).as_py():
+            return distinct
+        return pc.replace_with_mask(distinct, todo, self._step(purpose, distinct.filter(todo)))
+
+    def _with_sealed(self, purpose: str, distinct: list[str]) -> list[str]:
+        sealed = [v for v in distinct if v.startswith(SEALED_PREFIX)]
+        opened = [self.keyring.unseal(self.tenant, v) for v in sealed]
+        resealed = {v: self.keyring.seal(self.tenant, m)
+                    for v, m in zip(sealed, self.values(purpose, opened), strict=True)}
+        plain = [d for d in distinct if d not in resealed]
+        rest = dict(zip(plain, self.values(purpose, plain), strict=True))
+        return [resealed[v] if v in resealed else rest[v] for v in distinct]
+
+    def _step(self, purpose: str, todo: pa.Array) -> pa.Array:
+        """``KeyRing.step`` of version-``source`` pseudonyms (distinct) to the target."""
+        known = self._known.setdefault(purpose, {}) if purpose in self.remember else None
+        if known is None:
+            return self._hash(purpose, todo)
+        olds = todo.to_pylist()
+        new = [v for v in olds if v not in known]
+        if new:
+            known.update(zip(new, self._hash(purpose, pa.array(new, pa.string())).to_pylist(), strict=True))
+        return pa.array([known[v] for v in olds], pa.string())
+
+    def _digests(self, purpose: str, values: pa.Array) -> Any:
+        key = self.keyring.pseudonym_key(self.tenant, purpose, self.target)
+        return fasthmac.step_digests(self.stepper, key, values)
+
+    def _hash(self, purpose: str, values: pa.Array) -> pa.Array:
+        return fasthmac.pseudonyms(f"v{self.target}:", self._digests(purpose, values))
 
     def column(self, purpose: str, values: pa.Array | pa.ChunkedArray) -> pa.Array:
         arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
         if pa.types.is_dictionary(arr.type):
             arr = arr.cast(arr.type.value_type)
         encoded = pc.dictionary_encode(arr)
-        mapped = pa.array(self.values(purpose, encoded.dictionary.to_pylist()), pa.string())
-        return pc.take(mapped, encoded.indices)
+        dictionary = encoded.dictionary
+        if not pa.types.is_string(dictionary.type):
+            dictionary = dictionary.cast(pa.string())
+        return pc.take(self.array(purpose, dictionary), encoded.indices)
 
-    def tokens(self, distinct: list[str]) -> dict[str, str]:
-        """Each distinct token's successor (``linkage.token_of`` of its step, vectorized)."""
-        def step(tokens: list[str]) -> list[str]:
-            return self.keyring.step(self.tenant, linkage.TEXT_PURPOSE, self.target, tokens)
-
-        return dict(zip(distinct, linkage._tokens(step, distinct).to_pylist(), strict=True))
+    def tokens(self, distinct: pa.Array) -> pa.Array:
+        """Each distinct ``[id:…]`` token's successor: ``linkage.token_of`` of its step."""
+        return linkage.digest_tokens(self._digests(linkage.TEXT_PURPOSE, distinct))
 
     def text(self, values: pa.Array | pa.ChunkedArray) -> pa.Array:
         """Free text with every ``[id:…]`` token stepped (a whole file is at one version)."""
-        arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-        if pa.types.is_dictionary(arr.type):
-            arr = arr.cast(arr.type.value_type)
-        hit = pc.fill_null(pc.match_substring(arr, "[id:"), False)
-        rows = pc.indices_nonzero(hit)
-        if len(rows) == 0:
-            return arr
-        texts = arr.take(rows).to_pylist()
-        table = self.tokens(sorted({t for text in texts for t in _TOKEN.findall(text)}))
-        out = [_TOKEN.sub(lambda m: table[m.group(0)], text) for text in texts]
-        mask = pc.fill_null(hit, False)
-        return pc.replace_with_mask(arr, mask, pa.array(out, arr.type))
+        return linkage.map_tokens(values, self.tokens)
 
     def table(self, contract: Contract, table: pa.Table) -> pa.Table:
         """An event- or restricted-zone table with every pseudonym and token at the target."""
@@ -259,16 +283,29 @@ def _rotate_pii(settings: Settings, mapper: Mapper) -> int:
 # -- the state database and the request ledger ------------------------------------------------
 
 
+_MAP_TABLE = "temp.rotation_map"
+
+
+def _load_map(conn: sqlite3.Connection, mapping: dict[str, str]) -> None:
+    """Fill the connection's temporary table ``rotation_map`` (old -> new) with the changed values."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS rotation_map (old TEXT PRIMARY KEY, new TEXT NOT NULL)"
+                 " WITHOUT ROWID")
+    conn.execute(f"DELETE FROM {_MAP_TABLE}")  # noqa: S608 - a constant
+    conn.executemany(f"INSERT INTO {_MAP_TABLE} (old, new) VALUES (?, ?)",  # noqa: S608
+                     [(old, new) for old, new in mapping.items() if new != old])
+
+
 def _map_key(conn: sqlite3.Connection, table: str, column: str, tenant: str, mapper: Mapper,
              purpose: str) -> int:
     """Rewrite ``column`` (pseudonyms of ``purpose``) of a state table's rows of ``tenant`` to the
-    mapper's target version (changed rows only; the distinct values are stepped at once)."""
-    rows = conn.execute(f"SELECT rowid, {column} FROM {table} WHERE tenant_id = ?",  # noqa: S608 - names only
-                        (tenant,)).fetchall()
-    new = _mapping(mapper, purpose, [v for _, v in rows if v is not None])
-    changes = [(new[v], rowid) for rowid, v in rows if v is not None and new[v] != v]
-    conn.executemany(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", changes)  # noqa: S608
-    return len(changes)
+    mapper's target version (changed rows only): the distinct values are stepped at once, then one
+    ``UPDATE ... FROM`` through a temporary mapping table."""
+    values = [v for (v,) in conn.execute(f"SELECT DISTINCT {column} FROM {table}"  # noqa: S608 - names only
+                                         f" WHERE tenant_id = ? AND {column} IS NOT NULL", (tenant,))]
+    _load_map(conn, _mapping(mapper, purpose, values))
+    cur = conn.execute(f"UPDATE {table} SET {column} = m.new FROM {_MAP_TABLE} AS m"  # noqa: S608
+                       f" WHERE {table}.tenant_id = ? AND {table}.{column} = m.old", (tenant,))
+    return cur.rowcount
 
 
 def _mapping(mapper: Mapper, purpose: str, values: Iterable[str]) -> dict[str, str]:
@@ -276,10 +313,15 @@ def _mapping(mapper: Mapper, purpose: str, values: Iterable[str]) -> dict[str, s
     return dict(zip(distinct, mapper.values(purpose, distinct), strict=True))
 
 
+_STATE_CACHE_KIB = 256 * 1024
+
+
 def _rotate_state(settings: Settings, mapper: Mapper) -> dict[str, int]:
     tenant, keyring = mapper.tenant, mapper.keyring
     counts: dict[str, int] = {}
     with state.connect(settings) as conn:
+        # the tables' indexes are rewritten at random places: keep their pages in memory (KiB)
+        conn.execute(f"PRAGMA cache_size = -{_STATE_CACHE_KIB}")
         cookie = _cookie_purpose()
         vault = Vault(keyring, conn)
         stored = [s for (s,) in conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?",
@@ -388,8 +430,11 @@ def _has_data(settings: Settings, tenant: str) -> bool:
 
 
 def rotate(settings: Settings, tenant: str, *, keyring: KeyRing | None = None,
-           on_partition: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Rotate ``tenant``'s pseudonyms from its version N to N+1 (or finish a killed rotation)."""
+           on_partition: Callable[[str], None] | None = None, helpers: int | None = None) -> dict[str, Any]:
+    """Rotate ``tenant``'s pseudonyms from its version N to N+1 (or finish a killed rotation).
+
+    ``helpers``: processes that share the keyed hashing (``fasthmac.Stepper``; default one per
+    further core, at most three; 0 hashes in this process only)."""
     from pseudozone.rights import audit, store
 
     keyring = refresh(settings, keyring or KeyRing.load(settings))
@@ -403,19 +448,21 @@ def rotate(settings: Settings, tenant: str, *, keyring: KeyRing | None = None,
                          details={"from_version": source, "to_version": target}, keyring=keyring)
     log.info("pseudonym rotation of tenant %s: version %d -> %d%s", tenant, source, target,
              " (resumed)" if resumed else "")
-    mapper = Mapper(keyring, tenant, source, target)
-    recovered = compact.recover(settings, prefix=compact.ROTATE_PREFIX)
-    zones_done = _rotate_partitions(settings, mapper, on_partition)
-    pii_rows = _rotate_pii(settings, mapper)
-    state_counts = _rotate_state(settings, mapper)
-    counts: dict[str, Any] = {"partitions": zones_done["partitions"], "files_in": zones_done["files_in"],
-                              "files_out": zones_done["files_out"], "rows": zones_done["rows"],
-                              "pii_rows": pii_rows, **state_counts}
-    ledger = _rotate_ledger(settings, mapper, counts)
-    with state.connect(settings) as conn:
-        conn.execute("UPDATE pseudonym_versions SET version = ?, target = NULL,"
-                     " finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE tenant_id = ?",
-                     (target, tenant))
+    with fasthmac.Stepper(fasthmac.default_helpers() if helpers is None else helpers) as stepper:
+        mapper = Mapper(keyring, tenant, source, target, stepper,
+                        remember=frozenset({SUBJECT_PURPOSE, _cookie_purpose()}))
+        recovered = compact.recover(settings, prefix=compact.ROTATE_PREFIX)
+        zones_done = _rotate_partitions(settings, mapper, on_partition)
+        pii_rows = _rotate_pii(settings, mapper)
+        state_counts = _rotate_state(settings, mapper)
+        counts: dict[str, Any] = {"partitions": zones_done["partitions"], "files_in": zones_done["files_in"],
+                                  "files_out": zones_done["files_out"], "rows": zones_done["rows"],
+                                  "pii_rows": pii_rows, **state_counts}
+        ledger = _rotate_ledger(settings, mapper, counts)
+        with state.connect(settings) as conn:
+            conn.execute("UPDATE pseudonym_versions SET version = ?, target = NULL,"
+                         " finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE tenant_id = ?",
+                         (target, tenant))
     refresh(settings, keyring)
     result = {"tenant_id": tenant, "from_version": source, "to_version": target, "resumed": resumed,
               **counts, "ledger": ledger, "recovered": recovered}
