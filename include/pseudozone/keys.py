@@ -1052,7 +1052,21 @@ def _open_root_secret(settings: Settings, master: bytes, origin: str) -> bytes:
     """
     stored = _read_root_secret(settings)  # before the checks: a rotation in between is then benign
     if stored is None:
-        verify_master_key(settings, KeyRing(master), origin)
+        recorded = _recorded_checks(settings)
+        if len(recorded) > 1:
+            # rotated once, so its root secret is not its master key: adopting one would be wrong
+            raise KeyMaterialError(
+                f"the state database records {len(recorded)} master key versions but holds no root"
+                f" secret (its root_secret row is lost); restore the state database from a backup;"
+                f" nothing was done")
+        ring = KeyRing(master)
+        verify_master_key(settings, ring, origin)
+        if recorded and _unwraps_a_stored_key(settings, ring) is False:
+            # a root made by `keys init` (random root secret) whose row is lost looks like an old root
+            raise KeyMaterialError(
+                f"the state database holds no root secret and the master key from {origin} does not"
+                f" unwrap its data keys by itself: the root's root secret row is lost; restore the"
+                f" state database from a backup; nothing was done")
         return _store_root_secret(settings, master, master, origin, kind=ORIGIN_ADOPTED)
     version, wrapped = stored
     _refuse_unless_current(_recorded_checks(settings), key_check_value(master), version, origin)

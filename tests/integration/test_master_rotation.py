@@ -390,3 +390,35 @@ def test_no_key_bytes_in_logs_errors_audit_or_the_data_root(
     leaks = [str(f.relative_to(world.root)) for f in world.root.rglob("*") if f.is_file()
              and any(r in f.read_bytes() for r in raw)]
     assert leaks == []
+
+
+def test_a_lost_root_secret_row_is_refused_never_replaced_by_the_master_key(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root made by keys init (random root secret), then rotated: without its root_secret row the
+    master key is not its root secret, so neither key is adopted in its place."""
+    _use_key(monkeypatch, TEST_MASTER_KEY)
+    keys.init_master_key(settings)
+    ring = KeyRing.load(settings)
+    subject = ring.subject_id(T, "u1")
+    with state.connect(settings) as conn:
+        Vault(ring, conn).data_keys(T, [subject], create=True)
+    with state.connect(settings) as conn:
+        conn.execute("DELETE FROM root_secret")
+    with pytest.raises(KeyMaterialError, match="root secret row is lost"):
+        KeyRing.load(settings)
+    conn = sqlite3.connect(settings.state_db)
+    try:  # nothing was adopted in its place
+        assert conn.execute("SELECT count(*) FROM root_secret").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+    other = Settings.from_env(settings.root.with_name("other"))
+    other.ensure()
+    keys.init_master_key(other)
+    rotate_master_key(other, NEW_KEY)
+    with state.connect(other) as conn:
+        conn.execute("DELETE FROM root_secret")
+    for key in (TEST_MASTER_KEY, NEW_KEY):
+        _use_key(monkeypatch, key)
+        with pytest.raises(KeyMaterialError, match="holds no root secret"):
+            KeyRing.load(other)
