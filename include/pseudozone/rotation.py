@@ -105,7 +105,7 @@ class Mapper:
     target: int
     stepper: fasthmac.Stepper = field(default_factory=fasthmac.Stepper)
     remember: frozenset[str] = frozenset({SUBJECT_PURPOSE})
-    _known: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    _known: dict[str, tuple[pa.Array, pa.Array]] = field(default_factory=dict, repr=False)
 
     def values(self, purpose: str, distinct: list[str]) -> list[str]:
         """Each distinct pseudonym at the target version (version-``source`` ones stepped); a
@@ -139,14 +139,18 @@ class Mapper:
 
     def _step(self, purpose: str, todo: pa.Array) -> pa.Array:
         """``KeyRing.step`` of version-``source`` pseudonyms (distinct) to the target."""
-        known = self._known.setdefault(purpose, {}) if purpose in self.remember else None
-        if known is None:
+        if purpose not in self.remember:
             return self._hash(purpose, todo)
-        olds = todo.to_pylist()
-        new = [v for v in olds if v not in known]
-        if new:
-            known.update(zip(new, self._hash(purpose, pa.array(new, pa.string())).to_pylist(), strict=True))
-        return pa.array([known[v] for v in olds], pa.string())
+        old, new = self._known.get(purpose, (pa.array([], pa.string()), pa.array([], pa.string())))
+        at = pc.index_in(todo, value_set=old)
+        missing = pc.is_null(at)
+        if pc.any(missing).as_py():
+            fresh = todo.filter(missing)
+            old = pa.concat_arrays([old, fresh])
+            new = pa.concat_arrays([new, self._hash(purpose, fresh)])
+            self._known[purpose] = (old, new)
+            at = pc.index_in(todo, value_set=old)
+        return pc.take(new, at)
 
     def _digests(self, purpose: str, values: pa.Array) -> Any:
         key = self.keyring.pseudonym_key(self.tenant, purpose, self.target)
@@ -283,29 +287,52 @@ def _rotate_pii(settings: Settings, mapper: Mapper) -> int:
 # -- the state database and the request ledger ------------------------------------------------
 
 
-_MAP_TABLE = "temp.rotation_map"
+def _rekey(conn: sqlite3.Connection, table: str, tenant: str, mapper: Mapper,
+           columns: dict[str, str]) -> dict[str, int]:
+    """Rewrite the pseudonym ``columns`` (column -> purpose) of a state table's rows of ``tenant``
+    to the mapper's target version, in the open transaction; returns the rows changed per column.
 
-
-def _load_map(conn: sqlite3.Connection, mapping: dict[str, str]) -> None:
-    """Fill the connection's temporary table ``rotation_map`` (old -> new) with the changed values."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS rotation_map (old TEXT PRIMARY KEY, new TEXT NOT NULL)"
-                 " WITHOUT ROWID")
-    conn.execute(f"DELETE FROM {_MAP_TABLE}")  # noqa: S608 - a constant
-    conn.executemany(f"INSERT INTO {_MAP_TABLE} (old, new) VALUES (?, ?)",  # noqa: S608
-                     [(old, new) for old, new in mapping.items() if new != old])
-
-
-def _map_key(conn: sqlite3.Connection, table: str, column: str, tenant: str, mapper: Mapper,
-             purpose: str) -> int:
-    """Rewrite ``column`` (pseudonyms of ``purpose``) of a state table's rows of ``tenant`` to the
-    mapper's target version (changed rows only): the distinct values are stepped at once, then one
-    ``UPDATE ... FROM`` through a temporary mapping table."""
-    values = [v for (v,) in conn.execute(f"SELECT DISTINCT {column} FROM {table}"  # noqa: S608 - names only
-                                         f" WHERE tenant_id = ? AND {column} IS NOT NULL", (tenant,))]
-    _load_map(conn, _mapping(mapper, purpose, values))
-    cur = conn.execute(f"UPDATE {table} SET {column} = m.new FROM {_MAP_TABLE} AS m"  # noqa: S608
-                       f" WHERE {table}.tenant_id = ? AND {table}.{column} = m.old", (tenant,))
-    return cur.rowcount
+    The distinct values of each column are stepped at once into a temporary mapping table; the
+    rows where any column changes are copied out with their new values, deleted, and inserted
+    again in the order of the table's primary key (an ``UPDATE`` of the key columns in place
+    moves each row's index entries one at a time, at random places, and costs twice as much).
+    Table and column names are the code's own, never input.
+    """
+    info = conn.execute(f"PRAGMA table_info({table})").fetchall()
+    names = [row[1] for row in info]
+    key = [row[1] for row in sorted(info, key=lambda r: r[5]) if row[5]] or names
+    select = {name: f"t.{name}" for name in names}
+    joins, changed = [], []
+    for k, (column, purpose) in enumerate(columns.items()):
+        values = [v for (v,) in conn.execute(
+            f"SELECT DISTINCT {column} FROM {table} WHERE tenant_id = ? AND {column} IS NOT NULL",  # noqa: S608
+            (tenant,))]
+        mapping = _mapping(mapper, purpose, values)
+        conn.execute(f"CREATE TEMP TABLE rotation_map{k} (old TEXT PRIMARY KEY, new TEXT NOT NULL)"
+                     " WITHOUT ROWID")
+        conn.executemany(f"INSERT INTO temp.rotation_map{k} (old, new) VALUES (?, ?)",  # noqa: S608
+                         [(old, new) for old, new in mapping.items() if new != old])
+        joins.append(f"LEFT JOIN temp.rotation_map{k} AS m{k} ON m{k}.old = t.{column}")
+        changed.append(f"m{k}.old IS NOT NULL")
+        select[column] = f"coalesce(m{k}.new, t.{column})"
+    outputs = [f"{expr} AS {name}" for name, expr in select.items()]
+    outputs += [f"{test} AS rotation_changed{k}" for k, test in enumerate(changed)]
+    sums = ", ".join(f"coalesce(sum(rotation_changed{k}), 0)" for k in range(len(columns)))
+    where = " OR ".join(f"{column} IN (SELECT old FROM temp.rotation_map{k})"  # noqa: S608
+                        for k, column in enumerate(columns))
+    try:
+        conn.execute(f"CREATE TEMP TABLE rotation_rows AS SELECT {', '.join(outputs)}"  # noqa: S608
+                     f" FROM {table} AS t {' '.join(joins)}"
+                     f" WHERE t.tenant_id = ? AND ({' OR '.join(changed)})", (tenant,))
+        counts = conn.execute(f"SELECT {sums} FROM temp.rotation_rows").fetchone()  # noqa: S608
+        conn.execute(f"DELETE FROM {table} WHERE tenant_id = ? AND ({where})", (tenant,))  # noqa: S608
+        conn.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(names)}"  # noqa: S608
+                     f" FROM temp.rotation_rows ORDER BY {', '.join(key)}")
+    finally:
+        conn.execute("DROP TABLE IF EXISTS temp.rotation_rows")
+        for k in range(len(columns)):
+            conn.execute(f"DROP TABLE IF EXISTS temp.rotation_map{k}")
+    return {column: int(n) for column, n in zip(columns, counts, strict=True)}
 
 
 def _mapping(mapper: Mapper, purpose: str, values: Iterable[str]) -> dict[str, str]:
@@ -320,8 +347,10 @@ def _rotate_state(settings: Settings, mapper: Mapper) -> dict[str, int]:
     tenant, keyring = mapper.tenant, mapper.keyring
     counts: dict[str, int] = {}
     with state.connect(settings) as conn:
-        # the tables' indexes are rewritten at random places: keep their pages in memory (KiB)
+        # the tables' indexes are rewritten at random places: keep their pages in memory (KiB);
+        # the temporary tables (old and new pseudonyms) in memory too, never in a file
         conn.execute(f"PRAGMA cache_size = -{_STATE_CACHE_KIB}")
+        conn.execute("PRAGMA temp_store = MEMORY")
         cookie = _cookie_purpose()
         vault = Vault(keyring, conn)
         stored = [s for (s,) in conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?",
@@ -330,10 +359,11 @@ def _rotate_state(settings: Settings, mapper: Mapper) -> dict[str, int]:
         renames = {s: n for s, n in subjects.items() if n != s}
         deks = vault.rename(tenant, renames)
         counts["data_keys_moved"] = len(renames)
-        counts["identity_links"] = max(
-            _map_key(conn, "identity_links", "subject_id", tenant, mapper, SUBJECT_PURPOSE),
-            _map_key(conn, "identity_links", "anonymous_pid", tenant, mapper, cookie))
-        counts["consent"] = _map_key(conn, "consent", "subject_id", tenant, mapper, SUBJECT_PURPOSE)
+        links = _rekey(conn, "identity_links", tenant, mapper,
+                       {"subject_id": SUBJECT_PURPOSE, "anonymous_pid": cookie})
+        counts["identity_links"] = max(links.values())
+        consent = _rekey(conn, "consent", tenant, mapper, {"subject_id": SUBJECT_PURPOSE})
+        counts["consent"] = consent["subject_id"]
         # rectified values are encrypted under associated data naming the subject
         rows = conn.execute("SELECT rowid, subject_id, field, value_enc FROM rectifications"
                             " WHERE tenant_id = ?", (tenant,)).fetchall()

@@ -257,7 +257,7 @@ def test_mapper_remembers_subjects_across_calls() -> None:
     second = mapper.values(SUBJECT_PURPOSE, subjects[10:])
     expected = KR.step(T, SUBJECT_PURPOSE, 2, subjects)
     assert first == expected[:20] and second == expected[10:]
-    assert len(mapper._known[SUBJECT_PURPOSE]) == 30
+    assert len(mapper._known[SUBJECT_PURPOSE][0]) == 30
 
 
 def test_mapper_sealed_and_stray() -> None:
