@@ -77,7 +77,7 @@ def phase_rotate(args: argparse.Namespace) -> Json:
     settings = Settings.from_env(args.root)
     ring = KeyRing.load(settings)
     t0 = time.perf_counter()
-    result = rotate(settings, TENANT, keyring=ring)
+    result = rotate(settings, TENANT, keyring=ring, helpers=args.helpers)
     return {"wall_s": time.perf_counter() - t0, "files_in": result["files_in"],
             "files_out": result["files_out"], "rows": result["rows"], "partitions": result["partitions"],
             "pii_rows": result["pii_rows"], "data_keys_moved": result["data_keys_moved"]}
@@ -105,8 +105,9 @@ def phase_check(args: argparse.Namespace) -> Json:
 PHASES = {"rewrite": phase_rewrite, "rotate": phase_rotate, "check": phase_check}
 
 
-def run_child(phase: str, root: Path, events: int) -> Json:
-    return bi.run_child(phase, "--root", str(root), "--events", str(events), script=Path(__file__))
+def run_child(phase: str, root: Path, events: int, helpers: int | None = None) -> Json:
+    extra = ["--helpers", str(helpers)] if helpers is not None else []
+    return bi.run_child(phase, "--root", str(root), "--events", str(events), *extra, script=Path(__file__))
 
 
 def main_parent(args: argparse.Namespace) -> int:
@@ -126,7 +127,7 @@ def main_parent(args: argparse.Namespace) -> int:
         for phase in ("rewrite", "rotate"):
             br.restore(pristine, run_dir)
             os.sync()
-            run[phase] = run_child(phase, run_dir, args.events)
+            run[phase] = run_child(phase, run_dir, args.events, args.helpers)
         run["check"] = run_child("check", run_dir, args.events)
         if run["check"]["v1_left"]:
             raise SystemExit(f"rotation left {run['check']['v1_left']} version-1 values")
@@ -166,6 +167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = bi.common_parser(__doc__, workdir=br.DEFAULT_WORKDIR,
                               workdir_help="the rights benchmark's lake and this script's results",
                               keep_help="keep the lake for a later run", repeat_help="rounds of both phases")
+    parser.add_argument("--helpers", type=int, default=None,
+                        help="hash helper processes of the rotation (default: one per further core, max 3)")
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -112,10 +112,14 @@ def _serve(parent: int) -> None:
 
 
 class Stepper:
-    """HMAC-SHA256 of many values, large batches shared with ``helpers`` processes (0: none)."""
+    """HMAC-SHA256 of many values, large batches shared with ``helpers`` processes (0: none); with
+    ``local=False`` (and helpers) every batch goes to the helpers, the caller only waits (a
+    thread of its own, while the caller's other threads work).  One thread at a time uses a
+    stepper."""
 
-    def __init__(self, helpers: int = 0) -> None:
+    def __init__(self, helpers: int = 0, *, local: bool = True) -> None:
         self.helpers = max(0, helpers)
+        self.local = local or self.helpers == 0
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Stepper:
@@ -155,13 +159,17 @@ class Stepper:
             return b""
         if values.null_count:
             raise ValueError("a null cannot be stepped")
-        parts = 1 + (self.helpers if n >= SPLIT_MIN else 0)
-        cuts = [round(k * n / parts) for k in range(parts + 1)]
+        # values [cuts[0], cuts[1]) are hashed here, [cuts[k], cuts[k + 1]) by helper k
+        if not self.local:
+            cuts = [0] + [round(k * n / self.helpers) for k in range(self.helpers + 1)]
+        else:
+            parts = 1 + (self.helpers if n >= SPLIT_MIN else 0)
+            cuts = [round(k * n / parts) for k in range(parts + 1)]
         sent = []
         try:
-            if parts > 1:
+            if len(cuts) > 2:
                 offsets, data = string_buffers(values)
-                for k, proc in enumerate(self._started(), start=1):
+                for k, proc in enumerate(self._started()[:len(cuts) - 2], start=1):
                     part = offsets[cuts[k]:cuts[k + 1] + 1]
                     blob = bytes(memoryview(data)[int(part[0]):int(part[-1])])
                     assert proc.stdin is not None

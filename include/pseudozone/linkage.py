@@ -390,28 +390,18 @@ _LOWER = np.zeros(256, bool)
 _LOWER[ord("a"):ord("z") + 1] = True
 
 
-def map_tokens(values: pa.Array | pa.ChunkedArray, mapping: Callable[[pa.Array], pa.Array]) -> pa.Array:
-    """``values`` (strings) with every ``TOKEN_RE`` match replaced by its image under ``mapping``,
-    which takes the distinct matches (a string array) and returns one ``TOKEN_WIDTH``-character
-    string each, in order: what ``TOKEN_RE.sub`` does row by row, over the bytes of all rows.
-
-    A match starts with the only ``[`` it holds, so matches never overlap and each is found
-    where it starts; a token has the width of what it replaces, so only bytes change.
-    """
-    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    if pa.types.is_dictionary(arr.type):
-        return pa.DictionaryArray.from_arrays(arr.indices, map_tokens(arr.dictionary, mapping))
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        raise TypeError(f"tokens are mapped in strings, not {arr.type}")
+def _token_matches(arr: pa.Array) -> tuple[np.ndarray, pa.Array] | None:
+    """(where each ``TOKEN_RE`` match starts in the data buffer, the matches) of a string array
+    (no dictionary); None when there is none."""
     n = len(arr)
     if n == 0 or arr.null_count == n or arr.buffers()[2] is None:
-        return arr
+        return None
     wide = pa.types.is_large_string(arr.type)
     offsets = np.frombuffer(arr.buffers()[1], np.int64 if wide else np.int32)[arr.offset:arr.offset + n + 1]
     data = np.frombuffer(arr.buffers()[2], np.uint8)
     lo, hi = int(offsets[0]), int(offsets[-1])
     if hi - lo < TOKEN_WIDTH:
-        return arr
+        return None
     # candidates: a '[' with a whole token's room after it in the data; then the shape, then the row
     at = np.flatnonzero(data[lo:hi - TOKEN_WIDTH + 1] == _TOKEN_HEAD[0]) + lo
     window = data[at[:, None] + np.arange(TOKEN_WIDTH)]
@@ -424,10 +414,43 @@ def map_tokens(values: pa.Array | pa.ChunkedArray, mapping: Callable[[pa.Array],
         inside &= np.asarray(arr.is_valid().to_numpy(zero_copy_only=False))[row]
     at, window = at[inside], window[inside]
     if len(at) == 0:
-        return arr
+        return None
     found = pa.StringArray.from_buffers(
         len(at), pa.py_buffer(np.arange(0, (len(at) + 1) * TOKEN_WIDTH, TOKEN_WIDTH, dtype=np.int32)),
         pa.py_buffer(np.ascontiguousarray(window)))
+    return at, found
+
+
+def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        raise TypeError(f"tokens are found in strings, not {arr.type}")
+    return arr
+
+
+def find_tokens(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The distinct ``TOKEN_RE`` matches of ``values`` (strings), as ``map_tokens`` finds them."""
+    matches = _token_matches(_plain(values))
+    return pa.array([], pa.string()) if matches is None else pc.unique(matches[1])
+
+
+def map_tokens(values: pa.Array | pa.ChunkedArray, mapping: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """``values`` (strings) with every ``TOKEN_RE`` match replaced by its image under ``mapping``,
+    which takes the distinct matches (a string array) and returns one ``TOKEN_WIDTH``-character
+    string each, in order: what ``TOKEN_RE.sub`` does row by row, over the bytes of all rows.
+
+    A match starts with the only ``[`` it holds, so matches never overlap and each is found
+    where it starts; a token has the width of what it replaces, so only bytes change.
+    """
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_dictionary(arr.type):
+        return pa.DictionaryArray.from_arrays(arr.indices, map_tokens(arr.dictionary, mapping))
+    matches = _token_matches(_plain(arr))
+    if matches is None:
+        return arr
+    at, found = matches
     encoded = pc.dictionary_encode(found)
     image = mapping(encoded.dictionary)
     if len(image) != len(encoded.dictionary) or image.null_count or \
@@ -435,10 +458,10 @@ def map_tokens(values: pa.Array | pa.ChunkedArray, mapping: Callable[[pa.Array],
         raise ValueError(f"a token mapping must give one {TOKEN_WIDTH}-byte token per token")
     image_offsets = np.frombuffer(image.buffers()[1], np.int32)[image.offset:image.offset + len(image) + 1]
     image_bytes = np.frombuffer(image.buffers()[2], np.uint8)[image_offsets[0]:image_offsets[-1]]
-    out = data.copy()
+    out = np.frombuffer(arr.buffers()[2], np.uint8).copy()
     indices = encoded.indices.to_numpy()
     out[at[:, None] + np.arange(TOKEN_WIDTH)] = image_bytes.reshape(-1, TOKEN_WIDTH)[indices]
-    return pa.Array.from_buffers(arr.type, n, [arr.buffers()[0], arr.buffers()[1], pa.py_buffer(out)],
+    return pa.Array.from_buffers(arr.type, len(arr), [arr.buffers()[0], arr.buffers()[1], pa.py_buffer(out)],
                                  null_count=arr.null_count, offset=arr.offset)
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 
 VERSION_KEY = "pseudozone.pseudonym_version"  # Parquet footer key of a rotated file
 SUBJECT_PURPOSE = "subject"
+TOKENS = "[id:]"  # Mapper.ahead's name for the text tokens' steps
 
 
 class RotationError(PseudozoneError):
@@ -106,6 +108,9 @@ class Mapper:
     stepper: fasthmac.Stepper = field(default_factory=fasthmac.Stepper)
     remember: frozenset[str] = frozenset({SUBJECT_PURPOSE})
     _known: dict[str, tuple[pa.Array, pa.Array]] = field(default_factory=dict, repr=False)
+    # steps computed ahead for the partition being rewritten (``_prefetch``): purpose, or
+    # ``TOKENS`` -> (old values, their steps); anything else is stepped here
+    ahead: dict[str, tuple[pa.Array, pa.Array]] = field(default_factory=dict, repr=False)
 
     def values(self, purpose: str, distinct: list[str]) -> list[str]:
         """Each distinct pseudonym at the target version (version-``source`` ones stepped); a
@@ -137,10 +142,22 @@ class Mapper:
         rest = dict(zip(plain, self.values(purpose, plain), strict=True))
         return [resealed[v] if v in resealed else rest[v] for v in distinct]
 
+    def _looked_up(self, name: str, values: pa.Array, step: Callable[[pa.Array], pa.Array]) -> pa.Array:
+        """``step(values)``, taken from what ``ahead`` holds for ``name`` where it has them."""
+        ahead = self.ahead.get(name)
+        if ahead is None:
+            return step(values)
+        at = pc.index_in(values, value_set=ahead[0])
+        found = pc.take(ahead[1], at)
+        if at.null_count == 0:
+            return found
+        missing = pc.is_null(at)
+        return pc.replace_with_mask(found, missing, step(values.filter(missing)))
+
     def _step(self, purpose: str, todo: pa.Array) -> pa.Array:
         """``KeyRing.step`` of version-``source`` pseudonyms (distinct) to the target."""
         if purpose not in self.remember:
-            return self._hash(purpose, todo)
+            return self._looked_up(purpose, todo, lambda v: self._hash(purpose, v))
         old, new = self._known.get(purpose, (pa.array([], pa.string()), pa.array([], pa.string())))
         at = pc.index_in(todo, value_set=old)
         missing = pc.is_null(at)
@@ -171,6 +188,9 @@ class Mapper:
 
     def tokens(self, distinct: pa.Array) -> pa.Array:
         """Each distinct ``[id:…]`` token's successor: ``linkage.token_of`` of its step."""
+        return self._looked_up(TOKENS, distinct, self._token_steps)
+
+    def _token_steps(self, distinct: pa.Array) -> pa.Array:
         return linkage.digest_tokens(self._digests(linkage.TEXT_PURPOSE, distinct))
 
     def text(self, values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -200,9 +220,52 @@ def _file_version(path: Path) -> int | None:
     return int(raw) if raw is not None else None
 
 
-def _rotate_partitions(settings: Settings, mapper: Mapper,
-                       on_partition: Callable[[str], None] | None) -> dict[str, int]:
+Ahead = dict[str, tuple[pa.Array, pa.Array]]
+
+
+def _prefetch(stepper: fasthmac.Stepper, keys: dict[str, bytes], source: int, target: int,
+              contract: Contract, files: list[Path], skip: frozenset[str]) -> Ahead:
+    """The steps the rewrite of a partition's ``files`` will ask for (``Mapper.ahead``): every
+    distinct version-``source`` pseudonym of the purposes not in ``skip`` and every distinct
+    ``[id:]`` token, stepped by ``stepper``'s helpers while the caller rewrites the partition before."""
+    purposes = {c: p for c, p in _purposes(contract).items() if p not in skip}
+    texts = set(_text_columns(contract))
+    found: dict[str, list[pa.Array]] = {}
+    for path in files:
+        names = set(pq.read_schema(path).names)
+        wanted = [c for c in (*purposes, *sorted(texts)) if c in names]
+        if not wanted:
+            continue
+        table = pq.read_table(path, columns=wanted)
+        for name in wanted:
+            col = table[name].combine_chunks()
+            if pa.types.is_dictionary(col.type):
+                col = col.dictionary
+            if name in texts:
+                found.setdefault(TOKENS, []).append(linkage.find_tokens(col))
+            else:
+                found.setdefault(purposes[name], []).append(pc.unique(col.cast(pa.string())).drop_null())
+    out: Ahead = {}
+    for name, parts in found.items():
+        distinct = pc.unique(pa.chunked_array(parts, pa.string()))
+        if name == TOKENS:
+            if len(distinct):
+                out[name] = (distinct, linkage.digest_tokens(
+                    fasthmac.step_digests(stepper, keys[linkage.TEXT_PURPOSE], distinct)))
+            continue
+        todo = distinct.filter(pc.starts_with(distinct, f"v{source}:"))
+        if len(todo):
+            raw = fasthmac.step_digests(stepper, keys[name], todo)
+            out[name] = (todo, fasthmac.pseudonyms(f"v{target}:", raw))
+    return out
+
+
+def _rotate_partitions(settings: Settings, mapper: Mapper, on_partition: Callable[[str], None] | None,
+                       ahead: fasthmac.Stepper | None = None) -> dict[str, int]:
+    """Step 1, partition after partition; with ``ahead`` (a stepper of helpers only), the steps of
+    the next partition are computed (``_prefetch``, in a thread) while one is rewritten."""
     done = {"partitions": 0, "files_in": 0, "files_out": 0, "rows": 0}
+    todo: list[tuple[compact.Unit, Contract, compact.Rewrite, list[Path]]] = []
     for zone in layout.PARTITIONED:
         for dataset, tenant, tdir in layout.tenant_dirs(layout.zone_root(settings, zone)):
             if tenant != mapper.tenant:
@@ -223,14 +286,31 @@ def _rotate_partitions(settings: Settings, mapper: Mapper,
             for partition in layout.date_partitions(tdir):
                 unit = compact.Unit(zone, dataset, tenant, partition.day)
                 files = compact.files(settings, unit)
+                if files and not all(_file_version(f) == mapper.target for f in files):
+                    todo.append((unit, contract, rewrite, files))
+    keys = {p: mapper.keyring.pseudonym_key(mapper.tenant, p, mapper.target)
+            for p in {*(p for _, c, _, _ in todo for p in _purposes(c).values()), linkage.TEXT_PURPOSE}}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rotation-prefetch") as pool:
+        pending: Future[Ahead] | None = None
+        for i, (unit, _contract, rewrite, _files) in enumerate(todo):
+            mapper.ahead = pending.result() if pending is not None else {}
+            pending = None
+            if ahead is not None and i + 1 < len(todo):
+                _, next_contract, _, next_files = todo[i + 1]
+                pending = pool.submit(_prefetch, ahead, keys, mapper.source, mapper.target, next_contract,
+                                      next_files, mapper.remember)
+            try:
+                files = compact.files(settings, unit)  # as they are now (no writer runs meanwhile)
                 if not files or all(_file_version(f) == mapper.target for f in files):
                     continue
                 result = compact.rewrite_partition(settings, unit, rewrite)
-                done["partitions"] += 1
-                for key in ("files_in", "files_out", "rows"):
-                    done[key] += result[key]
-                if on_partition:
-                    on_partition(f"{zone}/{dataset}/{partition.day}")
+            finally:
+                mapper.ahead = {}
+            done["partitions"] += 1
+            for key in ("files_in", "files_out", "rows"):
+                done[key] += result[key]
+            if on_partition:
+                on_partition(f"{unit.zone}/{unit.dataset}/{unit.day}")
     return done
 
 
@@ -463,8 +543,9 @@ def rotate(settings: Settings, tenant: str, *, keyring: KeyRing | None = None,
            on_partition: Callable[[str], None] | None = None, helpers: int | None = None) -> dict[str, Any]:
     """Rotate ``tenant``'s pseudonyms from its version N to N+1 (or finish a killed rotation).
 
-    ``helpers``: processes that share the keyed hashing (``fasthmac.Stepper``; default one per
-    further core, at most three; 0 hashes in this process only)."""
+    ``helpers``: processes that compute the keyed steps of the next partition while one is
+    rewritten (``fasthmac.Stepper``; default one per further core, at most three; 0: every step
+    in this process, in turn)."""
     from pseudozone.rights import audit, store
 
     keyring = refresh(settings, keyring or KeyRing.load(settings))
@@ -478,11 +559,12 @@ def rotate(settings: Settings, tenant: str, *, keyring: KeyRing | None = None,
                          details={"from_version": source, "to_version": target}, keyring=keyring)
     log.info("pseudonym rotation of tenant %s: version %d -> %d%s", tenant, source, target,
              " (resumed)" if resumed else "")
-    with fasthmac.Stepper(fasthmac.default_helpers() if helpers is None else helpers) as stepper:
-        mapper = Mapper(keyring, tenant, source, target, stepper,
+    helpers = fasthmac.default_helpers() if helpers is None else helpers
+    with fasthmac.Stepper(helpers, local=False) as ahead:
+        mapper = Mapper(keyring, tenant, source, target, fasthmac.Stepper(),
                         remember=frozenset({SUBJECT_PURPOSE, _cookie_purpose()}))
         recovered = compact.recover(settings, prefix=compact.ROTATE_PREFIX)
-        zones_done = _rotate_partitions(settings, mapper, on_partition)
+        zones_done = _rotate_partitions(settings, mapper, on_partition, ahead if helpers else None)
         pii_rows = _rotate_pii(settings, mapper)
         state_counts = _rotate_state(settings, mapper)
         counts: dict[str, Any] = {"partitions": zones_done["partitions"], "files_in": zones_done["files_in"],

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from faker import Faker
 
@@ -283,3 +284,52 @@ def test_mapper_text_is_step_then_token_of() -> None:
     texts = [f'{{"order": "{v1_tokens[0]}"}}', f"/o/{v1_tokens[1]}?t={v1_tokens[2]}", None, "none here"]
     out = _mapper().text(pa.array(texts, pa.string())).to_pylist()
     assert out == [f'{{"order": "{v2_tokens[0]}"}}', f"/o/{v2_tokens[1]}?t={v2_tokens[2]}", None, "none here"]
+
+
+def test_stepper_helpers_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = _v1("event_id", 40)
+    key = KR.pseudonym_key(T, "event_id", 2)
+    with fasthmac.Stepper(2, local=False) as stepper:
+        out = fasthmac.pseudonyms("v2:", fasthmac.step_digests(stepper, key, pa.array(values)))
+        assert len(stepper._procs) == 2  # below SPLIT_MIN too: the caller hashes nothing
+    assert out.to_pylist() == KR.step(T, "event_id", 2, values)
+    assert fasthmac.Stepper(0, local=False).local  # no helper: the caller hashes
+
+
+def test_prefetched_steps_are_the_mapper_steps(tmp_path: Path) -> None:
+    """``_prefetch`` over a partition's files gives what the mapper computes itself; a value it
+    did not see (a file that changed since) is stepped by the mapper."""
+    from pseudozone import contracts
+    from pseudozone.rotation import TOKENS, _prefetch, _purposes, _text_columns
+
+    contract = contracts.load("events")
+    purposes, texts = _purposes(contract), _text_columns(contract)
+    rng = random.Random(5)
+    tokens = [_token(rng) for _ in range(30)]
+
+    def table(tag: str, n: int) -> pa.Table:
+        cols: dict[str, pa.Array] = {}
+        for name, purpose in purposes.items():
+            raw = [f"{tag}{i % 17}" for i in range(n)]
+            cols[name] = pa.array(KR.pseudonymize(T, purpose, raw, version=1))
+        for name in texts:
+            cols[name] = pa.array([f'{{"o": "{tokens[i % 30]}"}} {tokens[(i * 7) % 30]}' if i % 5 else None
+                                   for i in range(n)], pa.string())
+        return pa.table(cols)
+
+    files = []
+    for k, tag in enumerate(("a", "b")):
+        files.append(tmp_path / f"{k}.parquet")
+        pq_write(table(tag, 60), files[-1])
+    keys = {p: KR.pseudonym_key(T, p, 2) for p in {*purposes.values(), linkage.TEXT_PURPOSE}}
+    with fasthmac.Stepper(1, local=False) as stepper:
+        ahead = _prefetch(stepper, keys, 1, 2, contract, files, frozenset({SUBJECT_PURPOSE}))
+    assert SUBJECT_PURPOSE not in ahead and TOKENS in ahead
+    plain, looked_up = _mapper(), _mapper()
+    looked_up.ahead = ahead
+    for t in (table("a", 60), table("c", 40)):  # "c": values the prefetch never saw
+        assert looked_up.table(contract, t).equals(plain.table(contract, t))
+
+
+def pq_write(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path)
