@@ -431,9 +431,10 @@ def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def find_tokens(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """The distinct ``TOKEN_RE`` matches of ``values`` (strings), as ``map_tokens`` finds them."""
+    """The distinct ``TOKEN_RE`` matches of ``values`` (strings), in the order in which
+    ``map_tokens`` hands them to its mapping."""
     matches = _token_matches(_plain(values))
-    return pa.array([], pa.string()) if matches is None else pc.unique(matches[1])
+    return pa.array([], pa.string()) if matches is None else pc.dictionary_encode(matches[1]).dictionary
 
 
 def map_tokens(values: pa.Array | pa.ChunkedArray, mapping: Callable[[pa.Array], pa.Array]) -> pa.Array:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,7 +59,6 @@ log = logging.getLogger(__name__)
 
 VERSION_KEY = "pseudozone.pseudonym_version"  # Parquet footer key of a rotated file
 SUBJECT_PURPOSE = "subject"
-TOKENS = "[id:]"  # Mapper.ahead's name for the text tokens' steps
 
 
 class RotationError(PseudozoneError):
@@ -108,9 +108,10 @@ class Mapper:
     stepper: fasthmac.Stepper = field(default_factory=fasthmac.Stepper)
     remember: frozenset[str] = frozenset({SUBJECT_PURPOSE})
     _known: dict[str, tuple[pa.Array, pa.Array]] = field(default_factory=dict, repr=False)
-    # steps computed ahead for the partition being rewritten (``_prefetch``): purpose, or
-    # ``TOKENS`` -> (old values, their steps); anything else is stepped here
-    ahead: dict[str, tuple[pa.Array, pa.Array]] = field(default_factory=dict, repr=False)
+    # steps computed ahead (``_prefetch``) for the input files of the partition being rewritten,
+    # in the order ``table`` is called with them; each used only where it fits (``_fits``)
+    ahead: list[Ahead] = field(default_factory=list, repr=False)
+    fitted: Counter[bool] = field(default_factory=Counter, repr=False)  # ahead entries used, not used
 
     def values(self, purpose: str, distinct: list[str]) -> list[str]:
         """Each distinct pseudonym at the target version (version-``source`` ones stepped); a
@@ -142,22 +143,10 @@ class Mapper:
         rest = dict(zip(plain, self.values(purpose, plain), strict=True))
         return [resealed[v] if v in resealed else rest[v] for v in distinct]
 
-    def _looked_up(self, name: str, values: pa.Array, step: Callable[[pa.Array], pa.Array]) -> pa.Array:
-        """``step(values)``, taken from what ``ahead`` holds for ``name`` where it has them."""
-        ahead = self.ahead.get(name)
-        if ahead is None:
-            return step(values)
-        at = pc.index_in(values, value_set=ahead[0])
-        found = pc.take(ahead[1], at)
-        if at.null_count == 0:
-            return found
-        missing = pc.is_null(at)
-        return pc.replace_with_mask(found, missing, step(values.filter(missing)))
-
     def _step(self, purpose: str, todo: pa.Array) -> pa.Array:
         """``KeyRing.step`` of version-``source`` pseudonyms (distinct) to the target."""
         if purpose not in self.remember:
-            return self._looked_up(purpose, todo, lambda v: self._hash(purpose, v))
+            return self._hash(purpose, todo)
         old, new = self._known.get(purpose, (pa.array([], pa.string()), pa.array([], pa.string())))
         at = pc.index_in(todo, value_set=old)
         missing = pc.is_null(at)
@@ -176,39 +165,63 @@ class Mapper:
     def _hash(self, purpose: str, values: pa.Array) -> pa.Array:
         return fasthmac.pseudonyms(f"v{self.target}:", self._digests(purpose, values))
 
-    def column(self, purpose: str, values: pa.Array | pa.ChunkedArray) -> pa.Array:
-        arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-        if pa.types.is_dictionary(arr.type):
-            arr = arr.cast(arr.type.value_type)
-        encoded = pc.dictionary_encode(arr)
-        dictionary = encoded.dictionary
-        if not pa.types.is_string(dictionary.type):
-            dictionary = dictionary.cast(pa.string())
-        return pc.take(self.array(purpose, dictionary), encoded.indices)
+    def column(self, purpose: str, values: pa.Array | pa.ChunkedArray,
+               ahead: tuple[pa.Array, pa.Array] | None = None) -> pa.Array:
+        """A column of pseudonyms at the target; ``ahead``: (distinct values, their ``array``)
+        computed before, used when the distinct values are those."""
+        dictionary, indices = _distinct(values)
+        if ahead is not None and self._fits(ahead, dictionary):
+            return pc.take(ahead[1], indices)
+        return pc.take(self.array(purpose, dictionary), indices)
 
     def tokens(self, distinct: pa.Array) -> pa.Array:
         """Each distinct ``[id:…]`` token's successor: ``linkage.token_of`` of its step."""
-        return self._looked_up(TOKENS, distinct, self._token_steps)
-
-    def _token_steps(self, distinct: pa.Array) -> pa.Array:
         return linkage.digest_tokens(self._digests(linkage.TEXT_PURPOSE, distinct))
 
-    def text(self, values: pa.Array | pa.ChunkedArray) -> pa.Array:
-        """Free text with every ``[id:…]`` token stepped (a whole file is at one version)."""
-        return linkage.map_tokens(values, self.tokens)
+    def text(self, values: pa.Array | pa.ChunkedArray,
+             ahead: tuple[pa.Array, pa.Array] | None = None) -> pa.Array:
+        """Free text with every ``[id:…]`` token stepped (a whole file is at one version);
+        ``ahead``: (distinct tokens, their successors) computed before, used when they fit."""
+        def successors(found: pa.Array) -> pa.Array:
+            return ahead[1] if ahead is not None and self._fits(ahead, found) else self.tokens(found)
+
+        return linkage.map_tokens(values, successors)
+
+    def _fits(self, ahead: tuple[pa.Array, pa.Array] | None, distinct: pa.Array) -> bool:
+        if ahead is None:
+            return False
+        fits = len(ahead[0]) == len(distinct) and ahead[0].equals(distinct)
+        self.fitted[fits] += 1
+        return fits
 
     def table(self, contract: Contract, table: pa.Table) -> pa.Table:
         """An event- or restricted-zone table with every pseudonym and token at the target."""
         purposes, texts = _purposes(contract), set(_text_columns(contract))
+        known = self.ahead.pop(0) if self.ahead else {}
         columns = []
         for name in table.column_names:
             col = table[name]
             if name in purposes:
-                col = self.column(purposes[name], col)
+                col = self.column(purposes[name], col, known.get(name))
             elif name in texts:
-                col = self.text(col)
+                col = self.text(col, known.get(name))
             columns.append(col)
         return pa.table(columns, names=table.column_names)
+
+
+Ahead = dict[str, tuple[pa.Array, pa.Array]]  # column -> (distinct values, what they map to)
+
+
+def _distinct(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """(distinct strings in order of first appearance, each row's index into them)."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    encoded = pc.dictionary_encode(arr)
+    dictionary = encoded.dictionary
+    if not pa.types.is_string(dictionary.type):
+        dictionary = dictionary.cast(pa.string())
+    return dictionary, encoded.indices
 
 
 # -- the zones -----------------------------------------------------------------------------------
@@ -220,43 +233,41 @@ def _file_version(path: Path) -> int | None:
     return int(raw) if raw is not None else None
 
 
-Ahead = dict[str, tuple[pa.Array, pa.Array]]
-
-
 def _prefetch(stepper: fasthmac.Stepper, keys: dict[str, bytes], source: int, target: int,
-              contract: Contract, files: list[Path], skip: frozenset[str]) -> Ahead:
-    """The steps the rewrite of a partition's ``files`` will ask for (``Mapper.ahead``): every
-    distinct version-``source`` pseudonym of the purposes not in ``skip`` and every distinct
-    ``[id:]`` token, stepped by ``stepper``'s helpers while the caller rewrites the partition before."""
+              contract: Contract, files: list[Path], skip: frozenset[str]) -> list[Ahead]:
+    """For each of a partition's ``files``, what ``Mapper.table`` will compute for its columns
+    (``Mapper.ahead``): the pseudonym columns of purposes not in ``skip`` (remembered ones) and
+    the ``[id:]`` tokens of the text columns, stepped by ``stepper``'s helpers while the caller
+    rewrites the partition before.  A column with a sealed value or one of another version is
+    left to the mapper (which deals with them, or refuses)."""
     purposes = {c: p for c, p in _purposes(contract).items() if p not in skip}
     texts = set(_text_columns(contract))
-    found: dict[str, list[pa.Array]] = {}
+    out: list[Ahead] = []
     for path in files:
+        known: Ahead = {}
+        out.append(known)
         names = set(pq.read_schema(path).names)
         wanted = [c for c in (*purposes, *sorted(texts)) if c in names]
         if not wanted:
             continue
         table = pq.read_table(path, columns=wanted)
         for name in wanted:
-            col = table[name].combine_chunks()
-            if pa.types.is_dictionary(col.type):
-                col = col.dictionary
             if name in texts:
-                found.setdefault(TOKENS, []).append(linkage.find_tokens(col))
-            else:
-                found.setdefault(purposes[name], []).append(pc.unique(col.cast(pa.string())).drop_null())
-    out: Ahead = {}
-    for name, parts in found.items():
-        distinct = pc.unique(pa.chunked_array(parts, pa.string()))
-        if name == TOKENS:
-            if len(distinct):
-                out[name] = (distinct, linkage.digest_tokens(
-                    fasthmac.step_digests(stepper, keys[linkage.TEXT_PURPOSE], distinct)))
-            continue
-        todo = distinct.filter(pc.starts_with(distinct, f"v{source}:"))
-        if len(todo):
-            raw = fasthmac.step_digests(stepper, keys[name], todo)
-            out[name] = (todo, fasthmac.pseudonyms(f"v{target}:", raw))
+                found = linkage.find_tokens(table[name])
+                if len(found):
+                    raw = fasthmac.step_digests(stepper, keys[linkage.TEXT_PURPOSE], found)
+                    known[name] = (found, linkage.digest_tokens(raw))
+                continue
+            distinct, _ = _distinct(table[name])
+            todo = pc.starts_with(distinct, f"v{source}:")
+            steps = int(pc.sum(todo).as_py() or 0)
+            if steps + int(pc.sum(pc.starts_with(distinct, f"v{target}:")).as_py() or 0) != len(distinct):
+                continue  # sealed, or of another version
+            mapped = distinct
+            if steps:
+                raw = fasthmac.step_digests(stepper, keys[purposes[name]], distinct.filter(todo))
+                mapped = pc.replace_with_mask(distinct, todo, fasthmac.pseudonyms(f"v{target}:", raw))
+            known[name] = (distinct, mapped)
     return out
 
 
@@ -291,9 +302,9 @@ def _rotate_partitions(settings: Settings, mapper: Mapper, on_partition: Callabl
     keys = {p: mapper.keyring.pseudonym_key(mapper.tenant, p, mapper.target)
             for p in {*(p for _, c, _, _ in todo for p in _purposes(c).values()), linkage.TEXT_PURPOSE}}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rotation-prefetch") as pool:
-        pending: Future[Ahead] | None = None
+        pending: Future[list[Ahead]] | None = None
         for i, (unit, _contract, rewrite, _files) in enumerate(todo):
-            mapper.ahead = pending.result() if pending is not None else {}
+            mapper.ahead = pending.result() if pending is not None else []
             pending = None
             if ahead is not None and i + 1 < len(todo):
                 _, next_contract, _, next_files = todo[i + 1]
@@ -305,12 +316,15 @@ def _rotate_partitions(settings: Settings, mapper: Mapper, on_partition: Callabl
                     continue
                 result = compact.rewrite_partition(settings, unit, rewrite)
             finally:
-                mapper.ahead = {}
+                mapper.ahead = []
             done["partitions"] += 1
             for key in ("files_in", "files_out", "rows"):
                 done[key] += result[key]
             if on_partition:
                 on_partition(f"{unit.zone}/{unit.dataset}/{unit.day}")
+    if ahead is not None:
+        log.info("pseudonym rotation of tenant %s: %d column(s) stepped ahead, %d stepped again",
+                 mapper.tenant, mapper.fitted[True], mapper.fitted[False])
     return done
 
 

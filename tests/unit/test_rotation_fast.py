@@ -300,7 +300,7 @@ def test_prefetched_steps_are_the_mapper_steps(tmp_path: Path) -> None:
     """``_prefetch`` over a partition's files gives what the mapper computes itself; a value it
     did not see (a file that changed since) is stepped by the mapper."""
     from pseudozone import contracts
-    from pseudozone.rotation import TOKENS, _prefetch, _purposes, _text_columns
+    from pseudozone.rotation import _prefetch, _purposes, _text_columns
 
     contract = contracts.load("events")
     purposes, texts = _purposes(contract), _text_columns(contract)
@@ -324,11 +324,20 @@ def test_prefetched_steps_are_the_mapper_steps(tmp_path: Path) -> None:
     keys = {p: KR.pseudonym_key(T, p, 2) for p in {*purposes.values(), linkage.TEXT_PURPOSE}}
     with fasthmac.Stepper(1, local=False) as stepper:
         ahead = _prefetch(stepper, keys, 1, 2, contract, files, frozenset({SUBJECT_PURPOSE}))
-    assert SUBJECT_PURPOSE not in ahead and TOKENS in ahead
+    assert len(ahead) == 2
+    assert "subject_id" not in ahead[0] and set(texts) <= set(ahead[0])
+    assert {n for n, p in purposes.items() if p != SUBJECT_PURPOSE} <= set(ahead[0])
     plain, looked_up = _mapper(), _mapper()
-    looked_up.ahead = ahead
-    for t in (table("a", 60), table("c", 40)):  # "c": values the prefetch never saw
+    looked_up.ahead = list(ahead)
+    # the files in order, then a table the prefetch never saw (it is stepped by the mapper)
+    for t in (table("a", 60), table("b", 60), table("c", 40)):
         assert looked_up.table(contract, t).equals(plain.table(contract, t))
+    assert looked_up.ahead == []
+    assert looked_up.fitted == {True: 2 * len(ahead[0])}  # every column of both files fitted
+    # out of order: nothing fits, everything is stepped by the mapper, with the same result
+    looked_up.ahead = list(reversed(ahead))
+    assert looked_up.table(contract, table("a", 60)).equals(plain.table(contract, table("a", 60)))
+    assert looked_up.fitted[False] >= len(purposes) - 1  # the pseudonym columns of "b" fit none of "a"
 
 
 def pq_write(table: pa.Table, path: Path) -> None:
