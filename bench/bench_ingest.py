@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from upath import UPath
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_WORKDIR = HERE / "out"
@@ -71,7 +73,7 @@ def _landing_files(landing: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def _tree_bytes(*roots: Path) -> int:
+def _tree_bytes(*roots: Path | UPath) -> int:
     total = 0
     for root in roots:
         if root.exists():

@@ -524,7 +524,7 @@ def phase_verify(args: argparse.Namespace) -> Json:
             continue
         col = pq.read_table(path, columns=[SUBJECT_COLUMN])[SUBJECT_COLUMN]
         if pc.any(pc.fill_null(pc.equal(col, subject), False)).as_py():
-            hits.append(str(path.relative_to(settings.root)))
+            hits.append(settings.shown(path))
     cookie_files, cookie_rows, with_cookie_column = [], 0, 0
     if len(cookies):
         for path in zone_files:
@@ -535,7 +535,7 @@ def phase_verify(args: argparse.Namespace) -> Json:
             n = int(pc.sum(pc.is_in(col, value_set=cookies)).as_py() or 0)
             if n:
                 cookie_rows += n
-                cookie_files.append(str(path.relative_to(settings.root)))
+                cookie_files.append(settings.shown(path))
     with state.connect(settings) as conn:
         key_row = conn.execute("SELECT wrapped_dek IS NULL FROM subject_keys WHERE tenant_id = ?"
                                " AND subject_id = ?", (tenant, subject)).fetchone()

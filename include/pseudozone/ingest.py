@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from upath import UPath
 
 from pseudozone import ledger, linkage, rectifications, scrub, state, zones
 from pseudozone.config import Settings
@@ -269,7 +270,7 @@ class _Plan:
     ref: BatchRef
     contract: Contract
     result: BatchResult
-    outputs: list[tuple[Path, Callable[[], pa.Table]]]
+    outputs: list[tuple[UPath, Callable[[], pa.Table]]]
     index: pa.Table
     # validates the outputs (raises gate.ValidationFailed); run while they are staged
     gate: Callable[[], object] = lambda: None
@@ -386,7 +387,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     links = link_pairs(subjects, event[COOKIE_COLUMN].combine_chunks(), dates) if has_cookie else None
     # each output is made when a writer thread gets to it, so that at most
     # WRITE_THREADS partitions are materialized beside the event table at a time
-    outputs: list[tuple[Path, Callable[[], pa.Table]]] = []
+    outputs: list[tuple[UPath, Callable[[], pa.Table]]] = []
     placements: list[tuple[str, str, pa.Array]] = []
     n_buckets = contract.subject_buckets
     buckets = subject_buckets(subjects, n_buckets) if n_buckets > 1 else None
@@ -457,12 +458,13 @@ def _write_plan(settings: Settings, plan: _Plan) -> None:
     ref = plan.ref
     staging = settings.staging / ref.batch_id
     shutil.rmtree(staging, ignore_errors=True)
-    staged = [(staging / final.relative_to(settings.zones), final, make) for final, make in plan.outputs]
+    staged = [(staging / layout.relative(final, settings.zones), final, make)
+              for final, make in plan.outputs]
     # staged files are fsynced; their directories need not be (they are renamed again),
     # and each final directory is fsynced once after the renames into it.  Each output is
     # made by the writer thread that writes it (memory: WRITE_THREADS partitions at a time),
     # while this thread runs the gate over the outputs; nothing is published unless it passes.
-    def stage(item: tuple[Path, Path, Callable[[], pa.Table]]) -> None:
+    def stage(item: tuple[Path, UPath, Callable[[], pa.Table]]) -> None:
         zones.write_parquet(item[2](), item[0], sync_dir=False)
 
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
@@ -479,11 +481,12 @@ def _write_plan(settings: Settings, plan: _Plan) -> None:
         publish_file(tmp, final)
     zones.fsync_dirs({final.parent for _, final, _ in staged})
     shutil.rmtree(staging, ignore_errors=True)
-    plan.result.files = [str(final.relative_to(settings.root)) for _, final, _ in staged]
+    plan.result.files = [settings.shown(final) for _, final, _ in staged]
 
 
-def publish_file(staged: Path, final: Path) -> None:
-    """Make one staged file visible under its final name (atomic rename, the zone's mode)."""
+def publish_file(staged: Path, final: UPath) -> None:
+    """Make one staged file visible under its final name (atomic rename, the zone's mode; on
+    object storage one upload)."""
     zones.publish(staged, final)
 
 
@@ -627,7 +630,7 @@ def _reject(settings: Settings, ref: BatchRef, result: BatchResult,
     log.warning("batch %s quarantined (%s): %s", ref.batch_id, violation.code, violation.detail)
     result.status = "quarantined"
     result.reason = reason
-    result.files = [str(target.relative_to(settings.root))]
+    result.files = [settings.shown(target)]
     return result
 
 

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
+from upath import UPath
 
 from pseudozone import contracts, zones
 from pseudozone.config import TENANT_RE, Settings
@@ -285,9 +286,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _open_landed(path: Path) -> BinaryIO:
+def _open_landed(path: Path | UPath) -> BinaryIO:
     """Open a landing file for reading without following a symbolic link (``symlink``) and
-    only if it is a regular file (a FIFO or a device is ``not_a_regular_file``)."""
+    only if it is a regular file (a FIFO or a device is ``not_a_regular_file``); a quarantined
+    file on object storage is opened as an object."""
+    if not isinstance(path, Path):
+        fh: BinaryIO = path.open("rb")
+        return fh
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
@@ -503,8 +508,11 @@ def read_batch(settings: Settings, ref: BatchRef) -> tuple[pa.Table, Contract]:
     return conform(_read_raw(path, fmt, contract), contract, ref.tenant_id, fmt=fmt), contract
 
 
-def quarantine(settings: Settings, ref: BatchRef, reason: dict[str, Any]) -> Path:
-    """Move the landing file into quarantine beside a machine-readable reason."""
+def quarantine(settings: Settings, ref: BatchRef, reason: dict[str, Any]) -> UPath:
+    """Move the landing file into quarantine beside a machine-readable reason.
+
+    A symbolic link is moved as a link on a local quarantine; a quarantine on object storage
+    holds no links, so the link is removed and its reason says so (its target was never ours)."""
     src = settings.landing / ref.path
     target_dir = zones.make_dirs(layout.quarantine_dir(settings, ref.dataset, ref.tenant_id))
     target = target_dir / src.name
@@ -512,12 +520,16 @@ def quarantine(settings: Settings, ref: BatchRef, reason: dict[str, Any]) -> Pat
     while target.exists():
         target = target_dir / f"{src.stem}.{n}{src.suffix}"
         n += 1
+    link_removed = zones.is_remote(target) and src.is_symlink()
     zones.write_json({"batch_id": ref.batch_id, "dataset": ref.dataset, "tenant_id": ref.tenant_id,
-                      "source": ref.path, **reason}, layout.reason_file(target))
+                      "source": ref.path, **reason, **({"link_removed": True} if link_removed else {})},
+                     layout.reason_file(target))
     # a link is moved as a link (never followed); a file under a folder that resolves
     # elsewhere is not ours to move
     if os.path.lexists(src) and _real_inside(settings.landing, src.parent):
-        if src.is_symlink():
+        if link_removed:
+            src.unlink()
+        elif src.is_symlink() and isinstance(target, Path):
             os.replace(src, target)  # chmod would follow it
         else:
             zones.publish(src, target)  # the quarantine's mode (0600) at once, not at the next run

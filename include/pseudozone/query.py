@@ -13,14 +13,21 @@ object, ``analytics.events`` every row but those of subjects who objected to ana
 logged-out rows follow their cookie's linked subjects (``pseudozone.lake.consent``,
 docs/adr/0013-consent-and-objection.md).  A share with a third party is written from its
 purpose's views only (``share``).
+
+Zones on object storage (``PSEUDOZONE_ZONES=s3://…``): DuckDB reads no URL here (its S3
+extension is never downloaded, and external access stays off), so each view scans a
+pyarrow dataset of the event zone's prefix instead, through the same filesystem as
+the rest of pseudozone, with the same partition columns and the same skipped names.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
+from pseudozone import zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.lake import consent
@@ -38,22 +45,51 @@ def datasets(settings: Settings) -> list[str]:
     root = settings.event_zone
     if not root.exists():
         return []
+    if zones.is_remote(root):
+        return sorted(d.name for d in root.iterdir()
+                      if d.name.isidentifier() and zones.parquet_files(d))
     return sorted(d.name for d in root.iterdir()
                   if d.is_dir() and d.name.isidentifier() and any(d.rglob(PUBLISHED)))
+
+
+def _remote_dataset(root: Any) -> Any:
+    """A pyarrow dataset of one event-zone dataset on object storage: Hive partitions
+    (``tenant_id`` text, ``date`` a date, as DuckDB reads them locally), the columns of all
+    its files by name (files written before a contract gained a column lack it)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    files = zones.parquet_files(root)
+    paths = [f.path for f in files]
+    partitioning = ds.partitioning(pa.schema([("tenant_id", pa.string()), ("date", pa.date32())]),
+                                   flavor="hive")
+    found = ds.dataset(paths, filesystem=root.fs, format="parquet", partitioning=partitioning,
+                       partition_base_dir=root.path)
+    schema = pa.unify_schemas([f.physical_schema for f in found.get_fragments()]
+                              + [partitioning.schema])
+    return ds.dataset(paths, schema=schema, filesystem=root.fs, format="parquet", partitioning=partitioning,
+                      partition_base_dir=root.path)
 
 
 def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect(config={"autoinstall_known_extensions": False,
                                   "autoload_known_extensions": False})
     names = datasets(settings)
+    remote = zones.is_remote(settings.event_zone)
     for name in names:
+        if remote:
+            conn.register(f"pz_scan_{name}", _remote_dataset(settings.event_zone / name))
+            conn.execute(f"CREATE VIEW {name} AS SELECT * FROM pz_scan_{name}")  # noqa: S608
+            continue
         glob = str(settings.event_zone / name / "**" / PUBLISHED)
         conn.execute(
             f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_quote(glob)}, "  # noqa: S608
             "hive_partitioning = true, union_by_name = true)")
     for scope in consent.scopes(settings):
         _purpose_views(conn, scope, names)
-    conn.execute(f"SET allowed_directories = [{_quote(str(settings.event_zone) + '/')}]")
+    # no file of any kind is DuckDB's to read on object storage (it scans the datasets above)
+    allowed = "" if remote else _quote(str(settings.event_zone) + "/")
+    conn.execute(f"SET allowed_directories = [{allowed}]")
     conn.execute("SET enable_external_access = false")
     conn.execute("SET lock_configuration = true")
     return conn

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
+from upath import UPath
 
 from pseudozone import ledger, state, zones
 from pseudozone.config import Settings
 
 
-def _rows(files: list[Path]) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+def _rows(files: list[UPath]) -> int:
+    return sum(zones.read_metadata(f).num_rows for f in files)
 
 
 def zone_counts(settings: Settings) -> list[dict[str, Any]]:

@@ -4,6 +4,14 @@ Every write is a whole file with a deterministic name, written under a
 temporary name in the same directory and renamed into place with
 ``os.replace``.  Readers never see half a file; a re-run writes the same names.
 
+Zones on object storage (``PSEUDOZONE_ZONES=s3://…``, docs/adr/0017-object-storage.md)
+have no rename: a file is written whole in one PUT (``fs.pipe_file``) or uploaded from
+the local staging directory in one upload (``publish``); the object appears whole or not
+at all.  Modes, fsync and temp names do not apply there.  Every function below takes
+a local ``Path`` or a ``UPath`` of the zones (``Settings.zones``), and readers of zone
+files use ``read_table``/``read_metadata``/``read_schema``/``parquet_file`` here, which
+pass the path's filesystem to pyarrow.
+
 Temporary names (``temp_path``) start with ``.tmp-`` and end with ``.part``: no reader
 looks at them (DuckDB's ``*.parquet`` globs need the suffix; pyarrow, Spark and Trino
 skip names that start with ``.`` or ``_``).  A writer renames its temp file seconds after
@@ -23,14 +31,21 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
+import shutil
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from upath import UPath
+
+# a zone path (Settings.zones and below) or a local one
+AnyPath: TypeAlias = Path | UPath
+ZP = TypeVar("ZP", Path, UPath)  # what a writer is given, it returns
 
 # zstd level 1: as fast to write as snappy here, and pseudonyms (hex) shrink by half.
 # store_schema=False: dictionary-encoded columns read back as plain strings, and the
@@ -94,8 +109,16 @@ def file_mode(directory: Path) -> int:
     return directory.stat().st_mode & 0o666
 
 
-def make_dirs(directory: Path) -> Path:
-    """``mkdir -p`` where each new directory gets its parent's mode and setgid bit (not the umask's)."""
+def is_remote(path: AnyPath) -> bool:
+    """Whether ``path`` is on object storage (a ``UPath`` that is no local ``Path``)."""
+    return not isinstance(path, Path)
+
+
+def make_dirs(directory: ZP) -> ZP:
+    """``mkdir -p`` where each new directory gets its parent's mode and setgid bit (not the umask's);
+    object storage has no directories (nothing to do)."""
+    if not isinstance(directory, Path):
+        return directory
     missing: list[Path] = []
     current = directory
     while not current.is_dir():
@@ -114,8 +137,11 @@ def make_dirs(directory: Path) -> Path:
     return directory
 
 
-def set_mode(path: Path, mode: int) -> None:
-    """chmod to ``mode``, keeping a directory's setgid bit (the deployment's group inheritance)."""
+def set_mode(path: AnyPath, mode: int) -> None:
+    """chmod to ``mode``, keeping a directory's setgid bit (the deployment's group inheritance);
+    nothing on object storage (no modes)."""
+    if not isinstance(path, Path):
+        return
     current = path.lstat().st_mode
     keep = current & _SETGID if path.is_dir() else 0
     if current & (0o7777) != mode | keep:
@@ -135,33 +161,43 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def fsync_dirs(directories: set[Path]) -> None:
-    """Make renames into these directories durable (one fsync per directory)."""
-    for directory in sorted(directories):
+def fsync_dirs(directories: Iterable[AnyPath]) -> None:
+    """Make renames into these directories durable (one fsync per directory; object storage
+    has nothing to sync: an object is durable when its PUT returns)."""
+    for directory in sorted({d for d in directories if isinstance(d, Path)}):
         _fsync_dir(directory)
 
 
-def write_parquet(table: pa.Table, path: Path, *, sync_dir: bool = True,
-                  footer: dict[str, str] | None = None, **options: Any) -> Path:
-    """Write ``table`` to ``path`` atomically (temp file, fsync, rename).
+def _write_table(table: pa.Table, where: Any, footer: dict[str, str] | None, options: dict[str, Any]) -> None:
+    if footer:
+        opts = {**PARQUET_OPTIONS, **options}
+        row_group_size = opts.pop("row_group_size", None)
+        with pq.ParquetWriter(where, table.schema, **opts) as writer:
+            writer.write_table(table, row_group_size=row_group_size)
+            writer.add_key_value_metadata(footer)
+    else:
+        pq.write_table(table, where, **{**PARQUET_OPTIONS, **options})
+
+
+def write_parquet(table: pa.Table, path: ZP, *, sync_dir: bool = True,
+                  footer: dict[str, str] | None = None, **options: Any) -> ZP:
+    """Write ``table`` to ``path`` atomically (temp file, fsync, rename; on object storage one PUT).
 
     ``options`` override ``PARQUET_OPTIONS`` (pyarrow.parquet.write_table keywords).
     ``footer`` is key-value metadata for the file's footer (``store_schema=False`` drops the
     table's schema metadata).  ``sync_dir=False`` leaves the directory fsync to the caller
     (``fsync_dirs``), for writes that are staged and renamed again.
     """
+    if not isinstance(path, Path):
+        sink = pa.BufferOutputStream()
+        _write_table(table, sink, footer, options)
+        path.fs.pipe_file(path.path, sink.getvalue().to_pybytes())
+        return path
     make_dirs(path.parent)
     tmp = temp_path(path)
     try:
         _create_private(tmp)  # a killed writer's temp file is readable by nobody else
-        if footer:
-            opts = {**PARQUET_OPTIONS, **options}
-            row_group_size = opts.pop("row_group_size", None)
-            with pq.ParquetWriter(tmp, table.schema, **opts) as writer:
-                writer.write_table(table, row_group_size=row_group_size)
-                writer.add_key_value_metadata(footer)
-        else:
-            pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **options})
+        _write_table(table, tmp, footer, options)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
             os.fchmod(fh.fileno(), file_mode(path.parent))
@@ -174,14 +210,23 @@ def write_parquet(table: pa.Table, path: Path, *, sync_dir: bool = True,
     return path
 
 
-def publish(staged: Path, final: Path) -> None:
-    """Rename a staged file into place (atomic) with the mode of its final directory."""
+def publish(staged: Path, final: AnyPath) -> None:
+    """Rename a staged file into place (atomic) with the mode of its final directory; on object
+    storage, upload it in one request (the object appears whole) and remove the staged copy."""
+    if not isinstance(final, Path):
+        final.fs.put_file(os.fspath(staged), final.path)
+        staged.unlink()
+        return
     make_dirs(final.parent)
     os.chmod(staged, file_mode(final.parent))
     os.replace(staged, final)
 
 
-def write_bytes(data: bytes, path: Path) -> Path:
+def write_bytes(data: bytes, path: ZP) -> ZP:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename; on object storage one PUT)."""
+    if not isinstance(path, Path):
+        path.fs.pipe_file(path.path, data)
+        return path
     make_dirs(path.parent)
     tmp = temp_path(path)
     try:
@@ -198,12 +243,92 @@ def write_bytes(data: bytes, path: Path) -> Path:
     return path
 
 
-def write_json(obj: Any, path: Path) -> Path:
+def write_json(obj: Any, path: ZP) -> ZP:
     return write_bytes((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), path)
 
 
-def parquet_files(root: Path) -> list[Path]:
-    """Published Parquet files under ``root`` (temp files excluded), sorted."""
+def _remote_files(root: UPath) -> list[UPath]:
+    """Every object under ``root`` (a prefix), as paths below it, sorted."""
+    base = root.path.rstrip("/")
+    try:
+        keys = root.fs.find(base)
+    except FileNotFoundError:
+        return []
+    return [root.joinpath(*posixpath.relpath(k, base).split("/")) for k in sorted(keys)
+            if k.startswith(base + "/")]
+
+
+def parquet_files(root: AnyPath) -> list[UPath]:
+    """Published Parquet files under ``root`` (temp files and hidden directories excluded), sorted."""
+    if not isinstance(root, Path):
+        return [p for p in _remote_files(root) if p.name.endswith(".parquet")
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     if not root.exists():
         return []
-    return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+    return sorted(UPath(p) for p in root.rglob("*.parquet") if not p.name.startswith("."))
+
+
+# -- reading zone files (one read policy: the path's own filesystem) --------------------------
+
+
+def _where(path: AnyPath) -> tuple[str | Path, Any]:
+    return (path, None) if isinstance(path, Path) else (path.path, path.fs)
+
+
+def read_table(path: AnyPath, **options: Any) -> pa.Table:
+    """``pyarrow.parquet.read_table`` of a zone file, local or on object storage."""
+    where, fs = _where(path)
+    return pq.read_table(where, filesystem=fs, **options)
+
+
+def read_metadata(path: AnyPath) -> pq.FileMetaData:
+    where, fs = _where(path)
+    return pq.read_metadata(where, filesystem=fs)
+
+
+def read_schema(path: AnyPath) -> pa.Schema:
+    where, fs = _where(path)
+    return pq.read_schema(where, filesystem=fs)
+
+
+def parquet_file(path: AnyPath) -> pq.ParquetFile:
+    """A ``ParquetFile`` of a zone file (use it as a context manager: it holds the file open)."""
+    where, fs = _where(path)
+    return pq.ParquetFile(where, filesystem=fs)
+
+
+def remove(path: AnyPath) -> bool:
+    """Delete one file if it is there; whether it was."""
+    if isinstance(path, Path):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+    try:
+        path.fs.rm_file(path.path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def modified(path: AnyPath, *, changed: bool = False) -> float:
+    """When a file was last modified (epoch seconds): a local file's own mtime (never a link's
+    target's), with ``changed`` the later of its mtime and ctime (a file moved in by rename
+    keeps its old mtime); an object's last-modified time.  FileNotFoundError when it is gone."""
+    if isinstance(path, Path):
+        st = path.lstat()
+        return max(st.st_mtime, st.st_ctime) if changed else st.st_mtime
+    return float(path.stat().st_mtime)
+
+
+def remove_tree(path: AnyPath) -> None:
+    """Delete a directory (a prefix on object storage) and everything under it, if it is there."""
+    if isinstance(path, Path):
+        if path.is_dir():
+            shutil.rmtree(path)
+        return
+    try:
+        path.fs.rm(path.path.rstrip("/"), recursive=True)
+    except FileNotFoundError:
+        return

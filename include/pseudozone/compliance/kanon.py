@@ -32,19 +32,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from upath import UPath
 
 from pseudozone import contracts
 from pseudozone.config import Settings
 from pseudozone.contracts import Contract
 from pseudozone.errors import ContractError, PseudozoneError
 from pseudozone.lake import layout
-from pseudozone.zones import parquet_files
+from pseudozone.zones import parquet_file, parquet_files
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +105,14 @@ def _plain(table: pa.Table) -> pa.Table:
     return table
 
 
-def _file_partials(path: Path, zone: Path, dataset: str, qis: list[str]) -> Iterator[pa.Table]:
+def _file_partials(path: UPath, zone: UPath, dataset: str, qis: list[str]) -> Iterator[pa.Table]:
     """Class counts of one file, one partial per row group (only the QI columns are read)."""
-    with pq.ParquetFile(path) as pf:
+    with parquet_file(path) as pf:
         present = set(pf.schema_arrow.names)
         missing = [q for q in qis if q not in present]
         if missing:
             raise PseudozoneError(
-                f"event zone file {path.relative_to(zone)} of dataset {dataset!r} lacks "
+                f"event zone file {layout.relative(path, zone)} of dataset {dataset!r} lacks "
                 f"quasi-identifier column(s) {missing}")
         for i in range(pf.num_row_groups):
             part = _plain(pf.read_row_group(i, columns=qis))
@@ -151,7 +150,7 @@ def _result(counts: pa.Table, *, tenant: str, dataset: str, qis: list[str], k: i
     )
 
 
-def _tenant_counts(files: list[Path], zone: Path, dataset: str, tenant: str,
+def _tenant_counts(files: list[UPath], zone: UPath, dataset: str, tenant: str,
                    qis: list[str]) -> pa.Table:
     partials: list[pa.Table] = []
     held = 0
@@ -203,7 +202,7 @@ def k_anonymity(settings: Settings, *, k: int = 5, datasets: list[str] | None = 
         if not qis:
             log.info("k-anonymity: dataset %s has no quasi-identifiers; skipped", dataset)
             continue
-        by_tenant: dict[str, list[Path]] = {}
+        by_tenant: dict[str, list[UPath]] = {}
         for path in parquet_files(zone / dataset):
             by_tenant.setdefault(layout.tenant_of(path, zone), []).append(path)
         for tenant in sorted(by_tenant):

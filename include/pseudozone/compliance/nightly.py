@@ -29,7 +29,6 @@ import io
 import json
 import logging
 import re
-import shutil
 import time
 import zipfile
 from collections import defaultdict
@@ -43,8 +42,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from sqlalchemy import func, select
+from upath import UPath
 
 from pseudozone import contracts, zones
 from pseudozone.config import Settings
@@ -135,25 +134,25 @@ def enforce_retention(settings: Settings, *, now: dt.datetime | None = None,
             for day, _, part in expired:
                 where = {"zone": zone_name, "dataset": dataset, "tenant_id": tenant, "date": day}
                 files = zones.parquet_files(part)
-                rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+                rows = sum(zones.read_metadata(f).num_rows for f in files)
                 if keep is not None:
                     outcome = _retain_held(settings, compact.Unit(zone_name, dataset, tenant, day), files,
                                            rows, keep, days)
                     if outcome is not None:
                         (trimmed if "rows_deleted" in outcome else kept_for_hold).append({**where, **outcome})
                         continue
-                rels = [str(f.relative_to(settings.zones)) for f in files]
+                rels = [layout.relative(f, settings.zones) for f in files]
                 entry = {**where, "files": len(files), "rows": rows, "retention_days": days}
                 # audited first: a crash after this leaves the partition for the next run,
                 # never a deletion without its audit entry
                 with store.transaction(settings) as conn:
                     audit.append(conn, "retention.deleted", actor="nightly_compliance", tenant_id=tenant,
                                  details=entry)
-                shutil.rmtree(part)
+                zones.remove_tree(part)
                 zones.fsync_dirs({tenant_dir})
                 index.reindex(settings, rels)
                 log.info("retention: deleted %s (%d files, %d rows, policy %d days)",
-                         part.relative_to(settings.zones), len(files), rows, days)
+                         layout.relative(part, settings.zones), len(files), rows, days)
                 deleted.append(entry)
     # export archives past their download expiry (their wrapped keys are wiped with them)
     from pseudozone.rights.export import purge_expired
@@ -181,7 +180,7 @@ def _held_rows(settings: Settings, tenant: str, held: frozenset[str]) -> compact
     return partial(_take_subjects, subjects=set(held), cookies=cookies)
 
 
-def _retain_held(settings: Settings, unit: compact.Unit, files: list[Path], rows: int,
+def _retain_held(settings: Settings, unit: compact.Unit, files: list[UPath], rows: int,
                  keep: compact.Keep, days: int) -> dict[str, Any] | None:
     """An expired partition under a subject's hold: None when it holds no row the hold keeps
     (deleted then); else kept whole when every row is held, or trimmed to the held rows by a
@@ -192,7 +191,7 @@ def _retain_held(settings: Settings, unit: compact.Unit, files: list[Path], rows
     beside the kept copies), or when a writer changed the partition during it (rolled back).
     """
     columns = [SUBJECT_COLUMN, COOKIE_COLUMN]
-    kept = [keep(pq.read_table(f, columns=[c for c in columns if c in pq.read_schema(f).names]))
+    kept = [keep(zones.read_table(f, columns=[c for c in columns if c in zones.read_schema(f).names]))
             for f in files]
     rows_kept = sum(t.num_rows for t in kept)
     if rows_kept == 0:
@@ -289,15 +288,17 @@ def enforce_landing_retention(settings: Settings, *, now: dt.datetime | None = N
              len(deleted), len(kept_changed))
     purged: list[dict[str, Any]] = []
     qcutoff = (current - dt.timedelta(days=quarantine_days)).timestamp()
-    quarantined: list[tuple[str | None, str | None, Path]] = list(layout.quarantined_files(settings))
+    quarantined: list[tuple[str | None, str | None, UPath]] = list(layout.quarantined_files(settings))
     quarantined += [(None, None, p) for p in layout.quarantined_requests(settings)]
     for dataset, tenant, path in quarantined:
         reason = layout.reason_file(path)
         try:
-            st = reason.lstat() if reason.exists() else path.lstat()
+            since = zones.modified(reason)
         except FileNotFoundError:
-            continue
-        since = st.st_mtime if reason.exists() else max(st.st_mtime, st.st_ctime)
+            try:
+                since = zones.modified(path, changed=True)
+            except FileNotFoundError:
+                continue
         if since > qcutoff:
             continue
         item = {"dataset": dataset, "tenant_id": tenant, "file": path.name, "reason_code": reason_code(path),
@@ -316,11 +317,11 @@ def enforce_landing_retention(settings: Settings, *, now: dt.datetime | None = N
 # -- zone validation ------------------------------------------------------------------------
 
 
-def _chunks(files: list[Path], rows_per_run: int) -> Iterator[list[Path]]:
-    chunk: list[Path] = []
+def _chunks(files: list[UPath], rows_per_run: int) -> Iterator[list[UPath]]:
+    chunk: list[UPath] = []
     rows = 0
     for f in files:
-        n = pq.ParquetFile(f).metadata.num_rows
+        n = zones.read_metadata(f).num_rows
         if chunk and rows + n > rows_per_run:
             yield chunk
             chunk, rows = [], 0
@@ -352,7 +353,7 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
     sections: list[dict[str, Any]] = []
     erased_found: dict[str, list[str]] = defaultdict(list)
     # (section, suite key, suite builder, erased subjects, files) per run, in zone order
-    work: list[tuple[dict[str, Any], str, Callable[[], list[Any]], pa.Array, list[Path]]] = []
+    work: list[tuple[dict[str, Any], str, Callable[[], list[Any]], pa.Array, list[UPath]]] = []
     with ExitStack() as stack:
         refs: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
         sets: dict[str, tuple[SubjectSets, pa.Array]] = {}
@@ -366,7 +367,7 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
                 sections.append(section)
                 if dataset not in contracts.available():
                     section.update(success=False, failures=[{
-                        "file": str(tenant_dir.relative_to(settings.zones)), "expectation": "known_dataset",
+                        "file": layout.relative(tenant_dir, settings.zones), "expectation": "known_dataset",
                         "column": None, "kind": None, "unexpected_count": None, "rows": []}])
                     continue
                 if tenant not in sets:
@@ -396,11 +397,11 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
                 work += [(section, key, make, erased, chunk)
                          for chunk in _chunks(zones.parquet_files(tenant_dir), rows_per_run)]
 
-        def read(files: list[Path]) -> list[tuple[str, pa.Table]]:
+        def read(files: list[UPath]) -> list[tuple[str, pa.Table]]:
             tables = []
             for f in files:
                 try:
-                    tables.append((str(f.relative_to(settings.zones)), pq.read_table(f)))
+                    tables.append((layout.relative(f, settings.zones), zones.read_table(f)))
                 except FileNotFoundError:
                     continue  # replaced or removed by a rights run since it was listed
             return tables
@@ -438,7 +439,7 @@ def validate_zones(settings: Settings, *, rows_per_run: int = ROWS_PER_RUN,
                                                                       s["tenant_id"]))
                                  for s in sections for f in s["failures"]}),
             "seconds": round(time.perf_counter() - started, 3),
-            "data_docs": str(docs.relative_to(settings.root)) if docs is not None else None,
+            "data_docs": settings.shown(docs) if docs is not None else None,
             "zones": sections, "erased_found": dict(erased_found)}
 
 
@@ -482,7 +483,7 @@ def _validate_exports(settings: Settings, validator: Any) -> list[dict[str, Any]
     subject_of = {r.request_id: (r.tenant_id, r.subject_id) for r in rows}
     wrapped_key = {r.request_id: r.export_key_enc for r in rows}  # AES-GCM-wrapped, never in the clear
     del rows
-    by_tenant: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    by_tenant: dict[str, list[tuple[str, UPath]]] = defaultdict(list)
     for tenant, request_id, archive in layout.export_archives(settings, legacy=True):
         by_tenant[tenant].append((request_id, archive))
     keyring: KeyRing | None = None
@@ -491,7 +492,7 @@ def _validate_exports(settings: Settings, validator: Any) -> list[dict[str, Any]
                                    "rows": 0, "success": True, "failures": []}
         sections.append(section)
         for request_id, archive in archives:
-            rel = str(archive.relative_to(settings.zones))
+            rel = layout.relative(archive, settings.zones)
             section["files"] += 1
             owner = subject_of.get(request_id)
             if owner is None or owner[0] != tenant:
@@ -640,8 +641,8 @@ def verify_erasures(settings: Settings, erased_found: dict[str, list[str]]) -> d
     return out
 
 
-def _export_archives(settings: Settings) -> dict[tuple[str, str], list[Path]]:
-    out: dict[tuple[str, str], list[Path]] = defaultdict(list)
+def _export_archives(settings: Settings) -> dict[tuple[str, str], list[UPath]]:
+    out: dict[tuple[str, str], list[UPath]] = defaultdict(list)
     with store.engine_for(settings).connect() as conn:
         for r in conn.execute(select(store.requests.c.request_id, store.requests.c.tenant_id,
                                      store.requests.c.subject_id).where(store.requests.c.type == "export")):

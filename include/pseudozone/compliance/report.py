@@ -191,8 +191,8 @@ def write_report(settings: Settings, run_id: str, *, now: dt.datetime | None = N
                       settings.reports / "history.jsonl")
     pruned = prune_runs(settings, keep=run_id, now=now)
     return {"status": report["status"], "summary": report["summary"], "runs_pruned": len(pruned),
-            "json": str((target / "report.json").relative_to(settings.root)),
-            "html": str((target / "report.html").relative_to(settings.root))}
+            "json": settings.shown(target / "report.json"),
+            "html": settings.shown(target / "report.html")}
 
 
 def report_retention_days() -> int:

@@ -39,6 +39,10 @@ directories are ``trim-<H>``: ``recover(prefix=TRIM_PREFIX)`` (the retention ste
 thing) finishes or undoes them, and compaction's recovery never touches them (nor
 retention's a compaction's), so neither rolls back a unit the other is running.
 
+Zones on object storage have no directory exchange: ``compact``, ``trim`` and
+``rewrite_partition`` refuse them (``ObjectStorageUnsupported``) until the commit point
+there is built (docs/adr/0017-object-storage.md); ``recover`` has nothing to recover there.
+
 ``rewrite`` is the same unit with a transform that may move rows between subject buckets:
 a pseudonym rotation (``pseudozone.rotation``) maps every pseudonym of a partition, so a row's
 bucket (a function of its subject pseudonym) is computed again from the mapped rows.  Its
@@ -64,7 +68,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from upath import UPath
 
 from pseudozone import contracts, zones
 from pseudozone.config import Settings
@@ -103,11 +107,24 @@ class Unit:
 
     def partition(self, settings: Settings) -> Path:
         root = layout.zone_root(settings, self.zone)
-        return layout.partition_dir(root, self.dataset, self.tenant, self.day)
+        return _local(layout.partition_dir(root, self.dataset, self.tenant, self.day))
+
+
+class ObjectStorageUnsupported(PseudozoneError):
+    """A partition rewrite (compaction, trim, rotation) asked of zones on object storage."""
+
+
+def _local(path: UPath) -> Path:
+    if not isinstance(path, Path):
+        raise ObjectStorageUnsupported(
+            "compaction, retention trims of held partitions and pseudonym rotation need zones on a "
+            "local or shared file system (they swap a partition directory in one rename); zones on "
+            "object storage are not supported by them yet (docs/adr/0017-object-storage.md)")
+    return path
 
 
 def _work_root(settings: Settings) -> Path:
-    return settings.zones / WORK_DIR
+    return _local(settings.zones / WORK_DIR)
 
 
 def _files(part: Path) -> list[Path]:
@@ -137,7 +154,7 @@ def _needs_compaction(unit: Unit, files: list[Path], target_rows: int) -> bool:
     for group in by_bucket.values():
         if any(not f.name.startswith(PREFIX) for f in group):
             return True
-        rows = sum(pq.read_metadata(f).num_rows for f in group)
+        rows = sum(zones.read_metadata(f).num_rows for f in group)
         if len(group) != max(1, math.ceil(rows / target_rows)):
             return True
     return False
@@ -167,7 +184,7 @@ class Rewrite:
 
 def _by_rewritten_bucket(files: list[Path], rewrite: Rewrite) -> dict[int | None, list[pa.Table]]:
     """The inputs' rows mapped by ``rewrite``, grouped by the bucket of each mapped row."""
-    mapped = pa.concat_tables([rewrite.rows(pq.read_table(f)) for f in files],
+    mapped = pa.concat_tables([rewrite.rows(zones.read_table(f)) for f in files],
                               promote_options="default").combine_chunks()
     buckets = rewrite.buckets(mapped)
     if buckets is None:
@@ -189,7 +206,7 @@ def _plan_outputs(unit: Unit, files: list[Path], target_rows: int, digest: str,
     if rewrite is not None:
         by_bucket.update(_by_rewritten_bucket(files, rewrite))
     for f in files if rewrite is None else []:
-        table = pq.read_table(f)
+        table = zones.read_table(f)
         by_bucket[layout.parse(_rel(unit, f.name)).bucket].append(table if keep is None else keep(table))
     out: dict[str, pa.Table] = {}
     for bucket, tables in sorted(by_bucket.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
@@ -359,6 +376,8 @@ def recover(settings: Settings, *, prefix: str = PREFIX) -> dict[str, int]:
     with ``prefix=TRIM_PREFIX`` retention's trims, with ``ROTATE_PREFIX`` a rotation's."""
     done = {"rolled_forward": 0, "rolled_back": 0}
     what = {PREFIX: "compaction", TRIM_PREFIX: "trim"}.get(prefix, "rotation")
+    if settings.remote_zones:
+        return done  # no unit ever ran there
     root = _work_root(settings)
     if not root.is_dir():
         return done
@@ -447,6 +466,7 @@ def compact(settings: Settings, *, target_rows: int = DEFAULT_TARGET_ROWS, tenan
     ``on_partition`` is called with each partition-day once it is compacted (the CLI's progress)."""
     if target_rows < 1:
         raise ValueError("target_rows must be at least 1")
+    _local(settings.zones)
     settings.ensure()
     summary: dict[str, Any] = {"partitions": 0, "files_in": 0, "files_out": 0, "rows": 0,
                                "conflicts": 0, **recover(settings)}
@@ -468,7 +488,7 @@ def compact(settings: Settings, *, target_rows: int = DEFAULT_TARGET_ROWS, tenan
                 continue
             for partition in layout.date_partitions(tdir):
                 unit = Unit(zone, dataset, tenant, partition.day)
-                files = _files(partition.path)
+                files = _files(_local(partition.path))
                 if not files or not _needs_compaction(unit, files, target_rows):
                     continue
                 try:

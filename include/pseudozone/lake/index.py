@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from upath import UPath
 
 from pseudozone import contracts, zones
 from pseudozone.config import Settings
@@ -43,7 +42,7 @@ def write(settings: Settings, dataset: str, tenant: str, batch: str, index: pa.T
 def read(settings: Settings, dataset: str, tenant: str, batch: str) -> pa.Table:
     """One batch's subject index (empty when the batch has none)."""
     path = layout.index_file(settings, dataset, tenant, batch)
-    return pq.read_table(path) if path.exists() else SCHEMA.empty_table()
+    return zones.read_table(path) if path.exists() else SCHEMA.empty_table()
 
 
 def from_placements(subjects: pa.Array, placements: list[tuple[str, str, pa.Array]]) -> pa.Table:
@@ -95,7 +94,7 @@ def lookup(settings: Settings, tenant: str, subjects: set[str]) -> pa.Table:
     parts = []
     wanted = pa.array(sorted(subjects), pa.string())
     for dataset, batch, f in layout.index_files(settings, tenant):
-        table = pq.read_table(f)
+        table = zones.read_table(f)
         hit = table.filter(pc.is_in(table["subject_id"], value_set=wanted))
         if hit.num_rows:
             n = hit.num_rows
@@ -128,7 +127,7 @@ def lookup_cookies(settings: Settings, tenant: str, cookies: Iterable[str],
     empty = pa.table({c: pa.array([], pa.string()) for c in COOKIE_LOOKUP_COLUMNS})
     if not len(wanted):
         return empty
-    files: list[tuple[str, Path]] = []
+    files: list[tuple[str, UPath]] = []
     for zone in zones_:
         root = layout.zone_root(settings, zone)
         for dataset in cookie_datasets():
@@ -138,10 +137,10 @@ def lookup_cookies(settings: Settings, tenant: str, cookies: Iterable[str],
                     files.append((zf.rel, f))
     flt = pc.field(SUBJECT_COLUMN).is_null() & pc.field(COOKIE_COLUMN).isin(wanted)
 
-    def scan(item: tuple[str, Path]) -> pa.Table | None:
+    def scan(item: tuple[str, UPath]) -> pa.Table | None:
         rel, path = item
         try:
-            hit = pq.read_table(path, columns=[COOKIE_COLUMN, SUBJECT_COLUMN], filters=flt)
+            hit = zones.read_table(path, columns=[COOKIE_COLUMN, SUBJECT_COLUMN], filters=flt)
         except FileNotFoundError:
             return None  # removed since it was listed
         if hit.num_rows == 0:
@@ -170,5 +169,5 @@ def reindex(settings: Settings, rel_paths: list[str]) -> None:
         write(settings, dataset, tenant, batch, pa.concat_tables([kept, *fresh]))
 
 
-def _read(path: Path) -> pa.Table | None:
-    return pq.read_table(path, columns=[SUBJECT_COLUMN]) if path.exists() else None
+def _read(path: UPath) -> pa.Table | None:
+    return zones.read_table(path, columns=[SUBJECT_COLUMN]) if path.exists() else None

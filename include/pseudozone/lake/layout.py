@@ -11,7 +11,9 @@ Under the zones root (``Settings.zones``)::
     (each quarantined file has its reason beside it: <file>.reason.json)
     exports/<tenant>/<request>.zip.enc                                export archives (encrypted)
 
-and under the state directory ``subject_index/<dataset>/tenant_id=<t>/<batch>.parquet``.
+and under the state directory ``subject_index/<dataset>/tenant_id=<t>/<batch>.parquet`` (beside the
+zones, ``.subject_index/…``, when they are on object storage: docs/adr/0017-object-storage.md).
+Zone paths are ``UPath`` objects; ``relative`` names one under a root on any filesystem.
 ``.bNN`` is the subject bucket of datasets whose contract sets ``subject_buckets``.
 Paths stored in the subject index and in reports are relative to the zones root, with
 ``/`` separators (``ZoneFile.rel``).  Nothing else in pseudozone spells these names.
@@ -25,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
+
+from upath import UPath
 
 from pseudozone.config import Settings
 from pseudozone.errors import PseudozoneError
@@ -45,7 +49,7 @@ _DATE = DATE_KEY + "="
 SUFFIX = ".parquet"
 _BUCKETED = re.compile(r"^(?P<batch>.+)\.b(?P<bucket>\d{2})$")
 
-P = TypeVar("P", bound=PurePath)
+P = TypeVar("P", Path, PurePosixPath, PurePath, UPath)
 
 
 class LayoutError(PseudozoneError):
@@ -99,7 +103,7 @@ class ZoneFile:
             parts.append(_DATE + self.date)
         return "/".join([*parts, self.name])
 
-    def path(self, zones_root: Path) -> Path:
+    def path(self, zones_root: P) -> P:
         return zones_root.joinpath(*PurePosixPath(self.rel).parts)
 
     def in_zone(self, zone: str) -> ZoneFile:
@@ -119,18 +123,20 @@ def pii_file(dataset: str, tenant: str, batch: str) -> ZoneFile:
     return ZoneFile(PII, dataset, tenant, batch)
 
 
-def parse(path: str | PurePath, root: PurePath | None = None) -> ZoneFile:
+def parse(path: str | PurePath | UPath, root: PurePath | UPath | None = None) -> ZoneFile:
     """The zone file at ``path``: relative to the zones root, or under ``root`` when given.
 
     Raises ``LayoutError`` naming the path when it is not a zone file's path.
     """
-    pure = PurePath(path)
-    if root is not None:
-        try:
-            pure = pure.relative_to(root)
-        except ValueError:
-            raise LayoutError(f"{path} is not under the zones root {root}") from None
-    parts = pure.parts
+    try:
+        if root is not None:
+            parts = _relative(path, root)
+        elif isinstance(path, UPath) and not isinstance(path, Path):
+            parts = tuple(path.path.split("/"))
+        else:
+            parts = PurePath(path).parts
+    except ValueError:
+        raise LayoutError(f"{path} is not under the zones root {root}") from None
     shown = "/".join(parts)
 
     def bad(why: str) -> LayoutError:
@@ -181,7 +187,23 @@ def mirror_pair(rel: str | PurePath) -> tuple[str, str]:
 # -- directories of a zone ------------------------------------------------------------------
 
 
-def zone_root(settings: Settings, zone: str) -> Path:
+def _relative(path: str | PurePath | UPath, root: PurePath | UPath) -> tuple[str, ...]:
+    """The parts of ``path`` below ``root`` (local paths or object-storage paths alike)."""
+    if isinstance(root, UPath) and not isinstance(root, Path):
+        key = path.path if isinstance(path, UPath) else str(path)
+        base = root.path.rstrip("/") + "/"
+        if not key.startswith(base):
+            raise ValueError(key)
+        return tuple(key[len(base):].split("/"))
+    return PurePath(path if not isinstance(path, UPath) else str(path)).relative_to(root).parts
+
+
+def relative(path: str | PurePath | UPath, root: PurePath | UPath) -> str:
+    """``path`` below ``root`` with ``/`` separators (as the index and reports name zone files)."""
+    return "/".join(_relative(path, root))
+
+
+def zone_root(settings: Settings, zone: str) -> UPath:
     roots = {EVENTS: settings.event_zone, RESTRICTED: settings.restricted_zone, PII: settings.pii_zone}
     if zone not in roots:
         raise LayoutError(f"unknown zone {zone!r} (one of {', '.join(ZONES)})")
@@ -204,7 +226,7 @@ def date_dir(day: str) -> str:
     return _DATE + day
 
 
-def tenant_dirs(zone_root: Path) -> Iterator[tuple[str, str, Path]]:
+def tenant_dirs(zone_root: UPath) -> Iterator[tuple[str, str, UPath]]:
     """(dataset, tenant, directory) of every tenant directory under a zone root, sorted."""
     if not zone_root.exists():
         return
@@ -217,10 +239,10 @@ def tenant_dirs(zone_root: Path) -> Iterator[tuple[str, str, Path]]:
 class DatePartition(NamedTuple):
     day: str  # as named on disk
     date: dt.date
-    path: Path
+    path: UPath
 
 
-def date_partitions(tenant_dir: Path) -> Iterator[DatePartition]:
+def date_partitions(tenant_dir: UPath) -> Iterator[DatePartition]:
     """The date partitions of a tenant directory, sorted; directories whose name is no date are left out."""
     for part in sorted(tenant_dir.glob(_DATE + "*")):
         day = part.name[len(_DATE):]
@@ -231,24 +253,24 @@ def date_partitions(tenant_dir: Path) -> Iterator[DatePartition]:
         yield DatePartition(day, date, part)
 
 
-def tenant_of(path: Path, zone_root: Path) -> str:
+def tenant_of(path: UPath, zone_root: UPath) -> str:
     """The tenant of any file under a zone root (from its ``tenant_id=`` directory)."""
-    rel = path.relative_to(zone_root)
-    for part in rel.parts[:-1]:
+    parts = _relative(path, zone_root)
+    for part in parts[:-1]:
         if part.startswith(_TENANT) and len(part) > len(_TENANT):
             return part[len(_TENANT):]
-    raise LayoutError(f"zone file {rel} is not under a {_TENANT}<tenant> directory")
+    raise LayoutError(f"zone file {'/'.join(parts)} is not under a {_TENANT}<tenant> directory")
 
 
 # -- the subject index -----------------------------------------------------------------------
 
 
-def index_file(settings: Settings, dataset: str, tenant: str, batch: str) -> Path:
+def index_file(settings: Settings, dataset: str, tenant: str, batch: str) -> UPath:
     """One batch's subject index file."""
     return tenant_dir(settings.subject_index, dataset, tenant) / (batch + SUFFIX)
 
 
-def index_files(settings: Settings, tenant: str) -> Iterator[tuple[str, str, Path]]:
+def index_files(settings: Settings, tenant: str) -> Iterator[tuple[str, str, UPath]]:
     """(dataset, batch, path) of every subject index file of a tenant, sorted by path."""
     for f in sorted(settings.subject_index.glob(f"*/{_TENANT}{tenant}/*{SUFFIX}")):
         if not f.name.startswith("."):
@@ -258,7 +280,7 @@ def index_files(settings: Settings, tenant: str) -> Iterator[tuple[str, str, Pat
 # -- quarantine and exports ------------------------------------------------------------------
 
 
-def quarantine_dir(settings: Settings, dataset: str, tenant: str) -> Path:
+def quarantine_dir(settings: Settings, dataset: str, tenant: str) -> UPath:
     """Where a rejected landing batch of ``dataset`` and ``tenant`` is moved."""
     return tenant_dir(settings.quarantine, dataset, tenant)
 
@@ -266,12 +288,12 @@ def quarantine_dir(settings: Settings, dataset: str, tenant: str) -> Path:
 REASON_SUFFIX = ".reason.json"
 
 
-def reason_file(quarantined: Path) -> Path:
+def reason_file(quarantined: P) -> P:
     """The ``.reason.json`` beside a quarantined file."""
     return quarantined.with_name(quarantined.name + REASON_SUFFIX)
 
 
-def quarantined_files(settings: Settings, tenant: str | None = None) -> Iterator[tuple[str, str, Path]]:
+def quarantined_files(settings: Settings, tenant: str | None = None) -> Iterator[tuple[str, str, UPath]]:
     """(dataset, tenant, path) of every quarantined landing file (of ``tenant`` only, when given),
     sorted; reason files are not listed (``reason_file`` names them), nor links."""
     for dataset, owner, tdir in tenant_dirs(settings.quarantine):
@@ -283,7 +305,7 @@ def quarantined_files(settings: Settings, tenant: str | None = None) -> Iterator
             yield dataset, owner, f
 
 
-def quarantined_requests(settings: Settings) -> Iterator[Path]:
+def quarantined_requests(settings: Settings) -> Iterator[UPath]:
     """Every unreadable inbox request kept in the quarantine (not their reason files), sorted."""
     folder = settings.quarantine / "requests"
     if not folder.is_dir():
@@ -293,12 +315,12 @@ def quarantined_requests(settings: Settings) -> Iterator[Path]:
             yield f
 
 
-def rights_quarantine_file(settings: Settings, tenant: str, group_id: str) -> Path:
+def rights_quarantine_file(settings: Settings, tenant: str, group_id: str) -> UPath:
     """The reason file of a rights rewrite that its gate stopped."""
     return settings.quarantine / "rights" / (_TENANT + tenant) / f"{group_id}.reason.json"
 
 
-def request_quarantine_file(settings: Settings, request_id: str) -> Path:
+def request_quarantine_file(settings: Settings, request_id: str) -> UPath:
     """Where an unreadable inbox request is kept (its reason beside it)."""
     return settings.quarantine / "requests" / f"{request_id}.json"
 
@@ -307,17 +329,17 @@ EXPORT_SUFFIX = ".zip.enc"
 LEGACY_EXPORT_SUFFIX = ".zip"  # archives written unencrypted, before issue 10
 
 
-def export_file(settings: Settings, tenant: str, request_id: str) -> Path:
+def export_file(settings: Settings, tenant: str, request_id: str) -> UPath:
     """An export request's archive: the ZIP, encrypted (``rights.export``'s format)."""
     return settings.exports / tenant / f"{request_id}{EXPORT_SUFFIX}"
 
 
-def legacy_export_file(settings: Settings, tenant: str, request_id: str) -> Path:
+def legacy_export_file(settings: Settings, tenant: str, request_id: str) -> UPath:
     """Where an export request's archive was written unencrypted before issue 10."""
     return settings.exports / tenant / f"{request_id}{LEGACY_EXPORT_SUFFIX}"
 
 
-def export_archives(settings: Settings, *, legacy: bool = False) -> Iterator[tuple[str, str, Path]]:
+def export_archives(settings: Settings, *, legacy: bool = False) -> Iterator[tuple[str, str, UPath]]:
     """(tenant, request id, path) of every export archive, sorted by path; with ``legacy``,
     the unencrypted archives of before issue 10 as well."""
     if not settings.exports.exists():

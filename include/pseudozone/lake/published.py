@@ -14,7 +14,6 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pseudozone import zones
 from pseudozone.config import Settings
@@ -29,7 +28,7 @@ def key_values(settings: Settings, dataset: str, tenant: str, column: str, days:
         root = layout.zone_root(settings, zone)
         for day in sorted(set(days)):
             for path in zones.parquet_files(layout.partition_dir(root, dataset, tenant, day)):
-                found.append(pq.read_table(path, columns=[column])[column].combine_chunks())
+                found.append(zones.read_table(path, columns=[column])[column].combine_chunks())
     if not found:
         return pa.array([], pa.string())
     values = pa.chunked_array([a.cast(pa.string()) for a in found], pa.string())

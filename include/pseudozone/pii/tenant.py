@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pseudozone import contracts, state, zones
@@ -95,7 +94,7 @@ def tenant_values(settings: Settings, keyring: KeyRing, tenant: str) -> TenantVa
         wanted = [c for c in contract.columns if searchable(c)]
         if not files or not wanted:
             continue
-        tables = [pq.read_table(f, columns=[SUBJECT_COLUMN, *[c.name for c in wanted]]) for f in files]
+        tables = [zones.read_table(f, columns=[SUBJECT_COLUMN, *[c.name for c in wanted]]) for f in files]
         table = pa.concat_tables(tables, promote_options="permissive")
         subjects = pc.unique(table[SUBJECT_COLUMN].combine_chunks()).to_pylist()
         with state.connect(settings) as conn:
@@ -125,6 +124,6 @@ def _add_countries(settings: Settings, dataset: str, tenant: str, out: TenantVal
     if COUNTRY_COLUMN not in names:
         return
     for path in zones.parquet_files(layout.tenant_dir(settings.event_zone, dataset, tenant)):
-        column = pq.read_table(path, columns=[COUNTRY_COLUMN])[COUNTRY_COLUMN].combine_chunks()
+        column = zones.read_table(path, columns=[COUNTRY_COLUMN])[COUNTRY_COLUMN].combine_chunks()
         out.regions |= {c.upper() for c in pc.unique(column.cast(pa.string())).to_pylist()
                         if isinstance(c, str) and len(c) == 2 and c.isalpha()}

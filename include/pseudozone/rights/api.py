@@ -43,14 +43,16 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from upath import UPath
 
 from pseudozone.config import Settings
 from pseudozone.errors import ConfigError, PseudozoneError
@@ -304,7 +306,7 @@ def get_request(request_id: str, tenant: Tenant, settings: SettingsDep) -> dict[
     return out
 
 
-def download_export(request_id: str, tenant: Tenant, settings: SettingsDep) -> FileResponse:
+def download_export(request_id: str, tenant: Tenant, settings: SettingsDep) -> Response:
     """The tenant's completed export, encrypted as written; 410 once it expired or was deleted."""
     try:
         found = rights.get_status(settings, request_id, tenant_id=tenant)
@@ -323,8 +325,19 @@ def download_export(request_id: str, tenant: Tenant, settings: SettingsDep) -> F
     path = layout.export_file(settings, tenant, request_id)
     if not path.is_file():
         raise _error(410, "the export archive was deleted")
-    return FileResponse(path, media_type="application/octet-stream", filename=path.name,
-                        headers={"Cache-Control": "no-store"})
+    headers = {"Cache-Control": "no-store"}
+    if isinstance(path, Path):
+        return FileResponse(path, media_type="application/octet-stream", filename=path.name, headers=headers)
+    # on object storage: streamed from the object, a block at a time
+    disposition = f'attachment; filename="{path.name}"'
+    return StreamingResponse(_blocks(path), media_type="application/octet-stream",
+                             headers={**headers, "Content-Disposition": disposition})
+
+
+def _blocks(path: UPath, size: int = 1 << 20) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        while block := fh.read(size):
+            yield block
 
 
 def list_requests(tenant: Tenant, settings: SettingsDep) -> list[dict[str, Any]]:

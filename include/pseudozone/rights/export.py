@@ -45,7 +45,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select, update
@@ -251,8 +250,7 @@ def delete_archive(settings: Settings, tenant: str, request_id: str) -> bool:
     found = False
     for path in (layout.export_file(settings, tenant, request_id),
                  layout.legacy_export_file(settings, tenant, request_id)):
-        if path.exists():
-            path.unlink()
+        if zones.remove(path):
             found = True
     with store.transaction(settings) as conn:
         conn.execute(update(store.requests).where(store.requests.c.request_id == request_id,
@@ -352,7 +350,7 @@ def _subject_rows(settings: Settings, tenant: str, subject: str) -> dict[str, li
         path = zone_file.path(settings.zones)
         if not path.exists():
             continue
-        table = pq.read_table(path, filters=[(SUBJECT_COLUMN, "=", subject)])
+        table = zones.read_table(path, filters=[(SUBJECT_COLUMN, "=", subject)])
         if table.num_rows:
             rows = out.setdefault(zone_file.dataset, [])
             for row in table.to_pylist():
@@ -369,7 +367,7 @@ def _subject_rows(settings: Settings, tenant: str, subject: str) -> dict[str, li
             if not path.exists():
                 continue
             flt = pc.field(SUBJECT_COLUMN).is_null() & pc.field(COOKIE_COLUMN).isin(wanted)
-            table = pq.read_table(path, filters=flt)
+            table = zones.read_table(path, filters=flt)
             rows = out.setdefault(zone_file.dataset, [])
             for row in table.to_pylist():
                 rows.append({**row, SUBJECT_COLUMN: subject, "linked_cookie": True, "date": zone_file.date,
@@ -391,7 +389,7 @@ def _profile_rows(settings: Settings, keyring: KeyRing, tenant: str, subject: st
             continue
         aead = AESGCM(deks[subject])
         for f in files:
-            hit = pq.read_table(f, filters=[(SUBJECT_COLUMN, "=", subject)])
+            hit = zones.read_table(f, filters=[(SUBJECT_COLUMN, "=", subject)])
             for row in hit.to_pylist():
                 clear = {k: None if v is None
                          else decrypt_value(aead, v, pii_associated_data(tenant, subject, k))
@@ -436,16 +434,16 @@ def export_request(settings: Settings, request_id: str, *, keyring: KeyRing | No
     sealed = encrypt_archive(buf.getvalue(), request_id, key)
     target = layout.export_file(settings, tenant, request_id)
     zones.write_bytes(sealed, target)  # 0600: the exports directory is 0700 (zones.file_mode)
-    layout.legacy_export_file(settings, tenant, request_id).unlink(missing_ok=True)
+    zones.remove(layout.legacy_export_file(settings, tenant, request_id))
     digest = hashlib.sha256(sealed).hexdigest()
     with store.transaction(settings) as conn:
         conn.execute(update(store.requests).where(store.requests.c.request_id == request_id)
                      .values(export_key_enc=_wrap_key(keyring, tenant, request_id, key),
                              export_key_handed_at=None))
         audit.append(conn, "export.written", request_id=request_id, tenant_id=tenant, subject_id=subject,
-                     details={"archive": str(target.relative_to(settings.root)), "sha256": digest,
+                     details={"archive": settings.shown(target), "sha256": digest,
                               "files": sorted(files), "format": f"aes-256-gcm/v{FORMAT_VERSION}"},
                      keyring=keyring)
     del key
-    return {"request_id": request_id, "archive": str(target.relative_to(settings.root)), "sha256": digest,
+    return {"request_id": request_id, "archive": settings.shown(target), "sha256": digest,
             "files": sorted(files), "profile_rows": len(profile)}

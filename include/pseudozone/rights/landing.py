@@ -35,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from upath import UPath
 
 from pseudozone import contracts, ledger, state, zones
 from pseudozone.config import Settings
@@ -52,6 +53,7 @@ from pseudozone.landing import (
 )
 from pseudozone.pii.tenant import searchable
 from pseudozone.rights import audit, store
+from pseudozone.zones import AnyPath
 
 DEFAULT_SUBJECT_COLUMN = "user_id"
 MIN_VALUE_LENGTH = 5  # shorter values are not searched for in other rows' text
@@ -139,7 +141,7 @@ def _subject_column(dataset: str) -> tuple[str, list[str]]:
     return contract.subject.name, [c.name for c in contract.columns if searchable(c) and not c.subject]
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: AnyPath) -> bytes:
     try:
         with _open_landed(path) as fh:
             return fh.read()
@@ -177,7 +179,7 @@ def _subject_matches(col: pa.Array, user_id: str) -> tuple[pa.Array, pa.Array] |
     return pc.fill_null(pc.equal(trimmed, user_id), False), pc.fill_null(pc.equal(trimmed, ""), True)
 
 
-def _has_own_rows(path: Path, dataset: str, needles: Needles) -> bool:
+def _has_own_rows(path: AnyPath, dataset: str, needles: Needles) -> bool:
     """Whether a Parquet file has a row whose subject column is the user id, read from that
     column alone: enough to delete an ingested file without searching its text.  False when
     that cannot tell (another format, no such column, unreadable): the full search decides."""
@@ -196,7 +198,7 @@ def _has_own_rows(path: Path, dataset: str, needles: Needles) -> bool:
     return found is not None and bool(pc.any(found[0]).as_py())
 
 
-def _own_values(path: Path, dataset: str, needles: Needles) -> set[str]:
+def _own_values(path: AnyPath, dataset: str, needles: Needles) -> set[str]:
     """The searchable values of the subject's own rows; a Parquet file reads just the subject
     and value columns, other formats are parsed whole.  ``_Unparseable`` when unreadable."""
     subject, columns = _subject_column(dataset)
@@ -219,7 +221,7 @@ def _own_values(path: Path, dataset: str, needles: Needles) -> set[str]:
             for v in own_rows[name].to_pylist() if isinstance(v, str)}
 
 
-def _parse_parquet(path: Path, needles: Needles, subject: str, columns: list[str]) -> _Parsed:
+def _parse_parquet(path: AnyPath, needles: Needles, subject: str, columns: list[str]) -> _Parsed:
     try:
         with _open_landed(path) as fh:
             table = pq.ParquetFile(fh).read()
@@ -261,7 +263,7 @@ def _row_mask(cells: list[str], own: bool, has_subject: bool, strong: re.Pattern
     return not has_subject and weak is not None and bool(weak.search(text))
 
 
-def _parse_csv(path: Path, needles: Needles, subject: str, columns: list[str]) -> _Parsed:
+def _parse_csv(path: AnyPath, needles: Needles, subject: str, columns: list[str]) -> _Parsed:
     try:
         text = _read_bytes(path).decode("utf-8-sig")
         rows = list(csv.reader(io.StringIO(text, newline="")))
@@ -286,7 +288,7 @@ def _parse_csv(path: Path, needles: Needles, subject: str, columns: list[str]) -
     return _Parsed("csv", mask, header=header, rows=body, values=values)
 
 
-def _parse_jsonl(path: Path, needles: Needles, subject: str, columns: list[str]) -> _Parsed:
+def _parse_jsonl(path: AnyPath, needles: Needles, subject: str, columns: list[str]) -> _Parsed:
     data = _read_bytes(path)
     lines = data.splitlines(keepends=True)
     strong, weak = needles.python(False), needles.python(True)
@@ -316,7 +318,7 @@ def _parse_jsonl(path: Path, needles: Needles, subject: str, columns: list[str])
     return _Parsed("jsonl", mask, lines=lines, values=values)
 
 
-def _parse(path: Path, dataset: str, needles: Needles) -> _Parsed:
+def _parse(path: AnyPath, dataset: str, needles: Needles) -> _Parsed:
     """The file read in its format, with the rows of the subject; ``_Unparseable`` otherwise."""
     fmt = FORMATS.get(path.suffix.lower())
     subject, columns = _subject_column(dataset)
@@ -329,7 +331,7 @@ def _parse(path: Path, dataset: str, needles: Needles) -> _Parsed:
     raise _Unparseable
 
 
-def _mentions(path: Path, pattern: re.Pattern[bytes], overlap: int) -> bool:
+def _mentions(path: AnyPath, pattern: re.Pattern[bytes], overlap: int) -> bool:
     """Whether the file's bytes name the subject (read in blocks; a link is never followed)."""
     try:
         fh = _open_landed(path)
@@ -413,7 +415,8 @@ def erase_subject(settings: Settings, *, tenant: str, user_id: str, request_id: 
     quarantined = [(d, p) for d, _, p in layout.quarantined_files(settings, tenant)]
     # the subject's own rows (in the datasets with PII columns) name its values: found first,
     # then every file is searched for all of them
-    for dataset, path in [*landed, *quarantined]:
+    searched: list[tuple[str, AnyPath]] = [*landed, *quarantined]
+    for dataset, path in searched:
         if not _subject_column(dataset)[1]:
             continue
         try:
@@ -488,7 +491,7 @@ def erase_subject(settings: Settings, *, tenant: str, user_id: str, request_id: 
     return counts
 
 
-def reason_code(path: Path) -> str | None:
+def reason_code(path: UPath) -> str | None:
     """The ``code`` of a quarantined file's reason (a code, never a value), if it has one."""
     reason = layout.reason_file(path)
     try:
@@ -498,9 +501,16 @@ def reason_code(path: Path) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def delete_quarantined(settings: Settings, path: Path) -> bool:
+def delete_quarantined(settings: Settings, path: UPath) -> bool:
     """Delete a quarantined file and its reason (never through a link, never outside the quarantine)."""
-    if not _inside(settings.quarantine, path) or not os.path.lexists(path):
+    if not isinstance(path, Path):
+        try:
+            layout.relative(path, settings.quarantine)
+        except ValueError:
+            return False
+        zones.remove(layout.reason_file(path))
+        return zones.remove(path)
+    if not _inside(Path(str(settings.quarantine)), path) or not os.path.lexists(path):
         return False
     path.unlink()
     layout.reason_file(path).unlink(missing_ok=True)
@@ -508,7 +518,7 @@ def delete_quarantined(settings: Settings, path: Path) -> bool:
     return True
 
 
-def _delete_quarantined(settings: Settings, path: Path, entry: Any, details: dict[str, Any]) -> bool:
+def _delete_quarantined(settings: Settings, path: UPath, entry: Any, details: dict[str, Any]) -> bool:
     entry("quarantine.erased", {**details, "file": path.name, "reason_code": reason_code(path),
                                 "action": "deleted"})
     return delete_quarantined(settings, path)

@@ -18,14 +18,13 @@ import json
 import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import insert, select, update
+from upath import UPath
 
 from pseudozone import contracts, rectifications, state, zones
 from pseudozone.config import Settings
@@ -287,8 +286,11 @@ def _cookie_moves(settings: Settings, tenant: str, w: Work, keyring: KeyRing | N
 # -- rewriting one batch's files -------------------------------------------------------------
 
 
-def _read(path: Path) -> pa.Table | None:
-    return pq.read_table(path) if path.exists() else None
+def _read(path: UPath) -> pa.Table | None:
+    try:
+        return zones.read_table(path)
+    except FileNotFoundError:
+        return None
 
 
 def _mask(table: pa.Table, subjects: set[str] | list[str], cookies: set[str] | None = None) -> pa.Array:
@@ -583,9 +585,9 @@ def _gate(settings: Settings, contract: contracts.Contract, group: GroupPlan,
         with store.transaction(settings) as conn:
             audit.append(conn, "validation.failed", tenant_id=tenant, details={
                 "group_id": group["group_id"], "dataset": group["dataset"], "batch_id": group["batch_id"],
-                "failed": exc.detail, "reason_file": str(target.relative_to(settings.root))}, keyring=keyring)
+                "failed": exc.detail, "reason_file": settings.shown(target)}, keyring=keyring)
         log.error("group %s: nothing published; %s (see %s)", group["group_id"], exc.detail,
-                  target.relative_to(settings.root))
+                  settings.shown(target))
         raise
 
 
@@ -617,7 +619,7 @@ def _write_all(settings: Settings, outputs: dict[str, pa.Table | None]) -> None:
         rel, table = item
         path = settings.zones / rel
         if table is None or table.num_rows == 0:
-            path.unlink(missing_ok=True)
+            zones.remove(path)
         else:
             zones.write_parquet(table, path)
 
@@ -670,8 +672,8 @@ def _scan_affected(settings: Settings, affected: dict[tuple[str, str], set[str]]
             continue
         wanted_cookies = sorted({c for c, keys in owners.items() if any(k[1] in subjects for k in keys)})
         read_cookies = bool(wanted_cookies) and layout.zone_of(rel) != layout.PII \
-            and COOKIE_COLUMN in pq.read_schema(path).names
-        table = pq.read_table(path, columns=[SUBJECT_COLUMN, *([COOKIE_COLUMN] if read_cookies else [])])
+            and COOKIE_COLUMN in zones.read_schema(path).names
+        table = zones.read_table(path, columns=[SUBJECT_COLUMN, *([COOKIE_COLUMN] if read_cookies else [])])
         col = table[SUBJECT_COLUMN]
         hit = pc.filter(col, pc.fill_null(pc.is_in(col, value_set=pa.array(sorted(subjects))), False))
         keys = {(tenant_of[subject], subject) for subject in pc.unique(hit).to_pylist()}
