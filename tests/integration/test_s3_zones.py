@@ -135,7 +135,7 @@ def test_analyst_queries_read_s3_zones_like_local_ones(twin: tuple[Settings, Set
     month = "SELECT count(*) FROM events WHERE date >= DATE '2026-01-01' AND tenant_id = 'acme'"
     assert query.run(remote, month) == query.run(local, month)
     # the connection still reads no file itself: a PII-zone path is refused
-    with pytest.raises(Exception, match="(?i)permission|disabled|not allowed"):
+    with pytest.raises(Exception, match=r"(?i)permission|disabled|not allowed"):
         query.run(remote, f"SELECT * FROM read_parquet('{remote.pii_zone}/**/*.parquet')")
 
 
