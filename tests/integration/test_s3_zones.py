@@ -170,8 +170,8 @@ def test_every_rights_request_applies_to_s3_zones(twin: tuple[Settings, Settings
             col = zones.read_table(f, columns=["subject_id"])["subject_id"]
             assert not pc.any(pc.fill_null(pc.equal(col, erased), False)).as_py(), f
     # the export archive is an object in the bucket, readable with its key
-    export_request = [r for r in requests.list_requests(remote, tenant_id=planted.TENANT)
-                      if r.type == "export"][0]
+    export_request = next(r for r in requests.list_requests(remote, tenant_id=planted.TENANT)
+                          if r.type == "export")
     archive = layout.export_file(remote, planted.TENANT, export_request.request_id)
     assert zones.is_remote(archive) and archive.is_file()
     with zipfile.ZipFile(io.BytesIO(export.open_archive(remote, export_request.request_id, keyring=KR))) as z:
@@ -229,7 +229,7 @@ def test_zones_credentials_can_come_from_an_airflow_connection(tmp_path: Path, s
 
     def get_connection(conn_id: str) -> SimpleNamespace:
         asked.append(conn_id)
-        return SimpleNamespace(login="conn-key-id", password="conn-secret",  # noqa: S106
+        return SimpleNamespace(login="conn-key-id", password="conn-secret",
                                extra_dejson={"endpoint_url": s3_endpoint})
 
     monkeypatch.setattr(BaseHook, "get_connection", staticmethod(get_connection))
