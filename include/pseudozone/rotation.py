@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -107,7 +108,7 @@ class Mapper:
     target: int
     stepper: fasthmac.Stepper = field(default_factory=fasthmac.Stepper)
     remember: frozenset[str] = frozenset({SUBJECT_PURPOSE})
-    _known: dict[str, tuple[pa.Array, pa.Array]] = field(default_factory=dict, repr=False)
+    _known: dict[str, _Remembered] = field(default_factory=dict, repr=False)
     # steps computed ahead (``_prefetch``) for the input files of the partition being rewritten,
     # in the order ``table`` is called with them; each used only where it fits (``_fits``)
     ahead: list[Ahead] = field(default_factory=list, repr=False)
@@ -147,16 +148,8 @@ class Mapper:
         """``KeyRing.step`` of version-``source`` pseudonyms (distinct) to the target."""
         if purpose not in self.remember:
             return self._hash(purpose, todo)
-        old, new = self._known.get(purpose, (pa.array([], pa.string()), pa.array([], pa.string())))
-        at = pc.index_in(todo, value_set=old)
-        missing = pc.is_null(at)
-        if pc.any(missing).as_py():
-            fresh = todo.filter(missing)
-            old = pa.concat_arrays([old, fresh])
-            new = pa.concat_arrays([new, self._hash(purpose, fresh)])
-            self._known[purpose] = (old, new)
-            at = pc.index_in(todo, value_set=old)
-        return pc.take(new, at)
+        known = self._known.setdefault(purpose, _Remembered())
+        return known.step(todo, lambda fresh: self._hash(purpose, fresh))
 
     def _digests(self, purpose: str, values: pa.Array) -> Any:
         key = self.keyring.pseudonym_key(self.tenant, purpose, self.target)
@@ -207,6 +200,77 @@ class Mapper:
                 col = self.text(col, known.get(name))
             columns.append(col)
         return pa.table(columns, names=table.column_names)
+
+
+def _fixed(values: pa.Array) -> np.ndarray | None:
+    """The values of a string array as a numpy array of fixed-width bytes (``S<width>``, no copy),
+    or None when they are not all of one width."""
+    if len(values) == 0 or values.null_count:
+        return None
+    offsets, data = fasthmac.string_buffers(values)
+    width = int(offsets[1] - offsets[0])
+    if width == 0 or not (np.diff(offsets) == width).all():
+        return None
+    return np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]].view(f"S{width}")
+
+
+def _keys(fixed: np.ndarray) -> np.ndarray:
+    """A 64-bit key of each fixed-width value, from its last 16 bytes (the end of a pseudonym's
+    hex digest; equal keys of different values are told apart by comparing the values)."""
+    width = fixed.dtype.itemsize
+    tail = np.zeros((len(fixed), 16), np.uint8)
+    take = min(width, 16)
+    tail[:, 16 - take:] = fixed.view(np.uint8).reshape(len(fixed), width)[:, width - take:]
+    words = tail.view("<u8")
+    return (words[:, 0] * np.uint64(0x9E3779B97F4A7C15)) ^ words[:, 1]
+
+
+class _Remembered:
+    """The steps of one purpose met so far (old -> new pseudonym, each of one width), sorted by a
+    64-bit key of the old one (``_keys``): looked up with numpy's binary search and checked whole,
+    so that a value met in every input file (a subject, a cookie) is stepped once and found
+    again in a few vectorized passes."""
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, np.uint64)
+        self.old: np.ndarray | None = None
+        self.new: np.ndarray | None = None
+
+    def step(self, todo: pa.Array, compute: Callable[[pa.Array], pa.Array]) -> pa.Array:
+        """``compute(todo)`` (distinct values), remembered."""
+        query = _fixed(todo)
+        if query is None or (self.old is not None and query.dtype != self.old.dtype):
+            return compute(todo)  # not of one width: stepped, not remembered
+        keys = _keys(query)
+        pos, hit = self._find(keys, query)
+        missing = np.flatnonzero(~hit)
+        if len(missing):
+            fresh = compute(todo.take(pa.array(missing)))
+            stepped = _fixed(fresh)
+            if stepped is None or (self.new is not None and stepped.dtype != self.new.dtype):
+                return compute(todo)
+            order = np.argsort(keys[missing], kind="stable")
+            add_keys, olds, news = keys[missing][order], query[missing][order], stepped[order]
+            if self.old is None or self.new is None:
+                self.keys, self.old, self.new = add_keys, olds.copy(), news.copy()
+            else:
+                at = np.searchsorted(self.keys, add_keys)
+                self.keys = np.insert(self.keys, at, add_keys)
+                self.old, self.new = np.insert(self.old, at, olds), np.insert(self.new, at, news)
+            pos, hit = self._find(keys, query)
+            if not hit.all():  # two values of one key: the one not found is stepped each time
+                return compute(todo)
+        assert self.new is not None
+        out = np.ascontiguousarray(self.new[pos])
+        width = out.dtype.itemsize
+        offsets = np.arange(0, (len(out) + 1) * width, width, dtype=np.int32)
+        return pa.StringArray.from_buffers(len(out), pa.py_buffer(offsets), pa.py_buffer(out.view(np.uint8)))
+
+    def _find(self, keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.old is None or len(self.keys) == 0:
+            return np.zeros(len(query), np.intp), np.zeros(len(query), bool)
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return pos, (self.keys[pos] == keys) & (self.old[pos] == query)
 
 
 Ahead = dict[str, tuple[pa.Array, pa.Array]]  # column -> (distinct values, what they map to)

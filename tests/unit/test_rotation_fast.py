@@ -258,7 +258,18 @@ def test_mapper_remembers_subjects_across_calls() -> None:
     second = mapper.values(SUBJECT_PURPOSE, subjects[10:])
     expected = KR.step(T, SUBJECT_PURPOSE, 2, subjects)
     assert first == expected[:20] and second == expected[10:]
-    assert len(mapper._known[SUBJECT_PURPOSE][0]) == 30
+    remembered = mapper._known[SUBJECT_PURPOSE]
+    assert remembered.old is not None and len(remembered.old) == 30
+    assert list(remembered.keys) == sorted(remembered.keys)
+    # of other widths: stepped, not remembered
+    odd = ["v1:" + "ab" * 5, "v1:" + "cd" * 40]
+    assert mapper.values(SUBJECT_PURPOSE, odd) == KR.step(T, SUBJECT_PURPOSE, 2, odd)
+    assert len(remembered.old) == 30
+    # values whose keys collide (same last 16 bytes) are still told apart
+    same_tail = ["v1:" + "0" * 48 + "f" * 16, "v1:" + "1" * 48 + "f" * 16, "v1:" + "2" * 48 + "f" * 16]
+    for _ in range(2):
+        assert mapper.values(SUBJECT_PURPOSE, same_tail) == KR.step(T, SUBJECT_PURPOSE, 2, same_tail)
+        assert mapper.values(SUBJECT_PURPOSE, same_tail[1:]) == KR.step(T, SUBJECT_PURPOSE, 2, same_tail[1:])
 
 
 def test_mapper_sealed_and_stray() -> None:
