@@ -38,11 +38,11 @@ RESULTS = "results-rotation.json"
 Json = dict[str, Any]
 
 
-def _tenant_files(settings: Any) -> list[Path]:
+def _tenant_files(settings: Any) -> list[Any]:
     from pseudozone import zones
     from pseudozone.lake import layout
 
-    files: list[Path] = []
+    files: list[Any] = []
     for zone in layout.PARTITIONED:
         root = layout.zone_root(settings, zone)
         for _dataset, tenant, tdir in layout.tenant_dirs(root):

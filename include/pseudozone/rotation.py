@@ -36,10 +36,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from upath import UPath
 
 from pseudozone import contracts, fasthmac, linkage, rectifications, state, zones
 from pseudozone.config import Settings
@@ -291,14 +291,14 @@ def _distinct(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
 # -- the zones -----------------------------------------------------------------------------------
 
 
-def _file_version(path: Path) -> int | None:
+def _file_version(path: zones.AnyPath) -> int | None:
     meta = pq.read_metadata(path).metadata or {}
     raw = meta.get(VERSION_KEY.encode())
     return int(raw) if raw is not None else None
 
 
 def _prefetch(stepper: fasthmac.Stepper, keys: dict[str, bytes], source: int, target: int,
-              contract: Contract, files: list[Path], skip: frozenset[str]) -> list[Ahead]:
+              contract: Contract, files: Sequence[zones.AnyPath], skip: frozenset[str]) -> list[Ahead]:
     """For each of a partition's ``files``, what ``Mapper.table`` will compute for its columns
     (``Mapper.ahead``): the pseudonym columns of purposes not in ``skip`` (remembered ones) and
     the ``[id:]`` tokens of the text columns, stepped by ``stepper``'s helpers while the caller
@@ -340,7 +340,7 @@ def _rotate_partitions(settings: Settings, mapper: Mapper, on_partition: Callabl
     """Step 1, partition after partition; with ``ahead`` (a stepper of helpers only), the steps of
     the next partition are computed (``_prefetch``, in a thread) while one is rewritten."""
     done = {"partitions": 0, "files_in": 0, "files_out": 0, "rows": 0}
-    todo: list[tuple[compact.Unit, Contract, compact.Rewrite, list[Path]]] = []
+    todo: list[tuple[compact.Unit, Contract, compact.Rewrite, list[Any]]] = []
     for zone in layout.PARTITIONED:
         for dataset, tenant, tdir in layout.tenant_dirs(layout.zone_root(settings, zone)):
             if tenant != mapper.tenant:
@@ -392,7 +392,7 @@ def _rotate_partitions(settings: Settings, mapper: Mapper, on_partition: Callabl
     return done
 
 
-def _rotate_pii_file(settings: Settings, mapper: Mapper, path: Path, deks: dict[str, bytes]) -> int:
+def _rotate_pii_file(settings: Settings, mapper: Mapper, path: UPath, deks: dict[str, bytes]) -> int:
     """Replace one PII-zone file with its subjects stepped and its values re-encrypted."""
     table = pq.read_table(path)
     old = table[SUBJECT_COLUMN].to_pylist()
