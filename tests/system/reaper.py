@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
     while os.getppid() == args.parent_pid:
         time.sleep(1)
     sids = [int(line) for line in args.sessions_file.read_text().split() if line.isdigit()]
-    from services import kill_sessions  # this directory is sys.path[0] when run as a script
+    from services import kill_sessions  # type: ignore[import-not-found]  # sys.path[0] when run as a script
 
     left = kill_sessions(sids)
     print(f"reaper: parent {args.parent_pid} gone; sessions {sids} stopped; survivors {left}", flush=True)

@@ -7,6 +7,10 @@
   Airflow's metadata and Celery's results, and ``pseudozone`` with its own role for the
   request ledger, made by ``deploy/postgres/init-pseudozone.sql`` as the compose file does;
 - Redis (``redis-server``, Debian's package), the Celery broker;
+- moto's S3/IAM server (``tests/s3_server.run_moto_server``, IAM enforced): the bucket
+  ``pseudozone`` and the user ``pseudozone`` holding ``deploy/minio/pseudozone-service.json``,
+  as ``minio-init`` makes them for the compose file; every zone and the subject index go to
+  ``s3://pseudozone/lake/zones`` (``PSEUDOZONE_ZONES``) with that user's key;
 - Airflow: ``db migrate``, the pool, then the API server (with the ``pseudozone_rights``
   plugin), the scheduler, the DAG processor and two Celery workers, in a temp AIRFLOW_HOME,
   with this repository's DAGs and plugins, configured like ``docker-compose.yaml``.
@@ -17,7 +21,9 @@ and whatever it forks stays in that session even when it moves to another proces
 Stopping a service signals its PID, then every process of its session (found in
 ``/proc`` by session id, killed by PID) and every descendant of the leader found
 before; never anything by name. A reaper process (``reaper.py``) does the same if the
-pytest process dies without tearing down.
+pytest process dies without tearing down. moto's server is no session leader: it is stopped
+by its PID (``run_moto_server``) after the Airflow services, and exits by itself when the
+pytest process is gone.
 """
 
 from __future__ import annotations
@@ -36,11 +42,16 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from upath import UPath
+
+from tests.s3_server import Credentials, MotoServer, client, run_moto_server
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -49,6 +60,12 @@ SYSTEM_DAGS = Path(__file__).resolve().parent / "dags"
 WORKERS = ("worker-a", "worker-b")
 POOL_SLOTS = 4
 STOP_TIMEOUT = 20.0
+# the object store as docker-compose.yaml's minio-init makes it (deploy/minio/README.md)
+BUCKET = "pseudozone"
+ZONES_PREFIX = "lake/zones"
+SERVICE_USER, SERVICE_POLICY = "pseudozone", "pseudozone-service"
+ANALYST_USER, ANALYST_POLICY = "analyst", "analyst-readonly"
+REGION = "us-east-1"
 
 
 class ServiceError(RuntimeError):
@@ -345,6 +362,76 @@ def start_redis(root: Path, logs: Path) -> Redis:
     return Redis(service, port)
 
 
+# -- object storage -------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectStore:
+    """moto's S3/IAM server with the bucket and users of ``deploy/minio/``: the zones' place."""
+
+    server: MotoServer = field(repr=False)
+    service: Credentials = field(repr=False)  # the pipeline's key (policy pseudozone-service)
+    analyst: Credentials = field(repr=False)  # the analysts' key (policy analyst-readonly)
+    bucket: str = BUCKET
+    prefix: str = ZONES_PREFIX
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    @property
+    def zones_url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def env(self) -> dict[str, str]:
+        """The settings of every Airflow process: zones in the bucket, the service user's key."""
+        return {"PSEUDOZONE_ZONES": self.zones_url,
+                "AWS_ENDPOINT_URL": self.server.endpoint_url,
+                "AWS_ACCESS_KEY_ID": self.service.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": self.service.secret_access_key,
+                "AWS_DEFAULT_REGION": REGION}
+
+    def s3(self, credentials: Credentials | None = None) -> Any:
+        """A boto3 S3 client (the admin's unless ``credentials``)."""
+        return client("s3", self.server.endpoint_url, credentials or self.server.admin)
+
+    def keys(self, under: str = "") -> list[str]:
+        """Every object key of the bucket starting with ``under``, sorted (the admin's listing)."""
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=under)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def get(self, key: str) -> bytes:
+        return bytes(self.s3().get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def path(self, *parts: str) -> UPath:
+        """A zone path as pseudozone makes one (``Settings.zones``), with the service user's key
+        given to s3fs directly (nothing of this process's environment changes)."""
+        return UPath(self.zones_url, use_listings_cache=False, key=self.service.access_key_id,
+                     secret=self.service.secret_access_key,
+                     client_kwargs={"endpoint_url": self.server.endpoint_url, "region_name": REGION}
+                     ).joinpath(*parts)
+
+
+def _policy_user(server: MotoServer, name: str, policy: str) -> Credentials:
+    """An IAM user holding ``deploy/minio/<policy>.json`` (``mc admin policy attach``) and its key."""
+    iam = client("iam", server.endpoint_url, server.admin)
+    document = (REPO / "deploy" / "minio" / f"{policy}.json").read_text()
+    arn = iam.create_policy(PolicyName=policy, PolicyDocument=document)["Policy"]["Arn"]
+    iam.create_user(UserName=name)
+    iam.attach_user_policy(UserName=name, PolicyArn=arn)
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+
+
+def prepare_object_store(server: MotoServer) -> ObjectStore:
+    """The bucket and the two users, as ``minio-init`` makes them (with the server's admin key)."""
+    if server.admin is None:
+        raise ServiceError("the S3 server must enforce IAM (run_moto_server(enforce_iam=True))")
+    client("s3", server.endpoint_url, server.admin).create_bucket(Bucket=BUCKET)
+    return ObjectStore(server, _policy_user(server, SERVICE_USER, SERVICE_POLICY),
+                       _policy_user(server, ANALYST_USER, ANALYST_POLICY))
+
+
 # -- Airflow ----------------------------------------------------------------------------------
 
 
@@ -359,6 +446,7 @@ class Stack:
     postgres: Postgres = field(repr=False)
     redis: Redis
     services: dict[str, Service]
+    store: ObjectStore = field(repr=False)
     admin_password: str = field(repr=False)
     reaper: subprocess.Popen[bytes] | None = None
     started_in_s: float = 0.0  # from nothing to every service ready
@@ -432,13 +520,13 @@ class Stack:
         return str(run["dag_run_id"])
 
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
-        return dict(self.api("GET", f"/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}"))
+        return dict(self.api("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"))
 
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
         return list(self.api("GET", f"/dags/{dag_id}/dagRuns?limit=100&order_by=run_after")["dag_runs"])
 
     def task_instances(self, dag_id: str, run_id: str = "~") -> list[dict[str, Any]]:
-        quoted = urllib.request.quote(run_id, safe="~")
+        quoted = urllib.parse.quote(run_id, safe="~")
         out: list[dict[str, Any]] = []
         while True:
             page = self.api("GET", f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances"
@@ -502,11 +590,12 @@ class Stack:
         return left
 
 
-def airflow_env(root: Path, pg: Postgres, redis: Redis, api_port: int,
+def airflow_env(root: Path, pg: Postgres, redis: Redis, store: ObjectStore, api_port: int,
                 admin_passwords: Path) -> dict[str, str]:
     home = root / "airflow"
+    # nothing of the caller's Airflow, pseudozone or AWS settings (a real bucket's key, say)
     keep = {k: v for k, v in os.environ.items()
-            if not k.startswith(("AIRFLOW", "PSEUDOZONE_")) and k not in ("PYTHONPATH",)}
+            if not k.startswith(("AIRFLOW", "PSEUDOZONE_", "AWS_")) and k not in ("PYTHONPATH",)}
     local = "airflow.dag_processing.bundles.local.LocalDagBundle"
     bundles = [
         {"name": "dags-folder", "classpath": local, "kwargs": {}},
@@ -541,6 +630,7 @@ def airflow_env(root: Path, pg: Postgres, redis: Redis, api_port: int,
         "PSEUDOZONE_HOME": str(root / "lake"),
         "PSEUDOZONE_MASTER_KEY": TEST_MASTER_KEY,
         "PSEUDOZONE_REQUESTS_DB_URL": pg.url("pseudozone"),
+        **store.env(),
     }
 
 
@@ -552,10 +642,19 @@ def _reaper(sessions_file: Path, logs: Path) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _answers(url: str) -> Callable[[], bool]:
+    return lambda: http("GET", url, timeout=5).status == 200
+
+
+def _logged(log: Path, text: str) -> Callable[[], bool]:
+    return lambda: text in log.read_text("utf-8", "replace")
+
+
 @contextlib.contextmanager
 def run_stack(*, keep_root_on_failure: Callable[[], bool] = lambda: False) -> Iterator[Stack]:
-    """PostgreSQL, Redis and Airflow (API server, scheduler, DAG processor, two Celery workers),
-    ready to take DAG runs; every process stopped by PID when the block ends."""
+    """PostgreSQL, Redis, moto's S3 server and Airflow (API server, scheduler, DAG processor, two
+    Celery workers) on S3 zones, ready to take DAG runs; every process stopped by PID when the
+    block ends."""
     began = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="pseudozone-system-"))
     logs = root / "logs"
@@ -573,7 +672,15 @@ def run_stack(*, keep_root_on_failure: Callable[[], bool] = lambda: False) -> It
 
     stack: Stack | None = None
     left: list[str] = []
+    moto = contextlib.ExitStack()
+    moto_pid: int | None = None
     try:
+        s3_began = time.monotonic()
+        server = moto.enter_context(run_moto_server(enforce_iam=True))
+        moto_pid = server.pid
+        store = prepare_object_store(server)
+        print(f"\nintegration tier: moto's S3 server (pid {server.pid}) ready in "
+              f"{time.monotonic() - s3_began:.1f}s; zones at {store.zones_url}", file=sys.stderr)
         pg = start_postgres(root, logs)
         register(pg.service)
         redis = start_redis(root, logs)
@@ -583,10 +690,10 @@ def run_stack(*, keep_root_on_failure: Callable[[], bool] = lambda: False) -> It
         admin_password = secrets.token_urlsafe(16)
         passwords.write_text(json.dumps({"admin": admin_password}))
         passwords.chmod(0o600)
-        env = airflow_env(root, pg, redis, api_port, passwords)
+        env = airflow_env(root, pg, redis, store, api_port, passwords)
         Path(env["AIRFLOW_HOME"]).mkdir()
         stack = Stack(root, logs, Path(env["AIRFLOW_HOME"]), Path(env["PSEUDOZONE_HOME"]), env,
-                      f"http://{HOST}:{api_port}", pg, redis, services, admin_password, reaper)
+                      f"http://{HOST}:{api_port}", pg, redis, services, store, admin_password, reaper)
         stack.airflow("db", "migrate", timeout=900)
         stack.airflow("pools", "set", "pseudozone", str(POOL_SLOTS), "pseudozone heavy tasks")
         stack.pseudozone("keys", "init")
@@ -600,14 +707,11 @@ def run_stack(*, keep_root_on_failure: Callable[[], bool] = lambda: False) -> It
                           "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.system.worker_identity.hostname"}
             register(start(name, [airflow, "celery", "worker", "--concurrency", "1", "--celery-hostname",
                                   f"{name}@%h", "--skip-serve-logs"], worker_env, logs, cwd=root))
-        url = stack.api_url
         for what, path, timeout in (("the API server", "/api/v2/version", 300),
                                     ("the pseudozone REST door", "/pseudozone/health", 60)):
-            wait_for(what, lambda path=path: http("GET", url + path, timeout=5).status == 200, api, timeout)
+            wait_for(what, _answers(stack.api_url + path), api, timeout)
         for name in WORKERS:
-            log = services[name].log
-            wait_for(f"Celery worker {name}", lambda log=log: "ready." in log.read_text("utf-8", "replace"),
-                     services[name], 300)
+            wait_for(f"Celery worker {name}", _logged(services[name].log, "ready."), services[name], 300)
         stack.started_in_s = time.monotonic() - began
         yield stack
     finally:
@@ -620,6 +724,9 @@ def run_stack(*, keep_root_on_failure: Callable[[], bool] = lambda: False) -> It
                     left.append(f"{name}: pids {survivors} survived SIGKILL")
             if reaper.poll() is None:
                 reaper.terminate()
+        moto.close()  # after the Airflow services: run_moto_server stops it by its PID
+        if moto_pid is not None and _stat(moto_pid) is not None:
+            left.append(f"moto S3 server: pid {moto_pid} survived")
         if not keep_root_on_failure():
             shutil.rmtree(root, ignore_errors=True)
     if left:

@@ -2,9 +2,11 @@
 and an Asset-triggered DAG, driven only through the services (REST API, ``airflow`` and
 ``pseudozone`` commands), never ``dag.test()``.
 
-The stack (``services.run_stack``): PostgreSQL, Redis, the API server with the rights door,
-scheduler, DAG processor and two Celery workers (``worker-a``, ``worker-b``, concurrency 1),
-one data root on local disk shared by the workers.
+The stack (``services.run_stack``): PostgreSQL, Redis, moto's S3 server, the API server with the
+rights door, scheduler, DAG processor and two Celery workers (``worker-a``, ``worker-b``,
+concurrency 1); every zone and the subject index in the bucket (``s3://pseudozone/lake/zones``,
+with the key of the compose file's pipeline user and its policy), one local data root (state
+database, landing, staging, reports) shared by the workers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from tests import planted
 from tests.system import services
@@ -174,6 +177,12 @@ def test_the_export_downloads_and_decrypts(stack: Stack, rights: dict[str, Any])
     download = _door(stack, "GET", status["outcome"]["download"].format(request_id=request_id), token)
     assert download.status == 200, download.status
     data = download.body
+    # the API server read the archive from the bucket: the very object, and no local copy
+    stored = [k for k in stack.store.keys(f"{services.ZONES_PREFIX}/exports/acme/") if request_id in k]
+    assert len(stored) == 1, stored
+    assert stack.store.get(stored[0]) == data
+    assert not (stack.data_root / "zones").exists()
+    assert not [p for p in stack.data_root.rglob("*") if request_id in p.name]
     assert data[:8] == b"PZEXPORT" and data[8] == 1
     archive = zipfile.ZipFile(io.BytesIO(AESGCM(key).decrypt(data[9:21], data[21:], request_id.encode())))
     names = archive.namelist()
@@ -276,6 +285,40 @@ def test_an_asset_update_triggers_the_consumer_dag(stack: Stack, ingested: dict[
         time.sleep(3)
     watched = stack.task_instances(WATCH, runs[0]["dag_run_id"])
     assert next(t["hostname"] for t in watched if t["task_id"] == "note_update") in services.WORKERS
+
+
+def test_the_zones_are_objects_in_the_bucket_and_nothing_local(stack: Stack, nightly: dict[str, Any]) -> None:
+    from pseudozone import zones
+
+    store, prefix = stack.store, services.ZONES_PREFIX
+    everything = store.keys()
+    assert all(k.startswith("lake/") for k in everything), sorted({k.split("/")[0] for k in everything})
+    keys = store.keys(prefix + "/")
+    assert keys
+    places = {k[len(prefix) + 1:].split("/", 1)[0] for k in keys}
+    # every zone the run wrote, and the subject index beside them (ADR 0017)
+    assert {"events", "pii", "exports", ".subject_index"} <= places, places
+    assert any(k.endswith(".parquet") for k in keys if k.startswith(f"{prefix}/.subject_index/"))
+    # pseudozone's own reader finds the event files there, as many rows as `pseudozone status` counts
+    files = zones.parquet_files(store.path("events", "events"))
+    assert files and all(zones.is_remote(f) for f in files)
+    status = json.loads(stack.pseudozone("status", "--json").stdout)
+    rows = {(z["zone"], z["dataset"]): z["rows"] for z in status["zones"]}
+    assert sum(zones.read_metadata(f).num_rows for f in files) == rows[("events", "events")]
+    # the data root holds no zone: no zones/ directory, no Parquet outside landing, staging emptied
+    assert not (stack.data_root / "zones").exists()
+    local = [p.relative_to(stack.data_root) for p in stack.data_root.rglob("*.parquet")]
+    assert all(p.parts[0] == "landing" for p in local), sorted({p.parts[0] for p in local})
+    staging = stack.data_root / "staging"
+    assert not [p for p in staging.rglob("*") if p.is_file()] if staging.exists() else True
+    # the compose file's analyst key reads the event zone in the bucket and nothing else
+    analyst = store.s3(store.analyst)
+    event_file = next(k for k in keys if k.startswith(f"{prefix}/events/") and k.endswith(".parquet"))
+    assert analyst.get_object(Bucket=store.bucket, Key=event_file)["Body"].read()[:4] == b"PAR1"
+    for place in ("pii", ".subject_index", "exports"):
+        key = next(k for k in keys if k.startswith(f"{prefix}/{place}/"))
+        with pytest.raises(ClientError, match="AccessDenied"):
+            analyst.get_object(Bucket=store.bucket, Key=key)
 
 
 def test_services_are_still_up(stack: Stack) -> None:

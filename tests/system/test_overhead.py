@@ -1,6 +1,7 @@
 """What Airflow and Celery add per batch: many small batches through the ingest DAG on the two
-workers, against ``pseudozone ingest`` on the same files in one process. A benchmark that
-prints its figures (README, "Integration tier"); it asserts the work, never a time.
+workers, against ``pseudozone ingest`` on the same files in one process, both on S3 zones in
+the tier's bucket (the CLI's under a prefix of its own). A benchmark that prints its figures
+(README, "Integration tier"); it asserts the work, never a time.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow.dataset as ds
 import pytest
+from upath import UPath
 
 from tests.system import services
-from tests.system.services import Stack
+from tests.system.services import ObjectStore, Stack
 
 INGEST = "pseudonymize_ingested"
 TENANTS = ("umbrella", "hooli")  # no other test of the tier lands data for them
@@ -38,9 +39,16 @@ def _land(files: list[Path], landing: Path) -> None:
         upload.rename(target)
 
 
-def _rows(root: Path, tenant: str) -> int:
-    folder = root / "zones" / "events" / "events" / f"tenant_id={tenant}"
-    return ds.dataset(folder, format="parquet").count_rows() if folder.exists() else 0
+def _rows(zones_root: UPath, tenant: str) -> int:
+    """Rows of a tenant's event zone files under ``zones_root`` (a prefix of the bucket)."""
+    from pseudozone import zones
+
+    files = zones.parquet_files(zones_root / "events" / "events" / f"tenant_id={tenant}")
+    return sum(zones.read_metadata(f).num_rows for f in files)
+
+
+def _cli_zones(store: ObjectStore) -> UPath:
+    return store.path().parent / "cli-bench" / "zones"
 
 
 def test_per_batch_overhead_of_the_celery_dag(stack: Stack, tmp_path: Path,
@@ -75,15 +83,19 @@ def test_per_batch_overhead_of_the_celery_dag(stack: Stack, tmp_path: Path,
 
     # the same files, in one process, without Airflow (a root of its own; SQLite request ledger)
     home = tmp_path / "in-process"
-    env = {"PSEUDOZONE_HOME": str(home), "PSEUDOZONE_REQUESTS_DB_URL": ""}
+    cli_zones = _cli_zones(stack.store)  # s3://pseudozone/lake/cli-bench/zones: the policy's lake/
+    env = {"PSEUDOZONE_HOME": str(home), "PSEUDOZONE_REQUESTS_DB_URL": "",
+           "PSEUDOZONE_ZONES": f"s3://{cli_zones.path}"}
     stack.run([services.venv_bin("pseudozone"), "keys", "init"], env=env)
     _land(files, home / "landing")
     started = time.monotonic()
     stack.run([services.venv_bin("pseudozone"), "ingest"], env=env, timeout=1800)
     cli_seconds = time.monotonic() - started
 
-    for tenant in TENANTS:  # the same rows published both ways
-        assert _rows(stack.data_root, tenant) == _rows(home, tenant) == N_BATCHES * ROWS // len(TENANTS)
+    for tenant in TENANTS:  # the same rows published both ways, in the bucket, none on the local disk
+        want = N_BATCHES * ROWS // len(TENANTS)
+        assert _rows(stack.store.path(), tenant) == _rows(cli_zones, tenant) == want
+    assert not (stack.data_root / "zones").exists() and not (home / "zones").exists()
 
     figures = {"services_started_in_s": round(stack.started_in_s, 1),
                **_figures(run, tis, dag_seconds, cli_seconds)}
