@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
@@ -26,8 +27,8 @@ AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-proce
 SERVICES = AIRFLOW_SERVICES | {"postgres", "redis", "minio", "minio-init"}
 ONE_SHOT = {"airflow-init", "minio-init"}
 ENV_VARS = ("AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_DB_PASSWORD",
-            "PSEUDOZONE_DB_PASSWORD", "MINIO_ROOT_PASSWORD", "PSEUDOZONE_S3_SECRET_KEY",
-            "PSEUDOZONE_ANALYST_SECRET_KEY")
+            "PSEUDOZONE_DB_PASSWORD", "MINIO_ROOT_PASSWORD", "PSEUDOZONE_S3_ACCESS_KEY",
+            "PSEUDOZONE_S3_SECRET_KEY", "PSEUDOZONE_ANALYST_SECRET_KEY")
 
 
 def _compose_binary() -> Path:
@@ -109,6 +110,7 @@ def test_every_long_running_service_has_a_health_check_and_waits_for_what_it_nee
         deps = services[name]["depends_on"]
         assert deps["postgres"]["condition"] == "service_healthy", name
         assert deps["redis"]["condition"] == "service_healthy", name
+        assert deps["minio"]["condition"] == "service_healthy", name  # the zones are there
         if name != "airflow-init":
             assert deps["airflow-init"]["condition"] == "service_completed_successfully", name
     assert services["airflow-init"]["depends_on"]["minio-init"]["condition"] == \
@@ -141,7 +143,8 @@ def test_celery_executor_and_one_airflow_configuration_everywhere(resolved: dict
     shared = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY",
               "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL",
               "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "PSEUDOZONE_HOME", "PSEUDOZONE_KEY_DIR",
-              "PSEUDOZONE_REQUESTS_DB_URL")
+              "PSEUDOZONE_REQUESTS_DB_URL", "PSEUDOZONE_ZONES", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     for name in AIRFLOW_SERVICES:
         svc_env = services[name]["environment"]
         assert svc_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
@@ -175,7 +178,53 @@ def test_two_databases_on_one_postgres(resolved: dict[str, Any]) -> None:
     assert "CREATE DATABASE pseudozone" in Path(init_sql).read_text()
 
 
-def test_the_data_root_is_one_shared_volume_until_s3_zones(resolved: dict[str, Any]) -> None:
+def _policy(name: str) -> dict[str, Any]:
+    return dict(json.loads((REPO / "deploy" / "minio" / f"{name}.json").read_text()))
+
+
+def test_the_zones_are_in_the_bucket_minio_init_makes(resolved: dict[str, Any]) -> None:
+    env = resolved["_env"]
+    services = resolved["services"]
+    init = services["minio-init"]
+    script = "\n".join(init["command"])
+    made = [line.split()[-1] for line in script.splitlines() if "mc mb " in line]
+    assert made == ["pz/pseudozone"]
+    for name in AIRFLOW_SERVICES:
+        svc_env = services[name]["environment"]
+        assert svc_env["PSEUDOZONE_ZONES"] == "s3://pseudozone/lake/zones", name
+        assert svc_env["AWS_ENDPOINT_URL"] == "http://minio:9000", name
+        assert svc_env["AWS_DEFAULT_REGION"] == "us-east-1", name
+        # the pipeline user's key, exactly the user minio-init makes and gives pseudozone-service
+        assert svc_env["AWS_ACCESS_KEY_ID"] == env["PSEUDOZONE_S3_ACCESS_KEY"], name
+        assert svc_env["AWS_SECRET_ACCESS_KEY"] == env["PSEUDOZONE_S3_SECRET_KEY"], name
+        assert "PSEUDOZONE_ZONES_CONN_ID" not in svc_env, name
+    assert init["environment"]["PSEUDOZONE_SERVICE_ACCESS_KEY"] == env["PSEUDOZONE_S3_ACCESS_KEY"]
+    assert init["environment"]["PSEUDOZONE_SERVICE_SECRET_KEY"] == env["PSEUDOZONE_S3_SECRET_KEY"]
+    user = '"$${PSEUDOZONE_SERVICE_ACCESS_KEY}"'  # compose keeps the $$ escape of the shell's ${...}
+    assert f'mc admin user add pz {user} "$${{PSEUDOZONE_SERVICE_SECRET_KEY}}"' in script
+    assert f"pseudozone-service --user {user}" in script
+    # the zones' prefix is the one the policies are written for (deploy/minio/README.md)
+    service = next(s for s in _policy("pseudozone-service")["Statement"] if s["Sid"] == "ReadAndWriteTheLake")
+    assert service["Resource"] == ["arn:aws:s3:::pseudozone/lake/*"]
+    analyst = next(s for s in _policy("analyst-readonly")["Statement"] if s["Sid"] == "ReadTheEventZoneOnly")
+    assert analyst["Resource"] == ["arn:aws:s3:::pseudozone/lake/zones/events/*"]
+
+
+def test_no_literal_s3_key_in_the_compose_file() -> None:
+    """The key id and secret are interpolated from .env, never written into the file."""
+    raw = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+    common = raw["x-airflow-common"]["environment"]
+    for var, source in (("AWS_ACCESS_KEY_ID", "PSEUDOZONE_S3_ACCESS_KEY"),
+                        ("AWS_SECRET_ACCESS_KEY", "PSEUDOZONE_S3_SECRET_KEY")):
+        assert common[var].startswith("${" + source + ":?set " + source + " in .env"), var
+    init_env = raw["services"]["minio-init"]["environment"]
+    assert init_env["PSEUDOZONE_SERVICE_ACCESS_KEY"].startswith("${PSEUDOZONE_S3_ACCESS_KEY:?")
+    assert init_env["PSEUDOZONE_SERVICE_SECRET_KEY"].startswith("${PSEUDOZONE_S3_SECRET_KEY:?")
+
+
+def test_the_data_root_and_keys_stay_on_shared_volumes(resolved: dict[str, Any]) -> None:
+    """The SQLite state database, landing, staging and reports (data root) and the KEK seeds (key
+    directory) are not in the bucket: one named volume each, the same path everywhere."""
     services = resolved["services"]
     for name in AIRFLOW_SERVICES:
         mounts = _mounts(services[name])
@@ -191,6 +240,14 @@ def test_a_missing_secret_in_env_is_a_clear_error(tmp_path: Path) -> None:
     done = _run_config(_project(tmp_path, env), "--quiet")
     assert done.returncode != 0
     assert "set AIRFLOW_FERNET_KEY in .env" in done.stderr
+
+
+def test_a_missing_s3_key_in_env_is_a_clear_error(tmp_path: Path) -> None:
+    env = _env()
+    del env["PSEUDOZONE_S3_ACCESS_KEY"]
+    done = _run_config(_project(tmp_path, env), "--quiet")
+    assert done.returncode != 0
+    assert "set PSEUDOZONE_S3_ACCESS_KEY in .env" in done.stderr
 
 
 def test_the_image_build_keeps_data_keys_and_envs_out() -> None:
