@@ -20,7 +20,8 @@ When triggered for one tenant, rotates its keys (`docs/adr/0015-pseudonym-rotati
    (`docs/adr/0002-key-hierarchy.md`). It runs last, after the tenant's rotations; with
    `pseudonyms` off only the tenant's KEK rotation runs before it.
 
-XCom carries counts only. Logic: `include/pseudozone/rotation.py`, `include/pseudozone/keys.py`.
+XCom carries counts and versions only. Logic: `include/pseudozone/rotation.py`,
+`include/pseudozone/keys.py`, `include/pseudozone/master_rotation.py`.
 """
 
 from __future__ import annotations

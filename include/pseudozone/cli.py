@@ -357,11 +357,11 @@ def cmd_keys_rotate_pseudonyms(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate_master(args: argparse.Namespace) -> int:
-    from pseudozone import keys
+    from pseudozone import keys, master_rotation
 
     settings = _settings(args)
     new_master, new_origin = keys.load_new_master_key(args.new_key_file)
-    result = keys.rotate_master_key(settings, new_master, new_origin)
+    result = master_rotation.rotate_master_key(settings, new_master, new_origin)
     if args.json:
         _print_json(result)
         return 0

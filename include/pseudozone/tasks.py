@@ -257,7 +257,7 @@ def rotate_master_key(home: str | None = None) -> dict[str, Any]:
     task at once (no retry can fix it); a rerun finishes a killed rotation."""
     from pseudozone.errors import KeyMaterialError
     from pseudozone.keys import load_new_master_key
-    from pseudozone.keys import rotate_master_key as rotate
+    from pseudozone.master_rotation import rotate_master_key as rotate
 
     settings = Settings.from_env(home)
     try:

@@ -28,11 +28,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from pseudozone import ingest, keys, state
+from pseudozone import ingest, keys, master_rotation, state
 from pseudozone.cli import main as cli
 from pseudozone.config import Settings
 from pseudozone.errors import KeyMaterialError
-from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data, rotate_master_key
+from pseudozone.keys import KeyRing, Vault, decrypt_value, pii_associated_data
+from pseudozone.master_rotation import rotate_master_key
 from pseudozone.rights import audit, process, requests
 from tests import planted
 from tests.conftest import TEST_MASTER_KEY
@@ -236,11 +237,11 @@ def test_a_rotation_killed_after_its_commit_is_finished_by_a_rerun(
     def killed(*_args: object) -> bool:
         raise KeyboardInterrupt
 
-    real = keys._audit_master_rotation
-    monkeypatch.setattr(keys, "_audit_master_rotation", killed)
+    real = master_rotation._audit_master_rotation
+    monkeypatch.setattr(master_rotation, "_audit_master_rotation", killed)
     with pytest.raises(KeyboardInterrupt):
         rotate_master_key(settings, NEW_KEY)
-    monkeypatch.setattr(keys, "_audit_master_rotation", real)
+    monkeypatch.setattr(master_rotation, "_audit_master_rotation", real)
     assert keys.load_master_key(settings) == old  # the key file was not replaced yet
     with pytest.raises(KeyMaterialError, match="retired master key version 1"):
         KeyRing.load(settings)  # the commit stands: the old key is refused
