@@ -108,6 +108,7 @@ class Mapper:
     target: int
     stepper: fasthmac.Stepper = field(default_factory=fasthmac.Stepper)
     remember: frozenset[str] = frozenset({SUBJECT_PURPOSE})
+    cookie: str | None = None  # the cookie identifier's purpose (None: ``_cookie_purpose``)
     _known: dict[str, _Remembered] = field(default_factory=dict, repr=False)
     # steps computed ahead (``_prefetch``) for the input files of the partition being rewritten,
     # in the order ``table`` is called with them; each used only where it fits (``_fits``)
@@ -336,7 +337,8 @@ def _prefetch(stepper: fasthmac.Stepper, keys: dict[str, bytes], source: int, ta
 
 
 def _rotate_partitions(settings: Settings, mapper: Mapper, on_partition: Callable[[str], None] | None,
-                       ahead: fasthmac.Stepper | None = None) -> dict[str, int]:
+                       ahead: fasthmac.Stepper | None = None,
+                       catalog: dict[str, Contract] | None = None) -> dict[str, int]:
     """Step 1, partition after partition; with ``ahead`` (a stepper of helpers only), the steps of
     the next partition are computed (``_prefetch``, in a thread) while one is rewritten."""
     done = {"partitions": 0, "files_in": 0, "files_out": 0, "rows": 0}
@@ -345,7 +347,7 @@ def _rotate_partitions(settings: Settings, mapper: Mapper, on_partition: Callabl
         for dataset, tenant, tdir in layout.tenant_dirs(layout.zone_root(settings, zone)):
             if tenant != mapper.tenant:
                 continue
-            contract = contracts.load(dataset)
+            contract = (catalog or {}).get(dataset) or contracts.load(dataset)
             n = contract.subject_buckets
 
             def buckets(table: pa.Table, n: int = n) -> pa.Array | None:
@@ -509,7 +511,7 @@ def _rotate_state(settings: Settings, mapper: Mapper) -> dict[str, int]:
         # the temporary tables (old and new pseudonyms) in memory too, never in a file
         conn.execute(f"PRAGMA cache_size = -{_STATE_CACHE_KIB}")
         conn.execute("PRAGMA temp_store = MEMORY")
-        cookie = _cookie_purpose()
+        cookie = mapper.cookie or _cookie_purpose()
         vault = Vault(keyring, conn)
         stored = [s for (s,) in conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?",
                                              (tenant,))]
@@ -543,14 +545,20 @@ def _rotate_state(settings: Settings, mapper: Mapper) -> dict[str, int]:
     return counts
 
 
-def _cookie_purpose() -> str:
+def _cookie_purpose(catalog: dict[str, Contract] | None = None) -> str:
     """The purpose of the cookie pseudonym (the identifier column the event zone names
-    ``anonymous_pid``)."""
-    found = {spec.name for dataset in contracts.available() for spec in contracts.load(dataset).columns
+    ``anonymous_pid``), from ``catalog`` (every contract, ``_catalog``) or the contracts."""
+    catalog = _catalog() if catalog is None else catalog
+    found = {spec.name for contract in catalog.values() for spec in contract.columns
              if spec.cls == "identifier" and spec.event_name == contracts.COOKIE_COLUMN}
     if len(found) != 1:
         raise RotationError(f"the contracts name {len(found)} cookie identifier column(s); expected one")
     return found.pop()
+
+
+def _catalog() -> dict[str, Contract]:
+    """Every contract by dataset (each parsed once: parsing compiles its formats)."""
+    return {dataset: contracts.load(dataset) for dataset in contracts.available()}
 
 
 def _rotate_ledger(settings: Settings, mapper: Mapper, counts: dict[str, Any]) -> dict[str, int]:
@@ -560,7 +568,7 @@ def _rotate_ledger(settings: Settings, mapper: Mapper, counts: dict[str, Any]) -
 
     tenant = mapper.tenant
     out: dict[str, int] = {}
-    subject, cookie = SUBJECT_PURPOSE, _cookie_purpose()
+    subject, cookie = SUBJECT_PURPOSE, mapper.cookie or _cookie_purpose()
     tables = ((store.requests, "subject_id", subject), (store.legal_holds, "subject_id", subject),
               (store.restrictions, "subject_id", subject), (store.objections, "subject_id", subject),
               (store.restricted_cookies, "anonymous_pid", cookie))
@@ -638,11 +646,13 @@ def rotate(settings: Settings, tenant: str, *, keyring: KeyRing | None = None,
     log.info("pseudonym rotation of tenant %s: version %d -> %d%s", tenant, source, target,
              " (resumed)" if resumed else "")
     helpers = fasthmac.default_helpers() if helpers is None else helpers
+    catalog = _catalog()
+    cookie = _cookie_purpose(catalog)
     with fasthmac.Stepper(helpers, local=False) as ahead:
         mapper = Mapper(keyring, tenant, source, target, fasthmac.Stepper(),
-                        remember=frozenset({SUBJECT_PURPOSE, _cookie_purpose()}))
+                        remember=frozenset({SUBJECT_PURPOSE, cookie}), cookie=cookie)
         recovered = compact.recover(settings, prefix=compact.ROTATE_PREFIX)
-        zones_done = _rotate_partitions(settings, mapper, on_partition, ahead if helpers else None)
+        zones_done = _rotate_partitions(settings, mapper, on_partition, ahead if helpers else None, catalog)
         pii_rows = _rotate_pii(settings, mapper)
         state_counts = _rotate_state(settings, mapper)
         counts: dict[str, Any] = {"partitions": zones_done["partitions"], "files_in": zones_done["files_in"],
