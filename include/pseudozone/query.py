@@ -65,8 +65,9 @@ def _remote_dataset(root: Any) -> Any:
                                    flavor="hive")
     found = ds.dataset(paths, filesystem=root.fs, format="parquet", partitioning=partitioning,
                        partition_base_dir=root.path)
-    schema = pa.unify_schemas([f.physical_schema for f in found.get_fragments()]
-                              + [partitioning.schema])
+    columns = pa.unify_schemas([f.physical_schema for f in found.get_fragments()])
+    keys = sorted(partitioning.schema, key=lambda f: f.name)  # after the columns, by name, as DuckDB has them
+    schema = pa.schema([*(f for f in columns if f.name not in partitioning.schema.names), *keys])
     return ds.dataset(paths, schema=schema, filesystem=root.fs, format="parquet", partitioning=partitioning,
                       partition_base_dir=root.path)
 

@@ -7,7 +7,11 @@ temporary name in the same directory and renamed into place with
 Zones on object storage (``PSEUDOZONE_ZONES=s3://…``, docs/adr/0017-object-storage.md)
 have no rename: a file is written whole in one PUT (``fs.pipe_file``) or uploaded from
 the local staging directory in one upload (``publish``); the object appears whole or not
-at all.  Modes, fsync and temp names do not apply there.  Every function below takes
+at all.  Modes, fsync and temp names do not apply there.  A partition rewrite that
+replaces several files at once (compaction, a trim, a rotation) cannot swap a directory
+there: it leaves a unit record ``_unit-<kind><hash>.json`` in the partition, and
+``parquet_files`` honours it: the unit's outputs are not listed until the record says
+``committed``, its inputs no longer once it does (``lake.compact``, ADR 0017).  Every function below takes
 a local ``Path`` or a ``UPath`` of the zones (``Settings.zones``), and readers of zone
 files use ``read_table``/``read_metadata``/``read_schema``/``parquet_file`` here, which
 pass the path's filesystem to pyarrow.
@@ -258,11 +262,50 @@ def _remote_files(root: UPath) -> list[UPath]:
             if k.startswith(base + "/")]
 
 
+UNIT_PREFIX = "_unit-"  # a partition rewrite's record on object storage (lake.compact)
+COMMITTED = ("committed", "checked")  # unit states in which its outputs are the partition's files
+_LIST_ATTEMPTS = 5
+
+
+def _hidden(units: list[UPath]) -> tuple[set[str], set[str]] | None:
+    """(keys hidden, keys that must be listed) by these unit records; None when one vanished
+    between the listing and its read (the unit finished: list again)."""
+    hidden: set[str] = set()
+    needed: set[str] = set()
+    for record in units:
+        try:
+            unit = json.loads(record.read_bytes())
+        except FileNotFoundError:
+            return None
+        base = record.path.rsplit("/", 1)[0] + "/"
+        done = unit.get("state") in COMMITTED
+        hidden |= {base + n for n in (unit["inputs"] if done else unit["outputs"])}
+        if done:
+            needed |= {base + n for n in unit["outputs"]}
+    return hidden, needed
+
+
+def _remote_parquet(root: UPath) -> list[UPath]:
+    for _ in range(_LIST_ATTEMPTS):
+        found = [p for p in _remote_files(root)
+                 if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        units = [p for p in found if p.name.startswith(UNIT_PREFIX) and p.name.endswith(".json")]
+        files = [p for p in found if p.name.endswith(".parquet") and not p.name.startswith(("_", "."))]
+        if not units:
+            return files
+        rule = _hidden(units)
+        keys = {p.path for p in files}
+        # a unit committed after the listing may have outputs the listing missed: list again
+        if rule is not None and rule[1] <= keys:
+            return [p for p in files if p.path not in rule[0]]
+    raise OSError(f"the listing of {root} kept changing under partition rewrites; try again")
+
+
 def parquet_files(root: AnyPath) -> list[UPath]:
-    """Published Parquet files under ``root`` (temp files and hidden directories excluded), sorted."""
+    """Published Parquet files under ``root`` (temp files and hidden directories excluded), sorted;
+    on object storage, as the unit records in the partitions say (module docstring)."""
     if not isinstance(root, Path):
-        return [p for p in _remote_files(root) if p.name.endswith(".parquet")
-                and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        return _remote_parquet(root)
     if not root.exists():
         return []
     return sorted(UPath(p) for p in root.rglob("*.parquet") if not p.name.startswith("."))

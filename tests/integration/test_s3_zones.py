@@ -201,12 +201,122 @@ def test_the_nightly_run_passes_on_s3_zones(twin: tuple[Settings, Settings]) -> 
     assert not list(layout.quarantined_files(remote, planted.TENANT))
 
 
-def test_partition_rewrites_refuse_s3_zones_with_a_clear_error(twin: tuple[Settings, Settings]) -> None:
-    remote, _ = twin
-    ingest.ingest_pending(remote, keyring=KR)
-    with pytest.raises(compact.ObjectStorageUnsupported, match="object storage"):
-        compact.compact(remote)
-    assert compact.recover(remote) == {"rolled_forward": 0, "rolled_back": 0}
+QUERIES = [
+    "SELECT tenant_id, date, event_name, count(*) AS n, count(DISTINCT subject_id) AS s FROM events "
+    "GROUP BY ALL ORDER BY ALL",
+    "SELECT * FROM events WHERE tenant_id = 'acme' ORDER BY ALL",
+    "SELECT tenant_id, date, count(*) FROM server_logs GROUP BY ALL ORDER BY ALL",
+]
+
+
+def _results(settings: Settings) -> list[Any]:
+    return [query.run(settings, q) for q in QUERIES]
+
+
+def _no_unit_records(settings: Settings) -> bool:
+    return not [k for k in settings.zones.fs.find(settings.zones.path) if f"/{zones.UNIT_PREFIX}" in k]
+
+
+@pytest.fixture(scope="module")
+def compacted_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A local lake of the same landing files, ingested and compacted: what S3 must equal."""
+    local = _lake(tmp_path_factory.mktemp("reference"), None)
+    ingest.ingest_pending(local, keyring=KR)
+    before = _results(local)
+    compact.compact(local, target_rows=400)
+    assert _results(local) == before
+    return {"results": before, "content": _content(local), "index": _index(local)}
+
+
+# few units: the kill tests stay quick
+KILL_SCOPE: dict[str, Any] = {"datasets": ["server_logs"], "target_rows": 400}
+
+
+@pytest.fixture(scope="module")
+def scoped_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """As ``compacted_reference``, compacting only ``KILL_SCOPE``."""
+    local = _lake(tmp_path_factory.mktemp("scoped"), None)
+    ingest.ingest_pending(local, keyring=KR)
+    before = _results(local)
+    compact.compact(local, **KILL_SCOPE)
+    return {"results": before, "content": _content(local), "index": _index(local)}
+
+
+@pytest.fixture
+def s3_lake(tmp_path: Path, s3_env: str, master_key_env: None) -> Settings:
+    settings = _lake(tmp_path / "s3", f"s3://{s3_env}/pz/zones")
+    ingest.ingest_pending(settings, keyring=KR)
+    return settings
+
+
+def test_compaction_on_s3_zones_gives_the_local_result(s3_lake: Settings,
+                                                       compacted_reference: dict[str, Any]) -> None:
+    assert _results(s3_lake) == compacted_reference["results"]
+    summary = compact.compact(s3_lake, target_rows=400)
+    assert summary["partitions"] > 0 and summary["files_out"] < summary["files_in"]
+    assert _content(s3_lake) == compacted_reference["content"]
+    assert _index(s3_lake) == compacted_reference["index"]
+    assert _results(s3_lake) == compacted_reference["results"]
+    assert _no_unit_records(s3_lake)
+    assert compact.compact(s3_lake, target_rows=400)["partitions"] == 0  # nothing left to do
+
+
+class Killed(Exception):
+    pass
+
+
+# one step of each recovery branch: rolled back (before and after the outputs are written), rolled
+# forward with the inputs' check, rolled forward past it (tests/integration/test_compaction.py
+# kills after every step on a local disk)
+@pytest.mark.parametrize("step", ["manifest", "staged", "exchanged", "unindexed"])
+def test_a_compaction_killed_after_any_step_on_s3_converges(
+        s3_lake: Settings, scoped_reference: dict[str, Any], step: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def kill(at: str, unit: str) -> None:
+        if at == step:
+            seen.append(unit)
+            if len(seen) == 2:  # the second unit: one is done already
+                raise Killed(at)
+
+    monkeypatch.setattr(compact, "_after", kill)
+    with pytest.raises(Killed):
+        compact.compact(s3_lake, **KILL_SCOPE)
+    # a reader between the kill and the rerun sees every row once
+    assert _results(s3_lake) == scoped_reference["results"]
+    monkeypatch.setattr(compact, "_after", lambda at, unit: None)
+    summary = compact.compact(s3_lake, **KILL_SCOPE)
+    assert summary["rolled_forward"] + summary["rolled_back"] == 1
+    assert _content(s3_lake) == scoped_reference["content"]
+    assert _index(s3_lake) == scoped_reference["index"]
+    assert _no_unit_records(s3_lake)
+
+
+def test_an_input_replaced_during_an_s3_compaction_rolls_the_unit_back(
+        s3_lake: Settings, scoped_reference: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    replaced: list[str] = []
+
+    def rewrite_an_input(at: str, unit: str) -> None:
+        if at == "exchanged" and not replaced:
+            [record] = [k for k in s3_lake.zones.fs.find(s3_lake.zones.path) if unit in k and "/_unit-" in k]
+            m = json.loads(s3_lake.zones.fs.cat_file(record))
+            part = compact.Unit(m["zone"], m["dataset"], m["tenant"], m["day"]).partition(s3_lake)
+            victim = part / sorted(m["inputs"])[0]
+            # a concurrent rewrite: the same rows in other bytes (the same bytes keep the ETag,
+            # and an unchanged input is no conflict)
+            zones.write_parquet(zones.read_table(victim), victim, compression_level=9)
+            replaced.append(victim.path)
+
+    monkeypatch.setattr(compact, "_after", rewrite_an_input)
+    summary = compact.compact(s3_lake, **KILL_SCOPE)
+    assert summary["conflicts"] == 1 and replaced
+    assert _results(s3_lake) == scoped_reference["results"]
+    assert _no_unit_records(s3_lake)
+    monkeypatch.setattr(compact, "_after", lambda at, unit: None)
+    assert compact.compact(s3_lake, **KILL_SCOPE)["partitions"] == 1
+    assert _content(s3_lake) == scoped_reference["content"]
+    assert _index(s3_lake) == scoped_reference["index"]
 
 
 def test_zones_credentials_can_come_from_an_airflow_connection(tmp_path: Path, s3_endpoint: str,

@@ -39,9 +39,22 @@ directories are ``trim-<H>``: ``recover(prefix=TRIM_PREFIX)`` (the retention ste
 thing) finishes or undoes them, and compaction's recovery never touches them (nor
 retention's a compaction's), so neither rolls back a unit the other is running.
 
-Zones on object storage have no directory exchange: ``compact``, ``trim`` and
-``rewrite_partition`` refuse them (``ObjectStorageUnsupported``) until the commit point
-there is built (docs/adr/0017-object-storage.md); ``recover`` has nothing to recover there.
+Zones on object storage have no directory exchange (docs/adr/0017-object-storage.md).  There
+a unit keeps its record in the partition itself, ``_unit-<kind><H>.json``, and the record's
+state is the commit point that readers honour (``zones.parquet_files``): while it is
+``staged`` the outputs are hidden, once it is ``committed`` the inputs are:
+
+0. ``manifest``: the record (state ``staged``) with the inputs (name, size, ETag) and outputs;
+1. ``indexed``: the outputs' index entries, as above;
+2. ``staged``: the outputs are written into the partition (one PUT each; hidden by the record);
+3. ``exchanged``: the record is written again with state ``committed``: the commit point;
+4. ``checked``: every input must be as it was read, else the record goes back to ``staged``
+   and the unit is rolled back (outputs deleted, their entries removed); then the state is
+   ``checked``, so that a rerun does not take inputs it deleted for changed ones;
+5. ``unindexed``, 6. ``removed``: the inputs' entries, the inputs, then the record.
+
+``recover`` finds the records a killed run left: committed or checked ones are rolled forward,
+staged ones rolled back.
 
 ``rewrite`` is the same unit with a transform that may move rows between subject buckets:
 a pseudonym rotation (``pseudozone.rotation``) maps every pseudonym of a partition, so a row's
@@ -105,21 +118,14 @@ class Unit:
     tenant: str
     day: str
 
-    def partition(self, settings: Settings) -> Path:
+    def partition(self, settings: Settings) -> UPath:
         root = layout.zone_root(settings, self.zone)
-        return _local(layout.partition_dir(root, self.dataset, self.tenant, self.day))
-
-
-class ObjectStorageUnsupported(PseudozoneError):
-    """A partition rewrite (compaction, trim, rotation) asked of zones on object storage."""
+        return layout.partition_dir(root, self.dataset, self.tenant, self.day)
 
 
 def _local(path: UPath) -> Path:
     if not isinstance(path, Path):
-        raise ObjectStorageUnsupported(
-            "compaction, retention trims of held partitions and pseudonym rotation need zones on a "
-            "local or shared file system (they swap a partition directory in one rename); zones on "
-            "object storage are not supported by them yet (docs/adr/0017-object-storage.md)")
+        raise TypeError(f"{path} is not on a local file system")
     return path
 
 
@@ -127,15 +133,22 @@ def _work_root(settings: Settings) -> Path:
     return _local(settings.zones / WORK_DIR)
 
 
-def _files(part: Path) -> list[Path]:
-    """Published Parquet files of a partition directory (temp and hidden names excluded)."""
+def _files(part: UPath) -> list[UPath]:
+    """Published Parquet files of a partition directory (temp and hidden names excluded; on
+    object storage as its unit records say)."""
+    if not isinstance(part, Path):
+        return zones.parquet_files(part)
     if not part.is_dir():
         return []
     return sorted(p for p in part.iterdir()
                   if p.is_file() and p.name.endswith(layout.SUFFIX) and not p.name.startswith((".", "_")))
 
 
-def _stat(path: Path) -> list[int]:
+def _stat(path: UPath) -> list[Any]:
+    """What tells a changed input: size, mtime and inode; on object storage size and ETag."""
+    if not isinstance(path, Path):
+        info = path.fs.info(path.path)
+        return [int(info["size"]), str(info.get("ETag") or info.get("etag") or info.get("LastModified"))]
     st = path.stat()
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
@@ -145,10 +158,10 @@ def _rel(unit: Unit, name: str) -> str:
     return str(layout.partition_dir(PurePosixPath(unit.zone), unit.dataset, unit.tenant, unit.day) / name)
 
 
-def _needs_compaction(unit: Unit, files: list[Path], target_rows: int) -> bool:
+def _needs_compaction(unit: Unit, files: list[UPath], target_rows: int) -> bool:
     """Whether some bucket of the partition has a file that is not compacted, or more or fewer
     parts than its rows need at this target (a second run over a compacted lake does nothing)."""
-    by_bucket: dict[int | None, list[Path]] = defaultdict(list)
+    by_bucket: dict[int | None, list[UPath]] = defaultdict(list)
     for f in files:
         by_bucket[layout.parse(_rel(unit, f.name)).bucket].append(f)
     for group in by_bucket.values():
@@ -182,7 +195,7 @@ class Rewrite:
     metadata: dict[str, str]
 
 
-def _by_rewritten_bucket(files: list[Path], rewrite: Rewrite) -> dict[int | None, list[pa.Table]]:
+def _by_rewritten_bucket(files: list[UPath], rewrite: Rewrite) -> dict[int | None, list[pa.Table]]:
     """The inputs' rows mapped by ``rewrite``, grouped by the bucket of each mapped row."""
     mapped = pa.concat_tables([rewrite.rows(zones.read_table(f)) for f in files],
                               promote_options="default").combine_chunks()
@@ -195,7 +208,7 @@ def _by_rewritten_bucket(files: list[Path], rewrite: Rewrite) -> dict[int | None
     return out
 
 
-def _plan_outputs(unit: Unit, files: list[Path], target_rows: int, digest: str,
+def _plan_outputs(unit: Unit, files: list[UPath], target_rows: int, digest: str,
                   keep: Keep | None = None, rewrite: Rewrite | None = None) -> dict[str, pa.Table]:
     """Output file name -> its rows: the inputs of each bucket merged (in input-name order),
     sorted by subject then time (stable), cut into parts of at most ``target_rows``; with
@@ -249,7 +262,7 @@ def _index_update(settings: Settings, unit: Unit, drop: list[str],
         kept = index.without_files(old, sorted({*rels, *fresh}))
         new = pa.concat_tables([kept, *index.entries(fresh)])
         if new.num_rows == 0:
-            path.unlink(missing_ok=True)
+            zones.remove(path)
         elif not (path.exists() and new.equals(old)):
             index.write(settings, unit.dataset, unit.tenant, batch, new)
 
@@ -289,13 +302,11 @@ def _finish_swap(staged: Path, partition: Path, spare: Path) -> None:
 # -- one unit ---------------------------------------------------------------------------------
 
 
-def _compact_unit(settings: Settings, unit: Unit, files: list[Path], target_rows: int,
+def _compact_unit(settings: Settings, unit: Unit, files: list[UPath], target_rows: int,
                   keep: Keep | None = None, rewrite: Rewrite | None = None) -> dict[str, Any]:
-    part = unit.partition(settings)
     names = [f.name for f in files]
     digest = _digest(unit, names, target_rows, trim=keep is not None, tag=rewrite.tag if rewrite else "")
     prefix = TRIM_PREFIX if keep is not None else ROTATE_PREFIX if rewrite is not None else PREFIX
-    work = _work_root(settings) / (prefix + digest)
     outputs = _plan_outputs(unit, files, target_rows, digest, keep, rewrite)
     if not outputs:
         # recovery takes a unit whose outputs are all in place for exchanged: never plan none
@@ -305,6 +316,11 @@ def _compact_unit(settings: Settings, unit: Unit, files: list[Path], target_rows
                 "target_rows": target_rows, "inputs": {f.name: _stat(f) for f in files},
                 "outputs": sorted(outputs)}
     rows_in = sum(t.num_rows for t in outputs.values())
+    if settings.remote_zones:
+        _remote_unit(settings, unit, prefix + digest, manifest, outputs, rewrite)
+        return {"files_in": len(files), "files_out": len(outputs), "rows": rows_in}
+    part = _local(unit.partition(settings))
+    work = _work_root(settings) / (prefix + digest)
     # 0. the manifest first: whatever follows, a rerun finds the unit
     zones.make_dirs(work)
     zones.set_mode(_work_root(settings), zones.PRIVATE_DIR_MODE)  # like zones/.staging: owner only
@@ -338,7 +354,7 @@ def _compact_unit(settings: Settings, unit: Unit, files: list[Path], target_rows
 
 def _roll_forward(settings: Settings, unit: Unit, work: Path, manifest: dict[str, Any], digest: str) -> None:
     """Steps 4-6 of an exchanged unit (also after a crash)."""
-    part, old, inputs = unit.partition(settings), work / "part", manifest["inputs"]
+    part, old, inputs = _local(unit.partition(settings)), work / "part", manifest["inputs"]
     if old.is_dir():
         # 4. the old directory must hold the inputs as they were read
         changed = [n for n, stat in inputs.items()
@@ -350,9 +366,9 @@ def _roll_forward(settings: Settings, unit: Unit, work: Path, manifest: dict[str
             raise CompactionConflict(f"{unit.zone} zone {unit.dataset} partition {unit.day} of tenant "
                                      f"{unit.tenant}: {len(changed)} input file(s) changed while it was "
                                      f"compacted; rolled back, the next run redoes it")
-        for extra in _files(old):
+        for extra in _files(UPath(old)):
             if extra.name not in inputs:  # published meanwhile (a new batch): keep it visible
-                os.rename(extra, part / extra.name)
+                os.rename(_local(extra), part / extra.name)
         zones.fsync_dirs({part})
     _after("checked", digest)
     # 5. the inputs leave the index once no reader can see them
@@ -371,13 +387,118 @@ def _roll_back(settings: Settings, unit: Unit, work: Path, manifest: dict[str, A
     shutil.rmtree(work)
 
 
+# -- one unit on object storage (the record in the partition is the commit point) --------------
+
+
+def _record(part: UPath, name: str) -> UPath:
+    return part / f"{zones.UNIT_PREFIX}{name}.json"
+
+
+def _remote_unit(settings: Settings, unit: Unit, name: str, manifest: dict[str, Any],
+                 outputs: dict[str, pa.Table], rewrite: Rewrite | None) -> None:
+    part = unit.partition(settings)
+    record = _record(part, name)
+    digest = name.split("-", 1)[1]
+    # 0. the record first: from now on the outputs are hidden from every reader
+    zones.write_json({**manifest, "state": "staged"}, record)
+    _after("manifest", digest)
+    # 1. the outputs' index entries before any output is visible
+    _index_update(settings, unit, [], {_rel(unit, n): t.select([SUBJECT_COLUMN]) for n, t in outputs.items()})
+    _after("indexed", digest)
+    # 2. the outputs, in the partition (hidden while the record says staged)
+    for out_name, table in sorted(outputs.items()):
+        zones.write_parquet(table, part / out_name, row_group_size=ROW_GROUP_ROWS,
+                            footer=rewrite.metadata if rewrite is not None else None)
+    _after("staged", digest)
+    # 3. the commit point: readers take the outputs and leave the inputs from here on
+    zones.write_json({**manifest, "state": "committed"}, record)
+    _after("exchanged", digest)
+    _roll_forward_remote(settings, unit, record, {**manifest, "state": "committed"}, digest)
+
+
+def _roll_forward_remote(settings: Settings, unit: Unit, record: UPath, manifest: dict[str, Any],
+                         digest: str) -> None:
+    """Steps 4-6 of a committed (or checked) unit on object storage, also after a crash."""
+    part, inputs = unit.partition(settings), manifest["inputs"]
+    if manifest["state"] == "committed":
+        # 4. every input as it was read, else the unit is undone (a writer replaced one meanwhile)
+        changed = []
+        for n, stat in inputs.items():
+            try:
+                if _stat(part / n) != stat:
+                    changed.append(n)
+            except FileNotFoundError:
+                changed.append(n)
+        if changed:
+            zones.write_json({**manifest, "state": "staged"}, record)  # the inputs are the files again
+            _roll_back_remote(settings, unit, record, manifest)
+            raise CompactionConflict(f"{unit.zone} zone {unit.dataset} partition {unit.day} of tenant "
+                                     f"{unit.tenant}: {len(changed)} input file(s) changed while it was "
+                                     f"compacted; rolled back, the next run redoes it")
+        zones.write_json({**manifest, "state": "checked"}, record)
+    _after("checked", digest)
+    # 5. the inputs leave the index (no reader lists them any more)
+    _index_update(settings, unit, [_rel(unit, n) for n in inputs if n not in manifest["outputs"]])
+    _after("unindexed", digest)
+    # 6. the inputs, then the record
+    for n in sorted(inputs):
+        if n not in manifest["outputs"]:
+            zones.remove(part / n)
+    _after("removed", digest)
+    zones.remove(record)
+
+
+def _roll_back_remote(settings: Settings, unit: Unit, record: UPath, manifest: dict[str, Any]) -> None:
+    """Undo a unit whose record is not committed: its outputs, their index entries, the record."""
+    part = unit.partition(settings)
+    for n in manifest["outputs"]:
+        if n not in manifest["inputs"]:
+            zones.remove(part / n)
+    _index_update(settings, unit, [_rel(unit, n) for n in manifest["outputs"] if n not in manifest["inputs"]])
+    zones.remove(record)
+
+
+def _recover_remote(settings: Settings, prefix: str, what: str) -> dict[str, int]:
+    done = {"rolled_forward": 0, "rolled_back": 0}
+    pattern = f"{zones.UNIT_PREFIX}{prefix}*.json"
+    for zone in layout.PARTITIONED:
+        root = layout.zone_root(settings, zone)
+        base = root.path.rstrip("/")
+        try:
+            found = root.fs.glob(f"{base}/*/{layout.TENANT_KEY}=*/{layout.DATE_KEY}=*/{pattern}")
+        except FileNotFoundError:
+            continue
+        for key in sorted(found):
+            record = root.joinpath(*key[len(base) + 1:].split("/"))
+            try:
+                manifest = json.loads(record.read_bytes())
+            except FileNotFoundError:
+                continue  # finished meanwhile
+            unit = Unit(manifest["zone"], manifest["dataset"], manifest["tenant"], manifest["day"])
+            name = record.name[len(zones.UNIT_PREFIX):-len(".json")]
+            if manifest.get("state") in zones.COMMITTED:
+                log.info("%s of %s/%s/%s/%s: finishing a killed run", what, *manifest_parts(manifest))
+                try:
+                    _roll_forward_remote(settings, unit, record, manifest, name[len(prefix):])
+                except CompactionConflict as exc:
+                    log.warning("%s", exc)
+                    done["rolled_back"] += 1
+                    continue
+                done["rolled_forward"] += 1
+            else:
+                log.info("%s of %s/%s/%s/%s: undoing a killed run", what, *manifest_parts(manifest))
+                _roll_back_remote(settings, unit, record, manifest)
+                done["rolled_back"] += 1
+    return done
+
+
 def recover(settings: Settings, *, prefix: str = PREFIX) -> dict[str, int]:
     """Finish (exchanged) or undo (not exchanged) the units a killed run left: compaction's,
     with ``prefix=TRIM_PREFIX`` retention's trims, with ``ROTATE_PREFIX`` a rotation's."""
     done = {"rolled_forward": 0, "rolled_back": 0}
     what = {PREFIX: "compaction", TRIM_PREFIX: "trim"}.get(prefix, "rotation")
     if settings.remote_zones:
-        return done  # no unit ever ran there
+        return _recover_remote(settings, prefix, what)
     root = _work_root(settings)
     if not root.is_dir():
         return done
@@ -390,7 +511,7 @@ def recover(settings: Settings, *, prefix: str = PREFIX) -> dict[str, int]:
             continue
         manifest = json.loads(manifest_file.read_text())
         unit = Unit(manifest["zone"], manifest["dataset"], manifest["tenant"], manifest["day"])
-        part = unit.partition(settings)
+        part = _local(unit.partition(settings))
         _finish_swap(work / "part", part, work / "swap")
         if part.is_dir() and all((part / n).is_file() for n in manifest["outputs"]):
             log.info("%s of %s/%s/%s/%s: finishing a killed run", what, *manifest_parts(manifest))
@@ -423,7 +544,7 @@ def trim(settings: Settings, unit: Unit, keep: Keep, *,
     return _compact_unit(settings, unit, _files(unit.partition(settings)), target_rows, keep)
 
 
-def files(settings: Settings, unit: Unit) -> list[Path]:
+def files(settings: Settings, unit: Unit) -> list[UPath]:
     """The published Parquet files of a unit's partition."""
     return _files(unit.partition(settings))
 
@@ -466,7 +587,6 @@ def compact(settings: Settings, *, target_rows: int = DEFAULT_TARGET_ROWS, tenan
     ``on_partition`` is called with each partition-day once it is compacted (the CLI's progress)."""
     if target_rows < 1:
         raise ValueError("target_rows must be at least 1")
-    _local(settings.zones)
     settings.ensure()
     summary: dict[str, Any] = {"partitions": 0, "files_in": 0, "files_out": 0, "rows": 0,
                                "conflicts": 0, **recover(settings)}
@@ -488,7 +608,7 @@ def compact(settings: Settings, *, target_rows: int = DEFAULT_TARGET_ROWS, tenan
                 continue
             for partition in layout.date_partitions(tdir):
                 unit = Unit(zone, dataset, tenant, partition.day)
-                files = _files(_local(partition.path))
+                files = _files(partition.path)
                 if not files or not _needs_compaction(unit, files, target_rows):
                     continue
                 try:
