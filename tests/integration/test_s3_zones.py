@@ -319,6 +319,31 @@ def test_an_input_replaced_during_an_s3_compaction_rolls_the_unit_back(
     assert _index(s3_lake) == scoped_reference["index"]
 
 
+def test_retention_trims_a_held_partition_on_s3_as_on_a_local_disk(twin: tuple[Settings, Settings]) -> None:
+    """Every events partition expires; those holding the held subject's rows are trimmed to
+    them (a partition rewrite under the unit record), the others deleted."""
+    import datetime as dt
+
+    from pseudozone.compliance import nightly
+
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=400)
+    sections = []
+    for settings in twin:
+        ingest.ingest_pending(settings, keyring=KR)
+        requests.add_legal_hold(settings, tenant_id=planted.TENANT, user_id=planted.USER,
+                                reason="case 2026-77", reason_code="litigation", keyring=KR)
+        sections.append(nightly.enforce_retention(settings, now=later, overrides={"events": 1}))
+    remote, local = twin
+    assert sections[0]["trimmed_for_hold"] and sections[0]["deleted"]
+    assert [(t["date"], t["rows_kept"]) for t in sections[0]["trimmed_for_hold"]] == \
+        [(t["date"], t["rows_kept"]) for t in sections[1]["trimmed_for_hold"]]
+    assert _content(remote) == _content(local)
+    assert _index(remote) == _index(local)
+    assert _no_unit_records(remote)
+    kept = query.run(remote, "SELECT DISTINCT subject_id FROM events WHERE tenant_id = 'acme'")[1]
+    assert kept == [(SUBJECT,)]
+
+
 def test_zones_credentials_can_come_from_an_airflow_connection(tmp_path: Path, s3_endpoint: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """``PSEUDOZONE_ZONES_CONN_ID``: key, secret and endpoint from a connection, none from the
