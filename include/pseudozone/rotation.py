@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from upath import UPath
 
@@ -293,7 +292,7 @@ def _distinct(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
 
 
 def _file_version(path: zones.AnyPath) -> int | None:
-    meta = pq.read_metadata(path).metadata or {}
+    meta = zones.read_metadata(path).metadata or {}
     raw = meta.get(VERSION_KEY.encode())
     return int(raw) if raw is not None else None
 
@@ -311,11 +310,11 @@ def _prefetch(stepper: fasthmac.Stepper, keys: dict[str, bytes], source: int, ta
     for path in files:
         known: Ahead = {}
         out.append(known)
-        names = set(pq.read_schema(path).names)
+        names = set(zones.read_schema(path).names)
         wanted = [c for c in (*purposes, *sorted(texts)) if c in names]
         if not wanted:
             continue
-        table = pq.read_table(path, columns=wanted)
+        table = zones.read_table(path, columns=wanted)
         for name in wanted:
             if name in texts:
                 found = linkage.find_tokens(table[name])
@@ -396,7 +395,7 @@ def _rotate_partitions(settings: Settings, mapper: Mapper, on_partition: Callabl
 
 def _rotate_pii_file(settings: Settings, mapper: Mapper, path: UPath, deks: dict[str, bytes]) -> int:
     """Replace one PII-zone file with its subjects stepped and its values re-encrypted."""
-    table = pq.read_table(path)
+    table = zones.read_table(path)
     old = table[SUBJECT_COLUMN].to_pylist()
     rel = layout.parse(path, settings.zones)
     if all(s is None or s.startswith(f"v{mapper.target}:") for s in old):

@@ -344,6 +344,23 @@ def test_retention_trims_a_held_partition_on_s3_as_on_a_local_disk(twin: tuple[S
     assert kept == [(SUBJECT,)]
 
 
+def test_pseudonym_rotation_on_s3_zones_gives_the_local_result(twin: tuple[Settings, Settings]) -> None:
+    from pseudozone import rotation
+
+    for settings in twin:
+        ingest.ingest_pending(settings, keyring=KR)
+        # a keyring of its own: a rotation makes the keyring it is given use the new version
+        summary = rotation.rotate(settings, planted.TENANT, keyring=KeyRing(TEST_MASTER_KEY), helpers=0)
+        assert summary["partitions"] > 0
+    remote, local = twin
+    assert _content(remote) == _content(local)
+    assert _index(remote) == _index(local)
+    assert _no_unit_records(remote)
+    subjects = query.run(remote, "SELECT DISTINCT split_part(subject_id, ':', 1) FROM events "
+                                 "WHERE tenant_id = 'acme' AND subject_id IS NOT NULL")[1]
+    assert subjects == [("v2",)]
+
+
 def test_zones_credentials_can_come_from_an_airflow_connection(tmp_path: Path, s3_endpoint: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """``PSEUDOZONE_ZONES_CONN_ID``: key, secret and endpoint from a connection, none from the
