@@ -10,25 +10,34 @@ only the key column (docs/adr/0010-linkage.md).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from upath import UPath
 
 from pseudozone import zones
 from pseudozone.config import Settings
 from pseudozone.lake import layout
 
+REMOTE_READ_THREADS = 16
+
 
 def key_values(settings: Settings, dataset: str, tenant: str, column: str, days: Iterable[str]) -> pa.Array:
     """The distinct values of ``column`` in the tenant's event- and restricted-zone files of
     ``dataset`` on ``days`` (ISO dates), as a string array."""
-    found: list[pa.Array] = []
-    for zone in layout.PARTITIONED:
-        root = layout.zone_root(settings, zone)
-        for day in sorted(set(days)):
-            for path in zones.parquet_files(layout.partition_dir(root, dataset, tenant, day)):
-                found.append(zones.read_table(path, columns=[column])[column].combine_chunks())
+    paths = [path for zone in layout.PARTITIONED for day in sorted(set(days))
+             for path in zones.parquet_files(layout.partition_dir(layout.zone_root(settings, zone), dataset,
+                                                                  tenant, day))]
+
+    def read(path: UPath) -> pa.Array:
+        return zones.read_table(path, columns=[column])[column].combine_chunks()
+
+    # on object storage each read is a few requests' latency: many at once (local reads are fast)
+    threads = REMOTE_READ_THREADS if settings.remote_zones and len(paths) > 1 else 1
+    with ThreadPoolExecutor(threads, thread_name_prefix="pseudozone-keys") as pool:
+        found = list(pool.map(read, paths))
     if not found:
         return pa.array([], pa.string())
     values = pa.chunked_array([a.cast(pa.string()) for a in found], pa.string())
