@@ -84,6 +84,7 @@ test-integration: $(VENV)/.installed-deploy
 
 bench: install
 	$(BIN)/python bench/bench_ingest.py --events $(BENCH_EVENTS)
+	$(BIN)/python bench/bench_ingest_s3.py --events $(BENCH_EVENTS)
 	$(BIN)/python bench/bench_rights.py --events $(BENCH_EVENTS)
 	$(BIN)/python bench/bench_rotation.py --events $(BENCH_EVENTS)
 	$(BIN)/python bench/bench_validation.py --events $(BENCH_EVENTS)
