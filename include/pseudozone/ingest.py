@@ -60,6 +60,7 @@ EVENT_ZONE = layout.EVENTS
 RESTRICTED_ZONE = layout.RESTRICTED
 PII_ZONE = layout.PII
 WRITE_THREADS = 2
+UPLOAD_THREADS = 8  # staged files uploaded at once to object storage (latency-bound)
 SCRUB_THREADS = 2
 
 
@@ -477,8 +478,12 @@ def _write_plan(settings: Settings, plan: _Plan) -> None:
         for future in written:
             future.result()
     index.write(settings, ref.dataset, ref.tenant_id, ref.batch_id, plan.index)
-    for tmp, final, _ in staged:
-        publish_file(tmp, final)
+    if settings.remote_zones:  # one upload each, after the index: many at once (ADR 0017)
+        with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="pseudozone-upload") as uploads:
+            list(uploads.map(lambda item: publish_file(item[0], item[1]), staged))
+    else:
+        for tmp, final, _ in staged:
+            publish_file(tmp, final)
     zones.fsync_dirs({final.parent for _, final, _ in staged})
     shutil.rmtree(staging, ignore_errors=True)
     plan.result.files = [settings.shown(final) for _, final, _ in staged]
