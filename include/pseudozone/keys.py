@@ -1,4 +1,4 @@
-"""Key hierarchy (DESIGN.md "Keys"; docs/adr/0002-key-hierarchy.md).
+"""Key hierarchy (docs/adr/0002-key-hierarchy.md).
 
     master key (env var, Airflow connection, a given 0600 key file, or a generated 0600 key file)
       └─ wraps (AES-256-GCM) the root secret, stored in the state database (``root_secret``)

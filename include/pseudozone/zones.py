@@ -1,4 +1,4 @@
-"""Storage protocol (DESIGN.md; docs/adr/0001-storage-protocol.md).
+"""Storage protocol (docs/adr/0001-storage-protocol.md, docs/adr/0017-object-storage.md).
 
 Every write is a whole file with a deterministic name, written under a
 temporary name in the same directory and renamed into place with
