@@ -56,12 +56,11 @@ def require_data_root(settings: Settings) -> None:
 
 
 def _requests_db_exists(settings: Settings) -> bool:
-    """Whether the request ledger (requests, holds, audit log) exists: reading the default
-    SQLite ledger where there is none would make it (a configured database always exists)."""
-    from pseudozone.rights import store
+    """Whether the state database (requests, holds, audit log) exists: reading the default
+    SQLite file where there is none would make it (a configured database always exists)."""
+    from pseudozone import state
 
-    url = store.db_url(settings)
-    return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists()
+    return state.exists(settings)
 
 
 def _stderr_is_tty() -> bool:
@@ -315,7 +314,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"master key from {origin} recorded as the key of {settings.root}")
         return 0
     keys.require_configured_key(settings)  # a check never makes a key (a mistyped --home, say)
-    if not settings.state_db.exists():  # reading the state would make it; nothing is recorded there
+    if not _requests_db_exists(settings):  # reading the state would make it; nothing is recorded there
         raise PseudozoneError(f"data root {settings.root} has no state database, so no recorded key to check"
                               " the configured one against; `pseudozone keys init` records it")
     keys.KeyRing.load(settings)
@@ -519,6 +518,26 @@ def cmd_compact(args: argparse.Namespace) -> int:
           f" {summary['rolled_forward']}, undone {summary['rolled_back']};"
           f" {summary['conflicts']} conflict(s)")
     return 1 if summary["conflicts"] else 0
+
+
+def cmd_state_migrate(args: argparse.Namespace) -> int:
+    from pseudozone.state_migrate import migrate
+
+    result = migrate(_settings(args))
+    if args.json:
+        _print_json(result)
+        return 0
+    if not result["moved"]:
+        print(f"nothing to move: the state of this root is in {result['target']}")
+        return 0
+    for moved in result["moved"]:
+        rows = ", ".join(f"{table} {n}" for table, n in sorted(moved["rows"].items())) or "no rows"
+        print(f"{moved['source']}: {rows}")
+    print(f"moved into {result['target']}; deleted {len(result['deleted'])} local file(s)"
+          + ("" if result["audited"] else " (not audited: no master key)"))
+    for label in result["drop_yourself"]:
+        print(f"{label} is no longer read: drop that database yourself once you have checked the move")
+    return 0
 
 
 HOLD_CODES = ["litigation", "regulatory_investigation", "tax_audit", "law_enforcement", "contract", "other"]
@@ -739,6 +758,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     cmp.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
     cmp.set_defaults(func=cmd_compact)
+
+    stt = add(sub, "state", "the state database")
+    stt_sub = stt.add_subparsers(dest="state_command", required=True, metavar="COMMAND")
+    smig = add(stt_sub, "migrate", "move state kept apart by an earlier release (state/requests.db,"
+               " $PSEUDOZONE_REQUESTS_DB_URL) or in the local state file into the state database"
+               " ($PSEUDOZONE_STATE_DB_URL, else state/pseudozone.db) in one transaction, then delete"
+               " the local files it moved; a database named by URL is left for you to drop (ADR 0018)")
+    json_option(smig, "what was moved")
+    smig.set_defaults(func=cmd_state_migrate, needs_root=True)
 
     demo = add(sub, "demo", "generate, ingest, show what was produced (no Airflow)")
     demo.add_argument("--events", type=int, default=100_000, help="events to generate")

@@ -82,6 +82,8 @@ class Settings:
     root: Path
     # where the zones are when not under the root: an fsspec URL or a local directory
     zones_location: str | None = None
+    # the state database's SQLAlchemy URL; None: $PSEUDOZONE_STATE_DB_URL, else state/pseudozone.db
+    state_db_url: str | None = None
 
     @classmethod
     def from_env(cls, root: str | os.PathLike[str] | None = None,
@@ -208,10 +210,10 @@ class Settings:
 
     @property
     def state_dbs(self) -> tuple[Path, ...]:
-        """SQLite files under ``state/`` (created 0600: SQLite gives its -wal and -shm the same mode);
-        the request ledger's only while no other database is configured (``rights.store``)."""
-        ledger = () if os.environ.get("PSEUDOZONE_REQUESTS_DB_URL") else (self.state / "requests.db",)
-        return (self.state_db, *ledger)
+        """The SQLite state file under ``state/`` (created 0600: SQLite gives its -wal and -shm the
+        same mode), while no other database is configured (``PSEUDOZONE_STATE_DB_URL``)."""
+        elsewhere = self.state_db_url or os.environ.get("PSEUDOZONE_STATE_DB_URL", "").strip()
+        return () if elsewhere else (self.state_db,)
 
     def ensure(self) -> None:
         """Make the data root's places with their modes (need-to-know on disk, ADR 0001).

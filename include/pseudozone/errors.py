@@ -33,6 +33,9 @@ def machine_failure(exc: BaseException) -> str | None:
     """
     if isinstance(exc, MemoryError):
         return "out of memory"
+    orig = getattr(exc, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's error
+    if isinstance(orig, sqlite3.Error):
+        exc = orig
     if isinstance(exc, sqlite3.Error):
         text = str(exc).lower()
         if "disk is full" in text or "disk i/o error" in text:

@@ -26,7 +26,6 @@ import hmac
 import logging
 import os
 import re
-import sqlite3
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,6 +41,8 @@ from pseudozone.errors import KeyMaterialError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from pseudozone.state import StateConn
 
 log = logging.getLogger(__name__)
 
@@ -196,29 +197,29 @@ def key_check_value(master: bytes) -> str:
     return hmac.new(check_key, b"pseudozone master key check", hashlib.sha256).hexdigest()[:32]
 
 
-def _read_state(settings: Settings, query: Callable[[sqlite3.Connection], Any]) -> Any:
-    """``query`` on the state database opened read-only; None when there is none (nothing is created)."""
-    if not settings.state_db.exists():
-        return None
-    conn = sqlite3.connect(f"{settings.state_db.as_uri()}?mode=ro", uri=True, timeout=60)
+def _now() -> str:
+    from pseudozone import state
+
+    return state.now()
+
+
+def _read_state(settings: Settings, query: Callable[[StateConn], Any]) -> Any:
+    """``query`` on the state database, read only; None when there is none (nothing is created)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pseudozone import state
+
     try:
-        return query(conn)
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):  # a table of a later schema is not there yet
-            return None
+        with state.read(settings) as conn:
+            return None if conn is None else query(conn)
+    except SQLAlchemyError:
         # a locked or unreadable state database says nothing about the key: never "no check yet"
-        raise KeyMaterialError(f"the master key cannot be checked: the state database {exc}") from None
-    finally:
-        conn.close()
+        raise KeyMaterialError("the master key cannot be checked: the state database cannot be read"
+                               " (locked, damaged or unreachable)") from None
 
 
-def _count(conn: sqlite3.Connection, table: str) -> int:
-    try:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608 - fixed names
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return 0
-        raise
+def _count(conn: StateConn, table: str) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608 - fixed names
 
 
 def root_holds_data(settings: Settings) -> str | None:
@@ -245,7 +246,7 @@ def _recorded_checks(settings: Settings) -> dict[int, str]:
 
 def _unwraps_a_stored_key(settings: Settings, keyring: KeyRing) -> bool | None:
     """Whether ``keyring`` unwraps a data key of the vault; None when the vault holds none it can try."""
-    def attempt(conn: sqlite3.Connection) -> bool | None:
+    def attempt(conn: StateConn) -> bool | None:
         row = conn.execute(
             "SELECT tenant_id, subject_id, wrapped_dek, kek_version FROM subject_keys"
             " WHERE wrapped_dek IS NOT NULL ORDER BY kek_version = ? DESC LIMIT 1",
@@ -329,7 +330,7 @@ def record_key_check(settings: Settings, check: str) -> None:
     from pseudozone import state
 
     with state.connect(settings) as conn:
-        conn.execute("INSERT OR IGNORE INTO key_checks (version, check_value) VALUES (?, ?)",
+        conn.execute("INSERT INTO key_checks (version, check_value) VALUES (?, ?) ON CONFLICT DO NOTHING",
                      (MASTER_KEY_VERSION, check))
         stored = conn.execute("SELECT check_value FROM key_checks WHERE version = ?",
                               (MASTER_KEY_VERSION,)).fetchone()
@@ -588,25 +589,7 @@ def _unwrap(kek: bytes, tenant: str, subject_id: str, wrapped: bytes) -> bytes:
 
 # -- KEK versions and their seeds (docs/adr/0009-backups-and-erasure.md) ----------------------------
 
-_KEK_ROOT_TABLE = "CREATE TABLE IF NOT EXISTS kek_root (root_id TEXT NOT NULL)"
-# one row per rotation: recorded (with its new seed) when it starts, finished_at when the old
-# seeds are destroyed; a row without finished_at is a rotation a crash left for the next call
-_KEK_ROTATIONS_TABLE = """CREATE TABLE IF NOT EXISTS kek_rotations (
-    tenant_id   TEXT NOT NULL,
-    version     INTEGER NOT NULL,
-    rewrapped   INTEGER NOT NULL DEFAULT 0,
-    started_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    finished_at TEXT,
-    PRIMARY KEY (tenant_id, version)
-)"""
 _SEED_RE = re.compile(r"v([0-9]{1,9})\.seed")
-
-
-def _db_path(conn: sqlite3.Connection) -> Path | None:
-    for _seq, name, file in conn.execute("PRAGMA database_list"):
-        if name == "main" and file:
-            return Path(file)
-    return None
 
 
 def _fsync_path(path: Path) -> None:
@@ -625,30 +608,26 @@ class KekSeeds:
     from ever deleting each other's seeds.
     """
 
-    def __init__(self, settings: Settings, conn: sqlite3.Connection) -> None:
+    def __init__(self, settings: Settings, conn: StateConn) -> None:
         self.settings = settings
         self.conn = conn
         self._dir: Path | None = None
 
     @classmethod
-    def for_connection(cls, conn: sqlite3.Connection) -> KekSeeds | None:
-        """The seeds of the data root whose state database ``conn`` is (None for an in-memory one)."""
-        db = _db_path(conn)
-        return None if db is None else cls(Settings(root=db.parent.parent), conn)
+    def for_connection(cls, conn: StateConn) -> KekSeeds:
+        """The seeds of the data root whose state transaction ``conn`` is."""
+        return cls(conn.settings, conn)
 
     def directory(self, *, create: bool) -> Path | None:
         if self._dir is None:
-            try:
-                row = self.conn.execute("SELECT root_id FROM kek_root ORDER BY rowid LIMIT 1").fetchone()
-            except sqlite3.OperationalError:  # no table yet
-                row = None
+            # one row, made by the first writer that needs it (writers are serialized)
+            row = self.conn.execute("SELECT root_id FROM kek_root ORDER BY root_id LIMIT 1").fetchone()
             if row is None:
                 if not create:
                     return None
-                self.conn.execute(_KEK_ROOT_TABLE)
                 self.conn.execute("INSERT INTO kek_root (root_id) SELECT ? WHERE NOT EXISTS"
                                   " (SELECT 1 FROM kek_root)", (os.urandom(8).hex(),))
-                row = self.conn.execute("SELECT root_id FROM kek_root ORDER BY rowid LIMIT 1").fetchone()
+                row = self.conn.execute("SELECT root_id FROM kek_root ORDER BY root_id LIMIT 1").fetchone()
             self._dir = self.settings.key_dir / "kek" / row[0]
         return self._dir
 
@@ -718,7 +697,7 @@ class Vault:
     ADR 0009 (and of a vault on an in-memory database).
     """
 
-    def __init__(self, keyring: KeyRing, conn: sqlite3.Connection) -> None:
+    def __init__(self, keyring: KeyRing, conn: StateConn) -> None:
         self.keyring = keyring
         self.conn = conn
         self.seeds = KekSeeds.for_connection(conn)
@@ -730,8 +709,6 @@ class Vault:
         if key is None:
             if version == LEGACY_KEK_VERSION:
                 key = self.keyring.kek(tenant)
-            elif self.seeds is None:
-                raise KeyMaterialError(f"KEK version {version} needs the data root's key directory")
             else:
                 key = self.keyring.seeded_kek(tenant, version, self.seeds.seed(tenant, version))
             self._keks[(tenant, version)] = key
@@ -744,8 +721,6 @@ class Vault:
         keys are wrapped under a seeded version: then the key directory is missing or wrong,
         and no new seed is made over it.
         """
-        if self.seeds is None:
-            return LEGACY_KEK_VERSION
         versions = self.seeds.versions(tenant)
         if versions:
             return max(versions)
@@ -792,9 +767,10 @@ class Vault:
             fresh = {s: os.urandom(KEY_BYTES) for s in missing}
             wrapped = {s: _wrap(kek, tenant, s, dek) for s, dek in fresh.items()}
             self.conn.executemany(
-                "INSERT OR IGNORE INTO subject_keys (tenant_id, subject_id, wrapped_dek, kek_version)"
-                " VALUES (?, ?, ?, ?)", [(tenant, s, w, version) for s, w in wrapped.items()])
-            if self.seeds is not None and version != LEGACY_KEK_VERSION \
+                "INSERT INTO subject_keys (tenant_id, subject_id, wrapped_dek, kek_version)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(tenant, s, w, version) for s, w in wrapped.items()])
+            if version != LEGACY_KEK_VERSION \
                     and version not in self.seeds.versions(tenant):
                 # a rotation finished between choosing the version and this insert (it destroys a
                 # seed only while holding the write lock): move these new keys to the current KEK
@@ -839,17 +815,16 @@ class Vault:
     def tombstone(self, tenant: str, subject_id: str) -> None:
         """Mark a subject that never had a key as erased, so none is ever created for it."""
         self.conn.execute(
-            "INSERT OR IGNORE INTO subject_keys (tenant_id, subject_id, wrapped_dek, kek_version,"
-            " destroyed_at) VALUES (?, ?, NULL, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-            (tenant, self.keyring.seal(tenant, subject_id), KEK_VERSION))
+            "INSERT INTO subject_keys (tenant_id, subject_id, wrapped_dek, kek_version, destroyed_at)"
+            " VALUES (?, ?, NULL, ?, ?) ON CONFLICT DO NOTHING",
+            (tenant, self.keyring.seal(tenant, subject_id), KEK_VERSION, _now()))
 
     def destroy(self, tenant: str, subject_id: str) -> bool:
         """Crypto-shred: drop the wrapped key, keep a tombstone row under the sealed pseudonym."""
         cur = self.conn.execute(
-            "UPDATE subject_keys SET wrapped_dek = NULL, subject_id = ?, "
-            "destroyed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
-            "WHERE tenant_id = ? AND subject_id = ? AND wrapped_dek IS NOT NULL",
-            (self.keyring.seal(tenant, subject_id), tenant, subject_id))
+            "UPDATE subject_keys SET wrapped_dek = NULL, subject_id = ?, destroyed_at = ?"
+            " WHERE tenant_id = ? AND subject_id = ? AND wrapped_dek IS NOT NULL",
+            (self.keyring.seal(tenant, subject_id), _now(), tenant, subject_id))
         return cur.rowcount > 0
 
 
@@ -895,11 +870,8 @@ def rotate_keks(settings: Settings, keyring: KeyRing | None = None, *, tenants: 
     done: dict[str, Any] = {}
     for tenant in chosen:
         with state.connect(settings) as conn:
-            conn.execute(_KEK_ROTATIONS_TABLE)
             vault = Vault(ring, conn)
             seeds = vault.seeds
-            if seeds is None:
-                raise KeyMaterialError("KEK rotation needs the state database on disk")
             versions = seeds.versions(tenant)
             pending = conn.execute("SELECT max(version) FROM kek_rotations WHERE tenant_id = ? AND"
                                    " finished_at IS NULL", (tenant,)).fetchone()[0]
@@ -917,7 +889,6 @@ def rotate_keks(settings: Settings, keyring: KeyRing | None = None, *, tenants: 
         rewrapped = legacy = 0
         while True:
             with state.connect(settings) as conn:
-                conn.execute(_KEK_ROTATIONS_TABLE)
                 vault = Vault(ring, conn)
                 rows = conn.execute(
                     "SELECT subject_id, wrapped_dek, kek_version FROM subject_keys WHERE tenant_id = ?"
@@ -926,18 +897,15 @@ def rotate_keks(settings: Settings, keyring: KeyRing | None = None, *, tenants: 
                 if not rows:
                     # no live key needs an older KEK: destroy the older seeds while holding the write
                     # lock, so that a key inserted under one of them sees it gone (Vault.data_keys)
-                    assert vault.seeds is not None
                     destroyed = sorted(v for v in vault.seeds.versions(tenant) if v != target)
                     if destroyed:
-                        # the re-wraps were committed with synchronous=NORMAL (WAL): durable only
-                        # once the WAL is on disk, and a destroyed seed cannot come back after a
-                        # power loss that rolled them back
+                        # the re-wraps must be on disk before a seed goes: a power loss must not
+                        # roll them back to keys only the destroyed seed unwraps
                         _fsync_state(settings)
                     for version in destroyed:
                         vault.seeds.destroy(tenant, version)
-                    conn.execute("UPDATE kek_rotations SET finished_at = strftime('%Y-%m-%dT%H:%M:%fZ',"
-                                 " 'now'), rewrapped = rewrapped + ? WHERE tenant_id = ? AND version = ?",
-                                 (rewrapped, tenant, target))
+                    conn.execute("UPDATE kek_rotations SET finished_at = ?, rewrapped = rewrapped + ?"
+                                 " WHERE tenant_id = ? AND version = ?", (_now(), rewrapped, tenant, target))
                     break
                 new_kek = vault.kek(tenant, target)
                 conn.executemany(
@@ -963,7 +931,6 @@ def tenants_erased_since_rotation(settings: Settings) -> list[str]:
     from pseudozone import state
 
     with state.connect(settings) as conn:
-        conn.execute(_KEK_ROTATIONS_TABLE)
         rows = conn.execute(
             "SELECT DISTINCT k.tenant_id FROM subject_keys k WHERE k.destroyed_at IS NOT NULL AND"
             " k.destroyed_at > coalesce((SELECT max(r.started_at) FROM kek_rotations r"
@@ -973,7 +940,8 @@ def tenants_erased_since_rotation(settings: Settings) -> list[str]:
 
 
 def _fsync_state(settings: Settings) -> None:
-    """Make every committed transaction of the state database durable (its WAL and file on disk)."""
+    """Make every committed transaction of a SQLite state database durable (its WAL and file on
+    disk; PostgreSQL's commit is durable already)."""
     for path in (settings.state_db.with_name(settings.state_db.name + "-wal"), settings.state_db):
         if path.exists():
             _fsync_path(path)
@@ -1085,8 +1053,9 @@ def _store_root_secret(settings: Settings, master: bytes, secret: bytes, origin:
                          (MASTER_KEY_VERSION, check))
             recorded = {MASTER_KEY_VERSION: check}
         version = max(recorded)
-        conn.execute("INSERT OR IGNORE INTO root_secret (id, master_version, wrapped, origin)"
-                     " VALUES (1, ?, ?, ?)", (version, _wrap_root_secret(master, version, secret), kind))
+        conn.execute("INSERT INTO root_secret (id, master_version, wrapped, origin)"
+                     " VALUES (1, ?, ?, ?) ON CONFLICT DO NOTHING",
+                     (version, _wrap_root_secret(master, version, secret), kind))
         row = conn.execute("SELECT master_version, wrapped FROM root_secret WHERE id = 1").fetchone()
     # another process may have recorded another key, or rotated the master key, in between
     _refuse_unless_current(recorded, check, int(row[0]), origin)

@@ -16,9 +16,13 @@ a poison batch, quarantined so that it stops blocking the batches after it.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pseudozone.state import now
+
+if TYPE_CHECKING:
+    from pseudozone.state import StateConn
 
 Fingerprint = tuple[int, int]  # (size, mtime_ns) of the landing file
 POISON_AFTER_ATTEMPTS = 3  # the first try and the DAG's two retries
@@ -31,7 +35,7 @@ class Entry:
     fingerprint: Fingerprint | None
 
 
-def get(conn: sqlite3.Connection, batch_id: str) -> Entry | None:
+def get(conn: StateConn, batch_id: str) -> Entry | None:
     row = conn.execute("SELECT status, sha256, size, mtime_ns FROM batches WHERE batch_id = ?",
                        (batch_id,)).fetchone()
     if row is None:
@@ -40,32 +44,32 @@ def get(conn: sqlite3.Connection, batch_id: str) -> Entry | None:
     return Entry(status=str(row[0]), sha256=row[1], fingerprint=fingerprint)
 
 
-def done_fingerprints(conn: sqlite3.Connection) -> dict[str, Fingerprint | None]:
+def done_fingerprints(conn: StateConn) -> dict[str, Fingerprint | None]:
     rows = conn.execute("SELECT batch_id, size, mtime_ns FROM batches WHERE status = 'done'")
     return {r[0]: (None if r[1] is None else (int(r[1]), int(r[2]))) for r in rows}
 
 
-def begin(conn: sqlite3.Connection, *, batch_id: str, dataset: str, tenant_id: str,
+def begin(conn: StateConn, *, batch_id: str, dataset: str, tenant_id: str,
           source: str, sha256: str, fingerprint: Fingerprint) -> None:
     conn.execute(
         "INSERT INTO batches (batch_id, dataset, tenant_id, source, sha256, size, mtime_ns, status,"
         " attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 'processing', 1)"
         " ON CONFLICT(batch_id) DO UPDATE SET"
-        " attempts = CASE WHEN batches.status = 'quarantined' OR batches.sha256 IS NOT excluded.sha256"
-        " THEN 1 ELSE batches.attempts + 1 END,"
-        " reason_code = CASE WHEN batches.status = 'quarantined' OR batches.sha256 IS NOT excluded.sha256"
-        " THEN NULL ELSE batches.reason_code END,"
+        " attempts = CASE WHEN batches.status = 'quarantined'"
+        " OR batches.sha256 IS DISTINCT FROM excluded.sha256 THEN 1 ELSE batches.attempts + 1 END,"
+        " reason_code = CASE WHEN batches.status = 'quarantined'"
+        " OR batches.sha256 IS DISTINCT FROM excluded.sha256 THEN NULL ELSE batches.reason_code END,"
         " sha256 = excluded.sha256, size = excluded.size, mtime_ns = excluded.mtime_ns,"
         " status = 'processing'",
         (batch_id, dataset, tenant_id, source, sha256, *fingerprint))
 
 
-def refresh_fingerprint(conn: sqlite3.Connection, batch_id: str, fingerprint: Fingerprint) -> None:
+def refresh_fingerprint(conn: StateConn, batch_id: str, fingerprint: Fingerprint) -> None:
     """The same content was written again (new mtime): remember the new stat."""
     conn.execute("UPDATE batches SET size = ?, mtime_ns = ? WHERE batch_id = ?", (*fingerprint, batch_id))
 
 
-def failed(conn: sqlite3.Connection, batch_id: str, failure: str) -> int:
+def failed(conn: StateConn, batch_id: str, failure: str) -> int:
     """Record that this try of a ``processing`` batch failed with ``failure``.
 
     ``failure`` names the step and the error type, never a message.  Returns how many tries
@@ -81,17 +85,16 @@ def failed(conn: sqlite3.Connection, batch_id: str, failure: str) -> int:
     return attempts
 
 
-def finish(conn: sqlite3.Connection, batch_id: str, *, status: str, counts: dict[str, int],
+def finish(conn: StateConn, batch_id: str, *, status: str, counts: dict[str, int],
            reason_code: str | None = None) -> None:
     conn.execute(
         "UPDATE batches SET status = ?, rows_in = ?, rows_event = ?, rows_pii = ?, subjects = ?,"
-        " files = ?, reason_code = ?, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-        " WHERE batch_id = ?",
+        " files = ?, reason_code = ?, finished_at = ? WHERE batch_id = ?",
         (status, counts.get("rows_in"), counts.get("rows_event"), counts.get("rows_pii"),
-         counts.get("subjects"), counts.get("files"), reason_code, batch_id))
+         counts.get("subjects"), counts.get("files"), reason_code, now(), batch_id))
 
 
-def summary(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def summary(conn: StateConn) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT dataset, status, COUNT(*), COALESCE(SUM(rows_in), 0), COALESCE(SUM(rows_event), 0),"
         " COALESCE(SUM(rows_pii), 0) FROM batches GROUP BY dataset, status ORDER BY dataset, status")

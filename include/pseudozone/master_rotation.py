@@ -66,7 +66,7 @@ def rotate_master_key(settings: Settings, new_master: bytes, new_origin: str = "
     from pseudozone import state
 
     require_configured_key(settings)  # never makes a key
-    if not settings.state_db.exists():
+    if not state.exists(settings):
         raise KeyMaterialError(f"data root {settings.root} has no state database: no master key to rotate"
                                " ('pseudozone keys init' makes one)")
     old, origin = _master_key(settings)
@@ -99,9 +99,9 @@ def rotate_master_key(settings: Settings, new_master: bytes, new_origin: str = "
                     f"the new master key ({new_origin}) is a retired master key of this data root; a"
                     f" retired key is never made current again: give a newly generated key")
             previous, version = int(row[0]), max(checks) + 1
-            conn.execute("UPDATE root_secret SET master_version = ?, wrapped = ?, rotated_at ="
-                         " strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = 1 AND master_version = ?",
-                         (version, _wrap_root_secret(new_master, version, secret), previous))
+            conn.execute("UPDATE root_secret SET master_version = ?, wrapped = ?, rotated_at = ?"
+                         " WHERE id = 1 AND master_version = ?",
+                         (version, _wrap_root_secret(new_master, version, secret), state.now(), previous))
             conn.execute("INSERT INTO key_checks (version, check_value) VALUES (?, ?)", (version, new_check))
             if before_commit is not None:
                 before_commit()

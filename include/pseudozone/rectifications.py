@@ -24,10 +24,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sqlite3
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +36,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pseudozone.contracts import ColumnSpec, Contract
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, decrypt_value, encrypt_value, pii_associated_data
+from pseudozone.state import now
+
+if TYPE_CHECKING:
+    from pseudozone.state import StateConn
 
 SUBJECT_PURPOSE = "subject"
 
@@ -71,7 +75,7 @@ def associated_data(tenant: str, subject: str, column: str) -> bytes:
     return pii_associated_data(tenant, subject, f"rectification:{column}")
 
 
-def record(conn: sqlite3.Connection, tenant: str, dataset: str, subject: str, spec: ColumnSpec,
+def record(conn: StateConn, tenant: str, dataset: str, subject: str, spec: ColumnSpec,
            value: str, replaced: Iterable[str | None], request_id: str, dek: bytes) -> None:
     """Register (or renew) a rectification; ``replaced`` are the comparable values it overwrote.
 
@@ -88,19 +92,20 @@ def record(conn: sqlite3.Connection, tenant: str, dataset: str, subject: str, sp
     blob = encrypt_value(AESGCM(dek), value, associated_data(tenant, subject, spec.name))
     conn.execute(
         "INSERT INTO rectifications (tenant_id, dataset, subject_id, field, value_enc, superseded,"
-        " request_id) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, dataset, subject_id, field)"
-        " DO UPDATE SET value_enc = excluded.value_enc, superseded = excluded.superseded,"
-        " request_id = excluded.request_id, rectified_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-        (tenant, dataset, subject, spec.name, blob, json.dumps(sorted(found)), request_id))
+        " request_id, rectified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (tenant_id, dataset, subject_id, field) DO UPDATE SET value_enc = excluded.value_enc,"
+        " superseded = excluded.superseded,"
+        " request_id = excluded.request_id, rectified_at = excluded.rectified_at",
+        (tenant, dataset, subject, spec.name, blob, json.dumps(sorted(found)), request_id, now()))
 
 
-def forget(conn: sqlite3.Connection, tenant: str, subject: str) -> int:
+def forget(conn: StateConn, tenant: str, subject: str) -> int:
     """Delete an erased subject's entries (its data key is destroyed in the same transaction)."""
     return conn.execute("DELETE FROM rectifications WHERE tenant_id = ? AND subject_id = ?",
                         (tenant, subject)).rowcount
 
 
-def count(conn: sqlite3.Connection, tenant: str, subject: str | None = None) -> int:
+def count(conn: StateConn, tenant: str, subject: str | None = None) -> int:
     sql, args = "SELECT count(*) FROM rectifications WHERE tenant_id = ?", [tenant]
     if subject is not None:
         sql, args = sql + " AND subject_id = ?", [*args, subject]
@@ -120,7 +125,7 @@ class Corrected:
     values: int = 0
     retire: list[tuple[str, str, str]] = field(default_factory=list)  # (subject, field, request_id)
 
-    def retire_in(self, conn: sqlite3.Connection, tenant: str, dataset: str) -> int:
+    def retire_in(self, conn: StateConn, tenant: str, dataset: str) -> int:
         """Retire the entries a newer update superseded (only the rectification that was read)."""
         done = 0
         for subject, column, request_id in self.retire:
@@ -130,7 +135,7 @@ class Corrected:
         return done
 
 
-def correct(conn: sqlite3.Connection, keyring: KeyRing, contract: Contract, tenant: str,
+def correct(conn: StateConn, keyring: KeyRing, contract: Contract, tenant: str,
             table: pa.Table) -> tuple[pa.Table, Corrected]:
     """``table`` with each superseded value of a registered subject replaced by its rectified value."""
     out = Corrected()

@@ -46,7 +46,7 @@ def format_table(columns: list[str], rows: list[tuple[Any, ...]] | list[list[Any
 def status(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     """Files and rows per zone and the batch ledger's summary (``pseudozone status``); it reads
     only: a root without a state database gets no ledger rather than a new database."""
-    batches = batch_summary(settings) if settings.state_db.exists() else []
+    batches = batch_summary(settings) if state.exists(settings) else []
     return {"zones": zone_counts(settings), "batches": batches}
 
 

@@ -34,17 +34,17 @@ tenant's data is an error (fail closed: nothing of it is rewritten).
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import inspect
 from upath import UPath
 
 from pseudozone import contracts, fasthmac, linkage, rectifications, state, zones
@@ -54,6 +54,9 @@ from pseudozone.errors import PseudozoneError
 from pseudozone.keys import SEALED_PREFIX, KeyRing, Vault, decrypt_value, encrypt_value, pii_associated_data
 from pseudozone.lake import compact, index, layout
 from pseudozone.lake.layout import subject_buckets
+
+if TYPE_CHECKING:
+    from pseudozone.state import StateConn
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +449,7 @@ def _rotate_pii(settings: Settings, mapper: Mapper) -> int:
 # -- the state database and the request ledger ------------------------------------------------
 
 
-def _rekey(conn: sqlite3.Connection, table: str, tenant: str, mapper: Mapper,
+def _rekey(conn: StateConn, table: str, tenant: str, mapper: Mapper,
            columns: dict[str, str]) -> dict[str, int]:
     """Rewrite the pseudonym ``columns`` (column -> purpose) of a state table's rows of ``tenant``
     to the mapper's target version, in the open transaction; returns the rows changed per column.
@@ -457,9 +460,9 @@ def _rekey(conn: sqlite3.Connection, table: str, tenant: str, mapper: Mapper,
     moves each row's index entries one at a time, at random places, and costs twice as much).
     Table and column names are the code's own, never input.
     """
-    info = conn.execute(f"PRAGMA table_info({table})").fetchall()
-    names = [row[1] for row in info]
-    key = [row[1] for row in sorted(info, key=lambda r: r[5]) if row[5]] or names
+    described = inspect(conn.sa)
+    names = [c["name"] for c in described.get_columns(table)]
+    key = described.get_pk_constraint(table)["constrained_columns"] or names
     select = {name: f"t.{name}" for name in names}
     joins, changed = [], []
     for k, (column, purpose) in enumerate(columns.items()):
@@ -468,29 +471,30 @@ def _rekey(conn: sqlite3.Connection, table: str, tenant: str, mapper: Mapper,
             (tenant,))]
         mapping = _mapping(mapper, purpose, values)
         conn.execute(f"CREATE TEMP TABLE rotation_map{k} (old TEXT PRIMARY KEY, new TEXT NOT NULL)"
-                     " WITHOUT ROWID")
-        conn.executemany(f"INSERT INTO temp.rotation_map{k} (old, new) VALUES (?, ?)",  # noqa: S608
+                     + ("" if conn.postgresql else " WITHOUT ROWID"))
+        conn.executemany(f"INSERT INTO rotation_map{k} (old, new) VALUES (?, ?)",  # noqa: S608
                          [(old, new) for old, new in mapping.items() if new != old])
-        joins.append(f"LEFT JOIN temp.rotation_map{k} AS m{k} ON m{k}.old = t.{column}")
+        joins.append(f"LEFT JOIN rotation_map{k} AS m{k} ON m{k}.old = t.{column}")
         changed.append(f"m{k}.old IS NOT NULL")
         select[column] = f"coalesce(m{k}.new, t.{column})"
     outputs = [f"{expr} AS {name}" for name, expr in select.items()]
-    outputs += [f"{test} AS rotation_changed{k}" for k, test in enumerate(changed)]
+    outputs += [f"CASE WHEN {test} THEN 1 ELSE 0 END AS rotation_changed{k}"
+                for k, test in enumerate(changed)]
     sums = ", ".join(f"coalesce(sum(rotation_changed{k}), 0)" for k in range(len(columns)))
-    where = " OR ".join(f"{column} IN (SELECT old FROM temp.rotation_map{k})"  # noqa: S608
+    where = " OR ".join(f"{column} IN (SELECT old FROM rotation_map{k})"  # noqa: S608
                         for k, column in enumerate(columns))
     try:
         conn.execute(f"CREATE TEMP TABLE rotation_rows AS SELECT {', '.join(outputs)}"  # noqa: S608
                      f" FROM {table} AS t {' '.join(joins)}"
                      f" WHERE t.tenant_id = ? AND ({' OR '.join(changed)})", (tenant,))
-        counts = conn.execute(f"SELECT {sums} FROM temp.rotation_rows").fetchone()  # noqa: S608
+        counts = conn.execute(f"SELECT {sums} FROM rotation_rows").fetchone()  # noqa: S608
         conn.execute(f"DELETE FROM {table} WHERE tenant_id = ? AND ({where})", (tenant,))  # noqa: S608
         conn.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(names)}"  # noqa: S608
-                     f" FROM temp.rotation_rows ORDER BY {', '.join(key)}")
+                     f" FROM rotation_rows ORDER BY {', '.join(key)}")
     finally:
-        conn.execute("DROP TABLE IF EXISTS temp.rotation_rows")
+        conn.execute("DROP TABLE IF EXISTS rotation_rows")
         for k in range(len(columns)):
-            conn.execute(f"DROP TABLE IF EXISTS temp.rotation_map{k}")
+            conn.execute(f"DROP TABLE IF EXISTS rotation_map{k}")
     return {column: int(n) for column, n in zip(columns, counts, strict=True)}
 
 
@@ -508,8 +512,9 @@ def _rotate_state(settings: Settings, mapper: Mapper) -> dict[str, int]:
     with state.connect(settings) as conn:
         # the tables' indexes are rewritten at random places: keep their pages in memory (KiB);
         # the temporary tables (old and new pseudonyms) in memory too, never in a file
-        conn.execute(f"PRAGMA cache_size = -{_STATE_CACHE_KIB}")
-        conn.execute("PRAGMA temp_store = MEMORY")
+        if not conn.postgresql:
+            conn.execute(f"PRAGMA cache_size = -{_STATE_CACHE_KIB}")
+            conn.execute("PRAGMA temp_store = MEMORY")
         cookie = mapper.cookie or _cookie_purpose()
         vault = Vault(keyring, conn)
         stored = [s for (s,) in conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?",
@@ -524,11 +529,11 @@ def _rotate_state(settings: Settings, mapper: Mapper) -> dict[str, int]:
         consent = _rekey(conn, "consent", tenant, mapper, {"subject_id": SUBJECT_PURPOSE})
         counts["consent"] = consent["subject_id"]
         # rectified values are encrypted under associated data naming the subject
-        rows = conn.execute("SELECT rowid, subject_id, field, value_enc FROM rectifications"
+        rows = conn.execute("SELECT dataset, subject_id, field, value_enc FROM rectifications"
                             " WHERE tenant_id = ?", (tenant,)).fetchall()
         changed = 0
         rectified = _mapping(mapper, SUBJECT_PURPOSE, [r[1] for r in rows])
-        for rowid, s, field, blob in rows:
+        for dataset, s, field, blob in rows:
             new = rectified[s]
             if new == s:
                 continue
@@ -537,8 +542,9 @@ def _rotate_state(settings: Settings, mapper: Mapper) -> dict[str, int]:
                 aead = AESGCM(dek)
                 value = decrypt_value(aead, blob, rectifications.associated_data(tenant, s, field))
                 blob = encrypt_value(aead, value, rectifications.associated_data(tenant, new, field))
-            conn.execute("UPDATE rectifications SET subject_id = ?, value_enc = ? WHERE rowid = ?",
-                         (new, blob, rowid))
+            conn.execute("UPDATE rectifications SET subject_id = ?, value_enc = ? WHERE tenant_id = ?"
+                         " AND dataset = ? AND subject_id = ? AND field = ?",
+                         (new, blob, tenant, dataset, s, field))
             changed += 1
         counts["rectifications"] = changed
     return counts
@@ -601,10 +607,9 @@ def _begin(settings: Settings, keyring: KeyRing, tenant: str) -> tuple[int, int,
             return int(row[0]), int(row[1]), True
         source = int(row[0]) if row is not None else keyring.pseudonym_version
         conn.execute("INSERT INTO pseudonym_versions (tenant_id, version, target, started_at)"
-                     " VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
-                     " ON CONFLICT (tenant_id) DO UPDATE SET target = excluded.target,"
+                     " VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id) DO UPDATE SET target = excluded.target,"
                      " started_at = excluded.started_at, finished_at = NULL",
-                     (tenant, source, source + 1))
+                     (tenant, source, source + 1, state.now()))
     if compact.writers_active(settings, tenant):
         with state.connect(settings) as conn:  # not started after all: writers go on
             if row is None:
@@ -659,9 +664,8 @@ def rotate(settings: Settings, tenant: str, *, keyring: KeyRing | None = None,
                                   "pii_rows": pii_rows, **state_counts}
         ledger = _rotate_ledger(settings, mapper, counts)
         with state.connect(settings) as conn:
-            conn.execute("UPDATE pseudonym_versions SET version = ?, target = NULL,"
-                         " finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE tenant_id = ?",
-                         (target, tenant))
+            conn.execute("UPDATE pseudonym_versions SET version = ?, target = NULL, finished_at = ?"
+                         " WHERE tenant_id = ?", (target, state.now(), tenant))
     refresh(settings, keyring)
     result = {"tenant_id": tenant, "from_version": source, "to_version": target, "resumed": resumed,
               **counts, "ledger": ledger, "recovered": recovered}

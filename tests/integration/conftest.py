@@ -1,4 +1,5 @@
-"""Fixtures of the integration tests: moto's S3/IAM server as a process on loopback (tests/s3_server.py)."""
+"""Fixtures of the integration tests: moto's S3/IAM server (tests/s3_server.py) and a PostgreSQL
+server (tests/pg_server.py), each a process on loopback for the whole session."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.pg_server import Postgres, run_postgres
 from tests.s3_server import MotoServer, run_moto_server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server; ``create_database()`` gives a test an empty database of its own."""
+    with run_postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

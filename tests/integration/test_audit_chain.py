@@ -45,7 +45,7 @@ def _append(settings: Settings, n: int, action: str = "test.entry") -> None:
 
 
 def _db(settings: Settings) -> sqlite3.Connection:
-    return sqlite3.connect(settings.state / "requests.db")
+    return sqlite3.connect(settings.state_db)
 
 
 def _hash(prev: str, row: dict[str, Any], key: bytes | None) -> str:

@@ -233,7 +233,7 @@ def test_the_archive_key_is_in_no_log_audit_entry_report_or_clear_store(
     logged = caplog.text + "".join(capfd.readouterr())
     assert logged and not has_key(logged.encode())
     stored: list[Path] = [p for p in door.settings.root.rglob("*") if p.is_file()]
-    assert any(p.name.startswith("requests.db") for p in stored)
+    assert any(p.name.startswith("pseudozone.db") for p in stored)
     assert any(p.is_relative_to(door.settings.reports) for p in stored)
     assert not [p for p in stored if has_key(p.read_bytes())]
 

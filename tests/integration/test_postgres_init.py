@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy import inspect
 
+from pseudozone import state
 from pseudozone.rights import store
 
 pytestmark = pytest.mark.postgres
@@ -87,9 +88,10 @@ def test_the_init_script_makes_the_ledgers_database_and_role(server: tuple[list[
     assert done.returncode == 0, done.stderr
 
     url = f"postgresql+psycopg://pseudozone:s3cret-from-env@127.0.0.1:{port}/pseudozone"
-    engine = store._engine(url)  # what the ledger does with PSEUDOZONE_REQUESTS_DB_URL
+    engine = store._schema(state._engine(url))  # what PSEUDOZONE_STATE_DB_URL does (as this role)
     try:
-        assert set(store.metadata.tables) <= set(inspect(engine).get_table_names())
+        made = set(inspect(engine).get_table_names())
+        assert set(store.metadata.tables) <= made and set(state.TABLES) <= made
         with engine.connect() as conn:
             row = conn.exec_driver_sql("SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles"
                                        " WHERE rolname = current_user").one()

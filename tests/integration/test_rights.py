@@ -224,8 +224,8 @@ def test_no_raw_identifier_or_value_in_the_request_db_or_audit_log(rlake: Settin
     _submit(rlake, "rectify", fields={"email": "zelda.corrected@example.net"})
     _submit(rlake, "erase")
     requests.submit(rlake, {"type": "nope", "tenant_id": "acme", "user_id": planted.USER}, source="test")
-    blob = (rlake.state / "requests.db").read_bytes()
-    for wal in rlake.state.glob("requests.db-*"):
+    blob = rlake.state_db.read_bytes()
+    for wal in rlake.state.glob("pseudozone.db-*"):
         blob += wal.read_bytes()
     assert planted.USER.encode() not in blob
     assert b"zelda.corrected" not in blob
@@ -301,7 +301,7 @@ def test_audit_verify_detects_a_tampered_entry(rlake: Settings, capsys: pytest.C
                      .values(details='{"type":"export"}'))
     assert cli(["--home", str(rlake.root), "audit", "verify"]) == 1
     assert "BROKEN at entry 3" in capsys.readouterr().out
-    db = sqlite3.connect(rlake.state / "requests.db")
+    db = sqlite3.connect(rlake.state_db)
     db.execute("DELETE FROM audit_log WHERE seq = 2")
     db.commit()
     db.close()

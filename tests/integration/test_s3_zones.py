@@ -1,14 +1,16 @@
 """Zones on object storage: the same lake on a real S3 API (moto's server on loopback).
 
 ``PSEUDOZONE_ZONES=s3://bucket/prefix`` puts every zone (and the subject index) in a bucket
-while the state database, landing and reports stay under the local data root.  Each test
-runs the pipeline on S3 zones and, where it can, beside a lake with local zones fed the
-same landing files: the two must hold the same files, under the same names, with the same
-rows (zone file names are deterministic, ADR 0001).
+while landing and reports stay under the local data root.  Each test runs the pipeline on
+S3 zones with PostgreSQL as the state database (tests/pg_server.py) and, where it can,
+beside a lake with local zones and SQLite state fed the same landing files: the two must
+hold the same files, under the same names, with the same rows (zone file names are
+deterministic, ADR 0001).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import uuid
@@ -21,7 +23,7 @@ import pyarrow.compute as pc
 import pytest
 from upath import UPath
 
-from pseudozone import contracts, ingest, query, zones
+from pseudozone import contracts, ingest, query, state, zones
 from pseudozone.config import Settings, SettingsError
 from pseudozone.keys import KeyRing
 from pseudozone.lake import compact, layout
@@ -29,6 +31,7 @@ from pseudozone.rights import export, process, requests
 from pseudozone.sample import generate
 from tests import planted
 from tests.conftest import TEST_MASTER_KEY
+from tests.pg_server import Postgres
 from tests.s3_server import client
 
 KR = KeyRing(TEST_MASTER_KEY)
@@ -47,8 +50,8 @@ def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield bucket
 
 
-def _lake(root: Path, zones_url: str | None) -> Settings:
-    settings = Settings.from_env(root, zones=zones_url)
+def _lake(root: Path, zones_url: str | None, state_db_url: str | None = None) -> Settings:
+    settings = dataclasses.replace(Settings.from_env(root, zones=zones_url), state_db_url=state_db_url)
     settings.ensure()
     generate(settings, events=3000, tenants=2, seed=11, batch_rows=1500)
     planted.plant(settings.landing)
@@ -61,10 +64,12 @@ def _lake(root: Path, zones_url: str | None) -> Settings:
 
 
 @pytest.fixture
-def twin(tmp_path: Path, s3_env: str, master_key_env: None) -> tuple[Settings, Settings]:
-    """(S3-zoned lake, local lake) with the same landing files."""
-    remote = _lake(tmp_path / "s3", f"s3://{s3_env}/pz/zones")
+def twin(tmp_path: Path, s3_env: str, master_key_env: None, postgres: Postgres) -> tuple[Settings, Settings]:
+    """(lake with S3 zones and its state on PostgreSQL, lake with local zones and SQLite state)
+    with the same landing files."""
+    remote = _lake(tmp_path / "s3", f"s3://{s3_env}/pz/zones", postgres.create_database())
     local = _lake(tmp_path / "local", None)
+    assert state.engine(remote).dialect.name == "postgresql" and not remote.state_db.exists()
     return remote, local
 
 

@@ -115,7 +115,7 @@ def test_a_store_from_before_reason_codes_gets_the_column(settings: Settings, ma
     from pseudozone.rights import store
 
     settings.state.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(settings.state / "requests.db")
+    conn = sqlite3.connect(settings.state_db)
     conn.execute("CREATE TABLE legal_holds (hold_id INTEGER PRIMARY KEY, tenant_id VARCHAR(64) NOT NULL,"
                  " dataset VARCHAR(64), subject_id VARCHAR(80), reason TEXT NOT NULL,"
                  " created_at DATETIME NOT NULL, released_at DATETIME)")
@@ -123,7 +123,7 @@ def test_a_store_from_before_reason_codes_gets_the_column(settings: Settings, ma
                  " ('acme', 'old plain reason', '2026-01-01 00:00:00')")
     conn.commit()
     conn.close()
-    store._engine.cache_clear()
+    store._schema.cache_clear()
     holds = subjects.legal_holds(settings, "acme")
     assert [h.to_dict() for h in holds.holds] == [{"hold_id": 1, "dataset": None, "reason_code": "other"}]
     assert requests.hold_reason(settings, 1) == "old plain reason"

@@ -254,7 +254,7 @@ def enforce_landing_retention(settings: Settings, *, now: dt.datetime | None = N
     deleted: list[dict[str, Any]] = []
     kept_changed: list[dict[str, Any]] = []
     done: list[tuple[Any, ...]] = []
-    if settings.state_db.exists():
+    if state.exists(settings):
         with state.connect(settings) as conn:
             done = conn.execute("SELECT batch_id, dataset, tenant_id, source, finished_at FROM batches"
                                 " WHERE status = 'done' ORDER BY batch_id").fetchall()
@@ -710,7 +710,7 @@ def standing(settings: Settings) -> dict[str, Any]:
             select(store.restrictions.c.tenant_id, func.count()).group_by(store.restrictions.c.tenant_id)
             .order_by(store.restrictions.c.tenant_id))}
     quarantined: list[dict[str, Any]] = []
-    if settings.state_db.exists():
+    if state.exists(settings):
         with state.connect(settings) as sconn:
             quarantined = [{"dataset": d, "tenant_id": t, "reason_code": c or "?", "batches": int(n)}
                            for d, t, c, n in sconn.execute(

@@ -568,7 +568,7 @@ def writers_active(settings: Settings, tenant: str) -> bool:
     from pseudozone import state
     from pseudozone.rights import store
 
-    if settings.state_db.exists():
+    if state.exists(settings):
         with state.connect(settings) as conn:
             if conn.execute("SELECT 1 FROM batches WHERE tenant_id = ? AND status = 'processing' LIMIT 1",
                             (tenant,)).fetchone():

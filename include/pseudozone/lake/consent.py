@@ -20,18 +20,21 @@ an objection purpose leaves them out when any of them objected.  Keyed pseudonym
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
+from pseudozone import state
 from pseudozone.config import Settings
 from pseudozone.contracts import PURPOSES, SUBJECT_COLUMN, Contract
 from pseudozone.lake.subjects import COOKIE_COLUMN
 from pseudozone.rights import store
+
+if TYPE_CHECKING:
+    from pseudozone.state import StateConn
 
 SUBJECTS_SCHEMA = pa.schema([("tenant_id", pa.string()), (SUBJECT_COLUMN, pa.string())])
 COOKIES_SCHEMA = pa.schema([("tenant_id", pa.string()), (COOKIE_COLUMN, pa.string())])
@@ -50,15 +53,16 @@ def delivered(contract: Contract, table: pa.Table, subjects: pa.Array) -> list[t
     return [(s, p, g) for (s, p), g in sorted(out.items())]
 
 
-def record(conn: sqlite3.Connection, tenant: str, batch_id: str, pairs: list[tuple[str, str, bool]]) -> None:
+def record(conn: StateConn, tenant: str, batch_id: str, pairs: list[tuple[str, str, bool]]) -> None:
+    at = state.now()
     conn.executemany(
-        "INSERT INTO consent (tenant_id, subject_id, purpose, granted, batch_id) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (tenant_id, subject_id, purpose) DO UPDATE SET granted = excluded.granted,"
-        " batch_id = excluded.batch_id, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-        [(tenant, s, p, int(g), batch_id) for s, p, g in pairs])
+        "INSERT INTO consent (tenant_id, subject_id, purpose, granted, batch_id, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, subject_id, purpose) DO UPDATE SET"
+        " granted = excluded.granted, batch_id = excluded.batch_id, updated_at = excluded.updated_at",
+        [(tenant, s, p, int(g), batch_id, at) for s, p, g in pairs])
 
 
-def forget(conn: sqlite3.Connection, tenant: str, subject: str) -> int:
+def forget(conn: StateConn, tenant: str, subject: str) -> int:
     """Delete an erased subject's consent records."""
     return conn.execute("DELETE FROM consent WHERE tenant_id = ? AND subject_id = ?",
                         (tenant, subject)).rowcount
@@ -98,27 +102,20 @@ def scopes(settings: Settings) -> list[Scope]:
     """What each purpose may (consent) or may not (objection) use, now: the register and the
     identity links are read once for all purposes."""
     objected: dict[str, set[tuple[str, str]]] = {p: set() for p in PURPOSES}
-    if os.environ.get(store.DB_URL_ENV) or (settings.state / "requests.db").exists():
-        with store.engine_for(settings).connect() as conn:
-            for r in conn.execute(select(store.objections.c.tenant_id, store.objections.c.subject_id,
-                                         store.objections.c.purpose)):
-                objected.setdefault(r.purpose, set()).add((r.tenant_id, r.subject_id))
     granted: dict[str, set[tuple[str, str]]] = {p: set() for p in PURPOSES}
     links: list[tuple[str, str, str]] = []
-    if settings.state_db.exists():
-        # read only: an analyst's query takes no lock and creates nothing
-        sconn = sqlite3.connect(f"file:{settings.state_db}?mode=ro", uri=True, timeout=60)
-        try:
-            tables = {r[0] for r in sconn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if "consent" in tables:
-                for t, s, p in sconn.execute(
-                        "SELECT tenant_id, subject_id, purpose FROM consent WHERE granted = 1"):
-                    granted.setdefault(p, set()).add((t, s))
-            if "identity_links" in tables:
-                links = sconn.execute(
-                    "SELECT tenant_id, subject_id, anonymous_pid FROM identity_links").fetchall()
-        finally:
-            sconn.close()
+    # read only: an analyst's query takes no lock and creates nothing
+    with state.read(settings) as sconn:
+        if sconn is not None:
+            if inspect(sconn.sa).has_table(store.objections.name):  # made with the first request
+                for r in sconn.sa.execute(select(store.objections.c.tenant_id, store.objections.c.subject_id,
+                                                 store.objections.c.purpose)):
+                    objected.setdefault(r.purpose, set()).add((r.tenant_id, r.subject_id))
+            for t, s, p in sconn.execute(
+                    "SELECT tenant_id, subject_id, purpose FROM consent WHERE granted = 1"):
+                granted.setdefault(p, set()).add((t, s))
+            links = [tuple(r) for r in sconn.execute(
+                "SELECT tenant_id, subject_id, anonymous_pid FROM identity_links").fetchall()]
     linked = pa.table({"tenant_id": pa.array([r[0] for r in links], pa.string()),
                        "subject": pa.array([r[1] for r in links], pa.string()),
                        COOKIE_COLUMN: pa.array([r[2] for r in links], pa.string())})

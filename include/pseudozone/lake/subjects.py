@@ -30,11 +30,10 @@ subject's.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,6 +43,9 @@ from pseudozone import contracts, state
 from pseudozone.config import Settings
 from pseudozone.keys import SEALED_PREFIX, KeyRing
 from pseudozone.rights import store
+
+if TYPE_CHECKING:
+    from pseudozone.state import StateConn
 
 _RINGS: dict[str, KeyRing] = {}
 
@@ -127,18 +129,20 @@ def legal_holds(settings: Settings, tenant: str) -> Holds:
 def keys(settings: Settings, tenant: str,
          keyring: KeyRing | None = None) -> tuple[frozenset[str], frozenset[str]]:
     """(subjects with a live data key, subjects whose key is destroyed) of a tenant."""
-    with state.connect(settings) as conn:
-        rows = conn.execute("SELECT subject_id, wrapped_dek IS NULL FROM subject_keys WHERE tenant_id = ?",
-                            (tenant,)).fetchall()
+    with state.read(settings) as conn:
+        rows = [] if conn is None else conn.execute(
+            "SELECT subject_id, wrapped_dek IS NULL FROM subject_keys WHERE tenant_id = ?",
+            (tenant,)).fetchall()
     return (frozenset(r[0] for r in rows if not r[1]),
             frozenset(opened(settings, tenant, [r[0] for r in rows if r[1]], keyring)))
 
 
 def erased(settings: Settings, tenant: str, keyring: KeyRing | None = None) -> frozenset[str]:
     """Subjects of the tenant whose data key is destroyed."""
-    with state.connect(settings) as conn:
-        rows = conn.execute("SELECT subject_id FROM subject_keys WHERE tenant_id = ?"
-                            " AND wrapped_dek IS NULL", (tenant,)).fetchall()
+    with state.read(settings) as conn:
+        rows = [] if conn is None else conn.execute(
+            "SELECT subject_id FROM subject_keys WHERE tenant_id = ? AND wrapped_dek IS NULL",
+            (tenant,)).fetchall()
     return frozenset(opened(settings, tenant, [r[0] for r in rows], keyring))
 
 
@@ -186,22 +190,30 @@ class Links:
         return {c: sorted(self.subjects_of.get(c, ())) for c in sorted(cookies)}
 
 
+_IN_CHUNK = 500  # subjects a statement names at once (well below either database's parameter limit)
+
+
 def links(settings: Settings, tenant: str, subjects: Iterable[str], keyring: KeyRing | None = None) -> Links:
     """The links of ``subjects``: their cookies, and for each every subject it was seen with."""
     wanted = sorted(set(subjects))
     if not wanted:
         return Links()
-    with state.connect(settings) as conn:
+    with state.read(settings) as conn:
+        if conn is None:
+            return Links()
         sealed = conn.execute("SELECT 1 FROM identity_links WHERE tenant_id = ? AND subject_id LIKE ?"
                               " LIMIT 1", (tenant, SEALED_PREFIX + "%")).fetchone() is not None
         if sealed:  # an erased subject's links are kept sealed (seal_links)
             ring = keyring or _ring(settings)
             wanted = sorted({*wanted, *(ring.seal(tenant, s) for s in wanted)})
-        rows = conn.execute(
-            "SELECT anonymous_pid, subject_id FROM identity_links WHERE tenant_id = ? AND anonymous_pid IN"
-            " (SELECT anonymous_pid FROM identity_links WHERE tenant_id = ?"
-            "  AND subject_id IN (SELECT value FROM json_each(?)))",
-            (tenant, tenant, json.dumps(wanted))).fetchall()
+        rows = []
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start:start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows += conn.execute(
+                "SELECT anonymous_pid, subject_id FROM identity_links WHERE tenant_id = ? AND"  # noqa: S608
+                " anonymous_pid IN (SELECT anonymous_pid FROM identity_links WHERE tenant_id = ?"
+                f" AND subject_id IN ({marks}))", (tenant, tenant, *chunk)).fetchall()
     out: dict[str, set[str]] = defaultdict(set)
     cookies = opened(settings, tenant, [r[0] for r in rows], keyring)
     for cookie, subject in zip(cookies, opened(settings, tenant, [r[1] for r in rows], keyring), strict=True):
@@ -209,7 +221,7 @@ def links(settings: Settings, tenant: str, subjects: Iterable[str], keyring: Key
     return Links({c: frozenset(s) for c, s in out.items()})
 
 
-def seal_links(conn: sqlite3.Connection, keyring: KeyRing, tenant: str, subject: str, linked: Links,
+def seal_links(conn: StateConn, keyring: KeyRing, tenant: str, subject: str, linked: Links,
                erased_subjects: Iterable[str]) -> list[str]:
     """Keep an erased subject's identity links sealed (``KeyRing.seal``): its own rows, and every
     row of each of its cookies (``linked``: ``links`` of the subject, read before ``conn``'s
@@ -225,7 +237,7 @@ def seal_links(conn: sqlite3.Connection, keyring: KeyRing, tenant: str, subject:
     return covered
 
 
-def record_links(conn: sqlite3.Connection, tenant: str, pairs: pa.Table) -> int:
+def record_links(conn: StateConn, tenant: str, pairs: pa.Table) -> int:
     """Upsert a batch's distinct (subject_id, anonymous_pid, first_seen, last_seen) pairs at once."""
     if pairs.num_rows == 0:
         return 0
@@ -233,7 +245,10 @@ def record_links(conn: sqlite3.Connection, tenant: str, pairs: pa.Table) -> int:
     conn.executemany(
         "INSERT INTO identity_links (tenant_id, subject_id, anonymous_pid, first_seen, last_seen)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, subject_id, anonymous_pid) DO UPDATE SET"
-        " first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)",
+        " first_seen = CASE WHEN excluded.first_seen < identity_links.first_seen THEN excluded.first_seen"
+        " ELSE identity_links.first_seen END,"
+        " last_seen = CASE WHEN excluded.last_seen > identity_links.last_seen THEN excluded.last_seen"
+        " ELSE identity_links.last_seen END",
         [(tenant, *row) for row in zip(*cols, strict=True)])
     return pairs.num_rows
 

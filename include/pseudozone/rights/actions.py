@@ -139,7 +139,9 @@ class Erase(Action):
         if not pii_held:
             erased_before = erased(c.settings, tenant, c.keyring)
             linked_now = links(c.settings, tenant, {s}, c.keyring)
-            with state.connect(c.settings) as sconn:
+            # the key's destruction and its audit entry commit in one transaction
+            with store.transaction(c.settings) as tconn:
+                sconn = state.on(tconn, c.settings)
                 destroyed = Vault(c.keyring, sconn).destroy(tenant, s)
                 if not destroyed:
                     Vault(c.keyring, sconn).tombstone(tenant, s)
@@ -148,7 +150,6 @@ class Erase(Action):
                 # its rectified values and their fingerprints go with its key, and its consent
                 forgotten = rectifications.forget(sconn, tenant, s)
                 consent.forget(sconn, tenant, s)
-            with store.transaction(c.settings) as tconn:
                 tconn.execute(delete(store.objections).where(store.objections.c.tenant_id == tenant,
                                                              store.objections.c.subject_id == s))
                 lifted = 0

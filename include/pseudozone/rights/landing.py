@@ -389,7 +389,7 @@ def _rewrite(path: Path, content: bytes | pa.Table) -> None:
 def _ingested(settings: Settings, dataset: str, tenant: str, path: Path) -> bool:
     """Whether the landing file is a batch the ledger has as done, with the same content."""
     batch_id = batch_id_for(dataset, tenant, path.name)
-    if not settings.state_db.exists():
+    if not state.exists(settings):
         return False
     with state.connect(settings) as conn:
         entry = ledger.get(conn, batch_id)

@@ -89,7 +89,7 @@ def _freeze_cookies(settings: Settings, conn: Any, row: Any, now: Any, keyring: 
 def _rotating(settings: Settings, keyring: KeyRing) -> set[str]:
     """Tenants whose pseudonym rotation has not finished; ``keyring`` takes the root's versions."""
     keyring.use_versions(state.pseudonym_versions(settings))
-    if not settings.state_db.exists():
+    if not state.exists(settings):
         return set()
     with state.connect(settings) as conn:
         return set(state.rotating(conn))
@@ -754,7 +754,6 @@ def close_run(settings: Settings, plan: RunPlan, results: list[dict[str, Any]],
     if summary.get("erase"):
         # the old page images of what the erasures sealed or deleted leave the logs too
         state.truncate_wal(settings)
-        store.truncate_wal(settings)
     if failures:
         raise PseudozoneError(f"{len(failures)} request(s) failed verification: {', '.join(failures)}")
     return {"run_id": plan["run_id"], "completed": dict(summary), "groups": len(results)}

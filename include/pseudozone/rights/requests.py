@@ -149,7 +149,7 @@ def known_tenants(settings: Settings) -> set[str]:
     """Registered tenants and tenants whose data was ingested."""
     with store.engine_for(settings).connect() as conn:
         found = {str(r[0]) for r in conn.execute(select(store.tenants.c.tenant_id))}
-    if settings.state_db.exists():
+    if state.exists(settings):
         with state.connect(settings) as sconn:
             found |= {str(r[0]) for r in sconn.execute("SELECT DISTINCT tenant_id FROM batches")}
     return found

@@ -1,19 +1,17 @@
 """The rights-request store: request ledger, tenants, legal holds, restrictions, audit log.
 
-SQLAlchemy Core on any URL: a SQLite file under the data root by default
-(``state/requests.db``), PostgreSQL in production (``PSEUDOZONE_REQUESTS_DB_URL``).
+SQLAlchemy Core, in the state database (``pseudozone.state``: one URL, a SQLite file under
+the data root by default, PostgreSQL in production).
 Raw identifiers and rectified values are kept only encrypted (``payload_enc``)
 and only until the request completes.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -25,15 +23,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
-    event,
     inspect,
 )
 from sqlalchemy.engine import Connection
 
+from pseudozone import state
 from pseudozone.config import Settings
-
-DB_URL_ENV = "PSEUDOZONE_REQUESTS_DB_URL"
 
 metadata = MetaData()
 
@@ -145,29 +140,9 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def db_url(settings: Settings) -> str:
-    return os.environ.get(DB_URL_ENV) or f"sqlite:///{settings.state / 'requests.db'}"
-
-
 @cache
-def _engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60})
-
-        @event.listens_for(engine, "connect")
-        def _no_pysqlite_transactions(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below rule
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
-            dbapi_conn.execute("PRAGMA busy_timeout=60000")
-            # what a change removes (an erased subject's pseudonym) is overwritten, not left in free space
-            dbapi_conn.execute("PRAGMA secure_delete=ON")
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Connection) -> None:
-            # writers queue up at BEGIN, so the audit chain and state changes serialize
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
+def _schema(engine: Engine) -> Engine:
+    """The store's tables on the state database's engine, made once per engine."""
     metadata.create_all(engine)
     _add_missing_columns(engine)
     return engine
@@ -183,31 +158,18 @@ def _add_missing_columns(engine: Engine) -> None:
 
 
 def engine_for(settings: Settings) -> Engine:
-    settings.state.mkdir(parents=True, exist_ok=True)
-    return _engine(db_url(settings))
+    """The state database's engine (``pseudozone.state``), with the store's tables."""
+    return _schema(state.engine(settings))
 
 
 @contextmanager
 def transaction(settings: Settings) -> Iterator[Connection]:
-    """One transaction; on PostgreSQL the audit log is locked so the chain stays linear."""
-    engine = engine_for(settings)
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+    """One writing transaction of the state database (serialized with every other writer, so
+    the audit chain stays linear); ``state.on(conn, settings)`` joins the state tables to it."""
+    engine_for(settings)
+    with state.write(settings) as conn:
         conn.info[SETTINGS_INFO] = settings
         try:
             yield conn
         finally:
             conn.info.pop(SETTINGS_INFO, None)  # the pooled connection outlives this transaction
-
-
-def truncate_wal(settings: Settings) -> None:
-    """Checkpoint a SQLite ledger's write-ahead log into the database and empty it, so that no
-    old page image (an erased subject's pseudonym before it was sealed) stays in the log file."""
-    engine = engine_for(settings)
-    if engine.dialect.name == "sqlite":
-        raw = engine.raw_connection()  # outside SQLAlchemy's transaction: a checkpoint needs none open
-        try:
-            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            raw.close()
