@@ -254,8 +254,9 @@ def run_child(phase: str, *extra: str, script: Path | None = None) -> Json:
     cmd = [sys.executable, str((script or Path(__file__)).resolve()), "--phase", phase, *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO / "include"), os.environ.get("PYTHONPATH", "")) if p)}
-    # the request ledger and the master key must be those inside the benchmark's data root
-    env.pop("PSEUDOZONE_REQUESTS_DB_URL", None)
+    # the state database and the master key must be those inside the benchmark's data root
+    env.pop("PSEUDOZONE_STATE_DB_URL", None)
+    env.pop("PSEUDOZONE_REQUESTS_DB_URL", None)  # refused while set: no state database on it
     env.pop("PSEUDOZONE_MASTER_KEY_CONN_ID", None)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None

@@ -1,6 +1,8 @@
--- The second database of the compose deployment (docker-compose.yaml): pseudozone's own
--- state on PostgreSQL (the request ledger and audit log: PSEUDOZONE_REQUESTS_DB_URL), apart
--- from Airflow's metadata database (POSTGRES_DB, owned by POSTGRES_USER).
+-- The second database of the compose deployment (docker-compose.yaml): pseudozone's whole
+-- state on PostgreSQL (PSEUDOZONE_STATE_DB_URL, docs/adr/0018-state-database.md: the key
+-- vault, batch ledger, request ledger, audit log and the rest), apart from Airflow's
+-- metadata database (POSTGRES_DB, owned by POSTGRES_USER). pseudozone makes its tables there
+-- when it first connects.
 --
 -- The postgres image runs this file once, when its data volume is empty, with psql as the
 -- superuser. The role's password comes from the container's environment

@@ -5,7 +5,8 @@
 - PostgreSQL (a temp cluster from ``initdb``; ``postgres`` run in the foreground, not through
   ``pg_ctl``, whose server detaches into a session of its own): database ``airflow`` for
   Airflow's metadata and Celery's results, and ``pseudozone`` with its own role for the
-  request ledger, made by ``deploy/postgres/init-pseudozone.sql`` as the compose file does;
+  state database (``PSEUDOZONE_STATE_DB_URL``: key vault, batch ledger, request ledger, audit
+  log), made by ``deploy/postgres/init-pseudozone.sql`` as the compose file does;
 - Redis (``redis-server``, Debian's package), the Celery broker;
 - moto's S3/IAM server (``tests/s3_server.run_moto_server``, IAM enforced): the bucket
   ``pseudozone`` and the user ``pseudozone`` holding ``deploy/minio/pseudozone-service.json``,
@@ -629,7 +630,7 @@ def airflow_env(root: Path, pg: Postgres, redis: Redis, store: ObjectStore, api_
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "PSEUDOZONE_HOME": str(root / "lake"),
         "PSEUDOZONE_MASTER_KEY": TEST_MASTER_KEY,
-        "PSEUDOZONE_REQUESTS_DB_URL": pg.url("pseudozone"),
+        "PSEUDOZONE_STATE_DB_URL": pg.url("pseudozone"),
         **store.env(),
     }
 

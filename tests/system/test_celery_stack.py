@@ -5,8 +5,9 @@ and an Asset-triggered DAG, driven only through the services (REST API, ``airflo
 The stack (``services.run_stack``): PostgreSQL, Redis, moto's S3 server, the API server with the
 rights door, scheduler, DAG processor and two Celery workers (``worker-a``, ``worker-b``,
 concurrency 1); every zone and the subject index in the bucket (``s3://pseudozone/lake/zones``,
-with the key of the compose file's pipeline user and its policy), one local data root (state
-database, landing, staging, reports) shared by the workers.
+with the key of the compose file's pipeline user and its policy), the whole state database on
+PostgreSQL (``PSEUDOZONE_STATE_DB_URL``, as in the compose file), one local data root (landing,
+staging, reports) shared by the workers.
 """
 
 from __future__ import annotations
@@ -311,6 +312,9 @@ def test_the_zones_are_objects_in_the_bucket_and_nothing_local(stack: Stack, nig
     assert all(p.parts[0] == "landing" for p in local), sorted({p.parts[0] for p in local})
     staging = stack.data_root / "staging"
     assert not [p for p in staging.rglob("*") if p.is_file()] if staging.exists() else True
+    # nor a state file: the key vault, ledgers and audit log are on PostgreSQL (ADR 0018)
+    state = stack.data_root / "state"
+    assert not [p.name for p in state.glob("*.db*")] if state.exists() else True
     # the compose file's analyst key reads the event zone in the bucket and nothing else
     analyst = store.s3(store.analyst)
     event_file = next(k for k in keys if k.startswith(f"{prefix}/events/") and k.endswith(".parquet"))

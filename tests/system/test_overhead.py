@@ -83,10 +83,11 @@ def test_per_batch_overhead_of_the_celery_dag(stack: Stack, tmp_path: Path,
     assert {t["state"] for t in tis} == {"success"}, stack.failure_report(INGEST, run_id)
     assert {t["hostname"] for t in tis} == set(services.WORKERS)
 
-    # the same files, in one process, without Airflow (a root of its own; SQLite request ledger)
+    # the same files, in one process, without Airflow (a root of its own, with its own SQLite state
+    # database under it: an empty PSEUDOZONE_STATE_DB_URL counts as unset)
     home = tmp_path / "in-process"
     cli_zones = _cli_zones(stack.store)  # s3://pseudozone/lake/cli-bench/zones: the policy's lake/
-    env = {"PSEUDOZONE_HOME": str(home), "PSEUDOZONE_REQUESTS_DB_URL": "",
+    env = {"PSEUDOZONE_HOME": str(home), "PSEUDOZONE_STATE_DB_URL": "",
            "PSEUDOZONE_ZONES": f"s3://{cli_zones.path}"}
     stack.run([services.venv_bin("pseudozone"), "keys", "init"], env=env)
     _land(files, home / "landing")

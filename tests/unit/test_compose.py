@@ -143,12 +143,14 @@ def test_celery_executor_and_one_airflow_configuration_everywhere(resolved: dict
     shared = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY",
               "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL",
               "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "PSEUDOZONE_HOME", "PSEUDOZONE_KEY_DIR",
-              "PSEUDOZONE_REQUESTS_DB_URL", "PSEUDOZONE_ZONES", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+              "PSEUDOZONE_STATE_DB_URL", "PSEUDOZONE_ZONES", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     for name in AIRFLOW_SERVICES:
         svc_env = services[name]["environment"]
         assert svc_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert svc_env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True", name
+        # the request ledger's own URL from before the single state database is refused (ADR 0018)
+        assert "PSEUDOZONE_REQUESTS_DB_URL" not in svc_env, name
         for var in shared:
             assert svc_env[var] == services["airflow-scheduler"]["environment"][var], (name, var)
     sched = services["airflow-scheduler"]["environment"]
@@ -166,10 +168,11 @@ def test_two_databases_on_one_postgres(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
     sched = services["airflow-scheduler"]["environment"]
     airflow_db = urlsplit(sched["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
-    ledger = urlsplit(sched["PSEUDOZONE_REQUESTS_DB_URL"])
+    state_db = urlsplit(sched["PSEUDOZONE_STATE_DB_URL"])
     assert (airflow_db.hostname, airflow_db.path, airflow_db.username) == ("postgres", "/airflow", "airflow")
-    assert (ledger.hostname, ledger.path, ledger.username) == ("postgres", "/pseudozone", "pseudozone")
-    assert ledger.password == env["PSEUDOZONE_DB_PASSWORD"] != airflow_db.password
+    assert (state_db.scheme, state_db.hostname, state_db.path, state_db.username) == \
+        ("postgresql+psycopg", "postgres", "/pseudozone", "pseudozone")
+    assert state_db.password == env["PSEUDOZONE_DB_PASSWORD"] != airflow_db.password
     pg = services["postgres"]
     assert pg["environment"]["POSTGRES_DB"] == "airflow"
     assert pg["environment"]["PSEUDOZONE_DB_PASSWORD"] == env["PSEUDOZONE_DB_PASSWORD"]
@@ -223,8 +226,8 @@ def test_no_literal_s3_key_in_the_compose_file() -> None:
 
 
 def test_the_data_root_and_keys_stay_on_shared_volumes(resolved: dict[str, Any]) -> None:
-    """The SQLite state database, landing, staging and reports (data root) and the KEK seeds (key
-    directory) are not in the bucket: one named volume each, the same path everywhere."""
+    """Landing, staging and reports (data root) and the KEK seeds (key directory) are neither in
+    the bucket nor in the state database: one named volume each, the same path everywhere."""
     services = resolved["services"]
     for name in AIRFLOW_SERVICES:
         mounts = _mounts(services[name])
@@ -232,6 +235,16 @@ def test_the_data_root_and_keys_stay_on_shared_volumes(resolved: dict[str, Any])
         assert mounts["/srv/pseudozone/keys"] == "pseudozone-keys", name
     assert {"pseudozone-data", "pseudozone-keys"} <= set(resolved["volumes"])
     assert _mounts(services["minio-init"])["/policies"] == str(resolved["_project"] / "deploy" / "minio")
+
+
+def test_airflow_init_asks_the_state_database_whether_the_root_is_new(resolved: dict[str, Any]) -> None:
+    """The state is on PostgreSQL: no file on the data volume tells a new root from one with a
+    recorded key (the old test for state/pseudozone.db would run 'keys init' on every 'up')."""
+    script = "\n".join(resolved["services"]["airflow-init"]["command"])
+    assert "pseudozone.db" not in script
+    assert "root_holds_data(Settings.from_env())" in script
+    assert "Settings.from_env().ensure()" in script  # 'keys check' refuses a root without its places
+    assert script.index("ensure()") < script.index("keys check") < script.index("keys init")
 
 
 def test_a_missing_secret_in_env_is_a_clear_error(tmp_path: Path) -> None:
