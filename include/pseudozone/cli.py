@@ -314,7 +314,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"master key from {origin} recorded as the key of {settings.root}")
         return 0
     keys.require_configured_key(settings)  # a check never makes a key (a mistyped --home, say)
-    if not _requests_db_exists(settings):  # reading the state would make it; nothing is recorded there
+    # reading a missing SQLite state would make it; an empty database (PostgreSQL) has no check
+    # either: loading the key there would record it, not check it
+    if not _requests_db_exists(settings) or keys.root_holds_data(settings) is None:
         raise PseudozoneError(f"data root {settings.root} has no state database, so no recorded key to check"
                               " the configured one against; `pseudozone keys init` records it")
     keys.KeyRing.load(settings)

@@ -44,7 +44,7 @@ from pseudozone.contracts import SUBJECT_COLUMN, ColumnSpec, Contract
 from pseudozone.errors import ContractViolation, PseudozoneError, machine_failure
 from pseudozone.generalize import GENERALIZERS
 from pseudozone.keys import KeyRing, Vault, encrypt_value, pii_associated_data
-from pseudozone.lake import consent, index, layout, published
+from pseudozone.lake import consent, index, layout, leases, published
 from pseudozone.lake.layout import subject_buckets
 from pseudozone.lake.subjects import COOKIE_COLUMN, SubjectSets, as_array, link_pairs, record_links
 from pseudozone.landing import BatchRef, fingerprint, quarantine, read_batch, sha256_of
@@ -61,6 +61,7 @@ RESTRICTED_ZONE = layout.RESTRICTED
 PII_ZONE = layout.PII
 WRITE_THREADS = 2
 UPLOAD_THREADS = 8  # staged files uploaded at once to object storage (latency-bound)
+REPLANS = 3  # a batch planned again this many times at most when rights runs keep beginning
 SCRUB_THREADS = 2
 
 
@@ -283,6 +284,9 @@ class _Plan:
     corrected: rectifications.Corrected | None = None
     # each subject's consent per purpose as the batch delivers it (contract consent columns)
     consents: list[tuple[str, str, bool]] = field(default_factory=list)
+    # the tenant's subject-set epoch the plan was made under (lake.leases), and what plans it again
+    epoch: int = 0
+    keyring: KeyRing | None = None
 
 
 TenantCache = dict[str, TenantValues]
@@ -346,7 +350,9 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
 
     # an erased subject's data is not processed again: its rows are dropped and counted
     # (a legal hold keeps rows that existed at the erasure, never new ones)
-    sets = SubjectSets.load(settings, tenant, keyring)
+    # the epoch first: a rights run that changes the sets after this read makes the publish plan again
+    planned_epoch = leases.current_epoch(settings, tenant)
+    sets = SubjectSets.load(settings, tenant, keyring, pending=True)
     erased = as_array(sets.gone(contract.dataset, new_batch=True))
     has_cookie = COOKIE_COLUMN in event.column_names
     # so are the logged-out rows of a cookie whose every linked subject is erased (ADR 0008)
@@ -423,7 +429,7 @@ def _plan_batch(settings: Settings, ref: BatchRef, contract: Contract, table: pa
     key_column = None if key_spec is None else key_spec.event_name
     keys = event[key_column].combine_chunks() if key_column is not None else None
     return _Plan(ref, contract, result, outputs, index.from_placements(subjects, placements), check, links,
-                 keys, corrected, consents)
+                 keys, corrected, consents, planned_epoch, keyring)
 
 
 def _gate(ref: BatchRef, contract: Contract, event: pa.Table, in_restricted: pa.Array,
@@ -477,14 +483,16 @@ def _write_plan(settings: Settings, plan: _Plan) -> None:
             raise
         for future in written:
             future.result()
-    index.write(settings, ref.dataset, ref.tenant_id, ref.batch_id, plan.index)
-    if settings.remote_zones:  # one upload each, after the index: many at once (ADR 0017)
-        with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="pseudozone-upload") as uploads:
-            list(uploads.map(lambda item: publish_file(item[0], item[1]), staged))
-    else:
-        for tmp, final, _ in staged:
-            publish_file(tmp, final)
-    zones.fsync_dirs({final.parent for _, final, _ in staged})
+    # under the batch's publish lease, if no rights run began since the plan (lake.leases)
+    with leases.publishing(settings, ref.tenant_id, ref.batch_id, plan.epoch):
+        index.write(settings, ref.dataset, ref.tenant_id, ref.batch_id, plan.index)
+        if settings.remote_zones:  # one upload each, after the index: many at once (ADR 0017)
+            with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="pseudozone-upload") as uploads:
+                list(uploads.map(lambda item: publish_file(item[0], item[1]), staged))
+        else:
+            for tmp, final, _ in staged:
+                publish_file(tmp, final)
+        zones.fsync_dirs({final.parent for _, final, _ in staged})
     shutil.rmtree(staging, ignore_errors=True)
     plan.result.files = [settings.shown(final) for _, final, _ in staged]
 
@@ -584,10 +592,46 @@ def _poison(settings: Settings, ref: BatchRef, step: str, exc: Exception) -> Con
         details=[{"step": step, "error": error, "attempts": attempts}])
 
 
+def _replan(settings: Settings, plan: _Plan) -> _Plan | BatchResult:
+    """The batch planned again from its landing file, under the subject sets as they are now.
+
+    The rights run may have erased subjects from the landing file meanwhile (rights.landing):
+    the ledger takes the file as it is now, and a file the erasure deleted (all its rows were
+    the subjects') leaves the batch done with nothing to publish."""
+    ref = plan.ref
+    source = settings.landing / ref.path
+    if not source.exists():
+        result = BatchResult(ref.batch_id, ref.dataset, ref.tenant_id, "done", rows_in=plan.result.rows_in,
+                             rows_dropped_erased=plan.result.rows_in)
+        with state.connect(settings) as conn:
+            ledger.finish(conn, ref.batch_id, status="done", counts=result.counts)
+        return result
+    with state.connect(settings) as conn:
+        ledger.refresh_content(conn, ref.batch_id, sha256_of(source), fingerprint(source))
+    result = BatchResult(ref.batch_id, ref.dataset, ref.tenant_id, "skipped")
+    table, contract = read_batch(settings, ref)
+    result.rows_in = table.num_rows
+    assert plan.keyring is not None
+    return _plan_batch(settings, ref, contract, table, plan.keyring, result)
+
+
 def _commit(settings: Settings, plan: _Plan) -> BatchResult:
-    """Write, index and publish a planned batch, then mark it done."""
+    """Write, index and publish a planned batch, then mark it done; planned again when a rights
+    run changed the tenant's subject sets meanwhile (at most ``REPLANS`` times)."""
     try:
-        _write_plan(settings, plan)
+        for attempt in range(REPLANS + 1):
+            try:
+                _write_plan(settings, plan)
+                break
+            except leases.EpochMoved:
+                if attempt == REPLANS:
+                    raise
+                log.info("batch %s: planned again (a rights run changed its tenant's subject sets)",
+                         plan.ref.batch_id)
+                again = _replan(settings, plan)
+                if isinstance(again, BatchResult):
+                    return again
+                plan = again
     except gate.ValidationFailed as failed:
         return _reject(settings, plan.ref, plan.result, failed)
     except PseudozoneError:

@@ -69,6 +69,13 @@ def refresh_fingerprint(conn: StateConn, batch_id: str, fingerprint: Fingerprint
     conn.execute("UPDATE batches SET size = ?, mtime_ns = ? WHERE batch_id = ?", (*fingerprint, batch_id))
 
 
+def refresh_content(conn: StateConn, batch_id: str, sha256: str, fingerprint: Fingerprint) -> None:
+    """The landing file was rewritten under the batch (an erasure took rows out while it was
+    being ingested): the ledger records the file that is ingested."""
+    conn.execute("UPDATE batches SET sha256 = ?, size = ?, mtime_ns = ? WHERE batch_id = ?",
+                 (sha256, *fingerprint, batch_id))
+
+
 def failed(conn: StateConn, batch_id: str, failure: str) -> int:
     """Record that this try of a ``processing`` batch failed with ``failure``.
 

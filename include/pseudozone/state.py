@@ -130,6 +130,19 @@ CREATE TABLE IF NOT EXISTS pseudonym_versions (
     started_at   TEXT,
     finished_at  TEXT
 );
+-- writers' leases (pseudozone.lake.leases): a name held by one holder until it is released or
+-- its expiry (milliseconds since the epoch) passes; a dead worker's lease expires
+CREATE TABLE IF NOT EXISTS leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_ms  INTEGER NOT NULL
+);
+-- each tenant's subject-set epoch: a rights run that changes who may appear where bumps it when
+-- it is planned, and an ingest planned under an older epoch plans again before it publishes
+CREATE TABLE IF NOT EXISTS subject_epochs (
+    tenant_id   TEXT PRIMARY KEY,
+    epoch       INTEGER NOT NULL
+);
 -- the random id of this data root, naming its KEK seeds in the key directory (one row)
 CREATE TABLE IF NOT EXISTS kek_root (root_id TEXT NOT NULL);
 -- one row per KEK rotation: recorded (with its new seed) when it starts, finished_at when the

@@ -117,12 +117,10 @@ def test_a_backup_taken_before_an_erasure_cannot_decrypt_the_subject_after_the_r
     assert wrapped is not None and _has_ciphertext(backup, tenant, erased)  # the backup still holds both
     assert version >= 2  # a seeded KEK (version 1 is the legacy, derived-only one)
     monkeypatch.setenv("PSEUDOZONE_KEY_DIR", str(live.key_dir))
-    conn = sqlite3.connect(backup / "state" / "pseudozone.db")
-    try:
+    with state.read(Settings.from_env(backup)) as conn:  # the backup's state database, as it is
+        assert conn is not None
         with pytest.raises(KeyMaterialError, match="a key rotation destroyed it"):
             Vault(ring, conn).data_keys(tenant, [erased], create=False)
-    finally:
-        conn.close()
     monkeypatch.delenv("PSEUDOZONE_KEY_DIR")
     # ...and whatever else the master key and every seed file left can derive
     for kek in _every_kek_from(ring, tenant, [live.key_dir]):

@@ -188,7 +188,7 @@ def test_batch_killed_mid_publish_and_rerun_equals_uninterrupted_run(
     with pytest.raises(KeyboardInterrupt):
         ingest.ingest_pending(crashed)
     with state.connect(crashed) as conn:
-        statuses = dict(conn.execute("SELECT batch_id, status FROM batches"))
+        statuses = dict(conn.execute("SELECT batch_id, status FROM batches").fetchall())
     assert "processing" in statuses.values()
     monkeypatch.setattr(ingest, "publish_file", real_publish)
 

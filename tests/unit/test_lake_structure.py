@@ -21,8 +21,8 @@ import pseudozone
 
 PACKAGE = Path(pseudozone.__file__).parent
 FRAGMENTS = ("tenant_id=", "date=")
-# the lake may read the request ledger's tables (holds, restrictions) until the
-# state database is one (issue 9); nothing above it
+# the lake may read the request ledger's tables (holds, restrictions, in the one state
+# database: ADR 0018); nothing above it
 LAKE_MAY_IMPORT = {"pseudozone.config", "pseudozone.errors", "pseudozone.contracts", "pseudozone.zones",
                    "pseudozone.state", "pseudozone.keys", "pseudozone.rights.store", "pseudozone.lake"}
 

@@ -87,7 +87,7 @@ from pseudozone import contracts, zones
 from pseudozone.config import Settings
 from pseudozone.contracts import SUBJECT_COLUMN
 from pseudozone.errors import PseudozoneError
-from pseudozone.lake import index, layout
+from pseudozone.lake import index, layout, leases
 
 log = logging.getLogger(__name__)
 
@@ -592,15 +592,26 @@ def compact(settings: Settings, *, target_rows: int = DEFAULT_TARGET_ROWS, tenan
                                "conflicts": 0, **recover(settings)}
     summary["tenants_busy"] = 0
     busy: dict[str, bool] = {}
+    holder = leases.holder_id("compact:")
+    with contextlib.ExitStack() as stack:
+        _compact_all(settings, summary, busy, stack, holder, target_rows, tenants, datasets, on_partition)
+    log.info("compaction: %s", summary)
+    return summary
+
+
+def _compact_all(settings: Settings, summary: dict[str, Any], busy: dict[str, bool],
+                 stack: contextlib.ExitStack, holder: str, target_rows: int, tenants: list[str] | None,
+                 datasets: list[str] | None, on_partition: Callable[[Unit], None] | None) -> None:
     for zone in layout.PARTITIONED:
         for dataset, tenant, tdir in layout.tenant_dirs(layout.zone_root(settings, zone)):
             if (tenants and tenant not in tenants) or (datasets and dataset not in datasets):
                 continue
             if tenant not in busy:
-                busy[tenant] = writers_active(settings, tenant)
+                # one rewriter per tenant (lake.leases): a rights run that planned before a swap
+                # and rewrote after it would bring its rows back; a killed ingest's rerun too
+                busy[tenant] = not leases.hold_now(stack, settings, [f"rewrite:{tenant}"], holder) \
+                    or writers_active(settings, tenant)
                 if busy[tenant]:
-                    # until writers take leases (issue 9), a rewrite that read a file before the
-                    # swap and publishes after it would bring its rows back: not while one runs
                     log.warning("compaction: tenant %s skipped, an ingest or a rights run is in progress",
                                 tenant)
                     summary["tenants_busy"] += 1
@@ -622,5 +633,3 @@ def compact(settings: Settings, *, target_rows: int = DEFAULT_TARGET_ROWS, tenan
                     summary[key] += done[key]
                 if on_partition:
                     on_partition(unit)
-    log.info("compaction: %s", summary)
-    return summary

@@ -146,6 +146,15 @@ def erased(settings: Settings, tenant: str, keyring: KeyRing | None = None) -> f
     return frozenset(opened(settings, tenant, [r[0] for r in rows], keyring))
 
 
+def erasing(settings: Settings, tenant: str) -> frozenset[str]:
+    """Subjects of the tenant's erasures that a rights run has begun (requests in progress)."""
+    r = store.requests.c
+    with store.engine_for(settings).connect() as conn:
+        rows = conn.execute(select(r.subject_id).where(
+            r.tenant_id == tenant, r.type == "erase", r.state == "in_progress", r.subject_id.is_not(None)))
+        return frozenset(str(row[0]) for row in rows)
+
+
 def restricted(settings: Settings, tenant: str) -> frozenset[str]:
     """Subjects of the tenant under a restriction of processing."""
     with store.engine_for(settings).connect() as conn:
@@ -279,8 +288,13 @@ class SubjectSets:
     frozen: frozenset[str] = frozenset()
 
     @classmethod
-    def load(cls, settings: Settings, tenant: str, keyring: KeyRing | None = None) -> SubjectSets:
+    def load(cls, settings: Settings, tenant: str, keyring: KeyRing | None = None, *,
+             pending: bool = False) -> SubjectSets:
+        """The tenant's sets now; with ``pending`` (ingest), the subjects of erasures a rights run
+        has begun count as erased already (their key goes when the run closes)."""
         gone, limited = erased(settings, tenant, keyring), restricted(settings, tenant)
+        if pending:
+            gone |= erasing(settings, tenant)
         return cls(tenant, gone, limited, legal_holds(settings, tenant),
                    links(settings, tenant, gone | limited, keyring), frozen_cookies(settings, tenant))
 

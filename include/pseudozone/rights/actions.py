@@ -17,7 +17,7 @@ pseudonyms, paths and counts only.  A new request type is a class here and a lin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, NotRequired, TypedDict
 
 from sqlalchemy import delete, insert, select
 
@@ -37,6 +37,7 @@ class GroupPlan(TypedDict):
     """The files of one batch a run rewrites, and what it does to each subject and cookie in them."""
 
     group_id: str
+    run_id: NotRequired[str]                    # whose rewrite lease covers the tenant
     tenant_id: str
     dataset: str
     batch_id: str

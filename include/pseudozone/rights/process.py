@@ -40,7 +40,7 @@ from pseudozone.keys import (
     encrypt_value,
     pii_associated_data,
 )
-from pseudozone.lake import index, layout
+from pseudozone.lake import index, layout, leases
 from pseudozone.lake.index import lookup as index_lookup
 from pseudozone.lake.subjects import (
     COOKIE_COLUMN,
@@ -135,12 +135,24 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
     now = store.utcnow()
     # a tenant whose pseudonyms are being rotated: its requests wait (docs/adr/0015)
     waiting = _rotating(settings, keyring)
+    holder = run_holder(run_id)
     with store.transaction(settings) as conn:
         _advance_subjects(conn, keyring, waiting)
-        rows = [r for r in conn.execute(select(store.requests).where(
+        sconn = state.on(conn, settings)
+        open_rows = conn.execute(select(store.requests).where(
             store.requests.c.state.in_(("accepted", "in_progress")))
             .order_by(store.requests.c.received_at, store.requests.c.request_id)).all()
-            if r.tenant_id not in waiting]
+        # one rewriter per tenant: a tenant another run (or a compaction) holds waits for the next
+        # run; its lease is held until close_run (or expires with a dead run; lake.leases)
+        busy = {t for t in sorted({r.tenant_id for r in open_rows} - waiting)
+                if not leases.take(sconn, f"rewrite:{t}", holder, leases.RUN_TTL_S)}
+        if busy:
+            log.info("rights run %s: tenant(s) %s are being rewritten by another writer; their requests"
+                     " wait for the next run", run_id, ", ".join(sorted(busy)))
+        rows = [r for r in open_rows if r.tenant_id not in waiting | busy]
+        for tenant in sorted({r.tenant_id for r in rows}):
+            # an ingest planned before this moment plans again before it publishes
+            leases.bump(sconn, tenant)
         for row in rows:
             if row.state == "accepted":
                 conn.execute(update(store.requests).where(store.requests.c.request_id == row.request_id)
@@ -165,6 +177,10 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
     late = _rotating(settings, keyring) - waiting
     if late:
         rows = _defer(settings, rows, late, run_id, keyring)
+        with state.connect(settings) as sconn:
+            leases.release(sconn, [f"rewrite:{t}" for t in sorted(late)], holder)
+    # an ingest that passed its epoch check before the bump publishes before the index is read
+    leases.wait_for_publishers(settings, {r.tenant_id for r in rows})
     # each request's action says what it adds to its tenant's work, in the order received
     # (the latest request per subject decides between restrict and unrestrict; erase wins over all)
     work: dict[str, Work] = defaultdict(Work)
@@ -248,7 +264,8 @@ def open_run(settings: Settings, run_id: str, *, keyring: KeyRing | None = None)
                     g["files"].add(path)
                     g["unrestrict_cookies"][cookie] = back[cookie]
     plan_groups = [GroupPlan(
-        group_id=f"{g['dataset']}.{g['batch_id']}", tenant_id=g["tenant_id"], dataset=g["dataset"],
+        group_id=f"{g['dataset']}.{g['batch_id']}", run_id=run_id, tenant_id=g["tenant_id"],
+        dataset=g["dataset"],
         batch_id=g["batch_id"], files=sorted(g["files"]), erase=sorted(g["erase"]),
         restrict=sorted(g["restrict"]), unrestrict=sorted(g["unrestrict"]), rectify=g["rectify"],
         erase_cookies=g["erase_cookies"], restrict_cookies=g["restrict_cookies"],
@@ -455,6 +472,14 @@ def rewrite_group(settings: Settings, group: GroupPlan, *,
                   keyring: KeyRing | None = None) -> dict[str, Any]:
     """Apply one run's requests to every file of one batch; returns counts per subject."""
     keyring = keyring or KeyRing.load(settings)
+    if "run_id" not in group:  # a plan from before leases (a task retried across an upgrade)
+        return _rewrite_group(settings, group, keyring)
+    # this run still holds the tenant (else another writer may have outdated the plan's files)
+    with leases.kept(settings, [f"rewrite:{group['tenant_id']}"], run_holder(group["run_id"])):
+        return _rewrite_group(settings, group, keyring)
+
+
+def _rewrite_group(settings: Settings, group: GroupPlan, keyring: KeyRing) -> dict[str, Any]:
     tenant, dataset, batch_id = group["tenant_id"], group["dataset"], group["batch_id"]
     contract = contracts.load(dataset)
     erase, restrict, unrestrict = set(group["erase"]), set(group["restrict"]), set(group["unrestrict"])
@@ -699,7 +724,25 @@ def _with_mirrors(files: list[str]) -> set[str]:
 
 def close_run(settings: Settings, plan: RunPlan, results: list[dict[str, Any]],
               exports: list[dict[str, Any]], *, keyring: KeyRing | None = None) -> dict[str, Any]:
-    """Verify what was done, destroy erased subjects' keys, complete the requests."""
+    """Verify what was done, destroy erased subjects' keys, complete the requests; then the run's
+    tenants are free for the next writer (their rewrite leases are released)."""
+    holder = run_holder(plan["run_id"])
+    names = [f"rewrite:{t}" for t in sorted({g["tenant_id"] for g in plan["groups"]})]
+    try:
+        with leases.kept(settings, names, holder):
+            return _close_run(settings, plan, results, exports, keyring=keyring)
+    finally:
+        with state.connect(settings) as sconn:
+            leases.release_held(sconn, holder)
+
+
+def run_holder(run_id: str) -> str:
+    """The holder name of a rights run's leases: the run, whichever worker runs its task."""
+    return f"run:{run_id}"
+
+
+def _close_run(settings: Settings, plan: RunPlan, results: list[dict[str, Any]],
+               exports: list[dict[str, Any]], *, keyring: KeyRing | None = None) -> dict[str, Any]:
     keyring = keyring or KeyRing.load(settings)
     per_subject: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     held_by_group: dict[str, list[str]] = {}
@@ -787,6 +830,12 @@ def process_all(settings: Settings, run_id: str, *, keyring: KeyRing | None = No
     keyring = keyring or KeyRing.load(settings)
     requests.intake_inbox(settings, keyring=keyring)
     plan = open_run(settings, run_id, keyring=keyring)
-    results = [rewrite_group(settings, g, keyring=keyring) for g in plan["groups"]]
-    exports = [export_request(settings, r, keyring=keyring) for r in plan["exports"]]
+    try:
+        results = [rewrite_group(settings, g, keyring=keyring) for g in plan["groups"]]
+        exports = [export_request(settings, r, keyring=keyring) for r in plan["exports"]]
+    except BaseException:
+        # this process is the whole run: its tenants are free for a rerun now, not in RUN_TTL_S
+        with state.connect(settings) as sconn:
+            leases.release_held(sconn, run_holder(run_id))
+        raise
     return close_run(settings, plan, results, exports, keyring=keyring)
