@@ -34,9 +34,9 @@ DEFAULT_ARGS = {
 
 @dag(
     dag_id="compact_lake",
-    # triggered, not scheduled: until writers take leases (issue 9), compaction must not overlap an
-    # ingest or a rights run of the same tenant; it skips a tenant with one under way, but a run
-    # that starts after that check is not seen. Trigger it in a window with both DAGs paused.
+    # triggered, not scheduled (a deployment may schedule it): it takes each tenant's rewrite
+    # lease (docs/adr/0019-writer-leases.md), so it skips a tenant a rights run holds, and a rights
+    # run that starts meanwhile leaves that tenant's requests for its next run
     schedule=None,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
