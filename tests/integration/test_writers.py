@@ -5,6 +5,7 @@ an ingest planned before an erasure, two rights runs at once, a dead writer's le
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -84,8 +85,14 @@ def _deliver_again(settings: Settings, name: str) -> None:
     pq.write_table(planted.events(ids=name), target)
 
 
-@pytest.fixture
-def wlake(lake: Settings) -> Settings:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def wlake(request: pytest.FixtureRequest, lake: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """An ingested lake whose state is SQLite, or PostgreSQL (for this process and its children)."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres").create_database()
+        monkeypatch.setenv(state.STATE_DB_URL_ENV, url)
+        lake.state_db.unlink()  # made by the settings fixture before the URL was set
+        lake = dataclasses.replace(lake, state_db_url=url)
     ingest.ingest_pending(lake, keyring=KR)
     assert _subject_rows(lake, SUBJECT)
     return lake

@@ -168,8 +168,12 @@ def transaction(settings: Settings) -> Iterator[Connection]:
     the audit chain stays linear); ``state.on(conn, settings)`` joins the state tables to it."""
     engine_for(settings)
     with state.write(settings) as conn:
+        outer = conn.info.get(SETTINGS_INFO)  # set when this joins a transaction already open
         conn.info[SETTINGS_INFO] = settings
         try:
             yield conn
         finally:
-            conn.info.pop(SETTINGS_INFO, None)  # the pooled connection outlives this transaction
+            if outer is None:
+                conn.info.pop(SETTINGS_INFO, None)  # the pooled connection outlives this transaction
+            else:
+                conn.info[SETTINGS_INFO] = outer
