@@ -33,14 +33,16 @@ def _free_port() -> int:
 class Postgres:
     bindir: Path
     port: int
-    as_user: tuple[str, ...]
+    as_user: tuple[str, ...]  # runuser -u postgres -- when the tests run as root
+    data: Path                # the cluster's directory (its Unix socket is there too)
+    superuser: str = "postgres"
 
     def url(self, database: str) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg://{self.superuser}@127.0.0.1:{self.port}/{database}"
 
     def psql(self, sql: str) -> None:
         subprocess.run([*self.as_user, str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
-                        "-U", "postgres", "-c", sql], check=True, capture_output=True)
+                        "-U", self.superuser, "-c", sql], check=True, capture_output=True)
 
     def create_database(self) -> str:
         """A new empty database; its URL."""
@@ -50,7 +52,9 @@ class Postgres:
 
 
 @contextlib.contextmanager
-def run_postgres() -> Iterator[Postgres]:
+def run_postgres(*, superuser: str = "postgres", auth: tuple[str, ...] = ("-A", "trust"),
+                 prefix: str = "pseudozone-pg-") -> Iterator[Postgres]:
+    """A new cluster (``initdb -U superuser`` with ``auth``) started on a free loopback port."""
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
         if os.environ.get("CI"):
@@ -58,20 +62,20 @@ def run_postgres() -> Iterator[Postgres]:
         pytest.skip("PostgreSQL server not installed (apt-get install postgresql)")
     bindir = Path(bins[-1]).parent
     as_user = ("runuser", "-u", "postgres", "--") if os.geteuid() == 0 else ()
-    root = Path(tempfile.mkdtemp(prefix="pseudozone-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     data = root / "data"
     data.mkdir()
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
     port = _free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                    "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", superuser, *auth, "--no-sync"],
+                   check=True, capture_output=True)
     subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
                     "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off",
                     "start"], check=True, capture_output=True)
     try:
-        yield Postgres(bindir, port, as_user)
+        yield Postgres(bindir, port, as_user, data, superuser)
     finally:
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True)

@@ -4,12 +4,8 @@ in POSTGRES_DB), on a PostgreSQL server started here on loopback with password l
 
 from __future__ import annotations
 
-import glob
-import os
 import shutil
-import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,52 +15,26 @@ from sqlalchemy import inspect
 
 from pseudozone import state
 from pseudozone.rights import store
+from tests.pg_server import run_postgres
 
 pytestmark = pytest.mark.postgres
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[list[str], Path, int]]:
     """(psql command as the superuser 'airflow' in database 'airflow', a copy of the script, port)."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries are missing: .ci/run should install 'postgresql'")
-        pytest.skip("PostgreSQL server not installed (apt-get install postgresql)")
-    bindir = Path(bins[-1]).parent
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    root = Path(tempfile.mkdtemp(prefix="pseudozone-pginit-"))
-    root.chmod(0o755)
-    data = root / "data"
-    data.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres", "postgres")
-    script = root / "init-pseudozone.sql"
-    shutil.copy(REPO / "deploy" / "postgres" / "init-pseudozone.sql", script)
-    script.chmod(0o644)
-    port = _free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "airflow", "--auth-local=trust",
-                    "--auth-host=scram-sha-256", "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
-                    "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off",
-                    "start"], check=True, capture_output=True)
-    psql = [*as_user, str(bindir / "psql"), "-h", str(data), "-p", str(port), "-U", "airflow", "--no-psqlrc"]
-    try:
+    with run_postgres(superuser="airflow", auth=("--auth-local=trust", "--auth-host=scram-sha-256"),
+                      prefix="pseudozone-pginit-") as pg:
+        script = pg.data.parent / "init-pseudozone.sql"  # a 0755 directory: the postgres user reads it
+        shutil.copy(REPO / "deploy" / "postgres" / "init-pseudozone.sql", script)
+        script.chmod(0o644)
+        psql = [*pg.as_user, str(pg.bindir / "psql"), "-h", str(pg.data), "-p", str(pg.port), "-U", "airflow",
+                "--no-psqlrc"]
         subprocess.run([*psql, "-d", "postgres", "-c", "CREATE DATABASE airflow"], check=True,
                        capture_output=True)
-        yield [*psql, "-v", "ON_ERROR_STOP=1", "-d", "airflow"], script, port
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        yield [*psql, "-v", "ON_ERROR_STOP=1", "-d", "airflow"], script, pg.port
 
 
 def _run(psql: list[str], script: Path, password: str | None) -> subprocess.CompletedProcess[str]:
