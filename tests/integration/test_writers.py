@@ -208,3 +208,21 @@ def test_a_dead_writers_lease_expires(settings: Settings, tmp_path: Path) -> Non
             assert not leases.hold_now(other, settings, ["rewrite:acme"], "third")
     with state.read(settings) as conn:  # given back when the holder is done
         assert conn is not None and leases.live(conn, "") == []
+
+
+def test_a_killed_local_processs_lease_is_free_at_once(settings: Settings) -> None:
+    script = ("import os, signal, sys\n"
+              "from pseudozone.config import Settings\n"
+              "from pseudozone.lake import leases\n"
+              "s = Settings.from_env(sys.argv[1])\n"
+              "cm = leases.held(s, ['publish:acme:b1'], leases.holder_id('ingest:'), ttl_s=600.0)\n"
+              "cm.__enter__()\n"
+              "print('held', flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    dying = subprocess.run([sys.executable, "-c", script, str(settings.root)], capture_output=True, text=True,
+                           cwd=REPO, timeout=120)
+    assert dying.returncode == -signal.SIGKILL and "held" in dying.stdout
+    with state.read(settings) as conn:  # its process is gone: not live, though not expired
+        assert conn is not None and leases.live(conn, "publish:") == []
+    with contextlib.ExitStack() as stack:
+        assert leases.hold_now(stack, settings, ["publish:acme:b1"], leases.holder_id("ingest:"))

@@ -3,7 +3,8 @@
 - **Leases.** A lease is a name held by one holder until it is released or expires. Taking
   one is a write to the state database, and writers are serialized there, so two holders
   never hold one name at once. A holder that dies stops renewing, and its lease expires
-  after its time to live. Names:
+  after its time to live; at once when the holder was a process of the same host that is
+  gone (a killed ingest is rerun without waiting). Names:
   - ``rewrite:<tenant>``: a rights run, from its plan to its close, or a compaction of the
     tenant. Only one of them rewrites the tenant's files at a time.
   - ``publish:<tenant>:<batch>``: an ingest while it writes a batch's index and publishes
@@ -63,12 +64,27 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _dead_here(holder: str) -> bool:
+    """Whether ``holder`` (``holder_id``) is a process of this host that no longer runs: its
+    lease need not wait for its expiry (a killed ingest rerun at once)."""
+    parts = holder.split(":")
+    if len(parts) < 4 or parts[-3] != socket.gethostname() or not parts[-2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def take(conn: StateConn, name: str, holder: str, ttl_s: float) -> bool:
     """Take (or renew) ``name`` for ``holder`` in the open state transaction: True unless another
-    holder's lease on it is live."""
+    holder's lease on it is live (not expired, and not of a process of this host that is gone)."""
     now = _now_ms()
     row = conn.execute("SELECT holder, expires_ms FROM leases WHERE name = ?", (name,)).fetchone()
-    if row is not None and row[0] != holder and int(row[1]) > now:
+    if row is not None and row[0] != holder and int(row[1]) > now and not _dead_here(str(row[0])):
         return False
     expires = now + int(ttl_s * 1000)
     if row is None:
@@ -104,7 +120,8 @@ def live(conn: StateConn, prefix: str, *, besides: str | None = None) -> list[st
     """Names starting with ``prefix`` whose lease is live (not another's ``besides``)."""
     rows = conn.execute("SELECT name, holder FROM leases WHERE expires_ms > ?", (_now_ms(),)).fetchall()
     return sorted(str(r[0]) for r in rows
-                  if str(r[0]).startswith(prefix) and (besides is None or r[1] != besides))
+                  if str(r[0]).startswith(prefix) and (besides is None or r[1] != besides)
+                  and not _dead_here(str(r[1])))
 
 
 class _Heartbeat:
