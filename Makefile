@@ -89,6 +89,7 @@ bench: install
 	$(BIN)/python bench/bench_rotation.py --events $(BENCH_EVENTS)
 	$(BIN)/python bench/bench_validation.py --events $(BENCH_EVENTS)
 	$(BIN)/python bench/bench_detection.py
+	$(BIN)/python bench/bench_compaction.py --events $(BENCH_EVENTS) --days 365 --batches 24
 
 clean:
 	rm -rf $(CURDIR)/data $(CURDIR)/data.keys $(CURDIR)/.airflow bench/out
