@@ -601,6 +601,8 @@ def _replan(settings: Settings, plan: _Plan) -> _Plan | BatchResult:
     ref = plan.ref
     source = settings.landing / ref.path
     if not source.exists():
+        # the staged files of the first plan hold the erased subjects' rows: gone with it
+        shutil.rmtree(settings.staging / ref.batch_id, ignore_errors=True)
         result = BatchResult(ref.batch_id, ref.dataset, ref.tenant_id, "done", rows_in=plan.result.rows_in,
                              rows_dropped_erased=plan.result.rows_in)
         with state.connect(settings) as conn:

@@ -131,6 +131,7 @@ def test_an_erasure_between_an_ingests_plan_and_its_publish_stays_erased(
         assert late["dropped_erased"] > 0
     assert requests.get_status(wlake, erase.request_id).state == "completed"
     assert _subject_rows(wlake, SUBJECT) == []
+    assert not [p for p in wlake.staging.rglob("*") if p.is_file()]  # nothing staged is left
     with state.read(wlake) as conn:
         assert conn is not None and leases.live(conn, "") == []  # every lease given back
 
