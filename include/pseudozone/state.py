@@ -328,14 +328,14 @@ def _unmigrated(settings: Settings, url: str) -> str | None:
     return None
 
 
-def engine(settings: Settings, *, checked: bool = True) -> Engine:
+def engine(settings: Settings) -> Engine:
     """The state database's engine (a SQLite file and its directory are made when missing).
 
     State this root still keeps elsewhere (a request ledger of its own, a local file while the
     URL names another database) is refused: ``pseudozone state migrate`` moves it first.
     """
     url = db_url(settings)
-    if checked and (settings.root, url) not in _CHECKED:
+    if (settings.root, url) not in _CHECKED:
         left = _unmigrated(settings, url)
         if left is not None:
             raise StateDbError(f"{left} is not in the state database {shown(url)}: run `pseudozone state"

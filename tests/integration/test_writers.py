@@ -186,18 +186,23 @@ def test_two_rights_runs_at_once_apply_each_request_once(tmp_path: Path, master_
         pq.read_metadata(f)
 
 
-def test_a_dead_writers_lease_expires(settings: Settings, tmp_path: Path) -> None:
+def _die_holding(settings: Settings, name: str, holder: str, ttl_s: float) -> None:
+    """A process that takes lease ``name`` (``holder``: a Python expression) and is SIGKILLed."""
     script = ("import os, signal, sys\n"
               "from pseudozone.config import Settings\n"
               "from pseudozone.lake import leases\n"
               "s = Settings.from_env(sys.argv[1])\n"
-              "cm = leases.held(s, ['rewrite:acme'], 'doomed', ttl_s=2.0)\n"
+              f"cm = leases.held(s, [{name!r}], {holder}, ttl_s={ttl_s})\n"
               "cm.__enter__()\n"
               "print('held', flush=True)\n"
               "os.kill(os.getpid(), signal.SIGKILL)\n")
     dying = subprocess.run([sys.executable, "-c", script, str(settings.root)], capture_output=True, text=True,
                            cwd=REPO, timeout=120)
     assert dying.returncode == -signal.SIGKILL and "held" in dying.stdout
+
+
+def test_a_dead_writers_lease_expires(settings: Settings, tmp_path: Path) -> None:
+    _die_holding(settings, "rewrite:acme", "'doomed'", 2.0)
     with contextlib.ExitStack() as stack:
         assert not leases.hold_now(stack, settings, ["rewrite:acme"], "next")  # still live
     time.sleep(2.2)
@@ -212,17 +217,7 @@ def test_a_dead_writers_lease_expires(settings: Settings, tmp_path: Path) -> Non
 
 
 def test_a_killed_local_processs_lease_is_free_at_once(settings: Settings) -> None:
-    script = ("import os, signal, sys\n"
-              "from pseudozone.config import Settings\n"
-              "from pseudozone.lake import leases\n"
-              "s = Settings.from_env(sys.argv[1])\n"
-              "cm = leases.held(s, ['publish:acme:b1'], leases.holder_id('ingest:'), ttl_s=600.0)\n"
-              "cm.__enter__()\n"
-              "print('held', flush=True)\n"
-              "os.kill(os.getpid(), signal.SIGKILL)\n")
-    dying = subprocess.run([sys.executable, "-c", script, str(settings.root)], capture_output=True, text=True,
-                           cwd=REPO, timeout=120)
-    assert dying.returncode == -signal.SIGKILL and "held" in dying.stdout
+    _die_holding(settings, "publish:acme:b1", "leases.holder_id('ingest:')", 600.0)
     with state.read(settings) as conn:  # its process is gone: not live, though not expired
         assert conn is not None and leases.live(conn, "publish:") == []
     with contextlib.ExitStack() as stack:
